@@ -1,0 +1,91 @@
+"""Reproduce the distillation quality table: final-stage Y-PSNR per mode / recipe variant, over seeds.
+
+Each variant is one ``sr-shrink distill`` configuration run with the same student-step budget; the script
+prints a markdown table (mean, spread over seeds, per-stage means) and writes JSON next to the runs.
+
+    python bench/distill_ablation.py --teacher sr_shrink/assets/teacher_x2.pt --data data/train \
+        --seeds 0 1 2 --steps 300 --variants noise deadleaves generator datafree data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sr_shrink.distill import DistillConfig, distill  # noqa: E402
+
+# name -> DistillConfig overrides (the levers of the ablation)
+VARIANTS = {
+    "noise": dict(mode="noise"),
+    "pink": dict(mode="pink"),
+    "deadleaves": dict(mode="deadleaves"),
+    "generator": dict(mode="generator", reuse=1, w_div=0.0, w_nat=0.0, g_warmup=0, student_steps_per_g=5),
+    "generator+priors": dict(mode="generator"),
+    "datafree": dict(mode="datafree"),
+    "datafree-mix0.25": dict(mode="datafree", mix=0.25),
+    "datafree-mix0.75": dict(mode="datafree", mix=0.75),
+    "datafree-nowarmup": dict(mode="datafree", g_warmup=0),
+    "datafree-nodiv": dict(mode="datafree", w_div=0.0, w_nat=0.0),
+    "datafree-wr10": dict(mode="datafree", w_r=10.0),
+    "datafree-charbonnier": dict(mode="datafree", kd_loss="charbonnier"),
+    "datafree-reuse1": dict(mode="datafree", reuse=1),
+    "deadleaves-reuse1": dict(mode="deadleaves", reuse=1),
+    "data": dict(mode="data"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default=None)
+    ap.add_argument("--data", default=str(REPO / "data" / "train"))
+    ap.add_argument("--variants", nargs="+", default=["noise", "deadleaves", "generator", "datafree", "data"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--stages", default="1:4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-images", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "ablation")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    a, b = (int(v) for v in args.stages.split(":"))
+    results: dict[str, list[dict]] = {}
+    for name in args.variants:
+        for seed in args.seeds:
+            cfg = DistillConfig(stage_start=a, stage_end=b, steps_per_stage=args.steps, seed=seed,
+                                data_dir=args.data, **VARIANTS[name])
+            t0 = time.time()
+            run = distill(args.teacher, args.out / f"{name}_s{seed}", cfg, force=True, quiet=True,
+                          device="cpu", eval_images=args.eval_images)
+            run["wall_seconds"] = time.time() - t0
+            results.setdefault(name, []).append(run)
+            print(f"{name} seed {seed}: " + " ".join(f"{s['val_psnr_y']:.3f}" for s in run["stages"])
+                  + f"  ({run['wall_seconds']:.0f} s)", flush=True)
+    first = next(iter(results.values()))[0]
+    lines = [f"teacher {first['teacher_psnr_y']:.3f} dB, bicubic {first['bicubic_psnr_y']:.3f} dB (Y-PSNR, eval split)",
+             "", "| variant | final Y-PSNR mean | spread (min-max) | per-stage mean | steps/s |", "|---|---|---|---|---|"]
+    summary = {}
+    for name, runs in results.items():
+        finals = [r["stages"][-1]["val_psnr_y"] for r in runs]
+        per_stage = [statistics.mean(r["stages"][i]["val_psnr_y"] for r in runs) for i in range(len(runs[0]["stages"]))]
+        sps = statistics.mean(sum(s["steps"] for s in r["stages"]) / sum(s["seconds"] for s in r["stages"])
+                              for r in runs)
+        summary[name] = {"final_mean": statistics.mean(finals), "finals": finals, "per_stage": per_stage,
+                         "steps_per_s": sps}
+        lines.append(f"| {name} | {statistics.mean(finals):.3f} | {min(finals):.3f}-{max(finals):.3f} | "
+                     + " / ".join(f"{v:.2f}" for v in per_stage) + f" | {sps:.1f} |")
+    print("\n".join(lines))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Data-free progressive distillation: ``distill(teacher_path, run_dir, cfg)`` -> run.json dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..data import load_eval_set
+from ..errors import SRShrinkError
+from ..models.teacher import load_teacher
+from .config import MODES, DistillConfig
+from .loop import Distiller, Env, init_distributed, prepare_run_dir, resolve_device
+
+__all__ = ["DistillConfig", "MODES", "distill", "summary_table"]
+
+
+def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, eval_dir: str | None = None,
+            resume: bool = False, force: bool = False, device: str = "auto", trust_pickle: bool = False,
+            teacher_scale: int | None = None, quiet: bool = False, amp: bool = False,
+            channels_last: bool = False, eval_images: int | None = None) -> dict:
+    """Run a progressive distillation of ``teacher_path`` into ``run_dir``; return the run.json dict.
+
+    ``eval_dir`` (default: the bundled eval split; "none" to skip) gives each stage's Y-PSNR/SSIM.
+    """
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    rank, world, dev = init_distributed(dev)
+    env = Env(dev, rank, world, quiet or rank != 0, amp, channels_last)
+    if env.main:
+        prepare_run_dir(run_dir, resume, force)
+    if world > 1:
+        torch.distributed.barrier()
+    teacher = load_teacher(teacher_path, scale=teacher_scale or None, trust_pickle=trust_pickle)
+    if teacher_scale is None and cfg.scale != teacher.scale:
+        cfg.scale = teacher.scale
+        cfg.__post_init__()
+    if cfg.scale != teacher.scale:
+        raise SRShrinkError(f"the teacher upscales x{teacher.scale}, not x{cfg.scale}; pass --scale {teacher.scale}.")
+    pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
+    distiller = Distiller(teacher, cfg, run_dir, pairs, env, teacher.info.path, teacher.info.sha256)
+    if env.quiet:
+        return distiller.run_stages(resume)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("kd {task.fields[kd]:.4f} {task.fields[g]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        run = distiller.run_stages(resume, progress)
+    Console().print(summary_table(run))
+    return run
+
+
+def summary_table(run: dict) -> Table:
+    """Return a rich table with one row per stage (blocks, params, KD loss, Y-PSNR/SSIM, seconds)."""
+    table = Table(title=f"sr-shrink distill: {run['mode']} x{run['scale']}")
+    for col in ("stage", "blocks", "params", "final KD", "Y-PSNR", "Y-SSIM", "seconds"):
+        table.add_column(col, justify="right")
+    for s in run["stages"]:
+        table.add_row(str(s["stage"]), str(s["n_blocks"]), f"{s['params']:,}", f"{s['final_kd_loss']:.4f}",
+                      f"{s.get('val_psnr_y', float('nan')):.2f}", f"{s.get('val_ssim_y', float('nan')):.4f}",
+                      f"{s['seconds']:.0f}")
+    if "teacher_psnr_y" in run:
+        table.add_row("teacher", "", f"{run['teacher'].get('params', 0):,}", "", f"{run['teacher_psnr_y']:.2f}",
+                      f"{run['teacher_ssim_y']:.4f}", "")
+        table.add_row("bicubic", "", "", "", f"{run['bicubic_psnr_y']:.2f}", f"{run['bicubic_ssim_y']:.4f}", "")
+    return table

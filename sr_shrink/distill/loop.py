@@ -1,0 +1,372 @@
+"""Progressive data-free distillation (Zhang et al., CVPR 2021), with baselines, resume and DDP.
+
+Stage i trains a student of ``n_blocks_i`` blocks on L_KD = ||T(x) - S_i(x)||_1, where x comes from the
+run's input source (the generator G, synthetic images, or real photos). In the generator modes, every
+``student_steps_per_g`` student steps G takes one step on L_G = -log(L_KD + 1) + w_R ||R(T(G(z))) - G(z)||_1
+(+ priors). Stage i+1 starts from stage i grown by ``grow`` (output-preserving); G carries over.
+
+Files in RUN_DIR: ``stage_XX.pt`` per finished stage, ``generator.pt``, ``state.pt`` (the resumable state,
+saved every ``save_every`` steps) and ``run.json``; all written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..data import EvalPair
+from ..errors import SRShrinkError
+from ..evaluate import evaluate_bicubic, evaluate_model
+from ..io import atomic_torch_save, atomic_write_json
+from ..models.registry import save_model_checkpoint
+from ..models.student import SRStudent, grow
+from ..models.teacher import Teacher
+from .buffer import ReplayBuffer
+from .config import MODES, DistillConfig
+from .generator import Generator, save_generator
+from .losses import generator_loss, kd_loss
+from .sources import RealPatches, synthetic
+
+BUFFER_BATCHES = 32
+
+
+@dataclass
+class Env:
+    """Where the run executes: device, distributed rank/world size, output verbosity."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    quiet: bool = False
+    amp: bool = False
+    channels_last: bool = False
+
+    @property
+    def main(self) -> bool:
+        """Return True on the process that writes files and prints."""
+        return self.rank == 0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Return the torch device for ``auto`` (cuda > mps > cpu) or the named one, checking it exists."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SRShrinkError("--device cuda: no CUDA device is available here; use --device cpu.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SRShrinkError("--device mps: no Apple GPU is available here; use --device cpu.")
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join the process group when launched by torchrun; return (rank, world size, device for this rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return rank, world, device
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """Create ``run_dir`` and check it is writable and free (or resumable); raise a clear error if not."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SRShrinkError(f"{run_dir}: cannot write there ({exc.strerror}); pass a writable --out folder.") \
+            from None
+    holds_run = (run_dir / "run.json").exists() or any(run_dir.glob("stage_*.pt"))
+    if holds_run and not (resume or force):
+        raise SRShrinkError(f"{run_dir}: already holds a run; pass --resume to continue it or --force to "
+                            "overwrite it.")
+    if force and not resume:
+        for p in list(run_dir.glob("stage_*.pt")) + [run_dir / n for n in ("run.json", "state.pt", "generator.pt")]:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "exports", ignore_errors=True)
+
+
+class Distiller:
+    """Runs the stages of one distillation; see the module docstring."""
+
+    def __init__(self, teacher: Teacher, cfg: DistillConfig, run_dir: Path, eval_pairs: list[EvalPair],
+                 env: Env, teacher_path: str, teacher_sha256: str):
+        if cfg.mode not in MODES:
+            raise SRShrinkError(f"unknown mode {cfg.mode!r}; choose one of {', '.join(MODES)}.")
+        if cfg.mode == "data" and not cfg.data_dir:
+            raise SRShrinkError("--mode data needs --data DIR, a folder of training images.")
+        self.teacher, self.cfg, self.run_dir, self.env = teacher.to(env.device), cfg, run_dir, env
+        self.eval_pairs = eval_pairs
+        self.scale = cfg.scale
+        self.g = torch.Generator().manual_seed(cfg.seed * 1000 + env.rank)
+        self.real = RealPatches(cfg.data_dir, cfg.scale, cfg.lr_patch) if cfg.mode == "data" else None
+        self.uses_g = cfg.mode in ("datafree", "generator")
+        torch.manual_seed(cfg.seed)
+        self.gen = Generator(cfg.z_dim, cfg.lr_patch).to(env.device) if self.uses_g else None
+        self.gen_ema = copy.deepcopy(self.gen).eval() if self.uses_g else None
+        self.gen_opt = torch.optim.Adam(self.gen.parameters(), lr=cfg.g_lr, betas=(0.5, 0.999)) \
+            if self.uses_g else None
+        self.gen_ddp = DDP(self.gen) if (self.uses_g and env.world > 1) else self.gen
+        self.g_steps = 0
+        self.buffer = ReplayBuffer(BUFFER_BATCHES * cfg.batch)
+        self.run = {"scale": cfg.scale, "teacher": {"path": teacher_path, "sha256": teacher_sha256,
+                                                    **{k: v for k, v in teacher.info.to_dict().items()
+                                                       if k in ("format", "arch", "params")}},
+                    "mode": cfg.mode, "seed": cfg.seed, "recipe": cfg.recipe(), "config": cfg.to_dict(),
+                    "world_size": env.world, "stages": [], "complete": False}
+        self.timing = {"teacher": 0.0, "student": 0.0, "generator": 0.0, "inputs": 0.0}
+
+    # ---------------------------------------------------------------- inputs
+    def _fresh_inputs(self, n: int) -> torch.Tensor:
+        cfg, dev = self.cfg, self.env.device
+        if cfg.mode in ("noise", "pink", "deadleaves"):
+            return synthetic(cfg.mode, n, cfg.lr_patch, self.g).to(dev)
+        if cfg.mode == "generator":
+            return self.gen_ema.sample(n, self.g)
+        k = int(round(n * cfg.mix))  # datafree: dead leaves + generator samples
+        parts = [synthetic("deadleaves", k, cfg.lr_patch, self.g).to(dev)] if k else []
+        if n - k:
+            parts.append(self.gen_ema.sample(n - k, self.g))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def _refill(self) -> None:
+        t0 = time.perf_counter()
+        if self.real is not None:
+            lr, hr = self.real.sample(self.cfg.batch, self.g)
+            self.buffer.add(lr.to(self.env.device), hr.to(self.env.device))
+            self.timing["inputs"] += time.perf_counter() - t0
+            return
+        x = self._fresh_inputs(self.cfg.batch)
+        t1 = time.perf_counter()
+        self.timing["inputs"] += t1 - t0
+        with self._autocast():
+            t = self.teacher(self._fmt(x)).float()
+        self.buffer.add(x, t)
+        self.timing["teacher"] += time.perf_counter() - t1
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.env.channels_last else x
+
+    def _autocast(self):
+        if self.env.amp and self.env.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    # ---------------------------------------------------------------- steps
+    def _student_step(self, student, s_ddp, opt) -> float:
+        t0 = time.perf_counter()
+        x, target = self.buffer.sample(self.cfg.batch, self.g)
+        with self._autocast():
+            out = s_ddp(self._fmt(x)).float()
+        loss = kd_loss(out, target, self.cfg.kd_loss)
+        if not torch.isfinite(loss):
+            raise FloatingPointError("student")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        self.timing["student"] += time.perf_counter() - t0
+        return loss.item()
+
+    def _generator_step(self, student: SRStudent) -> dict[str, float]:
+        cfg, t0 = self.cfg, time.perf_counter()
+        self.gen.train()
+        z = torch.randn(cfg.batch, cfg.z_dim, generator=self.g).to(self.env.device)
+        student.requires_grad_(False)
+        try:
+            x = self.gen_ddp(z)
+            with self._autocast():
+                t = self.teacher(self._fmt(x)).float()
+                s = student(self._fmt(x)).float()
+            adversarial = self.g_steps >= cfg.g_warmup
+            loss, parts = generator_loss(x, z, t, s, self.scale, cfg.w_r, cfg.w_div, cfg.w_nat, adversarial,
+                                         cfg.kd_loss)
+            if not torch.isfinite(loss):
+                raise FloatingPointError("generator")
+            self.gen_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.gen.parameters(), 1.0)
+            self.gen_opt.step()
+        finally:
+            student.requires_grad_(True)
+        self.g_steps += 1
+        with torch.no_grad():
+            for pe, p in zip(self.gen_ema.parameters(), self.gen.parameters()):
+                pe.lerp_(p, 1 - cfg.g_ema)
+            for be, b in zip(self.gen_ema.buffers(), self.gen.buffers()):
+                be.copy_(b)
+            self.buffer.add(x.detach(), t.detach())  # this teacher output is reused for student steps
+        self.timing["generator"] += time.perf_counter() - t0
+        return parts
+
+    # ---------------------------------------------------------------- state
+    def _state_path(self) -> Path:
+        return self.run_dir / "state.pt"
+
+    def _save_state(self, stage_idx: int, step: int, student, opt, seconds: float, kd_hist: list) -> None:
+        if not self.env.main:
+            return
+        state = {"stage_idx": stage_idx, "step": step, "student": student.state_dict(),
+                 "student_config": student.config(), "opt": opt.state_dict(), "rng": self.g.get_state(),
+                 "seconds": seconds, "kd_hist": kd_hist[-50:], "first_kd": self.first_kd, "g_steps": self.g_steps, "timing": self.timing}
+        if self.uses_g:
+            state.update(gen=self.gen.state_dict(), gen_ema=self.gen_ema.state_dict(),
+                         gen_opt=self.gen_opt.state_dict())
+        atomic_torch_save(state, self._state_path())
+
+    def _load_state(self) -> dict | None:
+        p = self._state_path()
+        if not p.exists():
+            return None
+        try:
+            state = torch.load(p, map_location=self.env.device, weights_only=True)
+        except Exception as exc:
+            raise SRShrinkError(f"{p}: cannot read the saved state ({str(exc)[:100]}); rerun with --force.") \
+                from None
+        if self.uses_g and "gen" in state:
+            self.gen.load_state_dict(state["gen"])
+            self.gen_ema.load_state_dict(state["gen_ema"])
+            self.gen_opt.load_state_dict(state["gen_opt"])
+        self.g.set_state(state["rng"])
+        self.g_steps = state.get("g_steps", 0)
+        self.timing.update(state.get("timing", {}))
+        return state
+
+    def _write_run(self) -> None:
+        if self.env.main:
+            atomic_write_json(self.run, self.run_dir / "run.json")
+
+    # ---------------------------------------------------------------- stages
+    def run_stages(self, resume: bool, progress=None) -> dict:
+        """Train every stage not already finished; return the run.json dict."""
+        cfg, env = self.cfg, self.env
+        blocks = cfg.stages()
+        state = None
+        if resume and (self.run_dir / "run.json").exists():
+            import json
+            old = json.loads((self.run_dir / "run.json").read_text())
+            if old.get("config", {}).get("mode") != cfg.mode or old.get("scale") != cfg.scale:
+                raise SRShrinkError(f"{self.run_dir}: holds a {old.get('mode')} x{old.get('scale')} run; resume it "
+                                    "with the same options or pass --force to start over.")
+            self.run["stages"] = [s for s in old.get("stages", []) if (self.run_dir / s["checkpoint"]).exists()]
+            for k in ("teacher_psnr_y", "teacher_ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"):
+                if k in old:
+                    self.run[k] = old[k]
+        if resume:
+            state = self._load_state()
+        if "teacher_psnr_y" not in self.run and self.eval_pairs:
+            tr = evaluate_model(self.teacher, self.eval_pairs, self.scale)
+            br = evaluate_bicubic(self.eval_pairs, self.scale)
+            self.run.update(teacher_psnr_y=tr["psnr_y"], teacher_ssim_y=tr["ssim_y"],
+                            bicubic_psnr_y=br["psnr_y"], bicubic_ssim_y=br["ssim_y"])
+        self._write_run()
+        done = len(self.run["stages"])
+        torch.manual_seed(cfg.seed)
+        student = SRStudent(cfg.scale, blocks[0], cfg.channels).to(env.device)
+        if done:
+            from ..models.student import load_student
+            student, _ = load_student(self.run_dir / self.run["stages"][-1]["checkpoint"])
+            student = student.to(env.device)
+        for idx in range(done, len(blocks)):
+            while student.n_blocks < blocks[idx]:
+                student = grow(student, self.g).to(env.device)
+            student = self._train_stage(idx, blocks[idx], student, state, progress)
+            state = None
+        self.run["complete"] = True
+        self.run["timing_seconds"] = {k: round(v, 2) for k, v in self.timing.items()}
+        self._write_run()
+        if self.env.main:
+            self._state_path().unlink(missing_ok=True)
+        return self.run
+
+    def _train_stage(self, idx: int, n_blocks: int, student: SRStudent, state: dict | None, progress):
+        cfg, env = self.cfg, self.env
+        start, seconds, kd_hist = 0, 0.0, []
+        self.first_kd = None
+        if env.channels_last:
+            student = student.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+        if state is not None and state["stage_idx"] == idx and state["step"] > 0:
+            student = SRStudent(**state["student_config"]).to(env.device)
+            student.load_state_dict(state["student"])
+            opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+            opt.load_state_dict(state["opt"])
+            start, seconds, kd_hist = state["step"], state["seconds"], list(state["kd_hist"])
+            self.first_kd = state.get("first_kd")
+        s_ddp = DDP(student) if env.world > 1 else student
+        stage_no = idx + 1
+        task = progress.add_task(f"stage {stage_no} ({n_blocks} blk)", total=cfg.steps_per_stage, completed=start,
+                                 kd=float("nan"), g="") if progress else None
+        t_start = time.time()
+        g_parts: dict[str, float] = {}
+        self._refill()
+        for step in range(start, cfg.steps_per_stage):
+            lr = cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps_per_stage)))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            try:
+                if self.uses_g and step % cfg.student_steps_per_g == 0:
+                    g_parts = self._generator_step(student)
+                if cfg.mode != "generator" and step % cfg.reuse == 0:
+                    self._refill()
+                kd = self._student_step(student, s_ddp, opt)
+            except FloatingPointError as exc:
+                raise SRShrinkError(
+                    f"stage {stage_no} step {step}: the {exc} loss became NaN/inf; stopped. The last good checkpoint "
+                    f"is kept in {self.run_dir} (state.pt); resume with a lower --lr or --g-lr.") from None
+            kd_hist.append(kd)
+            if self.first_kd is None and len(kd_hist) == min(10, cfg.steps_per_stage):
+                self.first_kd = sum(kd_hist) / len(kd_hist)
+            if task is not None:
+                progress.update(task, advance=1, kd=sum(kd_hist[-20:]) / len(kd_hist[-20:]),
+                                g=" ".join(f"{k}={v:.3g}" for k, v in g_parts.items()))
+            if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps_per_stage:
+                self._save_state(idx, step + 1, student, opt, seconds + time.time() - t_start, kd_hist)
+        seconds += time.time() - t_start
+        return self._finish_stage(idx, n_blocks, student, opt, seconds, kd_hist)
+
+    def _finish_stage(self, idx, n_blocks, student, opt, seconds, kd_hist) -> SRStudent:
+        cfg = self.cfg
+        student = student.to(memory_format=torch.contiguous_format)
+        name = f"stage_{idx + 1:02d}.pt"
+        entry = {"stage": idx + 1, "n_blocks": n_blocks, "channels": cfg.channels,
+                 "params": sum(p.numel() for p in student.parameters()), "checkpoint": name,
+                 "steps": cfg.steps_per_stage, "first_kd_loss": round(self.first_kd or float("nan"), 6),
+                 "final_kd_loss": round(sum(kd_hist[-20:]) / max(1, len(kd_hist[-20:])), 6),
+                 "seconds": round(seconds, 2)}
+        if self.eval_pairs and self.env.main:
+            res = evaluate_model(student, self.eval_pairs, self.scale)
+            entry.update(val_psnr_y=res["psnr_y"], val_ssim_y=res["ssim_y"])
+            student.train()
+        if self.env.main:
+            save_model_checkpoint(student, "student", student.config(), self.run_dir / name,
+                                  extra={"stage": idx + 1, "n_blocks": n_blocks, "scale": cfg.scale,
+                                         "val_psnr_y": entry.get("val_psnr_y"), "mode": cfg.mode})
+            if self.uses_g:
+                save_generator(self.gen_ema, self.run_dir / "generator.pt")
+        self.run["stages"].append(entry)
+        self._write_run()
+        self._save_state(idx + 1, 0, student, opt, 0.0, [])
+        if self.env.world > 1:
+            dist.barrier()
+        return student

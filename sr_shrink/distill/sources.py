@@ -1,0 +1,115 @@
+"""Data-free and real input sources for distillation: LR patches (N, 3, p, p) in [0, 1].
+
+* ``uniform_noise``: U(0, 1) per pixel (the paper's "noise" baseline).
+* ``pink_noise``: 1/f-amplitude (natural power spectrum) colour noise.
+* ``dead_leaves``: occluding discs with a power-law size distribution, flat or shaded colours, rendered at
+  4x and downscaled with the antialiased bicubic, which gives natural edge and scale statistics.
+* ``RealPatches``: LR/HR patch pairs cut from images (bicubic degradation), for the with-data baseline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..data import list_images, make_lr, random_patches, read_image
+from ..resize import downscale
+
+
+def _rand(shape, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(shape, generator=g)
+
+
+def uniform_noise(n: int, patch: int, g: torch.Generator) -> torch.Tensor:
+    """Return ``n`` patches of i.i.d. uniform noise in [0, 1]."""
+    return _rand((n, 3, patch, patch), g)
+
+
+def pink_noise(n: int, patch: int, g: torch.Generator, alpha: float = 1.0) -> torch.Tensor:
+    """Return ``n`` colour patches whose amplitude spectrum falls as 1/f^alpha, scaled into [0, 1]."""
+    fy = torch.fft.fftfreq(patch).view(-1, 1)
+    fx = torch.fft.rfftfreq(patch).view(1, -1)
+    f = torch.sqrt(fx**2 + fy**2)
+    f[0, 0] = 1.0 / patch
+    amp = f.pow(-alpha)
+    white = torch.randn((n, 3, patch, patch), generator=g)
+    field = torch.fft.irfft2(torch.fft.rfft2(white) * amp, s=(patch, patch))
+    # correlate the channels like natural colour: a shared luminance field plus weaker chroma
+    lum = field[:, :1]
+    field = lum + 0.35 * (field - field.mean(dim=1, keepdim=True))
+    field = field - field.mean(dim=(2, 3), keepdim=True)
+    field = field / field.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    contrast = 0.05 + 0.2 * _rand((n, 1, 1, 1), g)
+    mean = 0.2 + 0.6 * _rand((n, 3, 1, 1), g)
+    return (mean + contrast * field).clamp(0, 1)
+
+
+def dead_leaves(n: int, patch: int, g: torch.Generator, n_discs: int = 160, r_min: float = 0.03,
+                r_max: float = 0.8, shading: float = 0.5, texture: float = 0.5, render: int = 2) -> torch.Tensor:
+    """Return ``n`` dead-leaves patches: discs with p(r) ~ r^-3 painted back to front, downscaled from 2x.
+
+    Radii are relative to the patch side; ``shading`` is the chance a disc carries a linear gradient and
+    ``texture`` the chance an image gets a faint 1/f texture on top. Colours are a luminance plus a
+    moderate chroma, as in natural scenes.
+    """
+    size = patch * render
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    # inverse-CDF sampling of p(r) ~ r^-3 on [r_min, r_max]
+    u = _rand((n, n_discs), g)
+    a, b = r_min**-2, r_max**-2
+    radii = (a - u * (a - b)).pow(-0.5)
+    centres = _rand((n, n_discs, 2), g) * 1.2 - 0.1
+    lum = _rand((n, n_discs, 1), g)
+    colours = lum + (_rand((n, n_discs, 3), g) - 0.5) * 0.6 * _rand((n, n_discs, 1), g)
+    grads = (_rand((n, n_discs, 2), g) - 0.5) * 1.0 * (_rand((n, n_discs, 1), g) < shading)
+    img = _rand((n, 3, 1, 1), g).expand(n, 3, size, size).clone()
+    for k in range(n_discs):  # back to front: later discs occlude earlier ones
+        cy, cx = centres[:, k, 0].view(n, 1, 1), centres[:, k, 1].view(n, 1, 1)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < radii[:, k].view(n, 1, 1) ** 2).unsqueeze(1)
+        shade = grads[:, k, 0].view(n, 1, 1) * (yy - cy) + grads[:, k, 1].view(n, 1, 1) * (xx - cx)
+        col = (colours[:, k].view(n, 3, 1, 1) + shade.unsqueeze(1)).clamp(0, 1)
+        img = torch.where(mask, col, img)
+    img = downscale(img, render)
+    textured = (_rand((n, 1, 1, 1), g) < texture).float()
+    img = img + textured * 0.5 * (pink_noise(n, patch, g) - 0.5) * _rand((n, 1, 1, 1), g)
+    return img.clamp(0, 1)
+
+
+class RealPatches:
+    """Random LR/HR training pairs from a folder of images (the with-data baseline's source)."""
+
+    def __init__(self, folder, scale: int, lr_patch: int):
+        self.scale, self.lr_patch = scale, lr_patch
+        self.images = [read_image(p) for p in list_images(folder)]
+        small = [i for i in self.images if min(i.shape[-2:]) < lr_patch * scale]
+        if small:
+            from ..errors import SRShrinkError
+            raise SRShrinkError(f"{folder}: {len(small)} image(s) smaller than one {lr_patch * scale} px patch; "
+                                "use larger images or a smaller --lr-patch.")
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (lr, hr) patch batches: HR crops with random flips/rotations and their bicubic LR."""
+        hr = random_patches(self.images, n, self.lr_patch * self.scale, g)
+        return make_lr(hr, self.scale), hr
+
+
+SYNTHETIC = {"noise": uniform_noise, "pink": pink_noise, "deadleaves": dead_leaves}
+
+
+def synthetic(kind: str, n: int, patch: int, g: torch.Generator) -> torch.Tensor:
+    """Return ``n`` patches from the named synthetic source (noise, pink or deadleaves)."""
+    return SYNTHETIC[kind](n, patch, g)
+
+
+def natural_stats_loss(x: torch.Tensor) -> torch.Tensor:
+    """Return a penalty pulling a batch towards simple natural-image statistics.
+
+    Two terms: per-image luminance std near 0.2 (neither flat nor saturated) and a mean absolute
+    gradient near 0.04 (sparse edges, not stripes); both measured on the LR patch.
+    """
+    lum = x.mean(dim=1)
+    std = lum.std(dim=(1, 2))
+    grad = (lum[:, 1:, :] - lum[:, :-1, :]).abs().mean(dim=(1, 2)) + (lum[:, :, 1:] - lum[:, :, :-1]).abs().mean(
+        dim=(1, 2))
+    return (std - 0.2).abs().mean() + (grad / 2 - 0.04).abs().mean() * math.sqrt(10)

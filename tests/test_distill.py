@@ -1,0 +1,180 @@
+"""Progressive distillation on a tiny teacher: stages, L_G gradients, KD progress, modes, resume, DDP, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sr_shrink.distill import DistillConfig, distill
+from sr_shrink.distill.generator import Generator, load_generator
+from sr_shrink.distill.losses import diversity_loss, generator_loss
+from sr_shrink.distill.sources import dead_leaves, natural_stats_loss, pink_noise, uniform_noise
+from sr_shrink.errors import SRShrinkError
+from sr_shrink.models.registry import save_model_checkpoint
+from sr_shrink.models.student import SRStudent, grow, load_student
+from sr_shrink.models.teacher import load_teacher
+
+
+TINY = dict(channels=4, batch=4, lr_patch=12, save_every=5)
+
+
+def _cfg(**kw):
+    return DistillConfig(**{**TINY, "stage_start": 1, "stage_end": 2, "steps_per_stage": 6, **kw})
+
+
+def test_stages_grow_and_each_stage_starts_from_the_previous(tiny_teacher, tiny_eval, tmp_path):
+    # with lr 0 the students never change, so stage i+1 must reproduce stage i exactly (output-preserving growth)
+    run = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=3, lr=0.0, mode="noise"), eval_dir=str(tiny_eval),
+                  quiet=True, device="cpu")
+    assert [s["n_blocks"] for s in run["stages"]] == [1, 2, 3]
+    students = [load_student(tmp_path / "r" / s["checkpoint"])[0] for s in run["stages"]]
+    x = torch.rand(1, 3, 10, 10)
+    assert students[1].n_blocks == 2 and students[2].n_blocks == 3
+    assert torch.equal(students[0](x), students[1](x)) and torch.equal(students[1](x), students[2](x))
+    for key in ("stage", "n_blocks", "channels", "params", "checkpoint", "steps", "final_kd_loss",
+                "val_psnr_y", "val_ssim_y", "seconds"):
+        assert key in run["stages"][0]
+    on_disk = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert on_disk["complete"] and on_disk["teacher"]["sha256"] and "teacher_psnr_y" in on_disk
+    assert "bicubic_psnr_y" in on_disk and on_disk["recipe"]["mode"] == "noise"
+
+
+def test_stage_step_and_trained_growth(tiny_teacher, tmp_path):
+    run = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_start=1, stage_end=5, stage_step=2, mode="noise"),
+                  eval_dir="none", quiet=True, device="cpu")
+    assert [s["n_blocks"] for s in run["stages"]] == [1, 3, 5]
+    assert sorted(p.name for p in (tmp_path / "r").glob("stage_*.pt")) == ["stage_01.pt", "stage_02.pt",
+                                                                             "stage_03.pt"]
+
+
+def test_generator_loss_sends_gradient_through_both_terms(tiny_teacher):
+    teacher = load_teacher(tiny_teacher)
+    student = SRStudent(2, 1, 4)
+    torch.nn.init.normal_(student.tail.weight, 0, 0.05)
+    gen = Generator(z_dim=8, patch=12, width=16)
+    z = torch.randn(4, 8)
+    for adversarial, w_r in ((True, 0.0), (False, 1.0)):
+        gen.zero_grad()
+        x = gen(z)
+        loss, _ = generator_loss(x, z, teacher(x), student(x), 2, w_r=w_r, adversarial=adversarial)
+        loss.backward()
+        norm = sum(p.grad.norm() ** 2 for p in gen.parameters() if p.grad is not None) ** 0.5
+        assert norm > 0, f"no gradient for adversarial={adversarial}, w_r={w_r}"
+
+
+def test_prior_terms_have_gradients():
+    x = torch.rand(4, 3, 12, 12, requires_grad=True)
+    z = torch.randn(4, 8)
+    (diversity_loss(x, z) + natural_stats_loss(x)).backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_kd_loss_falls(tiny_teacher, tmp_path):
+    run = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=1, steps_per_stage=80, mode="deadleaves",
+                                                          lr=3e-3), eval_dir="none", quiet=True, device="cpu")
+    st = run["stages"][0]
+    assert st["final_kd_loss"] < 0.8 * st["first_kd_loss"]
+
+
+@pytest.mark.parametrize("mode", ["noise", "pink", "deadleaves", "generator", "datafree"])
+def test_modes_run_and_are_deterministic(tiny_teacher, tmp_path, mode):
+    a = distill(str(tiny_teacher), tmp_path / "a", _cfg(mode=mode, seed=3), eval_dir="none", quiet=True, device="cpu")
+    b = distill(str(tiny_teacher), tmp_path / "b", _cfg(mode=mode, seed=3), eval_dir="none", quiet=True, device="cpu")
+    sa = torch.load(tmp_path / "a" / "stage_02.pt", weights_only=True)["state_dict"]
+    sb = torch.load(tmp_path / "b" / "stage_02.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["recipe"]["mode"] == mode and a["stages"][-1]["final_kd_loss"] == b["stages"][-1]["final_kd_loss"]
+    if mode in ("generator", "datafree"):
+        g = load_generator(tmp_path / "a" / "generator.pt")
+        assert g.sample(2, torch.Generator().manual_seed(0)).shape == (2, 3, 12, 12)
+
+
+def test_data_mode(tiny_teacher, tiny_eval, tmp_path):
+    run = distill(str(tiny_teacher), tmp_path / "r", _cfg(mode="data", data_dir=str(tiny_eval)), eval_dir="none",
+                  quiet=True, device="cpu")
+    assert len(run["stages"]) == 2 and run["mode"] == "data"
+    with pytest.raises(SRShrinkError, match="--data"):
+        distill(str(tiny_teacher), tmp_path / "r2", _cfg(mode="data"), eval_dir="none", quiet=True, device="cpu")
+
+
+def test_synthetic_sources_shapes_and_range():
+    g = torch.Generator().manual_seed(0)
+    for fn in (uniform_noise, pink_noise, dead_leaves):
+        x = fn(3, 16, g)
+        assert x.shape == (3, 3, 16, 16) and x.min() >= 0 and x.max() <= 1 and x.std() > 0.01
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(dead_leaves(2, 16, g1), dead_leaves(2, 16, g2))
+
+
+def test_existing_run_refused_unwritable_fails_early(tiny_teacher, tmp_path):
+    distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=1, mode="noise"), eval_dir="none", quiet=True,
+            device="cpu")
+    with pytest.raises(SRShrinkError, match="--resume"):
+        distill(str(tiny_teacher), tmp_path / "r", _cfg(mode="noise"), eval_dir="none", quiet=True, device="cpu")
+    run = distill(str(tiny_teacher), tmp_path / "r", _cfg(mode="noise"), eval_dir="none", quiet=True, device="cpu",
+                  force=True)
+    assert len(run["stages"]) == 2
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SRShrinkError, match="cannot write"):
+        distill(str(tiny_teacher), tmp_path / "afile" / "run", _cfg(), eval_dir="none", quiet=True, device="cpu")
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path):
+    t = SRStudent(2, 1, 4)
+    with torch.no_grad():
+        t.tail.bias.fill_(float("nan"))
+    save_model_checkpoint(t, "student", t.config(), tmp_path / "nan_teacher.pt")
+    with pytest.raises(SRShrinkError, match="NaN"):
+        distill(str(tmp_path / "nan_teacher.pt"), tmp_path / "r", _cfg(mode="noise"), eval_dir="none", quiet=True,
+                device="cpu")
+    assert not (tmp_path / "r" / "stage_01.pt").exists()
+
+
+def _cli_args(teacher, out, steps):
+    return [sys.executable, "-m", "sr_shrink.cli", "distill", str(teacher), "--out", str(out), "--stages", "1:3",
+            "--steps-per-stage", str(steps), "--channels", "4", "--batch", "4", "--lr-patch", "12",
+            "--save-every", "5", "--eval", "none", "--quiet", "--threads", "1", "--device", "cpu"]
+
+
+def test_resume_after_kill(tiny_teacher, tmp_path):
+    out = tmp_path / "r"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli_args(tiny_teacher, out, 400), env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "state.pt").exists():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "state.pt").exists(), "no resumable state was saved before the kill"
+    state = torch.load(out / "state.pt", weights_only=True)
+    r = subprocess.run(_cli_args(tiny_teacher, out, 400) + ["--resume"], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert [s["n_blocks"] for s in run["stages"]] == [1, 2, 3] and run["complete"]
+    assert state["step"] > 0 or state["stage_idx"] > 0
+    assert not (out / "state.pt").exists()
+
+
+def test_ddp_two_gloo_processes_match_single_process_files(tiny_teacher, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = tmp_path / "single"
+    r = subprocess.run(_cli_args(tiny_teacher, single, 6), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                "-m", "sr_shrink.cli"]
+    ddp = tmp_path / "ddp"
+    r = subprocess.run(torchrun + _cli_args(tiny_teacher, ddp, 6)[3:], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = lambda d: sorted(p.name for p in d.iterdir())  # noqa: E731
+    assert names(ddp) == names(single)
+    run = json.loads((ddp / "run.json").read_text())
+    assert run["world_size"] == 2 and [s["n_blocks"] for s in run["stages"]] == [1, 2, 3]
