@@ -34,12 +34,14 @@ VARIANTS = {
     "datafree-mix0.25": dict(mode="datafree", mix=0.25),
     "datafree-mix0.75": dict(mode="datafree", mix=0.75),
     "datafree-nowarmup": dict(mode="datafree", g_warmup=0),
+    "datafree-dl+pink": dict(mode="datafree", synthetic="deadleaves,pink", mix=0.75),
     "datafree-nodiv": dict(mode="datafree", w_div=0.0, w_nat=0.0),
     "datafree-wr10": dict(mode="datafree", w_r=10.0),
     "datafree-charbonnier": dict(mode="datafree", kd_loss="charbonnier"),
     "datafree-reuse1": dict(mode="datafree", reuse=1),
     "deadleaves-reuse1": dict(mode="deadleaves", reuse=1),
     "data": dict(mode="data"),
+    "data-hr": dict(mode="data", data_target="hr"),
 }
 
 
@@ -71,11 +73,13 @@ def main() -> None:
                   + f"  ({run['wall_seconds']:.0f} s)", flush=True)
     first = next(iter(results.values()))[0]
     lines = [f"teacher {first['teacher_psnr_y']:.3f} dB, bicubic {first['bicubic_psnr_y']:.3f} dB (Y-PSNR, eval split)",
-             "", "| variant | final Y-PSNR mean | spread (min-max) | per-stage mean | steps/s |", "|---|---|---|---|---|"]
+             "", "| variant | final Y-PSNR mean | spread (min-max) | per-stage mean | steps/s |",
+             "|---|---|---|---|---|"]
     summary = {}
     for name, runs in results.items():
         finals = [r["stages"][-1]["val_psnr_y"] for r in runs]
-        per_stage = [statistics.mean(r["stages"][i]["val_psnr_y"] for r in runs) for i in range(len(runs[0]["stages"]))]
+        n_stages = len(runs[0]["stages"])
+        per_stage = [statistics.mean(r["stages"][i]["val_psnr_y"] for r in runs) for i in range(n_stages)]
         sps = statistics.mean(sum(s["steps"] for s in r["stages"]) / sum(s["seconds"] for s in r["stages"])
                               for r in runs)
         summary[name] = {"final_mean": statistics.mean(finals), "finals": finals, "per_stage": per_stage,

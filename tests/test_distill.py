@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +16,8 @@ from sr_shrink.distill.losses import diversity_loss, generator_loss
 from sr_shrink.distill.sources import dead_leaves, natural_stats_loss, pink_noise, uniform_noise
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.registry import save_model_checkpoint
-from sr_shrink.models.student import SRStudent, grow, load_student
+from sr_shrink.models.student import SRStudent, load_student
 from sr_shrink.models.teacher import load_teacher
-
 
 TINY = dict(channels=4, batch=4, lr_patch=12, save_every=5)
 
@@ -178,3 +176,18 @@ def test_ddp_two_gloo_processes_match_single_process_files(tiny_teacher, tmp_pat
     assert names(ddp) == names(single)
     run = json.loads((ddp / "run.json").read_text())
     assert run["world_size"] == 2 and [s["n_blocks"] for s in run["stages"]] == [1, 2, 3]
+
+
+def test_datafree_synthetic_mix_and_data_targets(tiny_teacher, tiny_eval, tmp_path):
+    run = distill(str(tiny_teacher), tmp_path / "a", _cfg(mode="datafree", synthetic="deadleaves,pink", mix=0.75),
+                  eval_dir="none", quiet=True, device="cpu")
+    assert run["recipe"]["synthetic"] == "deadleaves,pink" and run["recipe"]["mix"] == 0.75
+    with pytest.raises(SRShrinkError, match="unknown synthetic source"):
+        distill(str(tiny_teacher), tmp_path / "b", _cfg(mode="datafree", synthetic="stripes"), eval_dir="none",
+                quiet=True, device="cpu")
+    hr = distill(str(tiny_teacher), tmp_path / "c", _cfg(mode="data", data_dir=str(tiny_eval), data_target="hr"),
+                 eval_dir="none", quiet=True, device="cpu")
+    assert hr["recipe"]["data_target"] == "hr"
+    with pytest.raises(SRShrinkError, match="multiple of 4"):
+        distill(str(tiny_teacher), tmp_path / "d", _cfg(mode="generator", lr_patch=10), eval_dir="none", quiet=True,
+                device="cpu")

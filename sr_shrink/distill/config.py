@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 MODES = ("datafree", "generator", "noise", "pink", "deadleaves", "data")
-RECIPE_KEYS = ("mode", "mix", "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
+RECIPE_KEYS = ("mode", "data_target", "mix", "synthetic",
+               "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
                "kd_loss", "reuse", "lr", "channels", "lr_patch", "batch")
 
 
@@ -15,7 +16,8 @@ class DistillConfig:
 
     ``mode``: ``datafree`` (the default recipe: generator samples mixed with dead-leaves images),
     ``generator`` (the paper's loop alone), ``noise`` / ``pink`` / ``deadleaves`` (synthetic inputs, no
-    generator) or ``data`` (real LR/HR patches from ``data_dir``).
+    generator) or ``data`` (real LR patches from ``data_dir``, with the teacher's output as target, or the
+    HR ground truth when ``data_target="hr"``).
     """
 
     scale: int = 2
@@ -39,8 +41,10 @@ class DistillConfig:
     w_div: float = 0.1
     w_nat: float = 1.0
     g_ema: float = 0.99
-    mix: float = 0.5  # datafree: share of each batch drawn from dead leaves, the rest from G
+    mix: float = 0.5  # datafree: share of each batch drawn from the synthetic sources, the rest from G
+    synthetic: str = "deadleaves"  # datafree: comma-separated synthetic sources sharing the mix equally
     data_dir: str | None = None
+    data_target: str = "teacher"  # data mode: KD on the teacher's output (teacher) or ground truth (hr)
     seed: int = 0
     save_every: int = 100
     extra: dict = field(default_factory=dict)

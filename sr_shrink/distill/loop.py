@@ -34,7 +34,7 @@ from .buffer import ReplayBuffer
 from .config import MODES, DistillConfig
 from .generator import Generator, save_generator
 from .losses import generator_loss, kd_loss
-from .sources import RealPatches, synthetic
+from .sources import SYNTHETIC, RealPatches, synthetic
 
 BUFFER_BATCHES = 32
 
@@ -113,6 +113,14 @@ class Distiller:
                  env: Env, teacher_path: str, teacher_sha256: str):
         if cfg.mode not in MODES:
             raise SRShrinkError(f"unknown mode {cfg.mode!r}; choose one of {', '.join(MODES)}.")
+        if cfg.mode in ("datafree", "generator") and cfg.lr_patch % 4:
+            raise SRShrinkError(f"--lr-patch {cfg.lr_patch}: the generator needs a multiple of 4, e.g. "
+                                f"{cfg.lr_patch // 4 * 4 or 4}.")
+        bad = [s for s in cfg.synthetic.split(",") if s not in SYNTHETIC]
+        if bad:
+            raise SRShrinkError(f"unknown synthetic source {bad[0]!r}; choose from {', '.join(SYNTHETIC)}.")
+        if cfg.data_target not in ("teacher", "hr"):
+            raise SRShrinkError(f"unknown data target {cfg.data_target!r}; use teacher or hr.")
         if cfg.mode == "data" and not cfg.data_dir:
             raise SRShrinkError("--mode data needs --data DIR, a folder of training images.")
         self.teacher, self.cfg, self.run_dir, self.env = teacher.to(env.device), cfg, run_dir, env
@@ -143,8 +151,10 @@ class Distiller:
             return synthetic(cfg.mode, n, cfg.lr_patch, self.g).to(dev)
         if cfg.mode == "generator":
             return self.gen_ema.sample(n, self.g)
-        k = int(round(n * cfg.mix))  # datafree: dead leaves + generator samples
-        parts = [synthetic("deadleaves", k, cfg.lr_patch, self.g).to(dev)] if k else []
+        k = int(round(n * cfg.mix))  # datafree: synthetic images + generator samples
+        kinds = cfg.synthetic.split(",")
+        counts = [k // len(kinds) + (i < k % len(kinds)) for i in range(len(kinds))]
+        parts = [synthetic(kind, c, cfg.lr_patch, self.g).to(dev) for kind, c in zip(kinds, counts) if c]
         if n - k:
             parts.append(self.gen_ema.sample(n - k, self.g))
         return torch.cat(parts)
@@ -154,10 +164,13 @@ class Distiller:
         t0 = time.perf_counter()
         if self.real is not None:
             lr, hr = self.real.sample(self.cfg.batch, self.g)
-            self.buffer.add(lr.to(self.env.device), hr.to(self.env.device))
-            self.timing["inputs"] += time.perf_counter() - t0
-            return
-        x = self._fresh_inputs(self.cfg.batch)
+            x = lr.to(self.env.device)
+            if self.cfg.data_target == "hr":  # plain supervised training on ground truth
+                self.buffer.add(x, hr.to(self.env.device))
+                self.timing["inputs"] += time.perf_counter() - t0
+                return
+        else:
+            x = self._fresh_inputs(self.cfg.batch)
         t1 = time.perf_counter()
         self.timing["inputs"] += t1 - t0
         with self._autocast():
@@ -228,7 +241,8 @@ class Distiller:
             return
         state = {"stage_idx": stage_idx, "step": step, "student": student.state_dict(),
                  "student_config": student.config(), "opt": opt.state_dict(), "rng": self.g.get_state(),
-                 "seconds": seconds, "kd_hist": kd_hist[-50:], "first_kd": self.first_kd, "g_steps": self.g_steps, "timing": self.timing}
+                 "seconds": seconds, "kd_hist": kd_hist[-50:], "first_kd": self.first_kd,
+                 "g_steps": self.g_steps, "timing": self.timing}
         if self.uses_g:
             state.update(gen=self.gen.state_dict(), gen_ema=self.gen_ema.state_dict(),
                          gen_opt=self.gen_opt.state_dict())

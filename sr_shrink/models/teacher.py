@@ -24,11 +24,8 @@ from torch import nn
 
 from ..errors import SRShrinkError
 from ..resize import upscale
-from .edsr import RGB_MEAN, EDSR
-from .msrresnet import MSRResNet
+from .edsr import EDSR, RGB_MEAN
 from .registry import build_model, is_sr_shrink_checkpoint
-from .student import SRStudent
-from .vdsr import VDSR
 
 DEFAULT_TEACHER = Path(__file__).resolve().parents[1] / "assets" / "teacher_x2.pt"
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "network", "generator")

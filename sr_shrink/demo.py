@@ -1,0 +1,46 @@
+"""``sr-shrink demo``: the whole pipeline on the bundled teacher in about ten minutes on two CPU cores.
+
+distill (data-free, stages 1..4) -> export the last stage to every target installed here -> bench every
+stage on the runtimes installed here, ending with the table, the plot and the recommended stage.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+from .distill import DistillConfig, distill
+
+TARGETS = {"onnx": ("onnxruntime", ("fp32", "int8")), "tflite": ("litert_torch", ("fp32", "int8")),
+           "coreml": ("coremltools", ("fp16",))}
+
+
+def installed_targets() -> list[str]:
+    """Return the export targets whose converter package is importable here."""
+    return [t for t, (mod, _) in TARGETS.items() if importlib.util.find_spec(mod) is not None]
+
+
+def run_demo(out: str | Path, steps_per_stage: int, log: Callable[[str], None], force: bool = True,
+             input_size: str = "256x256") -> dict:
+    """Run distill -> export -> bench into ``out``; return the bench result dict."""
+    from .bench import BenchConfig, parse_size, run_bench
+
+    out = Path(out)
+    log(f"[1/3] distilling the bundled x2 teacher into {out} (data-free, 4 stages x {steps_per_stage} steps)")
+    cfg = DistillConfig(stage_start=1, stage_end=4, steps_per_stage=steps_per_stage)
+    distill(None, out, cfg, force=force, resume=not force)
+    targets = installed_targets()
+    log(f"[2/3] exporting the last stage to: {', '.join(targets) or 'nothing (no export extra installed)'}")
+    from .export import export_run
+
+    for target in targets:
+        for precision in TARGETS[target][1]:
+            for e in export_run(out, target, stage="last", precision=precision):
+                v = e["verification"]
+                log(f"  {e['file']}: {e['size_bytes'] / 1024:.0f} KiB, verified={e['verified']}, "
+                    f"Y-PSNR {v.get('psnr_y', '-')} (torch {v.get('torch_psnr_y', '-')})")
+    log("[3/3] benchmarking every stage (latency at 256x256, Y-PSNR on the eval split)")
+    bcfg = BenchConfig(precisions=("fp32", "int8"), input_size=parse_size(input_size), repeats=10, warmup=2,
+                       rounds=5)
+    return run_bench(out, bcfg, log=log)
