@@ -34,6 +34,8 @@ VARIANTS = {
     "datafree-mix0.25": dict(mode="datafree", mix=0.25),
     "datafree-mix0.75": dict(mode="datafree", mix=0.75),
     "datafree-nowarmup": dict(mode="datafree", g_warmup=0),
+    "datafree-refine": dict(mode="datafree", g_kind="refine"),
+    "generator-refine": dict(mode="generator", g_kind="refine"),
     "datafree-dl+pink": dict(mode="datafree", synthetic="deadleaves,pink", mix=0.75),
     "datafree-nodiv": dict(mode="datafree", w_div=0.0, w_nat=0.0),
     "datafree-wr10": dict(mode="datafree", w_r=10.0),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 MODES = ("datafree", "generator", "noise", "pink", "deadleaves", "data")
-RECIPE_KEYS = ("mode", "data_target", "mix", "synthetic",
+RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
                "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
                "kd_loss", "reuse", "lr", "channels", "lr_patch", "batch")
 
@@ -33,6 +33,7 @@ class DistillConfig:
     kd_loss: str = "l1"  # l1 | charbonnier
     reuse: int = 2  # student steps per fresh (input, teacher output) batch
     # generator (datafree / generator modes)
+    g_kind: str = "latent"  # latent: the paper's G(z); refine: bounded perturbation of synthetic images
     z_dim: int = 256
     student_steps_per_g: int = 10
     g_lr: float = 1e-3

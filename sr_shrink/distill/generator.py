@@ -1,7 +1,13 @@
-"""The data-free generator G(z): a DAFL-style decoder from a latent vector to an LR RGB patch in [0, 1].
+"""Data-free generators: G(z) -> LR RGB patches in [0, 1]. Two kinds share one interface
+(``draw_latent(n, g)``, ``forward(z)``, ``sample(n, g)``):
 
-Linear -> (128, p/4, p/4) feature map -> BN -> 2 x [nearest x2 upsampling, 3x3 conv, BN, LeakyReLU]
--> 3x3 conv -> sigmoid. Saved as a plain dict ``{"config": ..., "state_dict": ...}`` (no pickled classes).
+* ``latent`` (the paper's, DAFL-style): z ~ N(0, I) -> Linear -> (128, p/4, p/4) -> BN -> 2 x [nearest x2
+  upsampling, 3x3 conv, BN, LeakyReLU] -> 3x3 conv -> sigmoid.
+* ``refine``: z = a synthetic image (dead leaves by default) plus noise maps; G adds a bounded learned
+  perturbation (``eps * tanh``) to the image, so the adversarial game searches for hard examples near
+  natural-looking images instead of drifting to stripes or flat colour.
+
+Saved as a plain dict ``{"kind", "config", "state_dict"}`` (no pickled classes).
 """
 
 from __future__ import annotations
@@ -48,27 +54,87 @@ class Generator(nn.Module):
         h = self.fc(z).view(z.shape[0], -1, self.init, self.init)
         return torch.sigmoid(self.up(self.bn0(h)))
 
+    def draw_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return ``n`` latent vectors z ~ N(0, I) on the generator's device."""
+        return torch.randn(n, self.config.z_dim, generator=generator).to(self.fc.weight.device)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Return ``n`` patches from fresh latents (no gradient), drawn with ``generator`` on CPU."""
-        z = torch.randn(n, self.config.z_dim, generator=generator).to(self.fc.weight.device)
         with torch.no_grad():
-            return self(z)
+            return self(self.draw_latent(n, generator))
 
 
-def save_generator(gen: Generator, path: str | Path) -> Path:
-    """Atomically save ``gen`` as ``{"config", "state_dict"}``; return the path."""
-    return atomic_torch_save({"config": asdict(gen.config),
+@dataclass
+class RefineConfig:
+    """Shape of the refining generator: patch size, width, perturbation bound, base source, noise maps."""
+
+    patch: int = 24
+    width: int = 32
+    eps: float = 0.15
+    base: str = "deadleaves"
+    noise_ch: int = 4
+
+
+class RefineGenerator(nn.Module):
+    """x = clamp(base + eps * tanh(net([base, noise])), 0, 1), with base a synthetic image."""
+
+    def __init__(self, patch: int = 24, width: int = 32, eps: float = 0.15, base: str = "deadleaves",
+                 noise_ch: int = 4):
+        super().__init__()
+        self.config = RefineConfig(patch, width, eps, base, noise_ch)
+        self.net = nn.Sequential(
+            nn.Conv2d(3 + noise_ch, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, 3, 3, padding=1),
+        )
+
+    def draw_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return z = [base image, noise maps] of shape (n, 3 + noise_ch, patch, patch)."""
+        from .sources import synthetic
+
+        c = self.config
+        base = synthetic(c.base, n, c.patch, generator)
+        noise = torch.randn((n, c.noise_ch, c.patch, c.patch), generator=generator)
+        return torch.cat([base, noise], dim=1).to(self.net[0].weight.device)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        base = z[:, :3]
+        return (base + self.config.eps * torch.tanh(self.net(z))).clamp(0, 1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return ``n`` refined synthetic patches (no gradient)."""
+        with torch.no_grad():
+            return self(self.draw_latent(n, generator))
+
+
+KINDS = {"latent": Generator, "refine": RefineGenerator}
+
+
+def make_generator(kind: str, patch: int, z_dim: int = 256, base: str = "deadleaves") -> nn.Module:
+    """Return a new generator of ``kind`` ('latent' or 'refine') producing ``patch`` px LR patches."""
+    if kind == "latent":
+        return Generator(z_dim, patch)
+    if kind == "refine":
+        return RefineGenerator(patch, base=base)
+    raise SRShrinkError(f"unknown generator kind {kind!r}; use latent or refine.")
+
+
+def save_generator(gen: nn.Module, path: str | Path) -> Path:
+    """Atomically save ``gen`` as ``{"kind", "config", "state_dict"}``; return the path."""
+    kind = "refine" if isinstance(gen, RefineGenerator) else "latent"
+    return atomic_torch_save({"kind": kind, "config": asdict(gen.config),
                               "state_dict": {k: v.detach().cpu() for k, v in gen.state_dict().items()}}, path)
 
 
-def load_generator(path: str | Path) -> Generator:
+def load_generator(path: str | Path) -> nn.Module:
     """Return the generator saved at ``path`` (eval mode, CPU); a clear error if it is missing or damaged."""
     path = Path(path)
     if not path.is_file():
         raise SRShrinkError(f"{path}: no generator checkpoint; run 'sr-shrink distill' in datafree mode first.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        gen = Generator(**ckpt["config"])
+        gen = KINDS[ckpt.get("kind", "latent")](**ckpt["config"])
         gen.load_state_dict(ckpt["state_dict"])
     except Exception as exc:
         raise SRShrinkError(f"{path}: damaged generator checkpoint ({str(exc).splitlines()[0][:120]}).") from None

@@ -32,7 +32,7 @@ from ..models.student import SRStudent, grow
 from ..models.teacher import Teacher
 from .buffer import ReplayBuffer
 from .config import MODES, DistillConfig
-from .generator import Generator, save_generator
+from .generator import make_generator, save_generator
 from .losses import generator_loss, kd_loss
 from .sources import SYNTHETIC, RealPatches, synthetic
 
@@ -130,7 +130,8 @@ class Distiller:
         self.real = RealPatches(cfg.data_dir, cfg.scale, cfg.lr_patch) if cfg.mode == "data" else None
         self.uses_g = cfg.mode in ("datafree", "generator")
         torch.manual_seed(cfg.seed)
-        self.gen = Generator(cfg.z_dim, cfg.lr_patch).to(env.device) if self.uses_g else None
+        self.gen = make_generator(cfg.g_kind, cfg.lr_patch, cfg.z_dim, cfg.synthetic.split(",")[0]).to(
+            env.device) if self.uses_g else None
         self.gen_ema = copy.deepcopy(self.gen).eval() if self.uses_g else None
         self.gen_opt = torch.optim.Adam(self.gen.parameters(), lr=cfg.g_lr, betas=(0.5, 0.999)) \
             if self.uses_g else None
@@ -204,7 +205,7 @@ class Distiller:
     def _generator_step(self, student: SRStudent) -> dict[str, float]:
         cfg, t0 = self.cfg, time.perf_counter()
         self.gen.train()
-        z = torch.randn(cfg.batch, cfg.z_dim, generator=self.g).to(self.env.device)
+        z = self.gen.draw_latent(cfg.batch, self.g)
         student.requires_grad_(False)
         try:
             x = self.gen_ddp(z)

@@ -24,7 +24,7 @@ def diversity_loss(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     The ratio of image distance to latent distance over neighbouring pairs in the batch (MSGAN), inverted.
     """
     dx = (x - x.roll(1, dims=0)).abs().mean(dim=(1, 2, 3))
-    dz = (z - z.roll(1, dims=0)).abs().mean(dim=1)
+    dz = (z - z.roll(1, dims=0)).abs().flatten(1).mean(dim=1)
     return 1.0 / ((dx / dz).mean() + 1e-5)
 
 

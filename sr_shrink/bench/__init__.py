@@ -1,0 +1,10 @@
+"""``sr-shrink bench``: which stage to ship. Measures every stage x runtime x precision of a distill run.
+
+Modules: ``runtimes`` (torch / ONNX Runtime / LiteRT runners), ``artifacts`` (find or make exports),
+``measure`` (latency rounds, memory, quality), ``pareto`` (front, knee, picks), ``machine`` (what it ran on),
+``report`` (table, JSON, plot) and ``pipeline`` (``run_bench``, which ties them together).
+"""
+
+from .pipeline import BenchConfig, parse_size, run_bench
+
+__all__ = ["BenchConfig", "parse_size", "run_bench"]

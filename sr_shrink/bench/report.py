@@ -1,0 +1,134 @@
+"""Show and save a benchmark: a rich table, bench.json, and a PSNR-vs-latency plot with the Pareto front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..io import atomic_write_json
+from .pareto import pareto_front
+from .runtimes import PRECISIONS, RUNTIMES
+
+MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^"}
+COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+
+
+def _key(row: dict) -> tuple:
+    return row.get("stage"), row.get("runtime"), row.get("precision")
+
+
+def row_order(row: dict) -> tuple:
+    """Return the sort key of a row: stage, then runtime and precision in their canonical order."""
+    rank = {n: i for i, n in enumerate(RUNTIMES + PRECISIONS)}
+    return row["stage"], rank.get(row["runtime"], 99), rank.get(row["precision"], 99)
+
+
+def _fmt(value, spec: str, none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def bench_table(result: dict) -> Table:
+    """Return a rich Table of the rows sorted by stage; * marks the pick, + the Pareto front."""
+    m = result.get("machine", {})
+    table = Table(title=f"sr-shrink bench: {m.get('input_size')} input, {m.get('threads')} threads, {m.get('cpu')}",
+                  caption=_caption(result))
+    for name in ("", "stage", "blocks", "runtime", "prec", "params", "GMAC", "KiB", "ms p50", "ms p90",
+                 "spread%", "MiB", "PSNR-Y", "SSIM-Y", "Δteacher", "Δbicubic"):
+        table.add_column(name, justify="left" if name in ("runtime", "prec", "") else "right")
+    front = {_key(r) for r in pareto_front(result["rows"])}
+    pick = _key(result["recommended"]) if result.get("recommended") else None
+    for r in sorted(result["rows"], key=row_order):
+        mark = ("*" if _key(r) == pick else "") + ("+" if _key(r) in front else "")
+        table.add_row(mark, str(r["stage"]), str(r["n_blocks"]), r["runtime"], r["precision"], f"{r['params']:,}",
+                      f"{r['macs'] / 1e9:.3f}", f"{r['size_bytes'] / 1024:.1f}", f"{r['latency_ms_median']:.3f}",
+                      f"{r['latency_ms_p90']:.3f}", _fmt(r.get("latency_spread_pct"), ".1f"),
+                      _fmt(r.get("peak_rss_mib"), ".1f"), f"{r['psnr_y']:.3f}", f"{r['ssim_y']:.4f}",
+                      _fmt(r.get("delta_teacher_db"), "+.3f"), f"{r['delta_bicubic_db']:+.3f}",
+                      style="bold green" if _key(r) == pick else None)
+    return table
+
+
+def _caption(result: dict) -> str:
+    t, b = result.get("teacher", {}), result.get("bicubic", {})
+    src = " (from run.json)" if t.get("source") == "run.json" else ""
+    return (f"teacher {_fmt(t.get('psnr_y'), '.3f')} dB{src}, bicubic {_fmt(b.get('psnr_y'), '.3f')} dB; "
+            "* recommended, + on the Pareto front; spread = (p90-p10)/median; MiB = peak RSS growth while "
+            "loading + first inference")
+
+
+def print_report(result: dict, console: Console | None = None) -> None:
+    """Print the table, the notes and the recommendation (or why there is none) to ``console``."""
+    console = console or Console()
+    console.print(bench_table(result))
+    for note in result.get("notes", []):
+        console.print(f"note: {note}", markup=False, highlight=False)
+    rec = result.get("recommended")
+    if rec:
+        console.print(f"recommended: stage {rec['stage']} ({rec['n_blocks']} blocks) {rec['runtime']} "
+                      f"{rec['precision']}: {rec['psnr_y']:.2f} dB at {rec['latency_ms_median']:.2f} ms; "
+                      f"{rec['reason']}", markup=False, highlight=False)
+
+
+def write_json(result: dict, path: str | Path) -> Path:
+    """Write the benchmark ``result`` as indented JSON (atomically); return the path."""
+    return atomic_write_json(result, path)
+
+
+def plot(result: dict, path: str | Path) -> Path:
+    """Write a PNG of Y-PSNR vs median latency: one point per row labelled with its block count, the
+    Pareto front as a line, the pick circled, teacher and bicubic as horizontal lines; return the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=110)
+    for r in rows:
+        ax.scatter(r["latency_ms_median"], r["psnr_y"], marker=MARKERS.get(r["runtime"], "o"),
+                   color=COLOURS.get(r["precision"], "grey"), s=36, zorder=3)
+        ax.annotate(str(r["n_blocks"]), (r["latency_ms_median"], r["psnr_y"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    front = pareto_front(rows)
+    ax.plot([r["latency_ms_median"] for r in front], [r["psnr_y"] for r in front], "k--", lw=1, zorder=2,
+            label="Pareto front")
+    _references(ax, result)
+    rec = result.get("recommended")
+    if rec:
+        ax.scatter(rec["latency_ms_median"], rec["psnr_y"], s=220, facecolors="none", edgecolors="red", lw=1.5,
+                   zorder=4, label=f"pick: stage {rec['stage']} {rec['runtime']} {rec['precision']}")
+    _legend(ax, rows)
+    lats = [r["latency_ms_median"] for r in rows]
+    if lats and min(lats) > 0 and max(lats) / min(lats) > 20:
+        ax.set_xscale("log")
+    m = result.get("machine", {})
+    ax.set(xlabel=f"median latency (ms), threads: {m.get('threads')}", ylabel="Y-PSNR (dB)",
+           title=f"{m.get('input_size')} input on {m.get('cpu', '?')}; labels = residual blocks")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def _references(ax, result: dict) -> None:
+    t, b = result.get("teacher", {}).get("psnr_y"), result.get("bicubic", {}).get("psnr_y")
+    if t is not None:
+        ax.axhline(t, color="purple", lw=1, ls=":", label=f"teacher {t:.2f} dB")
+    if b is not None:
+        ax.axhline(b, color="grey", lw=1, ls=":", label=f"bicubic {b:.2f} dB")
+
+
+def _legend(ax, rows: list[dict]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles, _ = ax.get_legend_handles_labels()
+    for rt in dict.fromkeys(r["runtime"] for r in rows):
+        handles.append(Line2D([], [], marker=MARKERS.get(rt, "o"), ls="", color="black", label=rt))
+    for pr in dict.fromkeys(r["precision"] for r in rows):
+        handles.append(Line2D([], [], marker="o", ls="", color=COLOURS.get(pr, "grey"), label=pr))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -1,0 +1,263 @@
+"""The ``sr-shrink`` command line: info, distill, export, bench, upscale and demo.
+
+Every command turns an :class:`SRShrinkError` into one line on stderr and exit status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from .errors import SRShrinkError
+
+console = Console(stderr=True)
+
+
+class Group(click.Group):
+    """A click group that prints sr-shrink errors as one line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SRShrinkError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sr-shrink")
+def main() -> None:
+    """Shrink a super-resolution network into small, fast students for phones, without its data."""
+
+
+def _parse_stages(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use A:B, e.g. 1:8") from None
+    if a < 1 or b < a:
+        raise click.BadParameter(f"{text!r}: need 1 <= A <= B")
+    return a, b
+
+
+@main.command()
+@click.argument("teacher", required=False)
+@click.option("--out", "run_dir", default="runs/distill", show_default=True, help="Run folder (RUN_DIR).")
+@click.option("--mode", type=click.Choice(["datafree", "generator", "noise", "pink", "deadleaves", "data"]),
+              default="datafree", show_default=True, help="Input source for the students.")
+@click.option("--data", "data_dir", help="Folder of training images (for --mode data).")
+@click.option("--data-target", type=click.Choice(["teacher", "hr"]), default="teacher", show_default=True,
+              help="--mode data: distill the teacher's output on real photos, or train on their HR ground truth.")
+@click.option("--stages", default="1:4", show_default=True, help="Block counts A:B of the first and last stage.")
+@click.option("--stage-step", default=1, show_default=True, help="Blocks added per stage.")
+@click.option("--steps-per-stage", default=500, show_default=True, help="Student steps per stage.")
+@click.option("--channels", default=16, show_default=True, help="Student width.")
+@click.option("--batch", default=16, show_default=True)
+@click.option("--lr-patch", default=0, help="LR patch size in px (default 48 // scale).")
+@click.option("--lr", default=1e-3, show_default=True, help="Student learning rate (cosine per stage).")
+@click.option("--student-steps-per-g", default=None, type=int, help="Student steps per generator step.")
+@click.option("--g-lr", default=None, type=float, help="Generator learning rate.")
+@click.option("--w-r", default=None, type=float, help="Weight of the bicubic-consistency term of L_G.")
+@click.option("--mix", default=None, type=float, help="datafree: share of dead-leaves images per batch.")
+@click.option("--kd-loss", type=click.Choice(["l1", "charbonnier"]), default="l1", show_default=True)
+@click.option("--reuse", default=None, type=int, help="Student steps per fresh teacher batch.")
+@click.option("--scale", type=int, help="Upscaling factor (checked against the teacher).")
+@click.option("--eval", "eval_dir", help="Eval images folder (default: bundled split; 'none' to skip).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--save-every", default=100, show_default=True, help="Steps between resumable checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Overwrite a run already in --out.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a full pickled nn.Module teacher (runs its code).")
+@click.option("--quiet", is_flag=True, help="No progress bar or table.")
+def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, batch,
+            lr_patch, lr,
+            student_steps_per_g, g_lr, w_r, mix, kd_loss, reuse, scale, eval_dir, seed, save_every, resume, force,
+            device, amp, channels_last, threads, trust_pickle, quiet) -> None:
+    """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data."""
+    import torch
+
+    from .distill import DistillConfig
+    from .distill import distill as run_distill
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = _parse_stages(stages)
+    overrides = {k: v for k, v in dict(student_steps_per_g=student_steps_per_g, g_lr=g_lr, w_r=w_r, mix=mix,
+                                         reuse=reuse).items() if v is not None}
+    cfg = DistillConfig(scale=scale or 2, mode=mode, stage_start=a, stage_end=b, stage_step=stage_step,
+                        steps_per_stage=steps_per_stage, channels=channels, batch=batch, lr_patch=lr_patch, lr=lr,
+                        kd_loss=kd_loss, data_dir=data_dir, data_target=data_target, seed=seed, save_every=save_every,
+                        **overrides)
+    run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
+                trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp, channels_last=channels_last)
+    if not quiet:
+        click.echo(f"students written to {run_dir}/stage_XX.pt; run summary in {run_dir}/run.json")
+
+
+@main.command()
+@click.argument("path", required=False)
+@click.option("--scale", type=int, help="Check (or, for pre-upsampling networks, set) the upscaling factor.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a full pickled nn.Module (runs code from the file).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def info(path: str | None, scale: int | None, trust_pickle: bool, as_json: bool) -> None:
+    """Show what PATH holds (default: the bundled x2 teacher): format, architecture, scale, size."""
+    import json
+
+    from rich.table import Table
+
+    from .models.teacher import count_macs, load_teacher
+
+    teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle)
+    d = teacher.info.to_dict()
+    d["macs_256x256"] = count_macs(teacher)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    table = Table(title=f"sr-shrink info: {d['path']}", show_header=False)
+    rows = [("format", d["format"]), ("architecture", d["arch"]), ("scale", f"x{d['scale']}"),
+            ("params", f"{d['params']:,}"), ("MACs at 256x256", f"{d['macs_256x256'] / 1e9:.2f} G"),
+            ("value range", f"[0, {d['value_range']:g}]"), ("input", "Y channel" if d["y_only"] else "RGB"),
+            ("pre-upsampling", "yes (bicubic)" if d["pre_upsample"] else "no"),
+            ("config", json.dumps(d["config"]) if d["config"] else "-"), ("sha256", d["sha256"][:16] + "...")]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=str))
+@click.option("--target", required=True, type=click.Choice(["onnx", "coreml", "tflite"]), help="Output format.")
+@click.option("--stage", default="all", show_default=True, help="Stage number, 'last' or 'all'.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Weights/compute precision [default: fp16 for coreml, else fp32].")
+@click.option("--out", type=click.Path(path_type=str), help="Output folder [default: RUN_DIR/exports].")
+@click.option("--input-size", metavar="HxW", help="Fix the LR input size (TFLite default 256x256; else free).")
+@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), help="I/O layout [default: nhwc for tflite].")
+@click.option("--palettize", type=click.Choice(["4", "6", "8"]), help="Core ML: n-bit palettized weights.")
+@click.option("--calib", metavar="generator|DIR", help="int8 calibration inputs [default: generator.pt if "
+              "the run has one, else the bundled eval images].")
+@click.option("--calib-samples", type=int, help="Calibration inputs [default: about 1.2 M pixels' worth].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
+@click.option("--eval", "eval_dir", type=click.Path(path_type=str),
+              help="Folder of HR images for verification [default: the bundled eval split].")
+@click.option("--native-io", is_flag=True, help="I/O in the model precision (fp16 / int8) instead of float32.")
+def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
+           input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
+           calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool) -> None:
+    """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
+    from pathlib import Path
+
+    from rich.table import Table
+
+    from .export import export_run
+
+    entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
+                         layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
+                         calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io)
+    table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
+    for col in ("file", "KiB", "vs torch dB", "PSNR-Y (torch)", "verified"):
+        table.add_column(col)
+    for e in entries:
+        v = e["verification"]
+        ok = "yes" if e["verified"] else f"NO: {v.get('reason', 'below tolerance')}"
+        table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}", str(v.get("psnr_vs_torch", "-")),
+                      f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", ok)
+    Console().print(table)
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    """Return the non-empty items of a comma-separated option, or None when it was not given."""
+    return tuple(t.strip().lower() for t in text.split(",") if t.strip()) if text else None
+
+
+def _note(msg: str) -> None:
+    console.print(msg, style="dim", markup=False, highlight=False)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--runtimes", help="Comma list of torch, onnxruntime, litert [default: all installed].")
+@click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="For the exported runtimes.")
+@click.option("--input-size", default="256x256", show_default=True, help="LR input HxW every row is timed on.")
+@click.option("--threads", type=int, help="Threads for every runtime [default: torch's, see OMP_NUM_THREADS].")
+@click.option("--eval", "eval_dir", type=click.Path(file_okay=False), help="Folder of HR images [default: bundled].")
+@click.option("--max-images", type=int, help="Score on the first N eval images only.")
+@click.option("--budget-ms", type=float, help="Pick the best Y-PSNR within this median latency.")
+@click.option("--min-psnr", type=float, help="Pick the fastest row with at least this Y-PSNR.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.json]")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.png]")
+@click.option("--repeats", type=int, default=20, show_default=True, help="Timed calls per row.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per row first.")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds the repeats are split in.")
+def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, max_images, budget_ms, min_psnr,
+          json_path, plot_path, repeats, warmup, rounds) -> None:
+    """Which stage to ship: latency, size, memory and Y-PSNR of every stage x runtime x precision."""
+    from pathlib import Path
+
+    from .bench import BenchConfig, parse_size, run_bench
+    from .bench.report import plot, print_report, write_json
+
+    cfg = BenchConfig(device=device, runtimes=_csv(runtimes), precisions=_csv(precisions) or (),
+                      input_size=parse_size(input_size), threads=threads, eval_dir=eval_dir, max_images=max_images,
+                      budget_ms=budget_ms, min_psnr=min_psnr, repeats=repeats, warmup=warmup, rounds=rounds)
+    result = run_bench(run_dir, cfg, log=_note)
+    json_out = write_json(result, json_path or Path(run_dir) / "bench.json")
+    png_out = plot(result, plot_path or Path(run_dir) / "bench.png")
+    print_report(result, Console(width=None if sys.stdout.isatty() else 200))
+    _note(f"wrote {json_out} and {png_out}")
+    if result.get("pick_error"):
+        raise SRShrinkError(f"{result['pick_error']} (measurements saved in {json_out})")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for NAME_x{s}.png.")
+@click.option("--tile", type=int, default=256, show_default=True, help="Tile size in input pixels (0: whole image).")
+@click.option("--overlap", type=int, default=16, show_default=True,
+              help="Tile overlap in input pixels (raised to the model's receptive field radius).")
+@click.option("--compare", is_flag=True, help="Also write NAME_x{s}_compare.png: bicubic | student | teacher.")
+@click.option("--teacher", type=click.Path(), help="Teacher for --compare [default: the run's, else bundled].")
+@click.option("--scale", type=int, help="Fail unless the model upscales by this factor.")
+@click.option("--threads", type=int, help="Threads for the model [default: torch's].")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads, device) -> None:
+    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx or .tflite) into the OUT folder."""
+    from .upscale import upscale_files
+
+    if tile < 0 or overlap < 0:
+        raise SRShrinkError("--tile and --overlap must be >= 0.")
+    upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, teacher=teacher,
+                  scale=scale, threads=threads, device=device, log=_note)
+
+
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, help="Run folder.")
+@click.option("--steps-per-stage", default=300, show_default=True, help="Student steps per stage.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted demo run instead of starting over.")
+def demo(out: str, steps_per_stage: int, resume: bool) -> None:
+    """Distill the bundled teacher, export the last stage, bench every stage (~10 min on 2 cores)."""
+    from pathlib import Path
+
+    from .bench.report import plot, print_report, write_json
+    from .demo import run_demo
+
+    result = run_demo(out, steps_per_stage, log=_note, force=not resume)
+    json_out = write_json(result, Path(out) / "bench.json")
+    png_out = plot(result, Path(out) / "bench.png")
+    print_report(result, Console(width=None if sys.stdout.isatty() else 200))
+    _note(f"wrote {json_out} and {png_out}")
+
+
+if __name__ == "__main__":
+    main()

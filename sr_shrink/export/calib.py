@@ -1,0 +1,119 @@
+"""Calibration inputs for int8 exports: LR patches from the run's data-free generator or from photos.
+
+Source ``"generator"`` samples ``RUN_DIR/generator.pt`` (the inputs the student was distilled on); a folder
+(default: the bundled eval split) gives LR crops: each photo is bicubic-downscaled by the scale, as the eval
+pairs are, then cropped (96x96 for free-size graphs). Fixed-size exports get inputs of exactly that size
+(photo crops, padded when a photo is smaller; generator patches tiled into a mosaic), since their graphs
+only accept that size. Free-size graphs get generator patches as sampled, as many pixels as the photo crops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data import EVAL_DIR, list_images, make_lr, mod_crop, read_image
+from ..errors import SRShrinkError
+from .common import CALIB_CROP, RunInfo
+
+
+@dataclass
+class CalibSource:
+    """Where calibration inputs come from: ``kind`` "generator" or "images", the path, and why."""
+
+    kind: str
+    path: Path
+    note: str = ""
+
+    def describe(self) -> dict:
+        """Return the JSON record of this source for export.json."""
+        d = {"source": self.kind, "path": str(self.path)}
+        if self.path == EVAL_DIR:
+            d["path"] = "bundled eval images (sr_shrink/assets/eval)"
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+def calib_source(info: RunInfo, choice: str | Path | None) -> CalibSource:
+    """Return the calibration source ``choice`` names ("generator", a folder, or ``None`` for the default:
+    generator.pt when the run has one, else the bundled eval images)."""
+    if choice is None:
+        if info.generator is not None:
+            return CalibSource("generator", info.generator, "default: the run's generator.pt")
+        return CalibSource("images", EVAL_DIR, "default: the run has no generator.pt")
+    if str(choice) == "generator":
+        if info.generator is None:
+            raise SRShrinkError(f"{info.root}: --calib generator needs RUN_DIR/generator.pt, which this run lacks; "
+                                "pass --calib DIR with a folder of photos instead.")
+        return CalibSource("generator", info.generator)
+    folder = Path(choice)
+    list_images(folder)  # a clear error for a missing or empty folder
+    return CalibSource("images", folder)
+
+
+def calib_inputs(src: CalibSource, scale: int, n: int, size: tuple[int, int] | None, seed: int) -> list[torch.Tensor]:
+    """Return LR calibration inputs (1, 3, h, w) in [0, 1] from ``src``: ``n`` of them of ``size`` when it is
+    given; else ``n`` 96x96 photo crops, or generator patches holding as many pixels."""
+    gen = torch.Generator().manual_seed(seed)
+    if src.kind == "generator":
+        return _generator_inputs(src.path, n, size, gen)
+    return _image_inputs(src.path, scale, n, size, gen)
+
+
+def _load_generator(path: Path):
+    try:
+        from ..distill.generator import load_generator
+    except ImportError:
+        raise SRShrinkError(f"{path}: this install cannot load data-free generators "
+                            "(sr_shrink.distill.generator is missing); pass --calib DIR instead.") from None
+    return load_generator(path)
+
+
+def _generator_inputs(path: Path, n: int, size: tuple[int, int] | None, gen: torch.Generator) -> list[torch.Tensor]:
+    g = _load_generator(path)
+    p = int(g.sample(1, generator=torch.Generator().manual_seed(0)).shape[-1])
+    if size is None:  # free-size graphs take the patches as they are: as many pixels as n photo crops
+        count = math.ceil(n * CALIB_CROP * CALIB_CROP / (p * p))
+        return [x.unsqueeze(0) for x in _sample(g, count, gen)]
+    tiles = math.ceil(size[0] / p) * math.ceil(size[1] / p)
+    return [mosaic(_sample(g, tiles, gen), size) for _ in range(n)]
+
+
+def _sample(g, count: int, gen: torch.Generator, chunk: int = 256) -> torch.Tensor:
+    parts = [g.sample(min(chunk, count - i), generator=gen) for i in range(0, count, chunk)]
+    return torch.cat(parts).float().clamp(0, 1)
+
+
+def mosaic(patches: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Return (1, 3, h, w): the square ``patches`` (k, 3, p, p) laid out row by row, cropped to ``size``."""
+    h, w = size
+    p = patches.shape[-1]
+    rows, cols = math.ceil(h / p), math.ceil(w / p)
+    if patches.shape[0] < rows * cols:
+        raise ValueError(f"mosaic of {size} needs {rows * cols} patches, got {patches.shape[0]}")
+    grid = patches[: rows * cols].reshape(rows, cols, 3, p, p).permute(2, 0, 3, 1, 4)
+    return grid.reshape(1, 3, rows * p, cols * p)[..., :h, :w].contiguous()
+
+
+def _image_inputs(folder: Path, scale: int, n: int, size: tuple[int, int] | None,
+                  gen: torch.Generator) -> list[torch.Tensor]:
+    lrs = [make_lr(mod_crop(read_image(f), scale), scale) for f in list_images(folder)]
+    crop = size or (CALIB_CROP, CALIB_CROP)
+    return [random_crop(lrs[i % len(lrs)], crop, gen).unsqueeze(0) for i in range(n)]
+
+
+def random_crop(img: torch.Tensor, size: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """Return a random (3, h, w) crop of ``img``, replicate-padded first where ``img`` is smaller."""
+    h, w = size
+    ih, iw = img.shape[-2:]
+    if ih < h or iw < w:
+        img = F.pad(img.unsqueeze(0), (0, max(0, w - iw), 0, max(0, h - ih)), mode="replicate")[0]
+        ih, iw = img.shape[-2:]
+    y = int(torch.randint(ih - h + 1, (1,), generator=gen))
+    x = int(torch.randint(iw - w + 1, (1,), generator=gen))
+    return img[:, y:y + h, x:x + w]

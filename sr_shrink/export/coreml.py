@@ -1,0 +1,170 @@
+"""Core ML export: an ML Program (.mlpackage) via ``torch.jit.trace`` and ``coremltools.convert``.
+
+Input ``lr`` (1,3,H,W) float32 with H and W free in [8, 2048] (``ct.RangeDim``) unless a size is fixed;
+output ``sr``. fp16 (the default) computes in float16, fp32 in float32; ``int8`` stores int8 weights
+(linear symmetric, per channel; fp16 compute); ``palettize`` stores 4/6/8-bit palettes (k-means when
+scikit-learn is installed, else uniform). Core ML cannot run on Linux, so verification reads the program
+back and evaluates it in numpy (:mod:`sr_shrink.export.mil_eval`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import ExportConfig, GraphInfo, quiet, require
+from .mil_eval import load_program, program_ops, program_ranks, run_program
+from .wrapper import MobileSR, example_input
+
+RANGE = (8, 2048)
+DEPLOYMENT = "iOS16"
+
+
+def require_coreml(precision: str = "fp16") -> None:
+    """Import coremltools (any ``precision``); a clear error naming the extra if it is missing."""
+    require("coreml", "coremltools", "coremltools.optimize.coreml")
+
+
+def export_coreml(model: MobileSR, path: Path, cfg: ExportConfig, calib: None, meta: dict) -> dict:
+    """Write ``model`` to ``path`` as an .mlpackage in ``cfg``'s precision; return the entry fields it sets.
+
+    ``calib`` is unused: Core ML int8 and palettes compress weights only (activation quantisation needs macOS).
+    """
+    import coremltools as ct
+
+    mlmodel = _convert(model, cfg)
+    extra = {"deployment_target": DEPLOYMENT, "compute_precision": "fp32" if cfg.precision == "fp32" else "fp16",
+             "exporter": f"coremltools {ct.__version__} (torch.jit.trace)"}
+    if cfg.precision == "int8":
+        mlmodel, extra["quantization"] = _linear_int8(mlmodel)
+    if cfg.palettize:
+        mlmodel, extra["palettization"] = _palettize(mlmodel, cfg.palettize)
+    _set_metadata(mlmodel, meta)
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with quiet():
+        mlmodel.save(str(path))
+    return extra
+
+
+def _input_shape(cfg: ExportConfig):
+    import coremltools as ct
+
+    if cfg.input_size:
+        h, w = cfg.input_size
+    else:
+        h = ct.RangeDim(lower_bound=RANGE[0], upper_bound=RANGE[1], default=64)
+        w = ct.RangeDim(lower_bound=RANGE[0], upper_bound=RANGE[1], default=64)
+    return ct.Shape(shape=(1, h, w, 3) if cfg.layout == "nhwc" else (1, 3, h, w))
+
+
+def _convert(model: MobileSR, cfg: ExportConfig):
+    import coremltools as ct
+
+    io_dtype = np.float16 if cfg.native_io and cfg.precision != "fp32" else np.float32
+    precision = ct.precision.FLOAT32 if cfg.precision == "fp32" else ct.precision.FLOAT16
+    with quiet(), torch.no_grad():
+        traced = torch.jit.trace(model, example_input(cfg.input_size or (64, 80), cfg.layout))
+        return ct.convert(traced, inputs=[ct.TensorType(name="lr", shape=_input_shape(cfg), dtype=io_dtype)],
+                          outputs=[ct.TensorType(name="sr", dtype=io_dtype)], convert_to="mlprogram",
+                          compute_precision=precision, minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
+                          skip_model_load=True)
+
+
+def _linear_int8(mlmodel):
+    import coremltools.optimize.coreml as cto
+
+    op_cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                         weight_threshold=0)
+    with quiet():
+        out = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op_cfg))
+    return out, {"method": "coremltools linear_quantize_weights", "weights": "int8 symmetric per channel",
+                 "activations": "fp16"}
+
+
+def _palettize(mlmodel, nbits: int):
+    import coremltools.optimize.coreml as cto
+
+    mode = "kmeans" if _has_sklearn() else "uniform"
+    op_cfg = cto.OpPalettizerConfig(mode=mode, nbits=nbits, weight_threshold=0)
+    with quiet():
+        out = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op_cfg))
+    return out, {"method": "coremltools palettize_weights", "nbits": nbits, "mode": mode,
+                 "granularity": "per tensor"}
+
+
+def _has_sklearn() -> bool:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _set_metadata(mlmodel, meta: dict) -> None:
+    mlmodel.author = "sr-shrink"
+    mlmodel.short_description = "sr-shrink student: RGB LR in [0,1] -> RGB SR in [0,1]"
+    mlmodel.input_description["lr"] = "low-resolution RGB image, values in [0, 1]"
+    mlmodel.output_description["sr"] = f"super-resolved RGB image (x{meta.get('scale')}), values in [0, 1]"
+    for k, v in meta.items():
+        mlmodel.user_defined_metadata[str(k)] = str(v)
+
+
+def coreml_graph(path: Path) -> GraphInfo:
+    """Return the ops, tensor ranks and I/O descriptions of the .mlpackage at ``path``."""
+    prog = load_program(path)
+    ranks = program_ranks(prog)
+    ins, outs = coreml_io(path)
+    return GraphInfo(ops=program_ops(prog), max_rank=max(ranks.values(), default=0),
+                     high_rank=sorted(k for k, r in ranks.items() if r > 4), inputs=ins, outputs=outs)
+
+
+def coreml_io(path: Path) -> tuple[list[dict], list[dict]]:
+    """Return the model description's inputs and outputs: name, shape, dtype and size ranges."""
+    import coremltools as ct
+
+    with quiet():
+        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    return [_feature(f) for f in spec.description.input], [_feature(f) for f in spec.description.output]
+
+
+def _feature(f) -> dict:
+    from coremltools.proto import FeatureTypes_pb2 as ft
+
+    arr = f.type.multiArrayType
+    d = {"name": f.name, "shape": list(arr.shape),
+         "dtype": ft.ArrayFeatureType.ArrayDataType.Name(arr.dataType).lower()}
+    if arr.HasField("shapeRange"):
+        d["ranges"] = [[r.lowerBound, r.upperBound] for r in arr.shapeRange.sizeRanges]
+    return d
+
+
+def check_coreml_io(path: Path, cfg: ExportConfig) -> None:
+    """Raise ValueError unless the package's I/O are ``lr``/``sr`` rank-4 arrays with the expected sizes."""
+    ins, outs = coreml_io(path)
+    if [f["name"] for f in ins] != ["lr"] or [f["name"] for f in outs] != ["sr"]:
+        raise ValueError(f"unexpected I/O names {[f['name'] for f in ins]} -> {[f['name'] for f in outs]}")
+    lr = ins[0]
+    hw_axes = (1, 2) if cfg.layout == "nhwc" else (2, 3)
+    if cfg.dynamic:
+        ranges = [lr.get("ranges", [[0, 0]] * 4)[a] for a in hw_axes]
+        if any(r != list(RANGE) for r in ranges):
+            raise ValueError(f"input size ranges {ranges}, expected {list(RANGE)}")
+    elif [lr["shape"][a] for a in hw_axes] != list(cfg.input_size):
+        raise ValueError(f"input shape {lr['shape']} does not match {cfg.input_size}")
+
+
+def coreml_runner(path: Path, layout: str):
+    """Return a function float32 NCHW -> float32 NCHW evaluating the package's program in numpy."""
+    prog = load_program(path)
+    in_dtype = np.float16 if coreml_io(path)[0][0]["dtype"] == "float16" else np.float32
+
+    def run(x: np.ndarray) -> np.ndarray:
+        feed = x.transpose(0, 2, 3, 1) if layout == "nhwc" else x
+        y = run_program(prog, {"lr": feed.astype(in_dtype)})["sr"].astype(np.float32)
+        return y.transpose(0, 3, 1, 2) if layout == "nhwc" else y
+
+    return run

@@ -1,0 +1,183 @@
+"""ONNX export: ``torch.onnx.export(dynamo=True)``, opset 18, simplified by onnxslim.
+
+Graph: Conv, Relu, Add and DepthToSpace (CRD), input ``lr`` (1,3,H,W) with free H/W unless a size is
+fixed. fp16 converts weights and activations (I/O stay float32 with Cast nodes unless ``native_io``). int8 is
+ONNX Runtime static QDQ, s8s8 (int8 activations and symmetric per-channel int8 weights: the default u8s8
+saturates on CPUs without VNNI); the anchor conv, the last Add and DepthToSpace stay float so the exact
+nearest-neighbour anchor is not rounded to 8 bits.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import ExportConfig, GraphInfo, quiet, require
+from .wrapper import MobileSR, example_input
+
+OPSET = 18
+MAX_SIDE = 8192
+
+
+def require_onnx(precision: str = "fp32") -> None:
+    """Import what the ONNX export needs; a clear error naming the extra if something is missing."""
+    mods = ["onnx", "onnxscript", "onnxslim", "onnxruntime"]
+    if precision == "int8":
+        mods.append("onnxruntime.quantization")
+    require("onnx", *mods)
+
+
+def export_onnx(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[torch.Tensor] | None,
+                meta: dict) -> dict:
+    """Write ``model`` to ``path`` as ONNX in ``cfg.precision``; return the entry fields it sets."""
+    import onnx
+
+    proto = _to_onnx(model, cfg)
+    extra: dict = {"opset": OPSET, "exporter": f"torch.onnx dynamo (torch {torch.__version__}) + onnxslim"}
+    if cfg.precision == "fp16":
+        proto = _to_fp16(proto, keep_io=not cfg.native_io)
+    elif cfg.precision == "int8":
+        proto, extra["quantization"] = _to_int8(proto, calib, model.nhwc)
+    _set_metadata(proto, meta)
+    onnx.save(proto, str(path))
+    return extra
+
+
+def _to_onnx(model: MobileSR, cfg: ExportConfig):
+    import onnxslim
+
+    x = example_input(cfg.input_size or (64, 80), cfg.layout)
+    dyn = None
+    if cfg.dynamic:
+        h, w = torch.export.Dim("h", min=4, max=MAX_SIDE), torch.export.Dim("w", min=4, max=MAX_SIDE)
+        dyn = {"lr": {1: h, 2: w} if cfg.layout == "nhwc" else {2: h, 3: w}}
+    with quiet():
+        prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=OPSET, dynamic_shapes=dyn,
+                                 input_names=["lr"], output_names=["sr"], verbose=False, report=False)
+        proto = onnxslim.slim(prog.model_proto)
+    return _name_nodes(proto)
+
+
+def _name_nodes(proto):
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    return proto
+
+
+def _to_fp16(proto, keep_io: bool):
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with quiet():
+        return _name_nodes(convert_float_to_float16(proto, keep_io_types=keep_io))
+
+
+def float_tail_nodes(proto) -> list[str]:
+    """Return the names of the nodes int8 leaves in float: the 1x1 anchor conv on the input, the Add
+    feeding the pixel shuffle, the pixel shuffle itself and any layout Transpose."""
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    names = [n.name for n in g.node if n.op_type in ("DepthToSpace", "ConvTranspose", "Transpose")]
+    for n in g.node:
+        if n.op_type in ("DepthToSpace", "ConvTranspose") and n.input[0] in producer:
+            names.append(producer[n.input[0]].name)
+        if n.op_type == "Conv" and n.input[1] in inits and list(inits[n.input[1]].dims[2:]) == [1, 1]:
+            names.append(n.name)
+    return sorted(set(names))
+
+
+class _Feed:
+    """An onnxruntime CalibrationDataReader over a list of NCHW/NHWC float32 arrays."""
+
+    def __init__(self, name: str, arrays: list[np.ndarray]):
+        self._it = iter([{name: a} for a in arrays])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        pass
+
+
+def _to_int8(proto, calib: list[torch.Tensor], nhwc: bool):
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    arrays = [(c.permute(0, 2, 3, 1) if nhwc else c).numpy().astype(np.float32) for c in calib]
+    keep_float = float_tail_nodes(proto)
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, str(src))
+        quantize_static(str(src), str(dst), _Feed(proto.graph.input[0].name, arrays),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep_float,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        out = onnx.load(str(dst))
+    info = {"method": "onnxruntime static QDQ", "activations": "int8 (asymmetric, per tensor, MinMax)",
+            "weights": "int8 (symmetric, per channel)", "float_nodes": keep_float,
+            "calibration_inputs": len(arrays)}
+    return out, info
+
+
+def _set_metadata(proto, meta: dict) -> None:
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = str(k), str(v)
+    proto.doc_string = "sr-shrink student: RGB LR in [0,1] -> RGB SR in [0,1]"
+
+
+def onnx_graph(path: Path) -> GraphInfo:
+    """Return the ops, tensor ranks and I/O of the ONNX file at ``path``."""
+    import onnx
+
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    g = proto.graph
+    ops: dict[str, int] = {}
+    for n in g.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.input, *g.output, *g.value_info]}
+    ranks.update({t.name: len(t.dims) for t in g.initializer})
+    return GraphInfo(ops=ops, max_rank=max(ranks.values(), default=0),
+                     high_rank=sorted(k for k, r in ranks.items() if r > 4),
+                     inputs=[_io(v) for v in g.input], outputs=[_io(v) for v in g.output])
+
+
+def _io(v) -> dict:
+    import onnx
+
+    t = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+
+def onnx_runner(path: Path, threads: int = 1):
+    """Return a function float32 NCHW -> float32 NCHW running ``path`` in onnxruntime (CPU)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    layout = sess.get_modelmeta().custom_metadata_map.get("layout")
+    nhwc = layout == "nhwc" if layout else (inp.shape[-1] == 3 and inp.shape[1] != 3)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        feed = x.transpose(0, 2, 3, 1) if nhwc else x
+        y = sess.run(None, {inp.name: np.ascontiguousarray(feed, dtype=dtype)})[0].astype(np.float32)
+        return y.transpose(0, 3, 1, 2) if nhwc else y
+
+    return run
+
+
+def onnxruntime_version() -> str:
+    """Return ``onnxruntime <version>``."""
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__}"

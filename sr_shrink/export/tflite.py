@@ -1,0 +1,219 @@
+"""TFLite export with litert-torch: fixed input size (256x256 by default), NHWC I/O by default.
+
+fp32 converts the wrapper directly; fp16 then stores the weights as float16 (ai-edge-quantizer
+``float_casting``: fp16 constants + DEQUANTIZE, computed in float32 or fp16 by the delegate); int8 is
+full-integer PT2E quantisation (litert-torch's PT2EQuantizer: int8 activations per tensor, int8 weights per
+channel) calibrated at the export size. litert-torch makes int8 graphs with int8 I/O; unless ``native_io``,
+a QUANTIZE/DEQUANTIZE pair is added around them so the file takes and returns float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import ExportConfig, GraphInfo, quiet, require
+from .wrapper import MobileSR, example_input
+
+
+def require_tflite(precision: str = "fp32") -> None:
+    """Import what the TFLite export needs; a clear error naming the extra if something is missing."""
+    mods = ["litert_torch", "ai_edge_litert.interpreter"]
+    mods += {"fp16": ["ai_edge_quantizer"], "int8": ["torchao.quantization.pt2e"]}.get(precision, [])
+    require("tflite", *mods)
+
+
+def export_tflite(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[torch.Tensor] | None,
+                  meta: dict) -> dict:
+    """Write ``model`` to ``path`` as .tflite in ``cfg.precision``; return the entry fields it sets."""
+    import litert_torch
+
+    x = example_input(cfg.input_size, cfg.layout)
+    extra: dict = {"exporter": f"litert-torch {litert_torch.__version__}"}
+    if cfg.precision == "int8":
+        extra["quantization"] = _export_int8(model, x, path, calib, float_io=not cfg.native_io)
+    else:
+        _convert(model, x, path)
+    if cfg.precision == "fp16":
+        extra["quantization"] = _weights_to_fp16(path)
+    return extra
+
+
+class NamedOutput(torch.nn.Module):
+    """Returns ``{"sr": model(lr)}`` so the TFLite signature names its output ``sr`` (input ``lr``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, lr: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"sr": self.model(lr)}
+
+
+def _convert(model: torch.nn.Module, x: torch.Tensor, path: Path, quant_config=None) -> None:
+    import litert_torch
+
+    litert_torch.config.show_progress = False
+    with quiet():
+        edge = litert_torch.convert(NamedOutput(model), sample_kwargs={"lr": x}, quant_config=quant_config)
+        edge.export(str(path))
+
+
+def _weights_to_fp16(path: Path) -> dict:
+    from ai_edge_quantizer import qtyping, quantizer
+
+    op_cfg = qtyping.OpQuantizationConfig(
+        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+        compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
+    with quiet():
+        q = quantizer.Quantizer(str(path))
+        q.update_quantization_recipe(regex=".*", operation_name="*", algorithm_key="float_casting",
+                                     op_config=op_cfg)
+        q.quantize().export_model(str(path), overwrite=True)
+    return {"method": "ai-edge-quantizer float_casting", "weights": "fp16", "activations": "fp32"}
+
+
+def _export_int8(model: MobileSR, x: torch.Tensor, path: Path, calib: list[torch.Tensor], float_io: bool) -> dict:
+    from litert_torch.quantize import pt2e_quantizer as pq
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+    with quiet(), torch.no_grad():
+        graph = torch.export.export(model, (x,), strict=True).module()  # strict: keeps add annotations
+        prepared = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))
+        for c in calib:
+            prepared(c.permute(0, 2, 3, 1) if model.nhwc else c)
+        converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+    _convert(converted, x, path, QuantConfig(pt2e_quantizer=quantizer))
+    if float_io:
+        add_float_io(path)
+    return {"method": "litert-torch PT2E static", "activations": "int8 (per tensor, histogram)",
+            "weights": "int8 (symmetric, per channel)", "io": "float32" if float_io else "int8",
+            "calibration_inputs": len(calib)}
+
+
+def _opcode(model, builtin: int) -> int:
+    from ai_edge_litert import schema_py_generated as schema
+
+    for i, oc in enumerate(model.operatorCodes):
+        if max(oc.builtinCode, oc.deprecatedBuiltinCode) == builtin:
+            return i
+    oc = schema.OperatorCodeT()
+    oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = builtin, min(builtin, 127), 2
+    model.operatorCodes.append(oc)
+    return len(model.operatorCodes) - 1
+
+
+def _float_twin(model, sg, index: int) -> int:
+    """Append a float32 tensor shaped like tensor ``index`` (taking its name); return its index."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    old = sg.tensors[index]
+    t = schema.TensorT()
+    t.shape, t.shapeSignature, t.type, t.name = old.shape, old.shapeSignature, schema.TensorType.FLOAT32, old.name
+    old.name = (old.name.decode() if isinstance(old.name, bytes) else str(old.name)) + "_int8"
+    model.buffers.append(schema.BufferT())
+    t.buffer = len(model.buffers) - 1
+    sg.tensors.append(t)
+    return len(sg.tensors) - 1
+
+
+def _op(opcode: int, inputs: list[int], outputs: list[int]):
+    from ai_edge_litert import schema_py_generated as schema
+
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = opcode, inputs, outputs
+    return op
+
+
+def add_float_io(path: Path) -> None:
+    """Rewrite the int8-I/O .tflite at ``path`` to take and return float32 (QUANTIZE in, DEQUANTIZE out)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model(str(path))
+    sg = model.subgraphs[0]
+    old_in, old_out = int(sg.inputs[0]), int(sg.outputs[0])
+    new_in, new_out = _float_twin(model, sg, old_in), _float_twin(model, sg, old_out)
+    sg.operators.insert(0, _op(_opcode(model, schema.BuiltinOperator.QUANTIZE), [new_in], [old_in]))
+    sg.operators.append(_op(_opcode(model, schema.BuiltinOperator.DEQUANTIZE), [old_out], [new_out]))
+    sg.inputs[0], sg.outputs[0] = new_in, new_out
+    for sig in model.signatureDefs or []:
+        for m in sig.inputs:
+            m.tensorIndex = new_in if m.tensorIndex == old_in else m.tensorIndex
+        for m in sig.outputs:
+            m.tensorIndex = new_out if m.tensorIndex == old_out else m.tensorIndex
+    fbu.write_model(model, str(path))
+
+
+def tflite_graph(path: Path) -> GraphInfo:
+    """Return the ops (read from the flatbuffer, not the delegated runtime graph), ranks and I/O of ``path``."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = fbu.read_model(str(path))
+    ops: dict[str, int] = {}
+    ranks: dict[str, int] = {}
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            oc = model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "CUSTOM")
+            ops[name] = ops.get(name, 0) + 1
+        ranks.update({_name(t): len(t.shape if t.shape is not None else ()) for t in sg.tensors})
+    sg = model.subgraphs[0]
+    io = [[{"name": _name(sg.tensors[i]), "shape": [int(d) for d in sg.tensors[i].shape],
+            "dtype": types[sg.tensors[i].type]} for i in idx] for idx in (sg.inputs, sg.outputs)]
+    return GraphInfo(ops=ops, max_rank=max(ranks.values(), default=0),
+                     high_rank=sorted(k for k, r in ranks.items() if r > 4), inputs=io[0], outputs=io[1])
+
+
+def _name(t) -> str:
+    return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+
+
+def tflite_runner(path: Path, threads: int = 1):
+    """Return a function float32 NCHW -> float32 NCHW running ``path`` with LiteRT (XNNPACK)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with quiet():
+        interp = Interpreter(model_path=str(path), num_threads=threads)
+        interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    nhwc = int(inp["shape"][-1]) == 3 and int(inp["shape"][1]) != 3
+
+    def run(x: np.ndarray) -> np.ndarray:
+        interp.set_tensor(inp["index"], _to_tensor(x.transpose(0, 2, 3, 1) if nhwc else x, inp))
+        interp.invoke()
+        y = _from_tensor(interp.get_tensor(out["index"]), out)
+        return y.transpose(0, 3, 1, 2) if nhwc else y
+
+    return run
+
+
+def _to_tensor(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.integer):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _from_tensor(y: np.ndarray, detail: dict) -> np.ndarray:
+    if np.issubdtype(y.dtype, np.integer):
+        scale, zero = detail["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+    return y.astype(np.float32)
+
+
+def litert_version() -> str:
+    """Return ``ai-edge-litert <version>`` (the runtime used for verification)."""
+    from importlib.metadata import version
+
+    return f"ai-edge-litert {version('ai-edge-litert')} (XNNPACK)"

@@ -1,0 +1,103 @@
+"""Run an SR function tile by tile with overlap, so memory stays bounded and the seams are invisible.
+
+An output pixel of a convolutional network depends only on the input within its receptive field radius
+``r`` (in input pixels). A tile is run with ``overlap >= r`` extra input pixels on every inner side, and only
+its core (the part at least ``overlap`` pixels from an inner edge) is kept, so the stitched output equals
+the untiled one up to float rounding. Tiles that would cross the image border are shifted back inside, so
+the network's own zero padding sees the real image border, exactly as in one untiled call.
+
+Networks with a fixed input size (static TFLite graphs) get tiles of exactly that size. Along an axis
+shorter than that, the image is padded once after and once before, and each run keeps the half of the
+output next to the real border it saw, so the padding never reaches a kept pixel either (exact while the
+axis is at least twice the overlap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import SRShrinkError
+
+SRFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Return the start offsets of tiles of size ``tile`` covering ``[0, length)`` whose cores tile it.
+
+    Consecutive tiles advance by ``tile - 2 * overlap``; the last one ends exactly at ``length``.
+    """
+    if length <= tile:
+        return [0]
+    step = tile - 2 * overlap
+    if step <= 0:
+        raise SRShrinkError(f"tile {tile} is too small for overlap {overlap}; use a tile larger than "
+                            f"{2 * overlap} pixels or a smaller --overlap.")
+    return list(range(0, length - tile, step)) + [length - tile]
+
+
+def _core(start: int, size: int, length: int, overlap: int) -> tuple[int, int]:
+    """Return the [lo, hi) input range a tile at ``start`` contributes: all but its inner ``overlap`` rims."""
+    lo = start + (overlap if start > 0 else 0)
+    hi = start + size - (overlap if start + size < length else 0)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile along one axis: input ``[start, stop)`` padded by ``pad_before``/``pad_after`` to the tile
+    size; the result is kept for input positions ``[lo, hi)``."""
+
+    start: int
+    stop: int
+    pad_before: int
+    pad_after: int
+    lo: int
+    hi: int
+
+
+def axis_spans(length: int, tile: int, overlap: int, fixed: bool = False) -> list[Span]:
+    """Return the tiles along an axis of ``length`` input pixels.
+
+    An axis shorter than a ``fixed`` tile is run twice, padded after and padded before, and each run keeps
+    the half next to the real border it saw: exact as long as ``length >= 2 * overlap``.
+    """
+    if length == tile or (length < tile and not fixed):
+        return [Span(0, length, 0, 0, 0, length)]
+    if length < tile:
+        pad, mid = tile - length, length // 2
+        return [Span(0, length, 0, pad, 0, mid), Span(0, length, pad, 0, mid, length)]
+    return [Span(s, s + tile, 0, 0, *_core(s, tile, length, overlap)) for s in tile_starts(length, tile, overlap)]
+
+
+def tiled_apply(fn: SRFn, x: torch.Tensor, scale: int, tile: int | tuple[int, int] | None = 256,
+                overlap: int = 16, fixed: bool = False) -> torch.Tensor:
+    """Return ``fn(x)`` for an LR batch ``x`` (N,C,H,W), computed in tiles of ``tile`` input pixels.
+
+    ``tile=None`` (or 0) runs one call. ``fixed=True`` means ``fn`` only accepts inputs of exactly
+    ``tile`` = (h, w); see :func:`axis_spans` for images smaller than that.
+    """
+    if not tile:
+        return fn(x)
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    ys, xs = axis_spans(x.shape[-2], th, overlap, fixed), axis_spans(x.shape[-1], tw, overlap, fixed)
+    if len(ys) == len(xs) == 1 and ys[0].pad_after == xs[0].pad_after == 0:
+        return fn(x)
+    out: torch.Tensor | None = None
+    for sy in ys:
+        for sx in xs:
+            if sy.lo >= sy.hi or sx.lo >= sx.hi:
+                continue
+            piece = x[..., sy.start : sy.stop, sx.start : sx.stop]
+            if sy.pad_before + sy.pad_after + sx.pad_before + sx.pad_after:
+                piece = F.pad(piece, (sx.pad_before, sx.pad_after, sy.pad_before, sy.pad_after), mode="replicate")
+            res = fn(piece)
+            if out is None:
+                out = res.new_zeros(*res.shape[:2], x.shape[-2] * scale, x.shape[-1] * scale)
+            oy, ox = sy.pad_before - sy.start, sx.pad_before - sx.start  # input index -> piece index
+            out[..., sy.lo * scale : sy.hi * scale, sx.lo * scale : sx.hi * scale] = res[
+                ..., (sy.lo + oy) * scale : (sy.hi + oy) * scale, (sx.lo + ox) * scale : (sx.hi + ox) * scale]
+    return out

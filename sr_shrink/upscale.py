@@ -1,0 +1,217 @@
+"""``sr-shrink upscale``: run a student checkpoint or an exported .onnx/.tflite on real images, tiled.
+
+Images: RGB as is; grey (L, 16-bit) is processed as RGB and written back grey; an alpha channel (RGBA, LA,
+palette with transparency) is upscaled with bicubic while the model upscales the colours. Large images
+run in tiles of ``tile`` input pixels overlapping by at least the model's receptive field radius, so the
+result equals an untiled run (see :mod:`sr_shrink.tiling`). Results are written as ``NAME_x{scale}.png``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import SRShrinkError
+from .resize import upscale as bicubic
+from .tiling import tiled_apply
+
+GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+Log = Callable[[str], None]
+
+
+@dataclass
+class Upscaler:
+    """A loaded model: ``fn`` maps LR RGB (1,3,h,w) in [0,1] to (1,3,s*h,s*w); ``radius`` is its receptive
+    field radius in input pixels; ``input_hw`` the fixed input size of a static graph (else None)."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    scale: int
+    radius: int
+    input_hw: tuple[int, int] | None
+    path: Path
+
+    def apply(self, lr: torch.Tensor, tile: int | None = 256, overlap: int = 16) -> torch.Tensor:
+        """Return the upscaled (1,3,sH,sW) image of ``lr``, in tiles of ``tile`` input pixels (a static
+        graph's own size instead). The overlap is ``overlap`` cut to fit the tile, but never below the
+        receptive field radius, which is what makes the seams exact."""
+        if self.input_hw:
+            ov = max(self.radius, min(overlap, (min(self.input_hw) - 1) // 2))
+            return tiled_apply(self.fn, lr, self.scale, self.input_hw, ov, fixed=True)
+        ov = max(self.radius, min(overlap, ((tile or 0) - 1) // 2))
+        return tiled_apply(self.fn, lr, self.scale, tile, ov)
+
+
+def _student_upscaler(path: Path, device: str) -> Upscaler:
+    from .models.student import load_student
+
+    model, _ = load_student(path)
+    model.to(device)
+
+    @torch.inference_mode()
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return model(x.to(device)).float().cpu()
+
+    return Upscaler(fn, model.scale, 2 * model.n_blocks + 2, None, path)
+
+
+def probe_radius(fn: Callable[[torch.Tensor], torch.Tensor], size: tuple[int, int], scale: int) -> int:
+    """Return the receptive field radius (input pixels) of ``fn`` found by perturbing the centre pixel of a
+    random ``size`` input and measuring how far the output changes, plus a margin of 2."""
+    h, w = size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, h, w, generator=gen) * 0.6 + 0.2
+    x2 = x.clone()
+    cy, cx = h // 2, w // 2
+    x2[..., cy, cx] += 0.3
+    diff = (fn(x2) - fn(x)).abs().amax(dim=(0, 1))
+    ys, xs = torch.nonzero(diff > 1e-6, as_tuple=True)
+    if len(ys) == 0:
+        return 2
+    dy = max(abs(int(ys.min()) // scale - cy), abs(int(ys.max()) // scale - cy))
+    dx = max(abs(int(xs.min()) // scale - cx), abs(int(xs.max()) // scale - cx))
+    return max(dy, dx) + 2
+
+
+def _exported_upscaler(path: Path, threads: int, device: str) -> Upscaler:
+    from .bench.runtimes import open_runner
+
+    runner = open_runner(path, threads, device)
+    fn = runner.torch_fn()
+    size = tuple(runner.input_hw) if runner.input_hw else (64, 64)
+    out = fn(torch.full((1, 3, *size), 0.5))
+    scale = out.shape[-1] // size[1]
+    if out.shape[-2:] != (size[0] * scale, size[1] * scale) or scale < 1:
+        raise SRShrinkError(f"{path}: output {tuple(out.shape)} for a {size} input is not an integer upscaling.")
+    radius = probe_radius(fn, size, scale)
+    if runner.input_hw is None and radius >= min(size) // 2:  # the change reached the probe's border
+        radius = probe_radius(fn, (192, 192), scale)
+    return Upscaler(fn, scale, radius, runner.input_hw, path)
+
+
+def load_upscaler(path: str | Path, scale: int | None = None, threads: int | None = None,
+                  device: str = "cpu") -> Upscaler:
+    """Return an :class:`Upscaler` for a stage_XX.pt, .onnx or .tflite file; checks ``scale`` if given."""
+    path = Path(path)
+    if not path.is_file():
+        raise SRShrinkError(f"{path}: no such model file; pass a stage_XX.pt, .onnx or .tflite.")
+    if path.suffix.lower() in (".onnx", ".tflite"):
+        up = _exported_upscaler(path, threads or torch.get_num_threads(), device)
+    else:
+        up = _student_upscaler(path, device)
+    if scale is not None and scale != up.scale:
+        raise SRShrinkError(f"{path}: this model upscales x{up.scale}, not x{scale}; pass --scale {up.scale} "
+                            "or a model trained for that scale.")
+    return up
+
+
+@dataclass
+class Picture:
+    """An image split for SR: ``rgb`` (3,H,W) in [0,1], optional ``alpha`` (1,H,W), and whether it was grey."""
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None
+    grey: bool
+
+
+def _to_tensor(arr: np.ndarray) -> torch.Tensor:
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+def _split(im: Image.Image) -> Picture:
+    """Return the Picture of an open PIL image, normalising its mode."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode.startswith("I;16") or im.mode == "I":
+        grey = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0, 1)
+        return Picture(_to_tensor(grey).repeat(3, 1, 1), None, True)
+    if im.mode in GREY_MODES or im.mode == "LA":
+        arr = np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
+        alpha = _to_tensor(arr[..., 1]) if im.mode == "LA" else None
+        return Picture(_to_tensor(arr[..., 0]).repeat(3, 1, 1), alpha, True)
+    has_alpha = im.mode in ("RGBA", "RGBa", "PA") or "A" in im.getbands()
+    arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+    return Picture(_to_tensor(arr[..., :3]), _to_tensor(arr[..., 3]) if has_alpha else None, False)
+
+
+def read_picture(path: str | Path) -> Picture:
+    """Return the :class:`Picture` of the image file at ``path``, or raise a one-line SRShrinkError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _split(im)
+    except FileNotFoundError:
+        raise SRShrinkError(f"{path}: no such image file; check the path.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise SRShrinkError(f"{path}: cannot read this image ({exc}); pass a PNG or JPEG file.") from None
+
+
+def _bytes(t: torch.Tensor) -> np.ndarray:
+    """Return an (H,W,C) uint8 array of a (C,H,W) float tensor in [0,1]."""
+    return t.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def picture_image(pic: Picture) -> Image.Image:
+    """Return a PIL image of ``pic``: L/LA for grey pictures, RGB/RGBA otherwise."""
+    rgb = Image.fromarray(_bytes(pic.rgb))
+    colour = rgb.convert("L") if pic.grey else rgb
+    if pic.alpha is None:
+        return colour
+    colour.putalpha(Image.fromarray(_bytes(pic.alpha)[..., 0]))
+    return colour
+
+
+def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap: int = 16) -> Picture:
+    """Return the upscaled :class:`Picture`: colours by the model (tiled), alpha by bicubic."""
+    sr = up.apply(pic.rgb.unsqueeze(0), tile, overlap)[0]
+    alpha = bicubic(pic.alpha.unsqueeze(0), up.scale)[0].clamp(0, 1) if pic.alpha is not None else None
+    return Picture(sr, alpha, pic.grey)
+
+
+def output_path(out_dir: Path, image: Path, scale: int, suffix: str = "") -> Path:
+    """Return ``OUT/NAME_x{scale}{suffix}.png`` for an input image path."""
+    return out_dir / f"{image.stem}_x{scale}{suffix}.png"
+
+
+def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Path, tile: int | None = 256,
+                  overlap: int = 16, compare: bool = False, teacher: str | Path | None = None,
+                  scale: int | None = None, threads: int | None = None, device: str = "cpu",
+                  log: Log | None = None) -> list[Path]:
+    """Upscale every image with ``model`` into ``out_dir``; return the paths written (results, then any
+    ``NAME_x{s}_compare.png`` side-by-side crops when ``compare``)."""
+    log = log or (lambda _m: None)
+    images = [Path(p) for p in images]
+    stems = [p.stem for p in images]
+    dup = next((s for s in stems if stems.count(s) > 1), None)
+    if dup:
+        raise SRShrinkError(f"two input images are named {dup!r}; their outputs would overwrite each other.")
+    if threads:
+        torch.set_num_threads(threads)
+    up = load_upscaler(model, scale, threads, device)
+    pictures = [read_picture(p) for p in images]  # fail on a bad image before any work
+    ref = None
+    if compare:
+        from .compare import reference_teacher
+
+        ref = reference_teacher(up, teacher, device, log)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, pic in zip(images, pictures):
+        sr = upscale_picture(up, pic, tile, overlap)
+        written.append(output_path(out_dir, path, up.scale))
+        picture_image(sr).save(written[-1])
+        log(f"wrote {written[-1]}")
+        if compare:
+            from .compare import compare_strip
+
+            written.append(output_path(out_dir, path, up.scale, "_compare"))
+            compare_strip(pic.rgb, sr.rgb, up.scale, ref).save(written[-1])
+            log(f"wrote {written[-1]}")
+    return written

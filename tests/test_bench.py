@@ -1,0 +1,323 @@
+"""sr-shrink bench: runners, timing, memory, picks, and the command end to end on a tiny run."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import make_tiny_run
+from export_helpers import export_onnx, export_stage, export_tflite
+from PIL import Image
+
+from sr_shrink.bench import BenchConfig, parse_size, pipeline, run_bench, runtimes
+from sr_shrink.bench.artifacts import find_export
+from sr_shrink.bench.measure import PeakMemory, latency_stats, round_plan, time_interleaved
+from sr_shrink.bench.pareto import knee, pareto_front, pick
+from sr_shrink.bench.runtimes import LiteRTRunner, OrtRunner, TorchRunner, open_runner
+from sr_shrink.cli import main
+from sr_shrink.data import write_image
+from sr_shrink.errors import SRShrinkError
+from sr_shrink.models.student import load_student
+
+ROW_KEYS = {"stage", "n_blocks", "runtime", "precision", "params", "macs", "size_bytes", "latency_ms_median",
+            "latency_ms_p90", "psnr_y", "ssim_y", "delta_teacher_db", "delta_bicubic_db"}
+FAST = ["--input-size", "32x32", "--repeats", "3", "--warmup", "1", "--precisions", "fp32"]
+HAVE_ORT = runtimes.runtime_available("onnxruntime")
+HAVE_LITERT = runtimes.runtime_available("litert") and importlib.util.find_spec("litert_torch") is not None
+
+
+def _row(stage, lat, psnr, runtime="torch", precision="fp32"):
+    return {"stage": stage, "n_blocks": stage, "runtime": runtime, "precision": precision,
+            "latency_ms_median": lat, "psnr_y": psnr}
+
+
+SYNTH = [_row(1, 1.0, 30.0), _row(2, 2.0, 31.0), _row(3, 3.0, 31.5), _row(4, 6.0, 31.6),
+         _row(2, 2.5, 30.5, "litert"), _row(5, 9.0, 31.55)]
+
+
+# ---- picks on synthetic rows -------------------------------------------------------------------------------
+
+def test_pareto_front_drops_dominated_rows():
+    front = pareto_front(SYNTH)
+    assert [(r["stage"], r["runtime"]) for r in front] == [(1, "torch"), (2, "torch"), (3, "torch"), (4, "torch")]
+
+
+def test_knee_is_where_gains_flatten():
+    # scaled to [0, 1] the front is (0, 0), (.2, .625), (.4, .94), (1, 1): stage 3 is farthest above the chord
+    assert knee(pareto_front(SYNTH))["stage"] == 3
+    flat = [_row(1, 1.0, 30.0), _row(2, 2.0, 31.0), _row(3, 3.0, 31.05), _row(4, 4.0, 31.1)]
+    assert knee(flat)["stage"] == 2
+
+
+def test_pick_budget_takes_best_within_budget():
+    rec = pick(SYNTH, budget_ms=2.6)
+    assert (rec["stage"], rec["runtime"]) == (2, "torch")
+    assert "2.6 ms" in rec["reason"]
+    assert pick(SYNTH, budget_ms=100)["stage"] == 4
+
+
+def test_pick_min_psnr_takes_fastest_above_floor():
+    rec = pick(SYNTH, min_psnr=31.5)
+    assert rec["stage"] == 3 and "31.5 dB" in rec["reason"]
+    assert pick(SYNTH, min_psnr=29)["stage"] == 1
+
+
+def test_pick_errors_when_nothing_qualifies():
+    with pytest.raises(SRShrinkError, match=r"no row runs within --budget-ms 0\.5.*fastest: stage 1"):
+        pick(SYNTH, budget_ms=0.5)
+    with pytest.raises(SRShrinkError, match=r"no row reaches --min-psnr 40.*best: stage 4"):
+        pick(SYNTH, min_psnr=40)
+    with pytest.raises(SRShrinkError, match="either --budget-ms or --min-psnr"):
+        pick(SYNTH, budget_ms=5, min_psnr=30)
+
+
+def test_knee_with_one_or_two_points():
+    assert "only row" in pick([_row(1, 1.0, 30.0)])["reason"]
+    assert knee([_row(1, 1.0, 30.0), _row(2, 10.0, 30.1)])["stage"] == 1  # 9x slower for 0.1 dB
+    assert knee([_row(1, 1.0, 30.0), _row(2, 1.1, 32.0)])["stage"] == 2  # nearly free 2 dB
+
+
+# ---- timing and memory --------------------------------------------------------------------------------------
+
+def test_rounds_interleave_and_rotate():
+    calls = []
+    fns = {k: (lambda x, k=k: calls.append(k)) for k in "ab"}
+    times = time_interleaved(fns, np.zeros(1), repeats=4, warmup=1, rounds=2)
+    assert calls == ["a", "b", "a", "a", "b", "b", "b", "b", "a", "a"]  # warm-ups, then 2 rounds, rotated
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4}
+    assert round_plan(10, 3) == [4, 3, 3] and round_plan(2, 5) == [1, 1]
+
+
+def test_latency_stats_reports_spread():
+    stats = latency_stats([0.001] * 8 + [0.002, 0.004])
+    assert stats["latency_ms_median"] == pytest.approx(1.0)
+    assert stats["latency_ms_p90"] == pytest.approx(2.2)
+    assert stats["latency_spread_pct"] == pytest.approx(120.0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_memory_sees_a_big_allocation():
+    with PeakMemory() as small:
+        np.ones(1000)
+    with PeakMemory() as big:
+        a = np.ones(48 * 2**20 // 8)  # 48 MiB, touched
+        del a
+    assert big.mib is not None and big.mib > 40
+    assert small.mib is not None and small.mib < 20
+
+
+# ---- runners --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def student_exports(tmp_path_factory):
+    """A tiny 2-block student with an .onnx (dynamic) and, if litert-torch is there, a 32x32 .tflite."""
+    run = make_tiny_run(tmp_path_factory.mktemp("r"))
+    model, _ = load_student(run / "stage_02.pt")
+    out = {"model": model, "onnx": export_onnx(model, run / "m.onnx") if HAVE_ORT else None}
+    out["tflite"] = export_tflite(model, run / "m.tflite") if HAVE_LITERT else None
+    return out
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")
+def test_ort_runner_matches_torch_at_any_size(student_exports):
+    runner = open_runner(student_exports["onnx"], threads=1)
+    assert isinstance(runner, OrtRunner) and runner.input_hw is None and runner.threads == 1
+    x = np.random.default_rng(0).random((1, 3, 20, 28), dtype=np.float32)
+    want = student_exports["model"](torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(runner(x), want, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAVE_LITERT, reason="litert not installed")
+def test_litert_runner_matches_torch(student_exports):
+    runner = open_runner(student_exports["tflite"], threads=1)
+    assert isinstance(runner, LiteRTRunner) and tuple(runner.input_hw) == (32, 32)
+    x = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
+    want = TorchRunner(student_exports["model"], threads=1)(x)
+    assert runner(x).shape == (1, 3, 64, 64)
+    np.testing.assert_allclose(runner(x), want, atol=1e-4)
+
+
+def test_open_runner_rejects_unknown_and_missing(tmp_path):
+    with pytest.raises(SRShrinkError, match="no such model file"):
+        open_runner(tmp_path / "nope.onnx")
+    (tmp_path / "m.bin").write_bytes(b"x")
+    with pytest.raises(SRShrinkError, match="unknown model type"):
+        open_runner(tmp_path / "m.bin")
+
+
+def test_missing_runtime_is_a_note_unless_asked_for(monkeypatch):
+    monkeypatch.setattr(runtimes, "runtime_available", lambda name: name != "litert")
+    monkeypatch.setattr(pipeline, "runtime_available", lambda name: name != "litert")
+    names, notes = pipeline.settle_runtimes(None)
+    assert "litert" not in names and names[0] == "torch"
+    assert len(notes) == 1 and "sr-shrink[tflite]" in notes[0]
+    with pytest.raises(SRShrinkError, match=r"pip install 'sr-shrink\[tflite\]'"):
+        pipeline.settle_runtimes(("litert",))
+    with pytest.raises(SRShrinkError, match="unknown runtime"):
+        pipeline.settle_runtimes(("tensorrt",))
+
+
+@pytest.mark.skipif(not HAVE_LITERT, reason="litert not installed")
+def test_find_export_ignores_tflite_of_another_size(student_exports, tmp_path):
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "stage_02_fp32.tflite").write_bytes(student_exports["tflite"].read_bytes())
+    assert find_export(tmp_path, 2, "litert", "fp32", (32, 32)) == exports / "stage_02_fp32.tflite"
+    assert find_export(tmp_path, 2, "litert", "fp32", (48, 48)) is None
+
+
+def test_parse_size_and_config_checks():
+    assert parse_size("64x48") == (64, 48) and parse_size("96") == (96, 96)
+    with pytest.raises(SRShrinkError, match="HxW"):
+        parse_size("big")
+    with pytest.raises(SRShrinkError, match="unknown precision"):
+        BenchConfig(precisions=("fp8",)).validate()
+
+
+# ---- the command end to end ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def eval_dir(tmp_path_factory) -> Path:
+    """Two small structured HR images (48x48) to score on."""
+    folder = tmp_path_factory.mktemp("eval")
+    yy, xx = torch.meshgrid(torch.linspace(0, 6, 48), torch.linspace(0, 6, 48), indexing="ij")
+    for i in range(2):
+        img = torch.stack([torch.sin(xx * (i + 1)), torch.cos(yy * 2 + i), torch.sin(xx + yy)]) * 0.4 + 0.5
+        write_image(img, folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory) -> Path:
+    """A tiny two-stage run whose fp32 .onnx and 32x32 .tflite exports already sit in RUN_DIR/exports."""
+    run = make_tiny_run(tmp_path_factory.mktemp("bench") / "run")
+    for stage in (1, 2):
+        for rt, ok in (("onnxruntime", HAVE_ORT), ("litert", HAVE_LITERT)):
+            if ok:
+                export_stage(run, stage, rt, (32, 32))
+    return run
+
+
+def _bench(run: Path, eval_dir: Path, *extra: str):
+    return CliRunner().invoke(main, ["bench", str(run), "--eval", str(eval_dir), *FAST, *extra])
+
+
+def test_bench_writes_complete_json_and_plot(bench_run, eval_dir):
+    res = _bench(bench_run, eval_dir, "--plot", str(bench_run / "p.png"))
+    assert res.exit_code == 0, res.output
+    data = json.loads((bench_run / "bench.json").read_text())
+    rows = data["rows"]
+    want = {"torch"} | ({"onnxruntime"} if HAVE_ORT else set()) | ({"litert"} if HAVE_LITERT else set())
+    assert {r["runtime"] for r in rows} == want
+    assert {(r["stage"], r["runtime"]) for r in rows} == {(s, rt) for s in (1, 2) for rt in want}
+    for r in rows:
+        assert ROW_KEYS <= r.keys(), ROW_KEYS - r.keys()
+        assert r["latency_ms_median"] > 0 and r["latency_ms_p90"] >= r["latency_ms_median"]
+        assert r["delta_bicubic_db"] == pytest.approx(r["psnr_y"] - data["bicubic"]["psnr_y"], abs=1e-3)
+        assert r["delta_teacher_db"] == pytest.approx(r["psnr_y"] - 33.0, abs=1e-3)  # run.json fallback
+        assert r["threads"] == data["machine"]["threads"]
+    torch_rows = {r["stage"]: r for r in rows if r["runtime"] == "torch"}
+    for r in rows:  # fp32 exports score like the eager model (the static 32x32 tflite runs tiled, exactly)
+        assert r["psnr_y"] == pytest.approx(torch_rows[r["stage"]]["psnr_y"], abs=0.01)
+    assert torch_rows[2]["macs"] > torch_rows[1]["macs"] and torch_rows[2]["params"] > torch_rows[1]["params"]
+    assert "reason" in data["recommended"] and data["recommended"]["runtime"] in want
+    assert {"cpu", "cores", "threads", "python", "torch", "onnxruntime", "litert", "input_size"} <= data["machine"].keys()
+    assert data["machine"]["input_size"] == "32x32"
+    assert any("taken from run.json" in n for n in data["notes"])
+    png = (bench_run / "p.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(bench_run / "p.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 200
+    assert "recommended" in res.output
+
+
+def test_bench_budget_and_floor_steer_the_pick(bench_run, eval_dir, tmp_path):
+    res = _bench(bench_run, eval_dir, "--budget-ms", "10000", "--json", str(tmp_path / "b.json"))
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["recommended"]["psnr_y"] == max(r["psnr_y"] for r in data["rows"])
+    floor = min(r["psnr_y"] for r in data["rows"]) - 1
+    res = _bench(bench_run, eval_dir, "--min-psnr", str(floor), "--json", str(tmp_path / "c.json"))
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "c.json").read_text())
+    fastest = min(r["latency_ms_median"] for r in data["rows"])
+    assert data["recommended"]["latency_ms_median"] == fastest
+    assert "fastest" in data["recommended"]["reason"]
+
+
+def test_bench_fails_clearly_when_nothing_meets_the_constraint(bench_run, eval_dir, tmp_path):
+    res = _bench(bench_run, eval_dir, "--runtimes", "torch", "--budget-ms", "0.000001", "--json",
+                 str(tmp_path / "b.json"))
+    assert res.exit_code == 2
+    assert "no row runs within --budget-ms" in res.output and "saved in" in res.output
+    assert json.loads((tmp_path / "b.json").read_text())["recommended"] is None  # measurements kept
+    res = _bench(bench_run, eval_dir, "--runtimes", "torch", "--min-psnr", "99", "--json", str(tmp_path / "c.json"))
+    assert res.exit_code == 2 and "no row reaches --min-psnr 99" in res.output
+
+
+def test_bench_measures_a_teacher_that_is_there(tiny_run, eval_dir, tmp_path):
+    from sr_shrink.models.registry import save_model_checkpoint
+    from sr_shrink.models.student import SRStudent
+
+    teacher = SRStudent(2, 1, 8)
+    torch.nn.init.normal_(teacher.tail.weight, 0, 0.02)
+    t_path = save_model_checkpoint(teacher, "student", teacher.config(), tmp_path / "teacher.pt")
+    run = json.loads((tiny_run / "run.json").read_text())
+    run["teacher"]["path"] = str(t_path)
+    (tiny_run / "run.json").write_text(json.dumps(run))
+    cfg = BenchConfig(runtimes=("torch",), input_size=(32, 32), eval_dir=str(eval_dir), repeats=2, warmup=0)
+    result = run_bench(tiny_run, cfg)
+    t = result["teacher"]
+    assert t["source"] == str(t_path) and t["psnr_y"] != 33.0
+    for r in result["rows"]:
+        assert r["delta_teacher_db"] == pytest.approx(r["psnr_y"] - t["psnr_y"], abs=1e-3)
+    assert any("sha256 mismatch" in n for n in result["notes"])  # run.json holds a fake hash
+
+
+def test_bench_rejects_a_folder_without_run_json(tmp_path):
+    res = CliRunner().invoke(main, ["bench", str(tmp_path)])
+    assert res.exit_code == 2 and "no run.json" in res.output
+
+
+def test_bench_notes_a_stage_whose_export_fails(tiny_run, eval_dir):
+    def broken(run_dir, stage, runtime, precision, hw):
+        raise RuntimeError("converter exploded")
+
+    cfg = BenchConfig(runtimes=("onnxruntime",), precisions=("int8",), input_size=(32, 32), eval_dir=str(eval_dir),
+                      repeats=2, warmup=0) if HAVE_ORT else None
+    if cfg is None:
+        pytest.skip("onnxruntime not installed")
+    result = run_bench(tiny_run, cfg, exporter=broken)
+    assert {r["runtime"] for r in result["rows"]} == {"torch"}
+    assert sum("converter exploded" in n for n in result["notes"]) == 2
+
+
+def _has_export_run() -> bool:
+    try:
+        return hasattr(importlib.import_module("sr_shrink.export"), "export_run")
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not (_has_export_run() and HAVE_ORT), reason="sr_shrink.export.export_run not there yet")
+def test_bench_exports_missing_models_with_export_run(tiny_run, eval_dir):
+    names = ("onnxruntime", "litert") if HAVE_LITERT else ("onnxruntime",)
+    cfg = BenchConfig(runtimes=names, precisions=("fp32",), input_size=(32, 32), eval_dir=str(eval_dir),
+                      repeats=2, warmup=0, stages=(2,))
+    result = run_bench(tiny_run, cfg)
+    made = [r for r in result["rows"] if r["runtime"] != "torch"]
+    assert {r["runtime"] for r in made} == set(names), result["notes"]
+    assert all(r["exported_now"] and Path(r["path"]).parent == tiny_run / "exports" for r in made)
+    torch_psnr = {r["stage"]: r["psnr_y"] for r in result["rows"] if r["runtime"] == "torch"}
+    assert all(r["psnr_y"] == pytest.approx(torch_psnr[r["stage"]], abs=0.01) for r in made)
+    if HAVE_LITERT:  # the static TFLite graph was exported at the bench input size
+        tfl = next(r for r in made if r["runtime"] == "litert")
+        assert tuple(open_runner(tfl["path"]).input_hw) == (32, 32)
+    again = run_bench(tiny_run, cfg)  # second time the exports are found, not redone
+    assert not any(r["exported_now"] for r in again["rows"] if r["runtime"] != "torch")

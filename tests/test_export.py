@@ -1,0 +1,404 @@
+"""sr-shrink export: every target and precision that runs here, checked against the PyTorch student with
+the real runtimes (onnxruntime, LiteRT; Core ML through the numpy MIL evaluator), plus the graph checks,
+export.json and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import make_tiny_run
+from onnx import TensorProto, helper
+
+from sr_shrink.cli import main
+from sr_shrink.data import load_eval_set
+from sr_shrink.errors import SRShrinkError
+from sr_shrink.export import build_wrapper, check_graph, export_run, mil_eval
+from sr_shrink.export.calib import mosaic
+from sr_shrink.export.coreml import coreml_runner
+from sr_shrink.export.onnx import onnx_graph
+from sr_shrink.models.student import SRStudent, load_student
+
+FAST = {"eval_images": 2, "calib_samples": 4}
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def _lr(h: int = 48, w: int = 80) -> torch.Tensor:
+    """A real LR photo crop (1, 3, h, w)."""
+    return load_eval_set(2, max_images=1)[0].lr[:, :h, :w].unsqueeze(0).contiguous()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("export") / "run")
+
+
+@pytest.fixture(scope="module")
+def student(run):
+    return load_student(run / "stage_02.pt")[0]
+
+
+@pytest.fixture(scope="module")
+def exported(run):
+    """exported(target, precision, **opts) -> the export.json entry; each combination exported once."""
+    cache: dict = {}
+
+    def get(target: str, precision: str, **opts) -> dict:
+        key = (target, precision, tuple(sorted(opts.items())))
+        if key not in cache:
+            out = run / "exports" / "_".join(f"{k}{v}" for k, v in [("", target), ("", precision), *key[2]])
+            cache[key] = export_run(run, target, stage=2, precision=precision, out=out, **FAST, **opts)[0]
+        return cache[key]
+
+    return get
+
+
+# ---------------------------------------------------------------- the mobile-safe wrapper
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("layout,shuffle", [("nchw", "native"), ("nhwc", "native"), ("nchw", "convt")])
+def test_wrapper_equals_student(scale, layout, shuffle):
+    torch.manual_seed(scale)
+    s = SRStudent(scale, 2, 8).eval()
+    for p in s.parameters():
+        torch.nn.init.normal_(p, 0, 0.1)
+    x = torch.rand(1, 3, 7, 9)
+    w = build_wrapper(s, layout, shuffle)
+    y = w(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if layout == "nhwc" else w(x)
+    assert torch.allclose(y, s(x), atol=1e-6)
+    assert any(p.abs().sum() > 0 for p in s.parameters())  # the student was not zeroed by the copy
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def _ort(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    return sess.run(None, {inp.name: x.astype(dtype)})[0].astype(np.float32)
+
+
+@pytest.mark.parametrize("precision,floor", [("fp32", 100.0), ("fp16", 45.0), ("int8", 30.0)])
+def test_onnx_export_runs_in_onnxruntime(exported, student, precision, floor):
+    e = exported("onnx", precision)
+    path = Path(e["path"])
+    assert path.name == f"stage_02_{precision}.onnx" and path.stat().st_size == e["size_bytes"]
+    x = _lr()
+    got = _ort(path, x.numpy())
+    assert got.shape == (1, 3, 96, 160)
+    assert _psnr(got, student(x).detach().numpy()) >= floor
+    assert e["verified"] and e["verification"]["psnr_vs_torch"] >= floor
+    assert e["verification"]["images"] == 2 and e["verification"]["torch_psnr_y"] > 20
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version >= 17
+    d2s = [n for n in model.graph.node if n.op_type == "DepthToSpace"]
+    assert len(d2s) == 1 and helper.get_attribute_value(d2s[0].attribute[0]) in (b"CRD", 2)
+    assert {m.key: m.value for m in model.metadata_props}["stage"] == "2"
+    assert set(e["ops"]) >= {"Conv", "Add", "DepthToSpace"}
+    assert e["graph_checks"]["max_rank"] <= 4
+
+
+def test_onnx_fp16_and_int8_details(exported):
+    fp16, int8 = exported("onnx", "fp16"), exported("onnx", "int8")
+    assert fp16["io_dtype"] == "float32" and "Cast" in fp16["ops"]
+    assert exported("onnx", "fp16", native_io=True)["io_dtype"] == "float16"
+    assert int8["ops"]["QuantizeLinear"] > 0 and int8["ops"]["DequantizeLinear"] > 0
+    assert int8["calibration"]["source"] == "images" and int8["calibration"]["samples"] == 4
+    assert int8["size_bytes"] < exported("onnx", "fp32")["size_bytes"]
+    g = onnx.load(int8["path"]).graph  # the anchor path stays float: 1x1 conv on float weights, float Add
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    d2s = next(n for n in g.node if n.op_type == "DepthToSpace")
+    assert producer[d2s.input[0]].op_type == "Add"
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    anchor = [n for n in convs if n.input[1] in inits and list(inits[n.input[1]].dims[2:]) == [1, 1]]
+    assert len(anchor) == 1 and inits[anchor[0].input[1]].data_type == TensorProto.FLOAT
+    assert sum(producer[n.input[1]].op_type == "DequantizeLinear" for n in convs if n.input[1] in producer) >= 3
+
+
+def test_onnx_dynamic_input_sizes_one_file(exported, student):
+    path = Path(exported("onnx", "fp32")["path"])
+    for h, w in [(48, 80), (64, 64)]:
+        x = _lr(h, w)
+        got = _ort(path, x.numpy())
+        assert got.shape == (1, 3, 2 * h, 2 * w)
+        assert np.abs(got - student(x).detach().numpy()).max() < 1e-4
+
+
+def test_onnx_fixed_size_and_nhwc(exported, student):
+    e = exported("onnx", "fp32", input_size="40x56", layout="nhwc")
+    assert e["inputs"][0]["shape"] == [1, 40, 56, 3] and e["shape_policy"].startswith("fixed 40x56")
+    x = _lr(40, 56)
+    got = _ort(Path(e["path"]), x.permute(0, 2, 3, 1).numpy()).transpose(0, 3, 1, 2)
+    assert np.abs(got - student(x).detach().numpy()).max() < 1e-4
+    assert e["verification"]["inputs"].startswith("40x56") and e["verified"]
+
+
+# ---------------------------------------------------------------- Core ML
+
+
+@pytest.mark.parametrize("precision,floor", [("fp32", 100.0), ("fp16", 45.0), ("int8", 30.0)])
+def test_coreml_export_evaluates_like_torch(exported, student, precision, floor):
+    e = exported("coreml", precision)
+    path = Path(e["path"])
+    assert path.is_dir() and path.suffix == ".mlpackage" and e["size_bytes"] > 0
+    x = _lr()
+    got = coreml_runner(path, "nchw")(x.numpy())
+    want = student(x).detach().numpy()
+    assert _psnr(got, want) >= floor
+    if precision == "fp32":
+        assert np.abs(got - want).max() < 1e-4
+    assert e["verified"] and e["verification"]["runtime"].startswith("numpy MIL")
+    assert e["inputs"][0]["name"] == "lr" and e["inputs"][0]["ranges"][2] == [8, 2048]
+    assert e["compute_precision"] == ("fp32" if precision == "fp32" else "fp16")
+    assert {"conv", "pixel_shuffle"} <= set(e["ops"]) and e["graph_checks"]["max_rank"] <= 4
+    if precision == "int8":
+        assert "constexpr_affine_dequantize" in e["ops"]
+
+
+def test_coreml_metadata_and_io(exported, run):
+    import coremltools as ct
+
+    e = exported("coreml", "fp16")
+    spec = ct.models.MLModel(e["path"], skip_model_load=True).get_spec()
+    meta = dict(spec.description.metadata.userDefined)
+    assert meta["scale"] == "2" and meta["stage"] == "2" and meta["n_blocks"] == "2"
+    assert meta["val_psnr_y"] == "32.0" and meta["teacher_psnr_y"] == "33.0"
+    assert [o.name for o in spec.description.output] == ["sr"]
+
+
+def test_coreml_dynamic_input_sizes_one_package(exported, student):
+    run_fn = coreml_runner(Path(exported("coreml", "fp32")["path"]), "nchw")
+    for h, w in [(48, 80), (64, 64)]:
+        x = _lr(h, w)
+        got = run_fn(x.numpy())
+        assert got.shape == (1, 3, 2 * h, 2 * w)
+        assert np.abs(got - student(x).detach().numpy()).max() < 1e-4
+
+
+def test_coreml_palettized_weights_decode(exported, student):
+    e = exported("coreml", "fp16", palettize=8)
+    assert Path(e["path"]).name == "stage_02_pal8.mlpackage"
+    assert "constexpr_lut_to_dense" in e["ops"] and e["palettization"]["nbits"] == 8
+    x = _lr()
+    got = coreml_runner(Path(e["path"]), "nchw")(x.numpy())
+    assert _psnr(got, student(x).detach().numpy()) >= 40  # wrong index unpacking gives noise (~10 dB)
+
+
+def test_mil_evaluator_reports_missing_op(run, monkeypatch):
+    monkeypatch.delitem(mil_eval.OPS, "pixel_shuffle")
+    e = export_run(run, "coreml", stage=1, precision="fp32", out=run / "ex_missing_op", **FAST)[0]
+    assert e["verified"] is False and "pixel_shuffle" in e["verification"]["reason"]
+    index = json.loads((run / "ex_missing_op" / "export.json").read_text())
+    assert index["exports"][0]["verified"] is False
+
+
+# ---------------------------------------------------------------- TFLite
+
+
+def _litert(path: Path, x_nhwc: np.ndarray) -> tuple[np.ndarray, dict]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    it.set_tensor(inp["index"], x_nhwc.astype(inp["dtype"]))
+    it.invoke()
+    return it.get_tensor(out["index"]), inp
+
+
+@pytest.mark.parametrize("precision,floor", [("fp32", 100.0), ("fp16", 45.0), ("int8", 30.0)])
+def test_tflite_export_runs_in_litert(exported, student, precision, floor):
+    e = exported("tflite", precision, input_size="32x48")
+    assert e["layout"] == "nhwc" and e["inputs"][0]["shape"] == [1, 32, 48, 3]
+    assert e["inputs"][0]["dtype"] == "float32" and e["outputs"][0]["dtype"] == "float32"
+    x = _lr(32, 48)
+    got, _ = _litert(Path(e["path"]), x.permute(0, 2, 3, 1).numpy())
+    assert got.shape == (1, 64, 96, 3)
+    assert _psnr(got.transpose(0, 3, 1, 2), student(x).detach().numpy()) >= floor
+    assert e["verified"] and e["graph_checks"]["max_rank"] <= 4 and "CONV_2D" in e["ops"]
+    if precision == "int8":
+        assert set(e["ops"]) >= {"QUANTIZE", "DEQUANTIZE"} and e["calibration"]["input_shape"] == [3, 32, 48]
+    if precision == "fp16":
+        assert "DEQUANTIZE" in e["ops"] and e["size_bytes"] < exported("tflite", "fp32", input_size="32x48")[
+            "size_bytes"]
+
+
+def test_tflite_default_size_is_256(exported):
+    e = exported("tflite", "fp32")
+    assert e["inputs"][0]["shape"] == [1, 256, 256, 3] and e["outputs"][0]["shape"] == [1, 512, 512, 3]
+    assert e["verification"]["inputs"].startswith("256x256") and e["verified"]
+
+
+def test_tflite_int8_native_io_nchw(exported, student):
+    e = exported("tflite", "int8", input_size="32x48", layout="nchw", native_io=True)
+    assert e["inputs"][0] == {"name": "serving_default_lr", "shape": [1, 3, 32, 48], "dtype": "int8"}
+    assert "QUANTIZE" not in e["ops"] and e["quantization"]["io"] == "int8"
+    x = _lr(32, 48)
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=e["path"], num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    (si, zi), (so, zo) = inp["quantization"], out["quantization"]
+    it.set_tensor(inp["index"], np.clip(np.round(x.numpy() / si + zi), -128, 127).astype(np.int8))
+    it.invoke()
+    got = (it.get_tensor(out["index"]).astype(np.float32) - zo) * so
+    assert _psnr(got, student(x).detach().numpy()) >= 30
+
+
+def test_tflite_convt_shuffle(run, student):
+    e = export_run(run, "tflite", stage=2, out=run / "ex_convt", input_size="24x24", shuffle="convt", **FAST)[0]
+    assert "TRANSPOSE_CONV" in e["ops"] and "RESHAPE" not in e["ops"]
+    assert e["verified"] and e["verification"]["psnr_vs_torch"] >= 100
+
+
+# ---------------------------------------------------------------- graph checks
+
+
+def _rank6_onnx(path: Path) -> Path:
+    """The textbook pixel shuffle: Reshape to rank 6, Transpose, Reshape back."""
+    shape6 = helper.make_tensor("s6", TensorProto.INT64, [6], [1, 3, 2, 2, 4, 4])
+    shape4 = helper.make_tensor("s4", TensorProto.INT64, [4], [1, 3, 8, 8])
+    nodes = [helper.make_node("Reshape", ["x", "s6"], ["r6"]),
+             helper.make_node("Transpose", ["r6"], ["t6"], perm=[0, 1, 4, 2, 5, 3]),
+             helper.make_node("Reshape", ["t6", "s4"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [shape6, shape4])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_check_graph_rejects_rank6_tensor(tmp_path):
+    info = onnx_graph(_rank6_onnx(tmp_path / "r6.onnx"))
+    assert info.max_rank == 6 and info.high_rank
+    with pytest.raises(SRShrinkError, match="rank > 4"):
+        check_graph("onnx", info)
+
+
+def test_check_graph_rejects_foreign_op(exported):
+    info = onnx_graph(Path(exported("onnx", "fp32")["path"]))
+    assert check_graph("onnx", info)["rank_ok"]
+    info.ops["Tile"] = 1
+    with pytest.raises(SRShrinkError, match="allow-list: Tile"):
+        check_graph("onnx", info)
+
+
+def test_export_refuses_and_removes_a_graph_that_fails_checks(run, monkeypatch):
+    from sr_shrink.export import common
+
+    monkeypatch.setitem(common.ALLOWED_OPS, "onnx", {"Conv", "Relu", "Add"})
+    with pytest.raises(SRShrinkError, match="DepthToSpace"):
+        export_run(run, "onnx", stage=1, out=run / "ex_refused", **FAST)
+    assert not (run / "ex_refused" / "stage_01_fp32.onnx").exists()
+
+
+# ---------------------------------------------------------------- export.json, run dirs, calibration
+
+
+def test_export_json_merges_entries(run):
+    out = run / "ex_merge"
+    export_run(run, "onnx", stage="all", out=out, **FAST)
+    first = json.loads((out / "export.json").read_text())
+    assert [e["file"] for e in first["exports"]] == ["stage_01_fp32.onnx", "stage_02_fp32.onnx"]
+    export_run(run, "onnx", stage=1, out=out, **FAST)
+    again = json.loads((out / "export.json").read_text())
+    assert len(again["exports"]) == 2 and again["run"]["scale"] == 2 and again["run"]["teacher_psnr_y"] == 33.0
+    e = again["exports"][0]
+    for key in ("target", "precision", "layout", "shape_policy", "size_bytes", "ops", "verification", "stage"):
+        assert key in e
+    assert "path" not in e  # export.json stays relocatable: names relative to its folder
+
+
+def test_single_stage_file_and_default_out(tmp_path):
+    run = make_tiny_run(tmp_path / "r", n_stages=1)
+    entries = export_run(run / "stage_01.pt", "onnx", **FAST)
+    assert entries[0]["stage"] == 1 and (run / "exports" / "stage_01_fp32.onnx").is_file()
+    assert (run / "exports" / "export.json").is_file()
+
+
+def test_calibration_from_generator(tmp_path):
+    from sr_shrink.distill.generator import Generator, save_generator
+
+    run = make_tiny_run(tmp_path / "g", n_stages=1)
+    with pytest.raises(SRShrinkError, match="--calib DIR"):
+        export_run(run, "onnx", precision="int8", calib="generator", **FAST)
+    torch.manual_seed(0)
+    gen = Generator(z_dim=8, patch=8, width=8)
+    with torch.no_grad():
+        gen.up[-1].weight.mul_(30)  # an untrained G outputs ~0.5 everywhere; spread it over [0, 1]
+    save_generator(gen, run / "generator.pt")
+    e = export_run(run, "onnx", precision="int8", **FAST)[0]
+    assert e["calibration"]["source"] == "generator" and e["calibration"]["input_shape"] == [3, 8, 8]
+    assert e["verified"]
+
+
+def test_mosaic_tiles_patches_in_order():
+    patches = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 2, 2)
+    m = mosaic(patches, (4, 5))
+    assert m.shape == (1, 3, 4, 5)
+    assert m[0, 0, 0].tolist() == [0, 0, 1, 1, 2] and m[0, 0, 3].tolist() == [3, 3, 4, 4, 5]
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("target,module,extra", [("onnx", "onnxscript", "onnx"), ("coreml", "coremltools", "coreml"),
+                                                 ("tflite", "litert_torch", "tflite")])
+def test_missing_extra_is_one_clear_line(run, monkeypatch, target, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # makes "import module" raise ImportError
+    with pytest.raises(SRShrinkError) as err:
+        export_run(run, target, stage=1, out=run / "ex_none", **FAST)
+    msg = str(err.value)
+    assert f"pip install 'sr-shrink[{extra}]'" in msg and module in msg and "\n" not in msg
+
+
+def test_missing_stage_and_bad_run_dir(run, tmp_path):
+    with pytest.raises(SRShrinkError, match="no stage 7; this run has stage\\(s\\) 1, 2"):
+        export_run(run, "onnx", stage=7)
+    with pytest.raises(SRShrinkError, match="no such run directory"):
+        export_run(tmp_path / "nope", "onnx")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SRShrinkError, match="not a distill run"):
+        export_run(tmp_path / "empty", "onnx")
+    with pytest.raises(SRShrinkError, match="unknown export target"):
+        export_run(run, "caffe")
+    with pytest.raises(SRShrinkError, match="--palettize applies to Core ML only"):
+        export_run(run, "onnx", palettize=4)
+
+
+def test_cli_errors_are_one_line(run, tmp_path):
+    cli = CliRunner()
+    res = cli.invoke(main, ["export", str(run), "--target", "caffe"])
+    assert res.exit_code == 2 and "Invalid value for '--target'" in res.output
+    res = cli.invoke(main, ["export", str(run), "--target", "onnx", "--stage", "9"])
+    assert res.exit_code == 2 and res.output.strip().count("\n") == 0 and "no stage 9" in res.output
+    (tmp_path / "junk").write_text("not a checkpoint")
+    res = cli.invoke(main, ["export", str(tmp_path / "junk"), "--target", "onnx"])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and res.output.strip().count("\n") == 0
+
+
+def test_cli_export_writes_files(run):
+    out = run / "ex_cli"
+    res = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--stage", "1", "--precision", "fp16",
+                                    "--out", str(out), "--input-size", "32x32"])
+    assert res.exit_code == 0, res.output
+    assert (out / "stage_01_fp16.onnx").is_file() and "stage_01_fp16.onnx" in res.output
+    entry = json.loads((out / "export.json").read_text())["exports"][0]
+    assert entry["input_size"] == [32, 32] and entry["verified"]

@@ -1,0 +1,176 @@
+"""sr-shrink upscale: image modes, exact tiling, exported models, --compare and clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from export_helpers import export_onnx, export_tflite
+from PIL import Image
+
+from sr_shrink.cli import main
+from sr_shrink.errors import SRShrinkError
+from sr_shrink.models.registry import save_model_checkpoint
+from sr_shrink.models.student import SRStudent, load_student
+from sr_shrink.resize import upscale as bicubic
+from sr_shrink.tiling import axis_spans, tile_starts, tiled_apply
+from sr_shrink.upscale import load_upscaler, read_picture, upscale_files
+
+HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
+HAVE_LITERT = importlib.util.find_spec("ai_edge_litert") is not None and importlib.util.find_spec("litert_torch")
+
+
+def _image(path: Path, mode: str, size=(40, 30), seed=0) -> Path:
+    """Write a structured test image of ``mode`` and ``size`` (w, h); return its path."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (127 + 100 * np.sin(xx / 3.0) * np.cos(yy / 4.0)).astype(np.float64)
+    chans = [base, base[::-1], np.roll(base, 7, axis=1), rng.integers(0, 256, (h, w))]
+    arr = np.stack(chans, -1).clip(0, 255).astype(np.uint8)
+    img = {"RGB": lambda: Image.fromarray(arr[..., :3]), "RGBA": lambda: Image.fromarray(arr),
+           "L": lambda: Image.fromarray(arr[..., 0])}[mode]()
+    img.save(path)
+    return path
+
+
+def _model_sr(model: SRStudent, rgb: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(rgb.unsqueeze(0))[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, ["upscale", *map(str, args)])
+
+
+def test_rgb_image_equals_the_model_output(tiny_run, tmp_path):
+    src = _image(tmp_path / "photo.png", "RGB")
+    res = _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    out = Image.open(tmp_path / "out" / "photo_x2.png")
+    assert out.mode == "RGB" and out.size == (80, 60)
+    model, _ = load_student(tiny_run / "stage_02.pt")
+    assert np.array_equal(np.asarray(out), _model_sr(model, read_picture(src).rgb))
+
+
+def test_grey_image_comes_back_grey(tiny_run, tmp_path):
+    src = _image(tmp_path / "grey.png", "L", size=(24, 20))
+    written = upscale_files(tiny_run / "stage_01.pt", [src], tmp_path / "out")
+    out = Image.open(written[0])
+    assert written[0].name == "grey_x2.png" and out.mode == "L" and out.size == (48, 40)
+    model, _ = load_student(tiny_run / "stage_01.pt")
+    want = np.asarray(Image.fromarray(_model_sr(model, read_picture(src).rgb)).convert("L"))
+    assert np.array_equal(np.asarray(out), want)
+
+
+def test_rgba_keeps_bicubic_alpha(tiny_run, tmp_path):
+    src = _image(tmp_path / "logo.png", "RGBA", size=(20, 16))
+    written = upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out", tile=None)
+    out = np.asarray(Image.open(written[0]))
+    assert out.shape == (32, 40, 4)
+    pic = read_picture(src)
+    alpha = bicubic(pic.alpha.unsqueeze(0), 2)[0, 0].clamp(0, 1).mul(255).round().byte().numpy()
+    assert np.array_equal(out[..., 3], alpha)
+    model, _ = load_student(tiny_run / "stage_02.pt")
+    assert np.array_equal(out[..., :3], _model_sr(model, pic.rgb))
+
+
+def test_tiled_equals_untiled_for_a_float_model(tiny_run):
+    up = load_upscaler(tiny_run / "stage_02.pt")
+    assert up.radius == 6  # head + 2 convs per block x 2 + tail
+    lr = torch.rand(1, 3, 70, 53, generator=torch.Generator().manual_seed(3))
+    whole = up.apply(lr, tile=None)
+    tiled = up.apply(lr, tile=24, overlap=0)  # overlap is raised to the receptive radius
+    assert tiled.shape == whole.shape == (1, 3, 140, 106)
+    assert (tiled - whole).abs().max() < 1e-5
+    too_small = tiled_apply(up.fn, lr, 2, 24, overlap=2)  # the check above can fail: a seam shows
+    assert (too_small - whole).abs().max() > 1e-3
+
+
+def test_tile_plan_covers_every_pixel_once_or_more():
+    for length, tile, ov in [(100, 32, 6), (33, 32, 6), (64, 32, 0), (20, 32, 6)]:
+        covered = np.zeros(length, bool)
+        for sp in axis_spans(length, tile, ov, fixed=True):
+            covered[sp.lo : sp.hi] = True
+            assert sp.stop - sp.start + sp.pad_before + sp.pad_after == tile
+        assert covered.all(), (length, tile, ov)
+    assert tile_starts(100, 32, 6) == [0, 20, 40, 60, 68]
+    with pytest.raises(SRShrinkError, match="too small for overlap"):
+        tile_starts(100, 12, 6)
+
+
+def test_large_image_through_the_cli_is_tiled_exactly(tiny_run, tmp_path):
+    src = _image(tmp_path / "big.png", "RGB", size=(90, 75))
+    assert _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "a", "--tile", "32").exit_code == 0
+    assert _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "b", "--tile", "0").exit_code == 0
+    a = np.asarray(Image.open(tmp_path / "a" / "big_x2.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "big_x2.png"))
+    assert a.shape == (150, 180, 3) and np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")
+def test_onnx_model_upscales_like_the_checkpoint(tiny_run, tmp_path):
+    model, _ = load_student(tiny_run / "stage_02.pt")
+    up = load_upscaler(export_onnx(model, tmp_path / "m.onnx"), scale=2)
+    assert up.scale == 2 and up.input_hw is None and up.radius >= 6
+    lr = torch.rand(1, 3, 50, 41, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(lr)
+    assert (up.apply(lr, tile=20) - want).abs().max() < 1e-4
+
+
+@pytest.mark.skipif(not HAVE_LITERT, reason="litert not installed")
+def test_fixed_size_tflite_handles_bigger_and_smaller_images(tiny_run, tmp_path):
+    model, _ = load_student(tiny_run / "stage_02.pt")
+    up = load_upscaler(export_tflite(model, tmp_path / "m.tflite", (32, 32)))
+    assert up.input_hw == (32, 32) and up.scale == 2
+    for h, w in [(45, 70), (20, 26)]:  # tiled; padded twice per short axis
+        lr = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.no_grad():
+            want = model(lr)
+        assert (up.apply(lr) - want).abs().max() < 1e-4
+
+
+def test_compare_writes_three_panels_with_a_teacher(tiny_run, tmp_path):
+    teacher = SRStudent(2, 1, 8)
+    torch.nn.init.normal_(teacher.tail.weight, 0, 0.01)
+    t_path = save_model_checkpoint(teacher, "student", teacher.config(), tmp_path / "teacher.pt")
+    src = _image(tmp_path / "scene.png", "RGB", size=(120, 100))
+    res = _run(tiny_run / "stage_01.pt", src, "-o", tmp_path / "out", "--compare", "--teacher", t_path)
+    assert res.exit_code == 0, res.output
+    strip = Image.open(tmp_path / "out" / "scene_x2_compare.png")
+    assert strip.size == (3 * 192 + 8, 192 + 16)
+    assert (tmp_path / "out" / "scene_x2.png").is_file()
+
+
+def test_compare_without_any_teacher_has_two_panels(tiny_run, tmp_path, monkeypatch):
+    import sr_shrink.models.teacher as teacher_mod
+
+    monkeypatch.setattr(teacher_mod, "DEFAULT_TEACHER", tmp_path / "absent.pt")
+    src = _image(tmp_path / "small.png", "RGB", size=(40, 30))
+    notes: list[str] = []
+    upscale_files(tiny_run / "stage_01.pt", [src], tmp_path / "out", compare=True, log=notes.append)
+    assert Image.open(tmp_path / "out" / "small_x2_compare.png").size == (2 * 80 + 4, 60 + 16)
+    assert any("no teacher found" in n for n in notes)
+
+
+def test_unreadable_image_is_a_clear_error(tiny_run, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    res = _run(tiny_run / "stage_01.pt", bad, "-o", tmp_path / "out")
+    assert res.exit_code == 2 and "broken.png: cannot read this image" in res.output
+    assert not (tmp_path / "out").exists()  # failed before writing anything
+    res = _run(tiny_run / "stage_01.pt", tmp_path / "missing.png", "-o", tmp_path / "out")
+    assert res.exit_code == 2 and "no such image file" in res.output
+
+
+def test_model_of_another_scale_is_a_clear_error(tiny_run, tmp_path):
+    src = _image(tmp_path / "p.png", "RGB")
+    res = _run(tiny_run / "stage_01.pt", src, "-o", tmp_path / "out", "--scale", "3")
+    assert res.exit_code == 2 and "upscales x2, not x3" in res.output
+    res = _run(tmp_path / "nope.pt", src, "-o", tmp_path / "out")
+    assert res.exit_code == 2 and "no such model file" in res.output
