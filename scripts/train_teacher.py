@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sr_shrink.data import list_images, load_eval_set, make_lr, random_patches, read_image  # noqa: E402
+from sr_shrink.evaluate import evaluate_bicubic, evaluate_model  # noqa: E402
 from sr_shrink.models.edsr import EDSR  # noqa: E402
 from sr_shrink.models.registry import save_model_checkpoint  # noqa: E402
-from sr_shrink.evaluate import evaluate_model, evaluate_bicubic  # noqa: E402
 
 
 def main() -> None:
