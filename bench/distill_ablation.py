@@ -3,8 +3,9 @@
 Each variant is one ``sr-shrink distill`` configuration run with the same student-step budget; the script
 prints a markdown table (mean, spread over seeds, per-stage means) and writes JSON next to the runs.
 
-    python bench/distill_ablation.py --teacher sr_shrink/assets/teacher_x2.pt --data data/train \
-        --seeds 0 1 2 --steps 300 --variants noise deadleaves generator datafree data
+    python bench/distill_ablation.py --data data/train --seeds 0 1 2 --steps 250 --out runs/ablation
+    python bench/distill_ablation.py --data data/train --seeds 0 1 2 --steps 250 --out runs/levers \
+        --variants "datafree g=latent" "datafree mix 0.25" ...
 """
 
 from __future__ import annotations
@@ -25,25 +26,27 @@ from sr_shrink.distill import DistillConfig, distill  # noqa: E402
 
 # name -> DistillConfig overrides (the levers of the ablation)
 VARIANTS = {
+    # input sources, each a --mode of its own
     "noise": dict(mode="noise"),
     "pink": dict(mode="pink"),
     "deadleaves": dict(mode="deadleaves"),
-    "generator": dict(mode="generator", reuse=1, w_div=0.0, w_nat=0.0, g_warmup=0, student_steps_per_g=5),
-    "generator+priors": dict(mode="generator"),
-    "datafree": dict(mode="datafree"),
-    "datafree-mix0.25": dict(mode="datafree", mix=0.25),
-    "datafree-mix0.75": dict(mode="datafree", mix=0.75),
-    "datafree-nowarmup": dict(mode="datafree", g_warmup=0),
-    "datafree-refine": dict(mode="datafree", g_kind="refine"),
-    "generator-refine": dict(mode="generator", g_kind="refine"),
-    "datafree-dl+pink": dict(mode="datafree", synthetic="deadleaves,pink", mix=0.75),
-    "datafree-nodiv": dict(mode="datafree", w_div=0.0, w_nat=0.0),
-    "datafree-wr10": dict(mode="datafree", w_r=10.0),
-    "datafree-charbonnier": dict(mode="datafree", kd_loss="charbonnier"),
-    "datafree-reuse1": dict(mode="datafree", reuse=1),
-    "deadleaves-reuse1": dict(mode="deadleaves", reuse=1),
-    "data": dict(mode="data"),
-    "data-hr": dict(mode="data", data_target="hr"),
+    "generator (paper)": dict(mode="generator", g_kind="latent", reuse=1, w_div=0.0, w_nat=0.0, g_warmup=0,
+                              student_steps_per_g=5),
+    "generator-refine": dict(mode="generator"),
+    "datafree (default)": dict(mode="datafree"),
+    "data (KD on photos)": dict(mode="data"),
+    "data-hr (GT on photos)": dict(mode="data", data_target="hr"),
+    # levers, each one change to the default recipe
+    "datafree g=latent": dict(mode="datafree", g_kind="latent"),
+    "datafree mix 0.25": dict(mode="datafree", mix=0.25),
+    "datafree mix 0.75": dict(mode="datafree", mix=0.75),
+    "datafree dl+pink": dict(mode="datafree", synthetic="deadleaves,pink", mix=0.75),
+    "datafree no G warm-up": dict(mode="datafree", g_warmup=0),
+    "datafree no priors": dict(mode="datafree", w_div=0.0, w_nat=0.0),
+    "datafree w_R 10": dict(mode="datafree", w_r=10.0),
+    "datafree 50 steps/G": dict(mode="datafree", student_steps_per_g=50),
+    "datafree charbonnier": dict(mode="datafree", kd_loss="charbonnier"),
+    "datafree reuse 1": dict(mode="datafree", reuse=1),
 }
 
 
@@ -51,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default=None)
     ap.add_argument("--data", default=str(REPO / "data" / "train"))
-    ap.add_argument("--variants", nargs="+", default=["noise", "deadleaves", "generator", "datafree", "data"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS)[:8], help="names from VARIANTS")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--stages", default="1:4")
@@ -67,7 +70,8 @@ def main() -> None:
             cfg = DistillConfig(stage_start=a, stage_end=b, steps_per_stage=args.steps, seed=seed,
                                 data_dir=args.data, **VARIANTS[name])
             t0 = time.time()
-            run = distill(args.teacher, args.out / f"{name}_s{seed}", cfg, force=True, quiet=True,
+            slug = "".join(c if c.isalnum() else "_" for c in name)
+            run = distill(args.teacher, args.out / f"{slug}_s{seed}", cfg, force=True, quiet=True,
                           device="cpu", eval_images=args.eval_images)
             run["wall_seconds"] = time.time() - t0
             results.setdefault(name, []).append(run)
@@ -75,8 +79,8 @@ def main() -> None:
                   + f"  ({run['wall_seconds']:.0f} s)", flush=True)
     first = next(iter(results.values()))[0]
     lines = [f"teacher {first['teacher_psnr_y']:.3f} dB, bicubic {first['bicubic_psnr_y']:.3f} dB (Y-PSNR, eval split)",
-             "", "| variant | final Y-PSNR mean | spread (min-max) | per-stage mean | steps/s |",
-             "|---|---|---|---|---|"]
+             "", "| variant | final Y-PSNR mean | spread (min-max) | per-stage mean | worst stage drop | steps/s |",
+             "|---|---|---|---|---|---|"]
     summary = {}
     for name, runs in results.items():
         finals = [r["stages"][-1]["val_psnr_y"] for r in runs]
@@ -84,13 +88,16 @@ def main() -> None:
         per_stage = [statistics.mean(r["stages"][i]["val_psnr_y"] for r in runs) for i in range(n_stages)]
         sps = statistics.mean(sum(s["steps"] for s in r["stages"]) / sum(s["seconds"] for s in r["stages"])
                               for r in runs)
+        drop = max(r["stages"][i - 1]["val_psnr_y"] - r["stages"][i]["val_psnr_y"]
+                   for r in runs for i in range(1, n_stages)) if n_stages > 1 else 0.0
         summary[name] = {"final_mean": statistics.mean(finals), "finals": finals, "per_stage": per_stage,
-                         "steps_per_s": sps}
+                         "worst_stage_drop": drop, "steps_per_s": sps}
         lines.append(f"| {name} | {statistics.mean(finals):.3f} | {min(finals):.3f}-{max(finals):.3f} | "
-                     + " / ".join(f"{v:.2f}" for v in per_stage) + f" | {sps:.1f} |")
+                     + " / ".join(f"{v:.2f}" for v in per_stage) + f" | {max(drop, 0):.3f} | {sps:.1f} |")
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

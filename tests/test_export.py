@@ -349,6 +349,19 @@ def test_calibration_from_generator(tmp_path):
     assert e["verified"]
 
 
+def test_calibration_from_refine_generator_at_any_size(tmp_path):
+    from sr_shrink.distill.generator import RefineGenerator, save_generator
+    from sr_shrink.export.calib import CalibSource, calib_inputs
+
+    run = make_tiny_run(tmp_path / "g", n_stages=1)
+    save_generator(RefineGenerator(patch=8), run / "generator.pt")
+    xs = calib_inputs(CalibSource("generator", run / "generator.pt"), 2, 3, (20, 36), seed=0)
+    assert len(xs) == 3 and all(x.shape == (1, 3, 20, 36) for x in xs)
+    assert all(0 <= float(x.min()) and float(x.max()) <= 1 and float(x.std()) > 0.01 for x in xs)
+    e = export_run(run, "onnx", precision="int8", **FAST)[0]
+    assert e["calibration"]["source"] == "generator" and e["verified"]
+
+
 def test_mosaic_tiles_patches_in_order():
     patches = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 2, 2)
     m = mosaic(patches, (4, 5))

@@ -33,7 +33,7 @@ class DistillConfig:
     kd_loss: str = "l1"  # l1 | charbonnier
     reuse: int = 2  # student steps per fresh (input, teacher output) batch
     # generator (datafree / generator modes)
-    g_kind: str = "latent"  # latent: the paper's G(z); refine: bounded perturbation of synthetic images
+    g_kind: str = "refine"  # refine: bounded perturbation of synthetic images; latent: the paper's G(z)
     z_dim: int = 256
     student_steps_per_g: int = 10
     g_lr: float = 1e-3

@@ -89,23 +89,26 @@ class RefineGenerator(nn.Module):
             nn.Conv2d(width, 3, 3, padding=1),
         )
 
-    def draw_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Return z = [base image, noise maps] of shape (n, 3 + noise_ch, patch, patch)."""
+    any_size = True  # fully convolutional: samples of any size, e.g. for int8 calibration at the export size
+
+    def draw_latent(self, n: int, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
+        """Return z = [base image, noise maps] of shape (n, 3 + noise_ch, size, size) (default size: patch)."""
         from .sources import synthetic
 
         c = self.config
-        base = synthetic(c.base, n, c.patch, generator)
-        noise = torch.randn((n, c.noise_ch, c.patch, c.patch), generator=generator)
+        size = size or c.patch
+        base = synthetic(c.base, n, size, generator)
+        noise = torch.randn((n, c.noise_ch, size, size), generator=generator)
         return torch.cat([base, noise], dim=1).to(self.net[0].weight.device)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         base = z[:, :3]
         return (base + self.config.eps * torch.tanh(self.net(z))).clamp(0, 1)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Return ``n`` refined synthetic patches (no gradient)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
+        """Return ``n`` refined synthetic patches of ``size`` px (default: the training patch), no gradient."""
         with torch.no_grad():
-            return self(self.draw_latent(n, generator))
+            return self(self.draw_latent(n, generator, size))
 
 
 KINDS = {"latent": Generator, "refine": RefineGenerator}

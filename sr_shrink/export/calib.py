@@ -76,6 +76,9 @@ def _load_generator(path: Path):
 
 def _generator_inputs(path: Path, n: int, size: tuple[int, int] | None, gen: torch.Generator) -> list[torch.Tensor]:
     g = _load_generator(path)
+    if getattr(g, "any_size", False):  # a fully convolutional generator samples at the wanted size directly
+        h, w = size or (CALIB_CROP, CALIB_CROP)
+        return [g.sample(1, generator=gen, size=max(h, w))[..., :h, :w].contiguous() for _ in range(n)]
     p = int(g.sample(1, generator=torch.Generator().manual_seed(0)).shape[-1])
     if size is None:  # free-size graphs take the patches as they are: as many pixels as n photo crops
         count = math.ceil(n * CALIB_CROP * CALIB_CROP / (p * p))
