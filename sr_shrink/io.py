@@ -11,12 +11,21 @@ from typing import Any
 import torch
 
 
+def _mkstemp_beside(path: Path) -> str:
+    """Return a new temp file beside ``path`` with the permissions a plain ``open`` would give it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """Save ``obj`` with torch.save to a temp file beside ``path``, then rename it; return ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    tmp = _mkstemp_beside(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -30,9 +39,9 @@ def atomic_write_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON via a temp file and rename; return ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = _mkstemp_beside(path)
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
         os.replace(tmp, path)
