@@ -12,12 +12,14 @@ from typing import Any
 from torch import nn
 
 from ..io import atomic_torch_save
+from .classic import ESPCN, FSRCNN
 from .edsr import EDSR
 from .msrresnet import MSRResNet
 from .student import SRStudent
 from .vdsr import VDSR
 
-ARCHS: dict[str, type[nn.Module]] = {"edsr": EDSR, "vdsr": VDSR, "msrresnet": MSRResNet, "student": SRStudent}
+ARCHS: dict[str, type[nn.Module]] = {"edsr": EDSR, "vdsr": VDSR, "msrresnet": MSRResNet, "student": SRStudent,
+                                     "fsrcnn": FSRCNN, "espcn": ESPCN}
 FORMAT_VERSION = 1
 
 
