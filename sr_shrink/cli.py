@@ -63,7 +63,10 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--student-steps-per-g", default=None, type=int, help="Student steps per generator step.")
 @click.option("--g-lr", default=None, type=float, help="Generator learning rate.")
 @click.option("--w-r", default=None, type=float, help="Weight of the bicubic-consistency term of L_G.")
-@click.option("--mix", default=None, type=float, help="datafree: share of dead-leaves images per batch.")
+@click.option("--mix", default=None, type=float, help="datafree: share of synthetic images per batch.")
+@click.option("--synthetic", default=None, help="datafree: synthetic sources, e.g. deadleaves or deadleaves,pink.")
+@click.option("--g-kind", type=click.Choice(["refine", "latent"]), default=None,
+              help="Generator: refine (perturbs synthetic images, default) or latent (the paper's G(z)).")
 @click.option("--kd-loss", type=click.Choice(["l1", "charbonnier"]), default="l1", show_default=True)
 @click.option("--reuse", default=None, type=int, help="Student steps per fresh teacher batch.")
 @click.option("--scale", type=int, help="Upscaling factor (checked against the teacher).")
@@ -79,9 +82,8 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--trust-pickle", is_flag=True, help="Allow a full pickled nn.Module teacher (runs its code).")
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
 def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, batch,
-            lr_patch, lr,
-            student_steps_per_g, g_lr, w_r, mix, kd_loss, reuse, scale, eval_dir, seed, save_every, resume, force,
-            device, amp, channels_last, threads, trust_pickle, quiet) -> None:
+            lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, scale, eval_dir,
+            seed, save_every, resume, force, device, amp, channels_last, threads, trust_pickle, quiet) -> None:
     """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data."""
     import torch
 
@@ -92,7 +94,7 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
         torch.set_num_threads(threads)
     a, b = _parse_stages(stages)
     overrides = {k: v for k, v in dict(student_steps_per_g=student_steps_per_g, g_lr=g_lr, w_r=w_r, mix=mix,
-                                         reuse=reuse).items() if v is not None}
+                                         synthetic=synthetic, g_kind=g_kind, reuse=reuse).items() if v is not None}
     cfg = DistillConfig(scale=scale or 2, mode=mode, stage_start=a, stage_end=b, stage_step=stage_step,
                         steps_per_stage=steps_per_stage, channels=channels, batch=batch, lr_patch=lr_patch, lr=lr,
                         kd_loss=kd_loss, data_dir=data_dir, data_target=data_target, seed=seed, save_every=save_every,

@@ -191,3 +191,16 @@ def test_datafree_synthetic_mix_and_data_targets(tiny_teacher, tiny_eval, tmp_pa
     with pytest.raises(SRShrinkError, match="multiple of 4"):
         distill(str(tiny_teacher), tmp_path / "d", _cfg(mode="generator", lr_patch=10), eval_dir="none", quiet=True,
                 device="cpu")
+
+
+def test_cli_recipe_options_reach_run_json(tiny_teacher, tmp_path):
+    out = tmp_path / "r"
+    args = _cli_args(tiny_teacher, out, 3) + ["--mode", "generator", "--g-kind", "latent", "--mix", "0.3",
+                                              "--synthetic", "pink", "--reuse", "3"]
+    r = subprocess.run(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    recipe = json.loads((out / "run.json").read_text())["recipe"]
+    assert (recipe["g_kind"], recipe["mix"], recipe["synthetic"], recipe["reuse"]) == ("latent", 0.3, "pink", 3)
+    r = subprocess.run(_cli_args(tiny_teacher, out, 3), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
