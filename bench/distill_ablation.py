@@ -61,19 +61,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-images", type=int, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "ablation")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="only tabulate the finished runs already in --out (e.g. after an interrupted sweep)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     a, b = (int(v) for v in args.stages.split(":"))
     results: dict[str, list[dict]] = {}
     for name in args.variants:
         for seed in args.seeds:
+            slug = "".join(c if c.isalnum() else "_" for c in name)
+            if args.summarize_only:
+                f = args.out / f"{slug}_s{seed}" / "run.json"
+                run = json.loads(f.read_text()) if f.exists() else {}
+                if run.get("complete"):
+                    results.setdefault(name, []).append(run)
+                continue
             cfg = DistillConfig(stage_start=a, stage_end=b, steps_per_stage=args.steps, seed=seed,
                                 data_dir=args.data, **VARIANTS[name])
             t0 = time.time()
-            slug = "".join(c if c.isalnum() else "_" for c in name)
             run = distill(args.teacher, args.out / f"{slug}_s{seed}", cfg, force=True, quiet=True,
                           device="cpu", eval_images=args.eval_images)
             run["wall_seconds"] = time.time() - t0
+            (args.out / f"{slug}_s{seed}" / "run.json").write_text(json.dumps(run, indent=2))
             results.setdefault(name, []).append(run)
             print(f"{name} seed {seed}: " + " ".join(f"{s['val_psnr_y']:.3f}" for s in run["stages"])
                   + f"  ({run['wall_seconds']:.0f} s)", flush=True)
@@ -84,6 +93,7 @@ def main() -> None:
     summary = {}
     for name, runs in results.items():
         finals = [r["stages"][-1]["val_psnr_y"] for r in runs]
+        name = f"{name} ({len(runs)} seeds)" if len(runs) != len(args.seeds) else name
         n_stages = len(runs[0]["stages"])
         per_stage = [statistics.mean(r["stages"][i]["val_psnr_y"] for r in runs) for i in range(n_stages)]
         sps = statistics.mean(sum(s["steps"] for s in r["stages"]) / sum(s["seconds"] for s in r["stages"])

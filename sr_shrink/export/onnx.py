@@ -90,6 +90,11 @@ def float_tail_nodes(proto) -> list[str]:
     return sorted(set(names))
 
 
+# Activation ranges clip the rarest 0.01 % of values: on a 4-block student MinMax ranges lost 0.19 dB Y-PSNR,
+# 99.99th-percentile ranges 0.09 dB, 99.999 0.12 dB, entropy 0.19 dB (BENCHMARKS.md, section 4).
+CALIB_PERCENTILE = 99.99
+
+
 class _Feed:
     """An onnxruntime CalibrationDataReader over a list of NCHW/NHWC float32 arrays."""
 
@@ -115,10 +120,12 @@ def _to_int8(proto, calib: list[torch.Tensor], nhwc: bool):
         quantize_static(str(src), str(dst), _Feed(proto.graph.input[0].name, arrays),
                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep_float,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+                        calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                       "CalibPercentile": CALIB_PERCENTILE})
         out = onnx.load(str(dst))
-    info = {"method": "onnxruntime static QDQ", "activations": "int8 (asymmetric, per tensor, MinMax)",
+    info = {"method": "onnxruntime static QDQ",
+            "activations": f"int8 (asymmetric, per tensor, {CALIB_PERCENTILE} percentile ranges)",
             "weights": "int8 (symmetric, per channel)", "float_nodes": keep_float,
             "calibration_inputs": len(arrays)}
     return out, info
