@@ -248,7 +248,7 @@ def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads,
 @click.option("--steps-per-stage", default=300, show_default=True, help="Student steps per stage.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted demo run instead of starting over.")
 def demo(out: str, steps_per_stage: int, resume: bool) -> None:
-    """Distill the bundled teacher, export the last stage, bench every stage (~10 min on 2 cores)."""
+    """Distill the bundled teacher, export the last stage, bench every stage (about 4 min on 2 cores)."""
     from pathlib import Path
 
     from .bench.report import plot, print_report, write_json

@@ -1,4 +1,4 @@
-"""``sr-shrink demo``: the whole pipeline on the bundled teacher in about ten minutes on two CPU cores.
+"""``sr-shrink demo``: the whole pipeline on the bundled teacher in a few minutes on two CPU cores.
 
 distill (data-free, stages 1..4) -> export the last stage to every target installed here -> bench every
 stage on the runtimes installed here, ending with the table, the plot and the recommended stage.
