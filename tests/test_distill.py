@@ -204,3 +204,19 @@ def test_cli_recipe_options_reach_run_json(tiny_teacher, tmp_path):
     r = subprocess.run(_cli_args(tiny_teacher, out, 3), env={**os.environ, "OMP_NUM_THREADS": "1"},
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_atomic_writes_leave_no_partial_file(tmp_path):
+    from sr_shrink.io import atomic_torch_save, atomic_write_json
+
+    atomic_write_json({"a": 1}, tmp_path / "x.json")
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    with pytest.raises(TypeError):
+        atomic_write_json({"a": object()}, tmp_path / "x.json")  # not JSON: the old file must survive
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    atomic_torch_save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt", "x.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "w.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would create it
