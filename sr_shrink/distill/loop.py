@@ -12,6 +12,7 @@ saved every ``save_every`` steps) and ``run.json``; all written atomically.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import shutil
@@ -28,7 +29,7 @@ from ..errors import SRShrinkError
 from ..evaluate import evaluate_bicubic, evaluate_model
 from ..io import atomic_torch_save, atomic_write_json
 from ..models.registry import save_model_checkpoint
-from ..models.student import SRStudent, grow
+from ..models.student import SRStudent, grow, load_student
 from ..models.teacher import Teacher
 from .buffer import ReplayBuffer
 from .config import MODES, DistillConfig
@@ -278,7 +279,6 @@ class Distiller:
         blocks = cfg.stages()
         state = None
         if resume and (self.run_dir / "run.json").exists():
-            import json
             old = json.loads((self.run_dir / "run.json").read_text())
             if old.get("config", {}).get("mode") != cfg.mode or old.get("scale") != cfg.scale:
                 raise SRShrinkError(f"{self.run_dir}: holds a {old.get('mode')} x{old.get('scale')} run; resume it "
@@ -299,7 +299,6 @@ class Distiller:
         torch.manual_seed(cfg.seed)
         student = SRStudent(cfg.scale, blocks[0], cfg.channels).to(env.device)
         if done:
-            from ..models.student import load_student
             student, _ = load_student(self.run_dir / self.run["stages"][-1]["checkpoint"])
             student = student.to(env.device)
         for idx in range(done, len(blocks)):

@@ -184,7 +184,7 @@ def _basicsr_edsr_to_ref(sd: dict) -> dict:
     return out
 
 
-def _from_state_dict(sd: dict, path: Path, scale: int | None) -> tuple[str, nn.Module, dict, dict]:
+def _from_state_dict(sd: dict, path: Path) -> tuple[str, nn.Module, dict, dict]:
     """Return (arch, net, config, conventions) for a bare state_dict, inferring the architecture."""
     if not sd or not all(torch.is_tensor(v) for v in sd.values()):
         raise SRShrinkError(f"{path}: not a state_dict of tensors (found {_describe(sd)}); pass SR model weights.")
@@ -307,7 +307,7 @@ def load_teacher(path: str | Path | None = None, scale: int | None = None, trust
             conv.update(y_only=True, pre_upsample=True)
         fmt = "sr-shrink checkpoint"
     elif isinstance(obj, dict):
-        arch, net, config, conv = _from_state_dict(_unwrap(obj), path, scale)
+        arch, net, config, conv = _from_state_dict(_unwrap(obj), path)
     else:
         raise SRShrinkError(f"{path}: holds a {_describe(obj)}, not a model or state_dict.")
 
