@@ -5,6 +5,7 @@ Every command turns an :class:`SRShrinkError` into one line on stderr and exit s
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -16,7 +17,27 @@ console = Console(stderr=True)
 
 
 class Group(click.Group):
-    """A click group that prints sr-shrink errors as one line instead of a traceback."""
+    """A click group that prints sr-shrink errors and bad options as one ``error:`` line (exit 2), no traceback."""
+
+    def main(self, *args, **kwargs):
+        """Run the command line; a usage error (bad option value, unknown option) becomes one ``error:`` line."""
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a bare command: its help, as --help would
+            click.echo(exc.format_message())
+            sys.exit(0)
+        except click.UsageError as exc:
+            cmd = exc.ctx.command_path if exc.ctx else "sr-shrink"
+            click.echo(f"error: {exc.format_message()} (see '{cmd} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code or 2)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -35,13 +56,31 @@ def main() -> None:
     """Shrink a super-resolution network into small, fast students for phones, without its data."""
 
 
+class Finite(click.FloatRange):
+    """A float option in a range that also refuses nan and inf (click's FloatRange lets nan through)."""
+
+    def convert(self, value, param, ctx):
+        """Return the float, or fail with a usage error when it is not finite or out of range."""
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return v
+
+
+POS = click.IntRange(min=1)
+NONNEG = click.IntRange(min=0)
+SCALE = click.IntRange(2, 16)
+THREADS = click.IntRange(1, 1024)
+SEED = click.IntRange(0, 2**63 - 1)
+
+
 def _parse_stages(text: str) -> tuple[int, int]:
     try:
         a, b = (int(v) for v in text.split(":"))
     except ValueError:
-        raise click.BadParameter(f"{text!r}: use A:B, e.g. 1:8") from None
-    if a < 1 or b < a:
-        raise click.BadParameter(f"{text!r}: need 1 <= A <= B")
+        raise click.BadParameter(f"{text!r}: use A:B, e.g. 1:8", param_hint="--stages") from None
+    if a < 1 or b < a or b > 256:
+        raise click.BadParameter(f"{text!r}: need 1 <= A <= B <= 256", param_hint="--stages")
     return a, b
 
 
@@ -54,36 +93,43 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--data-target", type=click.Choice(["teacher", "hr"]), default="teacher", show_default=True,
               help="--mode data: distill the teacher's output on real photos, or train on their HR ground truth.")
 @click.option("--stages", default="1:4", show_default=True, help="Block counts A:B of the first and last stage.")
-@click.option("--stage-step", default=1, show_default=True, help="Blocks added per stage.")
-@click.option("--steps-per-stage", default=500, show_default=True, help="Student steps per stage.")
-@click.option("--channels", default=16, show_default=True, help="Student width.")
-@click.option("--batch", default=16, show_default=True)
-@click.option("--lr-patch", default=0, help="LR patch size in px (default 48 // scale).")
-@click.option("--lr", default=1e-3, show_default=True, help="Student learning rate (cosine per stage).")
-@click.option("--student-steps-per-g", default=None, type=int, help="Student steps per generator step.")
-@click.option("--g-lr", default=None, type=float, help="Generator learning rate.")
-@click.option("--w-r", default=None, type=float, help="Weight of the bicubic-consistency term of L_G.")
-@click.option("--mix", default=None, type=float, help="datafree: share of synthetic images per batch.")
+@click.option("--stage-step", default=1, type=click.IntRange(1, 256), show_default=True, help="Blocks added per stage.")
+@click.option("--steps-per-stage", default=500, type=click.IntRange(1, 10**9), show_default=True,
+              help="Student steps per stage.")
+@click.option("--channels", default=16, type=click.IntRange(1, 1024), show_default=True, help="Student width.")
+@click.option("--batch", default=16, type=click.IntRange(1, 4096), show_default=True)
+@click.option("--lr-patch", default=0, type=click.IntRange(0, 1024),
+              help="LR patch size in px [default: chosen for the scale].")
+@click.option("--lr", default=1e-3, type=Finite(0, 10), show_default=True,
+              help="Student learning rate (cosine per stage).")
+@click.option("--student-steps-per-g", default=None, type=click.IntRange(1, 10**9),
+              help="Student steps per generator step.")
+@click.option("--g-lr", default=None, type=Finite(0, 10, min_open=True), help="Generator learning rate.")
+@click.option("--w-r", default=None, type=Finite(0, 1e6), help="Weight of the bicubic-consistency term of L_G.")
+@click.option("--mix", default=None, type=Finite(0, 1), help="datafree: share of synthetic images per batch.")
 @click.option("--synthetic", default=None, help="datafree: synthetic sources, e.g. deadleaves or deadleaves,pink.")
 @click.option("--g-kind", type=click.Choice(["refine", "latent"]), default=None,
               help="Generator: refine (perturbs synthetic images, default) or latent (the paper's G(z)).")
 @click.option("--kd-loss", type=click.Choice(["l1", "charbonnier"]), default="l1", show_default=True)
-@click.option("--reuse", default=None, type=int, help="Student steps per fresh teacher batch.")
-@click.option("--scale", type=int, help="Upscaling factor (checked against the teacher).")
+@click.option("--reuse", default=None, type=click.IntRange(1, 10**6), help="Student steps per fresh teacher batch.")
+@click.option("--teacher-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Precision of the teacher's forwards (autocast); --amp leaves the teacher in fp32.")
+@click.option("--scale", type=SCALE, help="Upscaling factor (checked against the teacher).")
 @click.option("--eval", "eval_dir", help="Eval images folder (default: bundled split; 'none' to skip).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--save-every", default=100, show_default=True, help="Steps between resumable checkpoints.")
+@click.option("--seed", default=0, type=SEED, show_default=True)
+@click.option("--save-every", default=100, type=POS, show_default=True, help="Steps between resumable checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite a run already in --out.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option("--amp", is_flag=True, help="bf16 autocast for the student on CUDA (the teacher: --teacher-dtype).")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format.")
-@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--threads", type=THREADS, help="CPU threads for torch.")
 @click.option("--trust-pickle", is_flag=True, help="Allow a full pickled nn.Module teacher (runs its code).")
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
 def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, batch,
-            lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, scale, eval_dir,
-            seed, save_every, resume, force, device, amp, channels_last, threads, trust_pickle, quiet) -> None:
+            lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, teacher_dtype, scale,
+            eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads, trust_pickle,
+            quiet) -> None:
     """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data."""
     import torch
 
@@ -98,7 +144,7 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
     cfg = DistillConfig(scale=scale or 2, mode=mode, stage_start=a, stage_end=b, stage_step=stage_step,
                         steps_per_stage=steps_per_stage, channels=channels, batch=batch, lr_patch=lr_patch, lr=lr,
                         kd_loss=kd_loss, data_dir=data_dir, data_target=data_target, seed=seed, save_every=save_every,
-                        **overrides)
+                        teacher_dtype=teacher_dtype, **overrides)
     run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
                 trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp, channels_last=channels_last)
     if not quiet:
@@ -107,7 +153,7 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
 
 @main.command()
 @click.argument("path", required=False)
-@click.option("--scale", type=int, help="Check (or, for pre-upsampling networks, set) the upscaling factor.")
+@click.option("--scale", type=SCALE, help="Check (or, for pre-upsampling networks, set) the upscaling factor.")
 @click.option("--trust-pickle", is_flag=True, help="Allow a full pickled nn.Module (runs code from the file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def info(path: str | None, scale: int | None, trust_pickle: bool, as_json: bool) -> None:
@@ -147,8 +193,9 @@ def info(path: str | None, scale: int | None, trust_pickle: bool, as_json: bool)
 @click.option("--palettize", type=click.Choice(["4", "6", "8"]), help="Core ML: n-bit palettized weights.")
 @click.option("--calib", metavar="generator|DIR", help="int8 calibration inputs [default: generator.pt if "
               "the run has one, else the bundled eval images].")
-@click.option("--calib-samples", type=int, help="Calibration inputs [default: about 1.2 M pixels' worth].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
+@click.option("--calib-samples", type=click.IntRange(1, 100000),
+              help="Calibration inputs [default: about 1.2 M pixels' worth].")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=str),
               help="Folder of HR images for verification [default: the bundled eval split].")
 @click.option("--native-io", is_flag=True, help="I/O in the model precision (fp16 / int8) instead of float32.")
@@ -191,16 +238,18 @@ def _note(msg: str) -> None:
 @click.option("--runtimes", help="Comma list of torch, onnxruntime, litert [default: all installed].")
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="For the exported runtimes.")
 @click.option("--input-size", default="256x256", show_default=True, help="LR input HxW every row is timed on.")
-@click.option("--threads", type=int, help="Threads for every runtime [default: torch's, see OMP_NUM_THREADS].")
+@click.option("--threads", type=THREADS, help="Threads for every runtime [default: torch's, see OMP_NUM_THREADS].")
 @click.option("--eval", "eval_dir", type=click.Path(file_okay=False), help="Folder of HR images [default: bundled].")
-@click.option("--max-images", type=int, help="Score on the first N eval images only.")
-@click.option("--budget-ms", type=float, help="Pick the best Y-PSNR within this median latency.")
-@click.option("--min-psnr", type=float, help="Pick the fastest row with at least this Y-PSNR.")
+@click.option("--max-images", type=POS, help="Score on the first N eval images only.")
+@click.option("--budget-ms", type=Finite(0, min_open=True), help="Pick the best Y-PSNR within this median latency.")
+@click.option("--min-psnr", type=Finite(0, 200), help="Pick the fastest row with at least this Y-PSNR.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.json]")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.png]")
-@click.option("--repeats", type=int, default=20, show_default=True, help="Timed calls per row.")
-@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per row first.")
-@click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds the repeats are split in.")
+@click.option("--repeats", type=click.IntRange(1, 100000), default=20, show_default=True, help="Timed calls per row.")
+@click.option("--warmup", type=click.IntRange(0, 100000), default=3, show_default=True,
+              help="Untimed calls per row first.")
+@click.option("--rounds", type=click.IntRange(1, 100000), default=5, show_default=True,
+              help="Interleaved rounds the repeats are split in.")
 def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, max_images, budget_ms, min_psnr,
           json_path, plot_path, repeats, warmup, rounds) -> None:
     """Which stage to ship: latency, size, memory and Y-PSNR of every stage x runtime x precision."""
@@ -225,13 +274,14 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for NAME_x{s}.png.")
-@click.option("--tile", type=int, default=256, show_default=True, help="Tile size in input pixels (0: whole image).")
-@click.option("--overlap", type=int, default=16, show_default=True,
+@click.option("--tile", type=click.IntRange(0, 65536), default=256, show_default=True,
+              help="Tile size in input pixels (0: whole image).")
+@click.option("--overlap", type=click.IntRange(0, 4096), default=16, show_default=True,
               help="Tile overlap in input pixels (raised to the model's receptive field radius).")
 @click.option("--compare", is_flag=True, help="Also write NAME_x{s}_compare.png: bicubic | student | teacher.")
 @click.option("--teacher", type=click.Path(), help="Teacher for --compare [default: the run's, else bundled].")
-@click.option("--scale", type=int, help="Fail unless the model upscales by this factor.")
-@click.option("--threads", type=int, help="Threads for the model [default: torch's].")
+@click.option("--scale", type=SCALE, help="Fail unless the model upscales by this factor.")
+@click.option("--threads", type=THREADS, help="Threads for the model [default: torch's].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads, device) -> None:
     """Upscale IMAGES with MODEL (stage_XX.pt, .onnx or .tflite) into the OUT folder."""
@@ -245,7 +295,8 @@ def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads,
 
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, help="Run folder.")
-@click.option("--steps-per-stage", default=300, show_default=True, help="Student steps per stage.")
+@click.option("--steps-per-stage", default=300, type=click.IntRange(1, 10**9), show_default=True,
+              help="Student steps per stage.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted demo run instead of starting over.")
 def demo(out: str, steps_per_stage: int, resume: bool) -> None:
     """Distill the bundled teacher, export the last stage, bench every stage (about 4 min on 2 cores)."""

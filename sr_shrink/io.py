@@ -15,9 +15,12 @@ import torch
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
-    """Yield a temp file name beside ``path``; on success rename it over ``path``, on failure remove it.
+    """Yield a temp file name beside ``path``; on success fsync it, rename it over ``path`` and fsync the folder;
+    on failure remove it.
 
-    The temp file gets the permissions a plain ``open`` would give (mkstemp's 0600 is masked away).
+    The fsyncs make the rename durable: after a power cut the file is either the old one or the complete new one,
+    never an empty or partial file. The temp file gets the permissions a plain ``open`` would give (mkstemp's 0600
+    is masked away).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,10 +31,35 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(file: str | Path) -> None:
+    """Flush ``file``'s data to the disk."""
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to the disk, where the OS allows opening folders."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -33,6 +33,7 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
 
     ``eval_dir`` (default: the bundled eval split; "none" to skip) gives each stage's Y-PSNR/SSIM.
     """
+    cfg.validate()
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     rank, world, dev = init_distributed(dev)
@@ -43,8 +44,7 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
         torch.distributed.barrier()
     teacher = load_teacher(teacher_path, scale=teacher_scale or None, trust_pickle=trust_pickle)
     if teacher_scale is None and cfg.scale != teacher.scale:
-        cfg.scale = teacher.scale
-        cfg.__post_init__()
+        cfg = cfg.with_scale(teacher.scale)
     if cfg.scale != teacher.scale:
         raise SRShrinkError(f"the teacher upscales x{teacher.scale}, not x{cfg.scale}; pass --scale {teacher.scale}.")
     pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)

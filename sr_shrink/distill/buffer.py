@@ -25,6 +25,17 @@ class ReplayBuffer:
         self.pos = int((self.pos + x.shape[0]) % self.capacity)
         self.size = min(self.capacity, self.size + x.shape[0])
 
+    def state_dict(self) -> dict:
+        """Return the buffer's contents and write position (CPU tensors), enough to continue bit-exactly."""
+        cpu = (lambda v: None if v is None else v.detach().cpu().clone())  # noqa: E731
+        return {"capacity": self.capacity, "size": self.size, "pos": self.pos, "x": cpu(self.x), "t": cpu(self.t)}
+
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        """Restore what :meth:`state_dict` returned, onto ``device``."""
+        self.capacity, self.size, self.pos = int(state["capacity"]), int(state["size"]), int(state["pos"])
+        self.x = None if state["x"] is None else state["x"].to(device)
+        self.t = None if state["t"] is None else state["t"].to(device)
+
     def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``n`` stored pairs, each pair flipped/rotated the same way."""
         idx = torch.randint(self.size, (n,), generator=g).to(self.x.device)

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from ..errors import SRShrinkError
 
 MODES = ("datafree", "generator", "noise", "pink", "deadleaves", "data")
 RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
                "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
-               "kd_loss", "reuse", "lr", "channels", "lr_patch", "batch")
+               "kd_loss", "reuse", "lr", "channels", "lr_patch", "batch", "teacher_dtype")
+# What a resumed run must share with the run it continues (besides the teacher): anything else would make
+# run.json describe students that no single recipe produced.
+RESUME_KEYS = ("scale", "mode", "stage_start", "stage_end", "stage_step", "steps_per_stage", "channels", "seed",
+               *(k for k in RECIPE_KEYS if k not in ("mode", "channels")))
+TEACHER_DTYPES = ("fp32", "bf16", "fp16")
+# The command-line flag of each field, for messages.
+FLAGS = {"stage_start": "--stages", "stage_end": "--stages", "student_steps_per_g": "--student-steps-per-g"}
+
+
+def flag(name: str) -> str:
+    """Return the command-line flag that sets config field ``name`` (e.g. ``--lr-patch`` for ``lr_patch``)."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def default_lr_patch(scale: int) -> int:
+    """Return the default LR patch side for ``scale``: 48 // scale rounded down to a multiple of 4, at least 12."""
+    return max(12, (48 // scale) // 4 * 4)
 
 
 @dataclass
@@ -28,7 +48,7 @@ class DistillConfig:
     steps_per_stage: int = 500
     channels: int = 16
     batch: int = 16
-    lr_patch: int = 0  # 0: 48 // scale (24 px at x2)
+    lr_patch: int = 0  # 0: default_lr_patch(scale), re-derived when the scale changes (see with_scale)
     lr: float = 1e-3
     kd_loss: str = "l1"  # l1 | charbonnier
     reuse: int = 2  # student steps per fresh (input, teacher output) batch
@@ -48,11 +68,50 @@ class DistillConfig:
     data_target: str = "teacher"  # data mode: KD on the teacher's output (teacher) or ground truth (hr)
     seed: int = 0
     save_every: int = 100
+    teacher_dtype: str = "fp32"  # precision of the teacher's forward passes (fp32, or bf16/fp16 autocast)
     extra: dict = field(default_factory=dict)
+    lr_patch_auto: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.lr_patch == 0:
-            self.lr_patch = max(12, (48 // self.scale) // 4 * 4)
+            self.lr_patch_auto = True
+            self.lr_patch = default_lr_patch(self.scale)
+
+    def with_scale(self, scale: int) -> DistillConfig:
+        """Return a copy for a teacher of ``scale``; an automatic LR patch size is re-derived for that scale."""
+        return replace(self, scale=scale, lr_patch=0 if self.lr_patch_auto else self.lr_patch)
+
+    def validate(self) -> DistillConfig:
+        """Return self after checking every field; an SRShrinkError naming the flag for the first bad one."""
+        ints = dict(scale=(1, 16), stage_start=(1, 256), stage_end=(1, 256), stage_step=(1, 256),
+                    steps_per_stage=(1, 10**9), channels=(1, 1024), batch=(1, 4096), lr_patch=(4, 1024),
+                    reuse=(1, 10**6), student_steps_per_g=(1, 10**9), z_dim=(1, 65536), g_warmup=(0, 10**9),
+                    seed=(0, 2**63 - 1), save_every=(1, 10**9))
+        for name, (lo, hi) in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise SRShrinkError(f"{flag(name)} {v!r}: must be a whole number from {lo} to {hi}.")
+        floats = dict(lr=(0.0, 10.0, True), g_lr=(0.0, 10.0, False), w_r=(0.0, 1e6, True), w_div=(0.0, 1e6, True),
+                      w_nat=(0.0, 1e6, True), g_ema=(0.0, 1.0, True), mix=(0.0, 1.0, True))
+        for name, (lo, hi, lo_ok) in floats.items():
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v <= hi and (
+                v >= lo if lo_ok else v > lo)
+            if not ok:
+                side = f">= {lo:g}" if lo_ok else f"> {lo:g}"
+                raise SRShrinkError(f"{flag(name)} {v!r}: must be a finite number {side} and <= {hi:g}.")
+        if self.stage_end < self.stage_start:
+            raise SRShrinkError(f"--stages {self.stage_start}:{self.stage_end}: the last stage must have at least as "
+                                "many blocks as the first, e.g. 1:4.")
+        if self.mode not in MODES:
+            raise SRShrinkError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}.")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise SRShrinkError(f"--teacher-dtype {self.teacher_dtype!r}: choose one of {', '.join(TEACHER_DTYPES)}.")
+        if self.kd_loss not in ("l1", "charbonnier"):
+            raise SRShrinkError(f"--kd-loss {self.kd_loss!r}: choose l1 or charbonnier.")
+        if self.g_kind not in ("refine", "latent"):
+            raise SRShrinkError(f"--g-kind {self.g_kind!r}: choose refine or latent.")
+        return self
 
     def stages(self) -> list[int]:
         """Return the block counts of the stages, e.g. [1, 2, 3, 4] for 1:4 step 1."""
@@ -65,4 +124,6 @@ class DistillConfig:
 
     def to_dict(self) -> dict:
         """Return all fields as a JSON-ready dict."""
-        return asdict(self)
+        d = asdict(self)
+        d.pop("lr_patch_auto")
+        return d

@@ -7,10 +7,16 @@ run's input source (the generator G, synthetic images, or real photos). In the g
 
 Files in RUN_DIR: ``stage_XX.pt`` per finished stage, ``generator.pt``, ``state.pt`` (the resumable state,
 saved every ``save_every`` steps) and ``run.json``; all written atomically.
+
+Resume is bit-exact on the CPU: ``state.pt`` holds, besides the student, its optimiser and the generator, every
+rank's random generators and replay buffer and the list of finished stages, so a run killed at any point and
+resumed writes the same stage checkpoints as one that never stopped. A resumed run must have the same teacher
+(sha256) and recipe (``RESUME_KEYS``); run.json records where it picked up in ``resumed_from``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -32,12 +38,14 @@ from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, grow, load_student
 from ..models.teacher import Teacher
 from .buffer import ReplayBuffer
-from .config import MODES, DistillConfig
+from .config import MODES, RESUME_KEYS, DistillConfig, flag
 from .generator import make_generator, save_generator
 from .losses import generator_loss, kd_loss
 from .sources import SYNTHETIC, RealPatches, synthetic
 
 BUFFER_BATCHES = 32
+TEACHER_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+STATE_VERSION = 2
 
 
 @dataclass
@@ -112,6 +120,7 @@ class Distiller:
 
     def __init__(self, teacher: Teacher, cfg: DistillConfig, run_dir: Path, eval_pairs: list[EvalPair],
                  env: Env, teacher_path: str, teacher_sha256: str):
+        cfg.validate()
         if cfg.mode not in MODES:
             raise SRShrinkError(f"unknown mode {cfg.mode!r}; choose one of {', '.join(MODES)}.")
         if cfg.mode in ("datafree", "generator") and cfg.lr_patch % 4:
@@ -144,6 +153,8 @@ class Distiller:
                                                        if k in ("format", "arch", "params")}},
                     "mode": cfg.mode, "seed": cfg.seed, "recipe": cfg.recipe(), "config": cfg.to_dict(),
                     "world_size": env.world, "stages": [], "complete": False}
+        if getattr(teacher.info, "value_range_guessed", False):
+            self.run["value_range_guessed"] = True
         self.timing = {"teacher": 0.0, "student": 0.0, "generator": 0.0, "inputs": 0.0}
 
     # ---------------------------------------------------------------- inputs
@@ -175,7 +186,7 @@ class Distiller:
             x = self._fresh_inputs(self.cfg.batch)
         t1 = time.perf_counter()
         self.timing["inputs"] += t1 - t0
-        with self._autocast():
+        with self._teacher_autocast():
             t = self.teacher(self._fmt(x)).float()
         self.buffer.add(x, t)
         self.timing["teacher"] += time.perf_counter() - t1
@@ -184,9 +195,18 @@ class Distiller:
         return x.contiguous(memory_format=torch.channels_last) if self.env.channels_last else x
 
     def _autocast(self):
+        """Autocast for the student's forward: bf16 under --amp on CUDA, else off."""
         if self.env.amp and self.env.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        return contextlib.nullcontext()
+
+    def _teacher_autocast(self):
+        """Autocast for the teacher's forwards: off (fp32, also under --amp) unless --teacher-dtype asks for one."""
+        dtype = TEACHER_DTYPE[self.cfg.teacher_dtype]
+        dev = self.env.device.type
+        if dtype is None:
+            return torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext()
+        return torch.autocast(dev, dtype=dtype)
 
     # ---------------------------------------------------------------- steps
     def _student_step(self, student, s_ddp, opt) -> float:
@@ -210,8 +230,9 @@ class Distiller:
         student.requires_grad_(False)
         try:
             x = self.gen_ddp(z)
-            with self._autocast():
+            with self._teacher_autocast():
                 t = self.teacher(self._fmt(x)).float()
+            with self._autocast():
                 s = student(self._fmt(x)).float()
             adversarial = self.g_steps >= cfg.g_warmup
             loss, parts = generator_loss(x, z, t, s, self.scale, cfg.w_r, cfg.w_div, cfg.w_nat, adversarial,
@@ -238,35 +259,82 @@ class Distiller:
     def _state_path(self) -> Path:
         return self.run_dir / "state.pt"
 
+    def _rank_state(self) -> dict:
+        """Return this rank's share of the resumable state: its random generators and replay buffer."""
+        return {"rng": self.g.get_state(), "torch_rng": torch.get_rng_state(), "buffer": self.buffer.state_dict()}
+
     def _save_state(self, stage_idx: int, step: int, student, opt, seconds: float, kd_hist: list) -> None:
+        """Atomically write state.pt (every rank must call it: the ranks' own states are gathered to rank 0)."""
+        ranks = [self._rank_state()]
+        if self.env.world > 1:
+            ranks = [None] * self.env.world if self.env.main else None
+            dist.gather_object(self._rank_state(), ranks, dst=0)
         if not self.env.main:
             return
-        state = {"stage_idx": stage_idx, "step": step, "student": student.state_dict(),
-                 "student_config": student.config(), "opt": opt.state_dict(), "rng": self.g.get_state(),
-                 "seconds": seconds, "kd_hist": kd_hist[-50:], "first_kd": self.first_kd,
-                 "g_steps": self.g_steps, "timing": self.timing}
+        state = {"version": STATE_VERSION, "stage_idx": stage_idx, "step": step, "student": student.state_dict(),
+                 "student_config": student.config(), "opt": opt.state_dict(), "ranks": ranks,
+                 "stages": copy.deepcopy(self.run["stages"]), "seconds": seconds, "kd_hist": kd_hist[-50:],
+                 "first_kd": self.first_kd, "g_steps": self.g_steps, "timing": dict(self.timing)}
         if self.uses_g:
             state.update(gen=self.gen.state_dict(), gen_ema=self.gen_ema.state_dict(),
                          gen_opt=self.gen_opt.state_dict())
         atomic_torch_save(state, self._state_path())
 
     def _load_state(self) -> dict | None:
+        """Return the saved state (restoring this rank's generators, buffer and the generator G), or None."""
         p = self._state_path()
         if not p.exists():
             return None
         try:
             state = torch.load(p, map_location=self.env.device, weights_only=True)
+            ranks = state["ranks"]
         except Exception as exc:
             raise SRShrinkError(f"{p}: cannot read the saved state ({str(exc)[:100]}); rerun with --force.") \
                 from None
+        if len(ranks) != self.env.world:
+            raise SRShrinkError(f"{self.run_dir}: this run was started with {len(ranks)} process(es), not "
+                                f"{self.env.world}; resume it with the same number (torchrun --nproc_per_node).")
         if self.uses_g and "gen" in state:
             self.gen.load_state_dict(state["gen"])
             self.gen_ema.load_state_dict(state["gen_ema"])
             self.gen_opt.load_state_dict(state["gen_opt"])
-        self.g.set_state(state["rng"])
+        mine = ranks[self.env.rank]
+        self.g.set_state(mine["rng"].cpu())
+        torch.set_rng_state(mine["torch_rng"].cpu())
+        self.buffer.load_state_dict(mine["buffer"], self.env.device)
         self.g_steps = state.get("g_steps", 0)
         self.timing.update(state.get("timing", {}))
         return state
+
+    def _check_same_run(self, old: dict) -> None:
+        """Raise an SRShrinkError naming the first difference between ``old`` run.json and this run."""
+        where = f"{self.run_dir}: "
+        tip = "resume with the same options or pass --force to start over."
+        old_teacher, new_teacher = old.get("teacher", {}), self.run["teacher"]
+        if old_teacher.get("sha256") != new_teacher["sha256"]:
+            raise SRShrinkError(f"{where}was distilled from another teacher ({old_teacher.get('path')}, sha256 "
+                                f"{str(old_teacher.get('sha256'))[:12]}...), not {new_teacher['path']} (sha256 "
+                                f"{new_teacher['sha256'][:12]}...); pass that teacher, or --force to start over.")
+        if old_teacher.get("arch") not in (None, new_teacher.get("arch")):
+            raise SRShrinkError(f"{where}was distilled from a {old_teacher['arch']} teacher, not a "
+                                f"{new_teacher.get('arch')}; {tip}")
+        old_cfg, new_cfg = old.get("config", {}), self.cfg.to_dict()
+        for key in RESUME_KEYS:
+            if key in old_cfg and old_cfg[key] != new_cfg[key]:
+                raise SRShrinkError(f"{where}was started with {flag(key)} {_show(key, old_cfg)}, not "
+                                    f"{_show(key, new_cfg)}; {tip}")
+
+    def _read_old_run(self) -> dict | None:
+        p = self.run_dir / "run.json"
+        if not p.exists():
+            return None
+        try:
+            old = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise SRShrinkError(f"{p}: unreadable ({exc}); rerun with --force to start over.") from None
+        if not isinstance(old, dict):
+            raise SRShrinkError(f"{p}: not a run.json; rerun with --force to start over.")
+        return old
 
     def _write_run(self) -> None:
         if self.env.main:
@@ -278,30 +346,39 @@ class Distiller:
         cfg, env = self.cfg, self.env
         blocks = cfg.stages()
         state = None
-        if resume and (self.run_dir / "run.json").exists():
-            old = json.loads((self.run_dir / "run.json").read_text())
-            if old.get("config", {}).get("mode") != cfg.mode or old.get("scale") != cfg.scale:
-                raise SRShrinkError(f"{self.run_dir}: holds a {old.get('mode')} x{old.get('scale')} run; resume it "
-                                    "with the same options or pass --force to start over.")
-            self.run["stages"] = [s for s in old.get("stages", []) if (self.run_dir / s["checkpoint"]).exists()]
-            for k in ("teacher_psnr_y", "teacher_ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"):
+        torch.manual_seed(cfg.seed)
+        student = SRStudent(cfg.scale, blocks[0], cfg.channels).to(env.device)  # before _load_state sets the RNG
+        old = self._read_old_run() if resume else None
+        if old is not None:
+            self._check_same_run(old)
+            self.run["stages"] = old.get("stages", [])
+            for k in ("teacher_psnr_y", "teacher_ssim_y", "bicubic_psnr_y", "bicubic_ssim_y", "resumed_from"):
                 if k in old:
                     self.run[k] = old[k]
         if resume:
             state = self._load_state()
+            if state is not None:  # the state's list of finished stages is the authority on where to go on
+                self.run["stages"] = state["stages"]
+        self.run["stages"] = [s for s in self.run["stages"] if (self.run_dir / s["checkpoint"]).exists()]
+        done = len(self.run["stages"])
+        if state is not None and state["stage_idx"] != done:
+            state = None  # a stale state (its stage's checkpoint is gone): start that stage afresh
+        if (old is not None or state is not None) and done < len(blocks):
+            step = state["step"] if state is not None else 0
+            self.run["resumed_from"] = [*self.run.get("resumed_from", []), {"stage": done + 1, "step": step}]
         if "teacher_psnr_y" not in self.run and self.eval_pairs:
             tr = evaluate_model(self.teacher, self.eval_pairs, self.scale)
             br = evaluate_bicubic(self.eval_pairs, self.scale)
             self.run.update(teacher_psnr_y=tr["psnr_y"], teacher_ssim_y=tr["ssim_y"],
                             bicubic_psnr_y=br["psnr_y"], bicubic_ssim_y=br["ssim_y"])
         self._write_run()
-        done = len(self.run["stages"])
-        torch.manual_seed(cfg.seed)
-        student = SRStudent(cfg.scale, blocks[0], cfg.channels).to(env.device)
         if done:
             student, _ = load_student(self.run_dir / self.run["stages"][-1]["checkpoint"])
             student = student.to(env.device)
         for idx in range(done, len(blocks)):
+            if state is not None and state["step"] > 0:  # mid-stage: the saved student, no growth (no RNG draw)
+                student = SRStudent(**state["student_config"]).to(env.device)
+                student.load_state_dict(state["student"])
             while student.n_blocks < blocks[idx]:
                 student = grow(student, self.g).to(env.device)
             student = self._train_stage(idx, blocks[idx], student, state, progress)
@@ -320,10 +397,8 @@ class Distiller:
         if env.channels_last:
             student = student.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-        if state is not None and state["stage_idx"] == idx and state["step"] > 0:
-            student = SRStudent(**state["student_config"]).to(env.device)
-            student.load_state_dict(state["student"])
-            opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+        mid_stage = state is not None and state["stage_idx"] == idx and state["step"] > 0
+        if mid_stage:  # run_stages already put the saved student in place
             opt.load_state_dict(state["opt"])
             start, seconds, kd_hist = state["step"], state["seconds"], list(state["kd_hist"])
             self.first_kd = state.get("first_kd")
@@ -333,7 +408,8 @@ class Distiller:
                                  kd=float("nan"), g="") if progress else None
         t_start = time.time()
         g_parts: dict[str, float] = {}
-        self._refill()
+        if not mid_stage:  # a resumed stage goes on with its saved buffer, as the uninterrupted run did
+            self._refill()
         for step in range(start, cfg.steps_per_stage):
             lr = cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps_per_stage)))
             for group in opt.param_groups:
@@ -379,8 +455,15 @@ class Distiller:
             if self.uses_g:
                 save_generator(self.gen_ema, self.run_dir / "generator.pt")
         self.run["stages"].append(entry)
+        self._save_state(idx + 1, 0, student, opt, 0.0, [])  # before run.json: the state lists this stage as done
         self._write_run()
-        self._save_state(idx + 1, 0, student, opt, 0.0, [])
         if self.env.world > 1:
             dist.barrier()
         return student
+
+
+def _show(key: str, cfg: dict) -> str:
+    """Return how a config value reads on the command line (``--stages`` shows A:B)."""
+    if key in ("stage_start", "stage_end"):
+        return f"{cfg.get('stage_start')}:{cfg.get('stage_end')}"
+    return str(cfg.get(key))

@@ -1,0 +1,152 @@
+"""Bad input at the command line: one ``error:`` line and exit status 2 for every command, never a traceback.
+
+A table of bad values per command, then a property test that fuzzes option values of ``distill`` and
+``upscale`` (valid values must run, invalid ones must end in one line).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from click.testing import CliRunner
+from conftest import make_tiny_eval, make_tiny_run, make_tiny_teacher
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sr_shrink.cli import main
+
+
+def _invoke(args: list[str]):
+    return CliRunner().invoke(main, args, catch_exceptions=True)
+
+
+def _assert_one_error_line(result, args) -> None:
+    """The run ended with exit 2, its output holds exactly one ``error:`` line and no traceback."""
+    assert result.exit_code == 2, (args, result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), (args, repr(result.exception))
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1, (args, result.output)
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return {"teacher": make_tiny_teacher(root / "teacher.pt"), "run": make_tiny_run(root / "run"),
+            "eval": make_tiny_eval(root / "eval", n=1), "out": root / "out", "root": root}
+
+
+DISTILL_BAD = ["--reuse 0", "--save-every 0", "--stage-step 0", "--mix 2", "--mix -0.1", "--batch 0", "--channels 0",
+               "--lr -1", "--lr nan", "--lr inf", "--lr-patch -8", "--lr-patch 3", "--steps-per-stage 0",
+               "--threads 0", "--stages 3:1", "--stages 0:2", "--stages x", "--g-lr 0", "--w-r -1",
+               "--student-steps-per-g 0", "--scale 1", "--scale 3", "--seed -1", "--mode bogus",
+               "--teacher-dtype int4", "--kd-loss l3", "--batch abc", "--bogus-flag", "--data /no/such/dir --mode data",
+               "--eval /no/such/dir", "--synthetic stripes"]
+
+
+@pytest.mark.parametrize("bad", DISTILL_BAD)
+def test_distill_bad_values(files, bad):
+    args = ["distill", str(files["teacher"]), "--out", str(files["root"] / "d"), "--steps-per-stage", "1",
+            "--stages", "1:1", "--eval", "none", "--quiet", *shlex.split(bad)]
+    _assert_one_error_line(_invoke(args), args)
+
+
+def test_distill_missing_or_bad_teacher(files, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for teacher in ("/no/such/teacher.pt", str(tmp_path / "junk.pt"), str(tmp_path)):
+        args = ["distill", teacher, "--out", str(tmp_path / "o"), "--quiet"]
+        _assert_one_error_line(_invoke(args), args)
+
+
+@pytest.mark.parametrize("bad", ["--target bogus", "--precision int4", "--stage 7", "--stage x", "--input-size 0x0",
+                                 "--input-size big", "--layout nhcw", "--palettize 5", "--calib-samples 0",
+                                 "--seed -3", "--calib /no/such/dir --precision int8", "--eval /no/such/dir"])
+def test_export_bad_values(files, bad):
+    args = ["export", str(files["run"]), *shlex.split(bad)]
+    if "--target" not in bad:
+        args += ["--target", "onnx"]
+    _assert_one_error_line(_invoke(args), args)
+
+
+def test_export_bad_run_folder(tmp_path):
+    for run in ("/no/such/run", str(tmp_path)):
+        args = ["export", run, "--target", "onnx"]
+        _assert_one_error_line(_invoke(args), args)
+
+
+@pytest.mark.parametrize("bad", ["--threads 0", "--max-images 0", "--budget-ms 0", "--budget-ms nan",
+                                 "--min-psnr inf", "--repeats 0", "--warmup -1", "--rounds 0", "--input-size 2x2",
+                                 "--runtimes bogus", "--precisions fp8", "--device tpu", "--eval /no/such/dir"])
+def test_bench_bad_values(files, bad):
+    args = ["bench", str(files["run"]), "--runtimes", "torch", "--repeats", "1", "--warmup", "0", "--rounds", "1",
+            *shlex.split(bad)]
+    _assert_one_error_line(_invoke(args), args)
+
+
+@pytest.mark.parametrize("bad", ["--tile -1", "--overlap -2", "--scale 3", "--scale 0", "--threads 0",
+                                 "--device tpu"])
+def test_upscale_bad_values(files, bad):
+    img = next(files["eval"].iterdir())
+    args = ["upscale", str(files["run"] / "stage_01.pt"), str(img), "-o", str(files["out"]), *shlex.split(bad)]
+    _assert_one_error_line(_invoke(args), args)
+
+
+def test_upscale_bad_files(files, tmp_path):
+    img = next(files["eval"].iterdir())
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    cases = [["/no/such/model.pt", str(img)], [str(files["run"] / "stage_01.pt"), "/no/such/image.png"],
+             [str(files["run"] / "stage_01.pt"), str(tmp_path / "bad.png")], [str(img), str(img)]]
+    for model, image in cases:
+        args = ["upscale", model, image, "-o", str(tmp_path / "o")]
+        _assert_one_error_line(_invoke(args), args)
+
+
+@pytest.mark.parametrize("bad", ["info /no/such/file.pt", "info --scale 1", "demo --steps-per-stage 0",
+                                 "nosuchcommand"])
+def test_other_commands_bad_values(bad):
+    args = shlex.split(bad)
+    _assert_one_error_line(_invoke(args), args)
+
+
+# ------------------------------------------------------------------ property tests: never a traceback
+_ints = st.one_of(st.integers(-3, 4), st.sampled_from(["", "x", "1.5", "1e9", "-0", "99999999999999999999"]))
+_floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr),
+                    st.sampled_from(["", "x", "1e-3", "0", "-1", "1e400", "0.5"]))
+DISTILL_FUZZ = {"--batch": _ints, "--channels": _ints, "--lr-patch": st.one_of(_ints, st.sampled_from(["12", "13"])),
+                "--reuse": _ints, "--stage-step": _ints, "--save-every": _ints, "--lr": _floats, "--mix": _floats,
+                "--g-lr": _floats, "--w-r": _floats, "--student-steps-per-g": _ints,
+                "--stages": st.sampled_from(["1:1", "1:2", "2:1", "0:1", "1", "a:b", "1:999"]),
+                "--mode": st.sampled_from(["noise", "datafree", "generator", "deadleaves", "data", "x"])}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(opts=st.dictionaries(st.sampled_from(sorted(DISTILL_FUZZ)), st.none(), min_size=1, max_size=5).flatmap(
+    lambda d: st.fixed_dictionaries({k: DISTILL_FUZZ[k] for k in d})))
+def test_distill_fuzzed_options_never_traceback(files, opts):
+    out = files["root"] / "fuzz"
+    args = ["distill", str(files["teacher"]), "--out", str(out), "--force", "--steps-per-stage", "2", "--eval", "none",
+            "--quiet", "--data", str(files["eval"])]
+    if "--stages" not in opts:
+        args += ["--stages", "1:1"]
+    for k, v in opts.items():
+        args += [k, str(v)]
+    result = _invoke(args)
+    if result.exit_code == 0:
+        assert (out / "run.json").exists(), args
+    else:
+        _assert_one_error_line(result, args)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tile=_ints, overlap=_ints, scale=st.sampled_from(["2", "3", "0", "x", "-2"]))
+def test_upscale_fuzzed_options_never_traceback(files, tile, overlap, scale):
+    img = next(files["eval"].iterdir())
+    args = ["upscale", str(files["run"] / "stage_01.pt"), str(img), "-o", str(files["out"]), "--tile", str(tile),
+            "--overlap", str(overlap), "--scale", scale]
+    result = _invoke(args)
+    if result.exit_code == 0:
+        assert (files["out"] / f"{img.stem}_x2.png").exists(), args
+    else:
+        _assert_one_error_line(result, args)

@@ -1,0 +1,182 @@
+"""Kill and resume: a run killed with SIGKILL and resumed writes the same stage checkpoints, bit for bit, as a run
+that never stopped (one process and two gloo processes); a resume with another teacher or recipe is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sr_shrink.distill import DistillConfig, distill
+from sr_shrink.errors import SRShrinkError
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _args(teacher: Path, out: Path, steps: int, stages: str = "1:3") -> list[str]:
+    return ["distill", str(teacher), "--out", str(out), "--stages", stages, "--steps-per-stage", str(steps),
+            "--channels", "4", "--batch", "4", "--lr-patch", "12", "--save-every", "4", "--eval", "none", "--quiet",
+            "--threads", "1", "--device", "cpu", "--mode", "datafree", "--student-steps-per-g", "3", "--seed", "7"]
+
+
+def _cli(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "sr_shrink.cli", *args]
+
+
+def _torchrun(args: list[str]) -> list[str]:
+    with socket.socket() as s:  # a free port, so parallel test runs do not collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            "-m", "sr_shrink.cli", *args]
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 240) -> None:
+    """Start ``cmd`` in its own process group and SIGKILL the whole group as soon as ``ready()`` holds."""
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would block the run
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.02)
+        finished = proc.poll() is not None
+        if not finished:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.seek(0)
+        err = log.read().decode(errors="replace")[-2000:]
+    assert not finished, f"the run ended (rc {proc.returncode}) before it could be killed: {err}"
+    assert time.time() < deadline, f"the run never reached the kill point: {err}"
+
+
+def _in_stage_2(folder: Path):
+    """Return a cheap check that holds once run.json lists a finished stage 1 (state.pt is then at stage 2)."""
+    def ready() -> bool:
+        try:
+            return len(json.loads((folder / "run.json").read_text())["stages"]) >= 1
+        except (OSError, ValueError, KeyError):  # not there yet, or replaced while reading
+            return False
+    return ready
+
+
+def _weights(folder: Path) -> dict[str, dict]:
+    return {p.name: torch.load(p, weights_only=True)["state_dict"] for p in sorted(folder.glob("stage_*.pt"))}
+
+
+def _assert_same_checkpoints(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert list(wa) == list(wb) == ["stage_01.pt", "stage_02.pt", "stage_03.pt"]
+    for name in wa:
+        for key in wa[name]:
+            assert torch.equal(wa[name][key], wb[name][key]), f"{name} {key} differs after resume"
+
+
+def _run(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_sigkill_mid_stage_then_resume_is_bit_exact(tiny_teacher, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(_cli(_args(tiny_teacher, whole, 60)))
+    # kill inside stage 2 or 3, at a time set by the OS scheduler: whatever checkpoint is the last, it must match
+    _kill_when(_cli(_args(tiny_teacher, killed, 60)), _in_stage_2(killed))
+    assert (killed / "state.pt").exists() and not (killed / "stage_03.pt").exists()
+    _run(_cli(_args(tiny_teacher, killed, 60) + ["--resume"]))
+    _assert_same_checkpoints(whole, killed)
+    run = json.loads((killed / "run.json").read_text())
+    assert run["complete"] and [s["n_blocks"] for s in run["stages"]] == [1, 2, 3]
+    (picked_up,) = run["resumed_from"]
+    assert picked_up["stage"] in (2, 3) and picked_up["step"] % 4 == 0
+    assert "resumed_from" not in json.loads((whole / "run.json").read_text())
+    assert not (killed / "state.pt").exists()
+
+
+def test_negative_control_a_fresh_restart_is_not_bit_exact(tiny_teacher, tmp_path):
+    # what the test above guards against: retraining a stage from its start instead of resuming it differs
+    whole, restarted = tmp_path / "whole", tmp_path / "restarted"
+    _run(_cli(_args(tiny_teacher, whole, 40)))
+    _kill_when(_cli(_args(tiny_teacher, restarted, 40)), _in_stage_2(restarted))
+    (restarted / "state.pt").unlink()  # lose the RNG/buffer/optimiser state, keep the finished stage 1
+    _run(_cli(_args(tiny_teacher, restarted, 40) + ["--resume"]))
+    with pytest.raises(AssertionError, match="differs after resume"):
+        _assert_same_checkpoints(whole, restarted)
+
+
+def test_ddp_two_gloo_processes_kill_and_resume(tiny_teacher, tmp_path):
+    whole, killed, single = tmp_path / "whole", tmp_path / "killed", tmp_path / "single"
+    _run(_torchrun(_args(tiny_teacher, whole, 40)))
+    _run(_cli(_args(tiny_teacher, single, 40)))
+    run = json.loads((whole / "run.json").read_text())
+    assert run["world_size"] == 2 and [s["n_blocks"] for s in run["stages"]] == [1, 2, 3]
+    # rank 1 trains on its own batches: two processes do not reproduce the one-process weights
+    w2, w1 = _weights(whole)["stage_03.pt"], _weights(single)["stage_03.pt"]
+    assert any(not torch.equal(w2[k], w1[k]) for k in w2)
+    _kill_when(_torchrun(_args(tiny_teacher, killed, 40)), _in_stage_2(killed))
+    state = torch.load(killed / "state.pt", weights_only=True)
+    assert len(state["ranks"]) == 2
+    assert not torch.equal(state["ranks"][0]["rng"], state["ranks"][1]["rng"]), "ranks share one RNG state"
+    assert not torch.equal(state["ranks"][0]["buffer"]["x"], state["ranks"][1]["buffer"]["x"])
+    shutil.copytree(killed, tmp_path / "copy")
+    with pytest.raises(SRShrinkError, match="started with 2 process"):  # one process cannot resume a two-rank run
+        distill(str(tiny_teacher), tmp_path / "copy", _cfg_from_args(), eval_dir="none", quiet=True, device="cpu",
+                resume=True)
+    _run(_torchrun(_args(tiny_teacher, killed, 40) + ["--resume"]))
+    # bit-exact with the uninterrupted two-process run: had both ranks restored rank 0's RNG, they would have drawn
+    # the same batches after the resume and the weights would differ
+    _assert_same_checkpoints(whole, killed)
+
+
+def _cfg_from_args(**kw) -> DistillConfig:
+    base = dict(stage_start=1, stage_end=3, steps_per_stage=40, channels=4, batch=4, lr_patch=12, save_every=4,
+                mode="datafree", student_steps_per_g=3, seed=7)
+    return DistillConfig(**{**base, **kw})
+
+
+def _other_teacher(path: Path) -> Path:
+    from conftest import make_tiny_teacher
+
+    make_tiny_teacher(path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["tail.1.bias"] += 0.01
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(channels=8), "--channels 4, not 8"),
+    (dict(stage_end=4), "--stages 1:3, not 1:4"),
+    (dict(stage_step=2), "--stage-step 1, not 2"),
+    (dict(mode="deadleaves"), "--mode datafree, not deadleaves"),
+    (dict(lr_patch=16), "--lr-patch 12, not 16"),
+    (dict(seed=8), "--seed 7, not 8"),
+    (dict(teacher_dtype="bf16"), "--teacher-dtype fp32, not bf16"),
+])
+def test_resume_refuses_another_recipe(tiny_teacher, tmp_path, change, message):
+    distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+            device="cpu")
+    with pytest.raises(SRShrinkError, match=message):
+        distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2, **change), eval_dir="none",
+                quiet=True, device="cpu", resume=True)
+
+
+def test_resume_refuses_another_teacher(tiny_teacher, tmp_path):
+    distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+            device="cpu")
+    other = _other_teacher(tmp_path / "other.pt")
+    with pytest.raises(SRShrinkError, match="another teacher"):
+        distill(str(other), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+                device="cpu", resume=True)
+    # the same teacher resumes (a finished run: nothing left to train, run.json unchanged in its stages)
+    run = distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+                  device="cpu", resume=True)
+    assert run["complete"] and len(run["stages"]) == 3 and "resumed_from" not in run
