@@ -1,4 +1,4 @@
-"""Train sr-shrink's bundled default teacher: an EDSR (32 feats x 8 blocks, global bicubic skip) at x2.
+"""Train sr-shrink's bundled teachers: an EDSR (32 feats x 8 blocks, global bicubic skip) at x2 (default) or x4.
 
 The training split comes from Debian's free wallpaper packages (``scripts/make_images.py --train``); it
 never overlaps the bundled eval split. Users never need to run this: the weights ship in
@@ -6,6 +6,7 @@ never overlaps the bundled eval split. Users never need to run this: the weights
 
     python scripts/make_images.py --train data/train
     python scripts/train_teacher.py --train data/train --iters 4000 --resume
+    python scripts/train_teacher.py --train data/train --scale 4 --lr-patch 32 --iters 3000 --threads 1 --resume
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", type=Path, default=REPO / "data" / "teacher_run")
-    ap.add_argument("--out", type=Path, default=REPO / "sr_shrink" / "assets" / "teacher_x2.pt")
+    ap.add_argument("--work", type=Path, help="checkpoint folder [default: data/teacher_run (x2), data/teacher_run_xS]")
+    ap.add_argument("--out", type=Path, help="[default: sr_shrink/assets/teacher_xS.pt]")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
+    args.work = args.work or REPO / "data" / ("teacher_run" if args.scale == 2 else f"teacher_run_x{args.scale}")
+    args.out = args.out or REPO / "sr_shrink" / "assets" / f"teacher_x{args.scale}.pt"
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -1,4 +1,11 @@
-"""Evaluate an SR model (RGB [0,1] in and out) or bicubic on LR/HR pairs with Y-PSNR/SSIM."""
+"""Evaluate an SR model (RGB [0,1] in and out) or bicubic on LR/HR pairs with Y-PSNR/SSIM, and a student's
+fidelity to its teacher.
+
+Fidelity uses the same conventions as ``psnr_y``/``ssim_y`` with the teacher's 8-bit output in place of the
+ground truth (``scale`` px border cropped, BT.601 Y): ``reference_pairs(teacher, pairs)`` makes those pairs once,
+``evaluate_fn`` on them gives ``fidelity_psnr_y``/``fidelity_ssim_y``. It is the yardstick for perceptual (GAN)
+teachers, whose outputs are not meant to be close to the ground truth.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,20 @@ from .data import EvalPair
 from .metrics import psnr_y, quantize, ssim_y
 from .resize import upscale
 
+SRFn = Callable[[torch.Tensor], torch.Tensor]
+
 
 @torch.no_grad()
-def evaluate_fn(fn: Callable[[torch.Tensor], torch.Tensor], pairs: list[EvalPair], scale: int) -> dict:
-    """Return mean ``psnr_y``/``ssim_y`` (and per image) of ``fn`` (LR (1,3,h,w) -> SR) over ``pairs``."""
+def model_outputs(fn: SRFn, pairs: list[EvalPair]) -> dict[str, torch.Tensor]:
+    """Return ``{name: 8-bit-rounded output (3, sH, sW)}`` of ``fn`` on the LR image of each pair."""
+    return {p.name: quantize(fn(p.lr.unsqueeze(0)).float().cpu())[0] for p in pairs}
+
+
+def score_outputs(outputs: dict[str, torch.Tensor], pairs: list[EvalPair], scale: int) -> dict:
+    """Return mean ``psnr_y``/``ssim_y`` (and Y-PSNR per image) of ``outputs`` against each pair's HR image."""
     per_image = {}
     for p in pairs:
-        sr = quantize(fn(p.lr.unsqueeze(0)).float().cpu())[0]
+        sr = outputs[p.name]
         if sr.shape != p.hr.shape:
             raise ValueError(f"{p.name}: model output {tuple(sr.shape)} does not match HR {tuple(p.hr.shape)}")
         per_image[p.name] = (psnr_y(sr, p.hr, scale), ssim_y(sr, p.hr, scale))
@@ -26,13 +40,40 @@ def evaluate_fn(fn: Callable[[torch.Tensor], torch.Tensor], pairs: list[EvalPair
             "per_image": {k: round(v[0], 3) for k, v in per_image.items()}}
 
 
-def evaluate_model(model: torch.nn.Module, pairs: list[EvalPair], scale: int) -> dict:
-    """Return the Y-PSNR/SSIM of ``model`` (put in eval mode) on ``pairs``; see ``evaluate_fn``."""
+def evaluate_fn(fn: SRFn, pairs: list[EvalPair], scale: int) -> dict:
+    """Return mean ``psnr_y``/``ssim_y`` (and per image) of ``fn`` (LR (1,3,h,w) -> SR) over ``pairs``."""
+    return score_outputs(model_outputs(fn, pairs), pairs, scale)
+
+
+def _on_device(model: torch.nn.Module) -> SRFn:
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return evaluate_fn(lambda x: model(x.to(device)), pairs, scale)
+    return lambda x: model(x.to(device))
+
+
+def evaluate_model(model: torch.nn.Module, pairs: list[EvalPair], scale: int) -> dict:
+    """Return the Y-PSNR/SSIM of ``model`` (put in eval mode) on ``pairs``; see ``evaluate_fn``."""
+    return evaluate_fn(_on_device(model), pairs, scale)
 
 
 def evaluate_bicubic(pairs: list[EvalPair], scale: int) -> dict:
     """Return the Y-PSNR/SSIM of MATLAB bicubic upscaling on ``pairs``."""
     return evaluate_fn(lambda x: upscale(x, scale), pairs, scale)
+
+
+def reference_pairs(outputs: dict[str, torch.Tensor], pairs: list[EvalPair]) -> list[EvalPair]:
+    """Return ``pairs`` with each HR image replaced by ``outputs[name]`` (a teacher's 8-bit output): scoring a
+    student on them gives its fidelity to that teacher."""
+    return [EvalPair(p.name, outputs[p.name], p.lr) for p in pairs]
+
+
+def teacher_references(teacher: torch.nn.Module, pairs: list[EvalPair], scale: int) -> tuple[dict, list[EvalPair]]:
+    """Return (the teacher's Y-PSNR/SSIM on ``pairs``, the fidelity reference pairs), from one pass of the
+    teacher over the eval images."""
+    outputs = model_outputs(_on_device(teacher), pairs)
+    return score_outputs(outputs, pairs, scale), reference_pairs(outputs, pairs)
+
+
+def fidelity(scores: dict) -> dict:
+    """Return ``evaluate_fn`` scores on reference pairs renamed ``fidelity_psnr_y``/``fidelity_ssim_y``."""
+    return {"fidelity_psnr_y": scores["psnr_y"], "fidelity_ssim_y": scores["ssim_y"]}

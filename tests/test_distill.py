@@ -34,8 +34,20 @@ def test_stages_grow_and_each_stage_starts_from_the_previous(tiny_teacher, tiny_
     assert students[1].n_blocks == 2 and students[2].n_blocks == 3
     assert torch.equal(students[0](x), students[1](x)) and torch.equal(students[1](x), students[2](x))
     for key in ("stage", "n_blocks", "channels", "params", "checkpoint", "steps", "final_kd_loss",
-                "val_psnr_y", "val_ssim_y", "seconds"):
+                "val_psnr_y", "val_ssim_y", "fidelity_psnr_y", "fidelity_ssim_y", "seconds"):
         assert key in run["stages"][0]
+    # fidelity to the teacher: the student's and the teacher's 8-bit outputs compared like psnr_y, border cropped
+    from sr_shrink.data import load_eval_set
+    from sr_shrink.metrics import psnr_y, quantize
+
+    teacher = load_teacher(tiny_teacher)
+    want = []
+    with torch.no_grad():
+        for pair in load_eval_set(2, tiny_eval):
+            lr = pair.lr.unsqueeze(0)
+            want.append(psnr_y(quantize(students[0](lr))[0], quantize(teacher(lr))[0], 2))
+    assert abs(run["stages"][0]["fidelity_psnr_y"] - sum(want) / len(want)) < 1e-3
+    assert run["stages"][0]["fidelity_psnr_y"] != run["stages"][0]["val_psnr_y"]
     on_disk = json.loads((tmp_path / "r" / "run.json").read_text())
     assert on_disk["complete"] and on_disk["teacher"]["sha256"] and "teacher_psnr_y" in on_disk
     assert "bicubic_psnr_y" in on_disk and on_disk["recipe"]["mode"] == "noise"

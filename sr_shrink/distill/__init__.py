@@ -62,14 +62,15 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
 def summary_table(run: dict) -> Table:
     """Return a rich table with one row per stage (blocks, params, KD loss, Y-PSNR/SSIM, seconds)."""
     table = Table(title=f"sr-shrink distill: {run['mode']} x{run['scale']}")
-    for col in ("stage", "blocks", "params", "final KD", "Y-PSNR", "Y-SSIM", "seconds"):
+    for col in ("stage", "blocks", "params", "final KD", "Y-PSNR", "Y-SSIM", "fidelity Y-PSNR", "seconds"):
         table.add_column(col, justify="right")
+    nan = float("nan")
     for s in run["stages"]:
         table.add_row(str(s["stage"]), str(s["n_blocks"]), f"{s['params']:,}", f"{s['final_kd_loss']:.4f}",
-                      f"{s.get('val_psnr_y', float('nan')):.2f}", f"{s.get('val_ssim_y', float('nan')):.4f}",
-                      f"{s['seconds']:.0f}")
+                      f"{s.get('val_psnr_y', nan):.2f}", f"{s.get('val_ssim_y', nan):.4f}",
+                      f"{s.get('fidelity_psnr_y', nan):.2f}", f"{s['seconds']:.0f}")
     if "teacher_psnr_y" in run:
         table.add_row("teacher", "", f"{run['teacher'].get('params', 0):,}", "", f"{run['teacher_psnr_y']:.2f}",
-                      f"{run['teacher_ssim_y']:.4f}", "")
-        table.add_row("bicubic", "", "", "", f"{run['bicubic_psnr_y']:.2f}", f"{run['bicubic_ssim_y']:.4f}", "")
+                      f"{run['teacher_ssim_y']:.4f}", "", "")
+        table.add_row("bicubic", "", "", "", f"{run['bicubic_psnr_y']:.2f}", f"{run['bicubic_ssim_y']:.4f}", "", "")
     return table

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import EvalPair
 from ..errors import SRShrinkError
-from ..evaluate import evaluate_bicubic, evaluate_model
+from ..evaluate import evaluate_bicubic, evaluate_model, fidelity, teacher_references
 from ..io import atomic_torch_save, atomic_write_json
 from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, grow, load_student
@@ -155,6 +155,7 @@ class Distiller:
                     "world_size": env.world, "stages": [], "complete": False}
         if getattr(teacher.info, "value_range_guessed", False):
             self.run["value_range_guessed"] = True
+        self.fidelity_pairs: list[EvalPair] = []
         self.timing = {"teacher": 0.0, "student": 0.0, "generator": 0.0, "inputs": 0.0}
 
     # ---------------------------------------------------------------- inputs
@@ -352,9 +353,8 @@ class Distiller:
         if old is not None:
             self._check_same_run(old)
             self.run["stages"] = old.get("stages", [])
-            for k in ("teacher_psnr_y", "teacher_ssim_y", "bicubic_psnr_y", "bicubic_ssim_y", "resumed_from"):
-                if k in old:
-                    self.run[k] = old[k]
+            if "resumed_from" in old:
+                self.run["resumed_from"] = old["resumed_from"]
         if resume:
             state = self._load_state()
             if state is not None:  # the state's list of finished stages is the authority on where to go on
@@ -366,8 +366,8 @@ class Distiller:
         if (old is not None or state is not None) and done < len(blocks):
             step = state["step"] if state is not None else 0
             self.run["resumed_from"] = [*self.run.get("resumed_from", []), {"stage": done + 1, "step": step}]
-        if "teacher_psnr_y" not in self.run and self.eval_pairs:
-            tr = evaluate_model(self.teacher, self.eval_pairs, self.scale)
+        if self.eval_pairs and env.main:
+            tr, self.fidelity_pairs = teacher_references(self.teacher, self.eval_pairs, self.scale)
             br = evaluate_bicubic(self.eval_pairs, self.scale)
             self.run.update(teacher_psnr_y=tr["psnr_y"], teacher_ssim_y=tr["ssim_y"],
                             bicubic_psnr_y=br["psnr_y"], bicubic_ssim_y=br["ssim_y"])
@@ -446,7 +446,8 @@ class Distiller:
                  "seconds": round(seconds, 2)}
         if self.eval_pairs and self.env.main:
             res = evaluate_model(student, self.eval_pairs, self.scale)
-            entry.update(val_psnr_y=res["psnr_y"], val_ssim_y=res["ssim_y"])
+            entry.update(val_psnr_y=res["psnr_y"], val_ssim_y=res["ssim_y"],
+                         **fidelity(evaluate_model(student, self.fidelity_pairs, self.scale)))
             student.train()
         if self.env.main:
             save_model_checkpoint(student, "student", student.config(), self.run_dir / name,
