@@ -108,28 +108,41 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
 @main.command()
 @click.argument("path", required=False)
 @click.option("--scale", type=int, help="Check (or, for pre-upsampling networks, set) the upscaling factor.")
+@click.option("--value-range", type=click.Choice(["1", "255"]),
+              help="Input/output range the network works in [default: from the format, else probed].")
+@click.option("--res-scale", type=click.FloatRange(0, 10, min_open=True),
+              help="EDSR residual scaling (0.1 for the papers' 256-feature EDSR) [default: from its width].")
 @click.option("--trust-pickle", is_flag=True, help="Allow a full pickled nn.Module (runs code from the file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-def info(path: str | None, scale: int | None, trust_pickle: bool, as_json: bool) -> None:
+def info(path: str | None, scale: int | None, value_range: str | None, res_scale: float | None, trust_pickle: bool,
+         as_json: bool) -> None:
     """Show what PATH holds (default: the bundled x2 teacher): format, architecture, scale, size."""
     import json
 
     from rich.table import Table
 
-    from .models.teacher import count_macs, load_teacher
+    from .teachers import count_macs, load_teacher
 
-    teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle)
+    teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle,
+                           value_range=float(value_range) if value_range else None, res_scale=res_scale)
     d = teacher.info.to_dict()
     d["macs_256x256"] = count_macs(teacher)
+    if d["value_range_guessed"]:
+        click.echo(f"note: value range [0, {d['value_range']:g}] is a guess (the probe could not tell 1 from 255); "
+                   "pass --value-range 1 or 255 if the outputs look wrong.", err=True)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    table = Table(title=f"sr-shrink info: {d['path']}", show_header=False)
-    rows = [("format", d["format"]), ("architecture", d["arch"]), ("scale", f"x{d['scale']}"),
-            ("params", f"{d['params']:,}"), ("MACs at 256x256", f"{d['macs_256x256'] / 1e9:.2f} G"),
-            ("value range", f"[0, {d['value_range']:g}]"), ("input", "Y channel" if d["y_only"] else "RGB"),
+    req = teacher.size_requirements
+    arch = d["arch_name"] or d["arch"]
+    rows = [("format", d["format"]), ("architecture", f"{arch} ({d['detected_by']})" if d["detected_by"] else arch),
+            ("scale", f"x{d['scale']}"), ("tags", ", ".join(d["tags"]) or "-"), ("params", f"{d['params']:,}"),
+            ("MACs at 256x256", f"{d['macs_256x256'] / 1e9:.2f} G"),
+            ("value range", f"[0, {d['value_range']:g}]" + (" (guessed)" if d["value_range_guessed"] else "")),
+            ("input", "Y channel" if d["y_only"] else "RGB"), ("input size", req.describe()),
             ("pre-upsampling", "yes (bicubic)" if d["pre_upsample"] else "no"),
             ("config", json.dumps(d["config"]) if d["config"] else "-"), ("sha256", d["sha256"][:16] + "...")]
+    table = Table(title=f"sr-shrink info: {d['path']}", show_header=False)
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ..data import load_eval_set
 from ..errors import SRShrinkError
-from ..models.teacher import load_teacher
+from ..teachers import load_teacher
 from .config import MODES, DistillConfig
 from .loop import Distiller, Env, init_distributed, prepare_run_dir, resolve_device
 

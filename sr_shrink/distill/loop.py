@@ -30,7 +30,7 @@ from ..evaluate import evaluate_bicubic, evaluate_model
 from ..io import atomic_torch_save, atomic_write_json
 from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, grow, load_student
-from ..models.teacher import Teacher
+from ..teachers import Teacher
 from .buffer import ReplayBuffer
 from .config import MODES, DistillConfig
 from .generator import make_generator, save_generator
