@@ -74,6 +74,14 @@ THREADS = click.IntRange(1, 1024)
 SEED = click.IntRange(0, 2**63 - 1)
 
 
+value_range_option = click.option(
+    "--value-range", type=click.Choice(["1", "255"]),
+    help="Teacher input/output range (1 or 255) [default: from the format, else probed].")
+res_scale_option = click.option(
+    "--res-scale", type=Finite(0, 10, min_open=True),
+    help="EDSR residual scaling (0.1 for the papers' 256-feature EDSR) [default: from its width].")
+
+
 def _parse_stages(text: str) -> tuple[int, int]:
     try:
         a, b = (int(v) for v in text.split(":"))
@@ -125,11 +133,13 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--channels-last", is_flag=True, help="channels_last memory format.")
 @click.option("--threads", type=THREADS, help="CPU threads for torch.")
 @click.option("--trust-pickle", is_flag=True, help="Allow a full pickled nn.Module teacher (runs its code).")
+@value_range_option
+@res_scale_option
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
 def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, batch,
             lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, teacher_dtype, scale,
-            eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads, trust_pickle,
-            quiet) -> None:
+            eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads, trust_pickle, value_range,
+            res_scale, quiet) -> None:
     """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data."""
     import torch
 
@@ -145,8 +155,12 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
                         steps_per_stage=steps_per_stage, channels=channels, batch=batch, lr_patch=lr_patch, lr=lr,
                         kd_loss=kd_loss, data_dir=data_dir, data_target=data_target, seed=seed, save_every=save_every,
                         teacher_dtype=teacher_dtype, **overrides)
-    run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
-                trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp, channels_last=channels_last)
+    run = run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
+                      trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp, channels_last=channels_last,
+                      value_range=float(value_range) if value_range else None, res_scale=res_scale)
+    if run.get("value_range_guessed"):
+        _note(f"note: the teacher's value range [0, {run['teacher']['value_range']:g}] was a guess (the probe could "
+              "not tell 1 from 255); pass --value-range to be sure. run.json records value_range_guessed.")
     if not quiet:
         click.echo(f"students written to {run_dir}/stage_XX.pt; run summary in {run_dir}/run.json")
 
@@ -154,28 +168,39 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
 @main.command()
 @click.argument("path", required=False)
 @click.option("--scale", type=SCALE, help="Check (or, for pre-upsampling networks, set) the upscaling factor.")
+@value_range_option
+@res_scale_option
 @click.option("--trust-pickle", is_flag=True, help="Allow a full pickled nn.Module (runs code from the file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-def info(path: str | None, scale: int | None, trust_pickle: bool, as_json: bool) -> None:
+def info(path: str | None, scale: int | None, value_range: str | None, res_scale: float | None, trust_pickle: bool,
+         as_json: bool) -> None:
     """Show what PATH holds (default: the bundled x2 teacher): format, architecture, scale, size."""
     import json
 
     from rich.table import Table
 
-    from .models.teacher import count_macs, load_teacher
+    from .teachers import count_macs, load_teacher
 
-    teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle)
+    teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle,
+                           value_range=float(value_range) if value_range else None, res_scale=res_scale)
     d = teacher.info.to_dict()
     d["macs_256x256"] = count_macs(teacher)
+    if d["value_range_guessed"]:
+        click.echo(f"note: value range [0, {d['value_range']:g}] is a guess (the probe could not tell 1 from 255); "
+                   "pass --value-range 1 or 255 if the outputs look wrong.", err=True)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    table = Table(title=f"sr-shrink info: {d['path']}", show_header=False)
-    rows = [("format", d["format"]), ("architecture", d["arch"]), ("scale", f"x{d['scale']}"),
-            ("params", f"{d['params']:,}"), ("MACs at 256x256", f"{d['macs_256x256'] / 1e9:.2f} G"),
-            ("value range", f"[0, {d['value_range']:g}]"), ("input", "Y channel" if d["y_only"] else "RGB"),
+    req = teacher.size_requirements
+    arch = d["arch_name"] or d["arch"]
+    rows = [("format", d["format"]), ("architecture", f"{arch} ({d['detected_by']})" if d["detected_by"] else arch),
+            ("scale", f"x{d['scale']}"), ("tags", ", ".join(d["tags"]) or "-"), ("params", f"{d['params']:,}"),
+            ("MACs at 256x256", f"{d['macs_256x256'] / 1e9:.2f} G"),
+            ("value range", f"[0, {d['value_range']:g}]" + (" (guessed)" if d["value_range_guessed"] else "")),
+            ("input", "Y channel" if d["y_only"] else "RGB"), ("input size", req.describe()),
             ("pre-upsampling", "yes (bicubic)" if d["pre_upsample"] else "no"),
             ("config", json.dumps(d["config"]) if d["config"] else "-"), ("sha256", d["sha256"][:16] + "...")]
+    table = Table(title=f"sr-shrink info: {d['path']}", show_header=False)
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)

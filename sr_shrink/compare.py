@@ -38,7 +38,7 @@ def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
                       log: Callable[[str], None] | None = None) -> SRFn | None:
     """Return the teacher for the third panel: ``teacher``, else the model's run's, else the bundled default
     when its scale matches; None (with a log line) when there is none."""
-    from .models.teacher import DEFAULT_TEACHER, load_teacher
+    from .teachers import DEFAULT_TEACHER, load_teacher
 
     log = log or (lambda _m: None)
     if teacher is not None:

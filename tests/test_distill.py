@@ -15,7 +15,7 @@ from sr_shrink.distill.sources import dead_leaves, natural_stats_loss, pink_nois
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import SRStudent, load_student
-from sr_shrink.models.teacher import load_teacher
+from sr_shrink.teachers import load_teacher
 
 TINY = dict(channels=4, batch=4, lr_patch=12, save_every=5)
 

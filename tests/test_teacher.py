@@ -15,8 +15,8 @@ from sr_shrink.models.edsr import EDSR
 from sr_shrink.models.msrresnet import MSRResNet
 from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import SRStudent
-from sr_shrink.models.teacher import DEFAULT_TEACHER, count_macs, load_teacher, rgb_to_ycbcr, ycbcr_to_rgb
 from sr_shrink.models.vdsr import VDSR
+from sr_shrink.teachers import DEFAULT_TEACHER, count_macs, load_teacher, rgb_to_ycbcr, ycbcr_to_rgb
 
 X = torch.rand(1, 3, 12, 10)
 

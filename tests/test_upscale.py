@@ -148,7 +148,7 @@ def test_compare_writes_three_panels_with_a_teacher(tiny_run, tmp_path):
 
 
 def test_compare_without_any_teacher_has_two_panels(tiny_run, tmp_path, monkeypatch):
-    import sr_shrink.models.teacher as teacher_mod
+    import sr_shrink.teachers as teacher_mod
 
     monkeypatch.setattr(teacher_mod, "DEFAULT_TEACHER", tmp_path / "absent.pt")
     src = _image(tmp_path / "small.png", "RGB", size=(40, 30))

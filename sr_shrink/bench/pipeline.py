@@ -20,7 +20,7 @@ from ..data import EvalPair, load_eval_set
 from ..errors import SRShrinkError
 from ..evaluate import evaluate_bicubic, evaluate_model
 from ..models.student import load_student
-from ..models.teacher import count_macs, load_teacher, sha256_file
+from ..teachers import count_macs, load_teacher, sha256_file
 from .artifacts import Exporter, ensure_export
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved

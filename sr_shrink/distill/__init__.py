@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from ..data import load_eval_set
 from ..errors import SRShrinkError
-from ..models.teacher import load_teacher
+from ..teachers import load_teacher
 from .config import MODES, DistillConfig
 from .loop import Distiller, Env, init_distributed, prepare_run_dir, resolve_device
 
@@ -28,25 +29,29 @@ __all__ = ["DistillConfig", "MODES", "distill", "summary_table"]
 def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, eval_dir: str | None = None,
             resume: bool = False, force: bool = False, device: str = "auto", trust_pickle: bool = False,
             teacher_scale: int | None = None, quiet: bool = False, amp: bool = False,
-            channels_last: bool = False, eval_images: int | None = None) -> dict:
+            channels_last: bool = False, eval_images: int | None = None, value_range: float | None = None,
+            res_scale: float | None = None) -> dict:
     """Run a progressive distillation of ``teacher_path`` into ``run_dir``; return the run.json dict.
 
-    ``eval_dir`` (default: the bundled eval split; "none" to skip) gives each stage's Y-PSNR/SSIM.
+    ``eval_dir`` (default: the bundled eval split; "none" to skip) gives each stage's Y-PSNR/SSIM and its
+    fidelity to the teacher; ``value_range`` / ``res_scale`` override what is inferred from the teacher file.
     """
     cfg.validate()
     run_dir = Path(run_dir)
     dev = resolve_device(device)
+    teacher = load_teacher(teacher_path, scale=teacher_scale or None, trust_pickle=trust_pickle,
+                           value_range=value_range, res_scale=res_scale)
+    if teacher_scale is None and cfg.scale != teacher.scale:
+        cfg = cfg.with_scale(teacher.scale)
+    if cfg.scale != teacher.scale:
+        raise SRShrinkError(f"the teacher upscales x{teacher.scale}, not x{cfg.scale}; pass --scale {teacher.scale}.")
+    cfg = fit_patch(cfg, teacher)
     rank, world, dev = init_distributed(dev)
     env = Env(dev, rank, world, quiet or rank != 0, amp, channels_last)
     if env.main:
         prepare_run_dir(run_dir, resume, force)
     if world > 1:
         torch.distributed.barrier()
-    teacher = load_teacher(teacher_path, scale=teacher_scale or None, trust_pickle=trust_pickle)
-    if teacher_scale is None and cfg.scale != teacher.scale:
-        cfg = cfg.with_scale(teacher.scale)
-    if cfg.scale != teacher.scale:
-        raise SRShrinkError(f"the teacher upscales x{teacher.scale}, not x{cfg.scale}; pass --scale {teacher.scale}.")
     pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
     distiller = Distiller(teacher, cfg, run_dir, pairs, env, teacher.info.path, teacher.info.sha256)
     if env.quiet:
@@ -57,6 +62,17 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
         run = distiller.run_stages(resume, progress)
     Console().print(summary_table(run))
     return run
+
+
+def fit_patch(cfg: DistillConfig, teacher) -> DistillConfig:
+    """Return ``cfg`` with an automatic LR patch size raised to one the teacher takes without padding (e.g. a
+    multiple of a Swin teacher's window), kept a multiple of 4 for the generator modes."""
+    if not cfg.lr_patch_auto:
+        return cfg
+    patch = teacher.fit_size(cfg.lr_patch)
+    while cfg.mode in ("datafree", "generator") and patch % 4:
+        patch = teacher.fit_size(patch + 1)
+    return replace(cfg, lr_patch=patch) if patch != cfg.lr_patch else cfg
 
 
 def summary_table(run: dict) -> Table:

@@ -36,7 +36,7 @@ from ..evaluate import evaluate_bicubic, evaluate_model, fidelity, teacher_refer
 from ..io import atomic_torch_save, atomic_write_json
 from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, grow, load_student
-from ..models.teacher import Teacher
+from ..teachers import Teacher
 from .buffer import ReplayBuffer
 from .config import MODES, RESUME_KEYS, DistillConfig, flag
 from .generator import make_generator, save_generator
@@ -46,6 +46,7 @@ from .sources import SYNTHETIC, RealPatches, synthetic
 BUFFER_BATCHES = 32
 TEACHER_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_VERSION = 2
+TEACHER_KEYS = ("format", "arch", "arch_name", "params", "value_range", "value_range_guessed", "size_requirements")
 
 
 @dataclass
@@ -148,9 +149,9 @@ class Distiller:
         self.gen_ddp = DDP(self.gen) if (self.uses_g and env.world > 1) else self.gen
         self.g_steps = 0
         self.buffer = ReplayBuffer(BUFFER_BATCHES * cfg.batch)
+        info = teacher.info.to_dict()
         self.run = {"scale": cfg.scale, "teacher": {"path": teacher_path, "sha256": teacher_sha256,
-                                                    **{k: v for k, v in teacher.info.to_dict().items()
-                                                       if k in ("format", "arch", "params")}},
+                                                    **{k: info[k] for k in TEACHER_KEYS if k in info}},
                     "mode": cfg.mode, "seed": cfg.seed, "recipe": cfg.recipe(), "config": cfg.to_dict(),
                     "world_size": env.world, "stages": [], "complete": False}
         if getattr(teacher.info, "value_range_guessed", False):

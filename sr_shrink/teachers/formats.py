@@ -1,0 +1,158 @@
+"""One place per teacher file format: sniff the bytes, load safely, unwrap the state_dict.
+
+Formats, told apart by content (the suffix only breaks ties):
+
+* TorchScript archive (zip with ``code/``): ``torch.jit.load``;
+* ``torch.export`` archive (zip with ``archive_format``, or ``.pt2``): ``torch.export.load(...).module()``;
+* ``.safetensors`` (8-byte header length, then a JSON header): the ``safetensors`` package, tensors only;
+* anything else: ``torch.load(weights_only=True)``, i.e. tensors, dicts and lists only. A file holding other
+  pickled objects (a whole ``nn.Module``) is read only with ``trust_pickle=True``, because unpickling it
+  runs code from the file.
+
+:func:`read` returns a :class:`Loaded` (the format and the object); :func:`unwrap` digs the state_dict out
+of the training-framework dicts that wrap it (``params_ema``, ``params``, ``state_dict``, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import SRShrinkError
+from .probe import short
+
+ZOO_INSTALL = "pip install 'sr-shrink[zoo]'"
+# Keys under which training code stores the weights, in the order they are preferred (EMA weights first).
+WRAPPER_KEYS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "net", "network",
+                "generator")
+# Prefixes some trainers put on every key (DataParallel / DistributedDataParallel, ESRGAN-style GAN code).
+COMMON_PREFIXES = ("module.", "netG.")
+
+
+@dataclass
+class Loaded:
+    """What :func:`read` found: ``format`` (torchscript, torch.export, safetensors, state_dict, pickled
+    nn.Module) and ``obj`` (an ``nn.Module`` for the first two and for trusted pickles, else a dict)."""
+
+    format: str
+    obj: Any
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sniff(path: Path) -> str:
+    """Return the format the bytes of ``path`` announce: torchscript, torch.export, safetensors or torch.load."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = []
+        if any("/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("archive_format") for n in names) or path.suffix == ".pt2":
+            return "torch.export"
+        return "torch.load"
+    if path.suffix == ".pt2":
+        return "torch.export"
+    if _is_safetensors(path):
+        return "safetensors"
+    return "torch.load"
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Return True if ``path`` starts like a safetensors file (u64 header length, then a JSON object)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
+
+
+def read(path: Path, trust_pickle: bool = False) -> Loaded:
+    """Return the :class:`Loaded` contents of ``path``, never running pickled code unless ``trust_pickle``."""
+    kind = sniff(path)
+    if kind in ("torchscript", "torch.export"):
+        try:
+            if kind == "torchscript":
+                return Loaded(kind, torch.jit.load(str(path), map_location="cpu"))
+            return Loaded(kind, torch.export.load(str(path)).module())
+        except Exception as exc:  # a damaged archive
+            raise SRShrinkError(f"{path}: cannot load this archive ({short(exc)}); re-export the teacher.") from None
+    if kind == "safetensors":
+        return Loaded(kind, _read_safetensors(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            raise SRShrinkError(
+                f"{path}: holds pickled Python objects (e.g. a whole nn.Module); loading it would run code from "
+                "the file. Pass --trust-pickle only if you trust its source, or save model.state_dict() instead."
+            ) from None
+        raise SRShrinkError(f"{path}: not a readable PyTorch checkpoint ({short(exc)}).") from None
+    except Exception as exc:
+        raise SRShrinkError(
+            f"{path}: truncated or not a PyTorch checkpoint ({short(exc)}); check the file or download it again."
+        ) from None
+    return Loaded("pickled nn.Module" if isinstance(obj, nn.Module) else "state_dict", obj)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Return the tensors of a .safetensors file (the format holds nothing else, so it is always safe)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise SRShrinkError(f"{path}: reading .safetensors needs the safetensors package; {ZOO_INSTALL}.") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise SRShrinkError(
+            f"{path}: truncated or not a safetensors file ({short(exc)}); check the file or download it again."
+        ) from None
+
+
+def unwrap(obj: dict) -> dict:
+    """Return the state_dict inside ``obj``: wrapper dicts opened, DataParallel/GAN key prefixes removed.
+
+    Opens up to three levels of ``WRAPPER_KEYS`` (preferring EMA weights) and dicts with a single dict value,
+    and strips ``COMMON_PREFIXES`` from the keys.
+    """
+    for _ in range(3):
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
+            key = next(iter(obj))
+        if key is None:
+            break
+        obj = obj[key]
+    return {_strip(k): v for k, v in obj.items()}
+
+
+def _strip(key: Any) -> Any:
+    for prefix in COMMON_PREFIXES:
+        if isinstance(key, str) and key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def describe(obj: Any) -> str:
+    """Return a short description of ``obj`` for error messages (type, or a dict's first keys)."""
+    if isinstance(obj, dict):
+        return "dict with keys " + ", ".join(map(str, list(obj)[:4]))
+    return type(obj).__name__
+
