@@ -24,7 +24,19 @@ from .probe import PROBE_SIZES, SizeRequirements, guess_value_range, probe, shor
 from .wrapper import Teacher, TeacherInfo, eval_mode
 from .zoo import load_zoo
 
-DEFAULT_TEACHER = Path(__file__).resolve().parents[1] / "assets" / "teacher_x2.pt"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_TEACHER = ASSETS / "teacher_x2.pt"
+
+
+def default_teacher(scale: int | None = None) -> Path:
+    """Return the path of the bundled teacher for ``scale`` (x2 when ``None``); an error naming the bundled
+    scales when there is none for that scale."""
+    path = ASSETS / f"teacher_x{scale or 2}.pt"
+    if not path.is_file():
+        have = sorted(int(p.stem.split("_x")[1]) for p in ASSETS.glob("teacher_x*.pt"))
+        raise SRShrinkError(f"no bundled x{scale} teacher (sr-shrink ships x{', x'.join(map(str, have))}); pass "
+                            "the path to your own teacher file.")
+    return path
 VALUE_RANGES = (1.0, 255.0)
 
 
@@ -50,7 +62,8 @@ class _Found:
 def load_teacher(path: str | Path | None = None, scale: int | None = None, trust_pickle: bool = False,
                  value_range: float | None = None, device: str | torch.device = "cpu",
                  res_scale: float | None = None) -> Teacher:
-    """Return the teacher at ``path`` (default: the bundled x2 teacher) wrapped as a :class:`Teacher`.
+    """Return the teacher at ``path`` (default: the bundled teacher for ``scale``, x2 when no scale is given)
+    wrapped as a :class:`Teacher`.
 
     ``scale`` is checked against the network's own (or required for pre-upsampling networks such as VDSR).
     ``value_range`` (1 or 255) overrides the range the network works in (inferred from the format, or probed
@@ -59,7 +72,7 @@ def load_teacher(path: str | Path | None = None, scale: int | None = None, trust
     papers' 256-feature EDSR, 1 otherwise). ``trust_pickle`` allows a full pickled ``nn.Module``.
     Every failure is one :class:`SRShrinkError` line.
     """
-    path = Path(path) if path else DEFAULT_TEACHER
+    path = Path(path) if path else default_teacher(scale)
     if not path.is_file():
         raise SRShrinkError(f"{path}: no such file; pass the path to a teacher (.pt/.pth/.safetensors state_dict, "
                             "TorchScript or torch.export .pt2).")

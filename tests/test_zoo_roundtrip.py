@@ -1,0 +1,45 @@
+"""A teacher a user brings, end to end: a random-weight Real-ESRGAN Compact x4 checkpoint (the layout of
+realesr-animevideov3.pth) -> distill -> export ONNX int8 -> bench, with fidelity to the teacher recorded."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from conftest import make_tiny_eval
+from zoo_checkpoints import compact_x4
+
+from sr_shrink.cli import main
+
+
+def _ok(args: list[str]):
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_compact_x4_distill_export_int8_bench(tmp_path):
+    teacher = compact_x4(tmp_path).path
+    eval_dir = make_tiny_eval(tmp_path / "eval", n=2, size=48)
+    run = tmp_path / "run"
+    _ok(["distill", str(teacher), "--out", str(run), "--stages", "1:2", "--steps-per-stage", "4", "--channels", "4",
+         "--batch", "4", "--eval", str(eval_dir), "--quiet", "--threads", "1", "--device", "cpu"])
+    run_json = json.loads((run / "run.json").read_text())
+    assert run_json["scale"] == 4 and run_json["teacher"]["arch"] == "Compact"
+    assert run_json["config"]["lr_patch"] == 12  # the x4 default, not the x2 one
+    for stage in run_json["stages"]:
+        assert 5 < stage["fidelity_psnr_y"] < 99 and 0 < stage["fidelity_ssim_y"] <= 1
+    _ok(["export", str(run), "--target", "onnx", "--precision", "int8", "--stage", "last", "--eval", str(eval_dir),
+         "--calib-samples", "4"])
+    index = json.loads((run / "exports" / "export.json").read_text())
+    (entry,) = index["exports"]
+    assert entry["scale"] == 4 and entry["graph_checks"]["max_rank"] <= 4
+    _ok(["bench", str(run), "--runtimes", "torch,onnxruntime", "--precisions", "int8", "--eval", str(eval_dir),
+         "--input-size", "16x16", "--repeats", "2", "--warmup", "0", "--rounds", "1"])
+    bench = json.loads((run / "bench.json").read_text())
+    rows = bench["rows"]
+    assert {(r["runtime"], r["precision"]) for r in rows} >= {("torch", "fp32"), ("onnxruntime", "int8")}
+    for r in rows:
+        assert r["fidelity_psnr_y"] is not None and 5 < r["fidelity_psnr_y"] < 99
+    torch_last = next(r for r in rows if r["runtime"] == "torch" and r["stage"] == 2)
+    assert abs(torch_last["fidelity_psnr_y"] - run_json["stages"][-1]["fidelity_psnr_y"]) < 0.05
