@@ -41,7 +41,7 @@ from sr_shrink.models.classic import ESPCN, FSRCNN  # noqa: E402
 from sr_shrink.models.registry import save_model_checkpoint  # noqa: E402
 from sr_shrink.models.student import load_student  # noqa: E402
 from sr_shrink.models.teacher import count_macs  # noqa: E402
-from sr_shrink.bench.runtimes import OrtRunner  # noqa: E402
+from sr_shrink.runtimes import OrtRunner  # noqa: E402
 
 LABELS = {"fsrcnn": "FSRCNN (d56 s12 m4)", "espcn": "ESPCN (64-32)"}
 BASELINES = {"fsrcnn": lambda s: FSRCNN(s, d=56, s=12, m=4), "espcn": lambda s: ESPCN(s, c1=64, c2=32)}
