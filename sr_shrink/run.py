@@ -86,6 +86,17 @@ class RunDir:
                    _generator(path))
 
     @classmethod
+    def create(cls, path: str | Path) -> RunDir:
+        """Return the RunDir of a folder a writer (distill) is filling: made if missing, with whatever
+        run.json, stage files and generator it already holds (none is fine)."""
+        root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise SRShrinkError(f"{root}: exists and is not a folder; pass a folder for the run.")
+        root.mkdir(parents=True, exist_ok=True)
+        stages = {int(m.group(1)): p for p in root.iterdir() if (m := STAGE_RE.match(p.name)) and p.is_file()}
+        return cls(root, _read_json_object(root / RUN_JSON, RUN_JSON), dict(sorted(stages.items())), _generator(root))
+
+    @classmethod
     def find(cls, model_path: str | Path, levels: int = 3) -> RunDir | None:
         """Return the run a model file belongs to: the nearest of its ``levels`` parent folders that holds
         run.json (``RUN/stage_XX.pt``, ``RUN/exports/x.onnx``, ``RUN/exports/bench_HxW/x.tflite``), or None."""

@@ -122,3 +122,14 @@ def test_commands_share_the_rules(tiny_run):
     for args in (["export", str(tiny_run), "--target", "onnx"], ["bench", str(tiny_run)]):
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 2 and "unreadable run.json" in res.output and res.output.count("\n") == 1, args
+
+
+def test_create_a_run_folder_for_a_writer(tmp_path):
+    run = RunDir.create(tmp_path / "new" / "run")
+    assert run.root.is_dir() and run.run == {} and run.stages == {} and run.generator is None
+    run.write_run({"scale": 2, "stages": []})
+    again = RunDir.create(run.root)
+    assert again.run == {"scale": 2, "stages": []} and again.scale == 2
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SRShrinkError, match="is not a folder"):
+        RunDir.create(tmp_path / "file")
