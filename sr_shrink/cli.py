@@ -323,14 +323,16 @@ def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads,
 @click.option("--steps-per-stage", default=300, type=click.IntRange(1, 10**9), show_default=True,
               help="Student steps per stage.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted demo run instead of starting over.")
-def demo(out: str, steps_per_stage: int, resume: bool) -> None:
+@click.option("--scale", type=click.Choice(["2", "4"]), default="2", show_default=True,
+              help="Which bundled teacher to distill.")
+def demo(out: str, steps_per_stage: int, resume: bool, scale: str) -> None:
     """Distill the bundled teacher, export the last stage, bench every stage (about 4 min on 2 cores)."""
     from pathlib import Path
 
     from .bench.report import plot, print_report, write_json
     from .demo import run_demo
 
-    result = run_demo(out, steps_per_stage, log=_note, force=not resume)
+    result = run_demo(out, steps_per_stage, log=_note, force=not resume, scale=int(scale))
     json_out = write_json(result, Path(out) / "bench.json")
     png_out = plot(result, Path(out) / "bench.png")
     print_report(result, Console(width=None if sys.stdout.isatty() else 200))

@@ -4,7 +4,6 @@ window of the image. The teacher runs only on that window (plus a margin), so it
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,24 +13,10 @@ from PIL import Image, ImageDraw
 
 from .errors import SRShrinkError
 from .resize import upscale as bicubic
+from .run import RunDir
 
 SRFn = Callable[[torch.Tensor], torch.Tensor]
 MARGIN = 24  # LR pixels of context around the crop for bicubic and the teacher
-
-
-def _run_teacher_path(model_path: Path) -> Path | None:
-    """Return the teacher file named by the run.json beside a stage checkpoint, if it exists."""
-    run_json = model_path.parent / "run.json"
-    if not run_json.is_file():
-        run_json = model_path.parent.parent / "run.json"  # RUN_DIR/exports/stage_XX.onnx
-    try:
-        raw = json.loads(run_json.read_text())["teacher"]["path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    for p in (Path(raw), run_json.parent / raw):
-        if p.is_file():
-            return p
-    return None
 
 
 def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
@@ -44,7 +29,8 @@ def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
     if teacher is not None:
         net = load_teacher(teacher, scale=up.scale, device=device)
     else:
-        path = _run_teacher_path(up.path) or (DEFAULT_TEACHER if DEFAULT_TEACHER.is_file() else None)
+        run = RunDir.find(up.path)
+        path = (run.teacher_path() if run else None) or (DEFAULT_TEACHER if DEFAULT_TEACHER.is_file() else None)
         if path is None:
             log("no teacher found (pass --teacher); the comparison shows bicubic | student only.")
             return None

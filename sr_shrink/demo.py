@@ -22,14 +22,14 @@ def installed_targets() -> list[str]:
 
 
 def run_demo(out: str | Path, steps_per_stage: int, log: Callable[[str], None], force: bool = True,
-             input_size: str = "256x256") -> dict:
-    """Run distill -> export -> bench into ``out``; return the bench result dict."""
+             input_size: str = "256x256", scale: int = 2) -> dict:
+    """Run distill -> export -> bench on the bundled x``scale`` teacher into ``out``; return the bench result."""
     from .bench import BenchConfig, parse_size, run_bench
 
     out = Path(out)
-    log(f"[1/3] distilling the bundled x2 teacher into {out} (data-free, 4 stages x {steps_per_stage} steps)")
-    cfg = DistillConfig(stage_start=1, stage_end=4, steps_per_stage=steps_per_stage)
-    distill(None, out, cfg, force=force, resume=not force)
+    log(f"[1/3] distilling the bundled x{scale} teacher into {out} (data-free, 4 stages x {steps_per_stage} steps)")
+    cfg = DistillConfig(scale=scale, stage_start=1, stage_end=4, steps_per_stage=steps_per_stage)
+    distill(None, out, cfg, force=force, resume=not force, teacher_scale=scale)
     targets = installed_targets()
     log(f"[2/3] exporting the last stage to: {', '.join(targets) or 'nothing (no export extra installed)'}")
     from .export import export_run

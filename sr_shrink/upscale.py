@@ -1,4 +1,7 @@
-"""``sr-shrink upscale``: run a student checkpoint or an exported .onnx/.tflite on real images, tiled.
+"""``sr-shrink upscale``: run a student checkpoint or an exported .onnx/.tflite/.mlpackage on real images, tiled.
+
+Every model runs through its runner from :mod:`sr_shrink.runtimes` (the same ones export verification and
+bench use), which handles the file's layout, fp16/int8 I/O and fixed input size.
 
 Images: RGB as is; grey (L, 16-bit) is processed as RGB and written back grey; an alpha channel (RGBA, LA,
 palette with transparency) is upscaled with bicubic while the model upscales the colours. Large images
@@ -18,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import SRShrinkError
 from .resize import upscale as bicubic
+from .runtimes import SUFFIXES, TorchRunner, open_runner
 from .tiling import tiled_apply
 
 GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -46,17 +50,12 @@ class Upscaler:
         return tiled_apply(self.fn, lr, self.scale, tile, ov)
 
 
-def _student_upscaler(path: Path, device: str) -> Upscaler:
+def _student_upscaler(path: Path, threads: int, device: str) -> Upscaler:
     from .models.student import load_student
 
     model, _ = load_student(path)
-    model.to(device)
-
-    @torch.inference_mode()
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return model(x.to(device)).float().cpu()
-
-    return Upscaler(fn, model.scale, 2 * model.n_blocks + 2, None, path)
+    runner = TorchRunner(model, threads, device, path=path)
+    return Upscaler(runner.torch_fn(), model.scale, 2 * model.n_blocks + 2, None, path)
 
 
 def probe_radius(fn: Callable[[torch.Tensor], torch.Tensor], size: tuple[int, int], scale: int) -> int:
@@ -78,8 +77,6 @@ def probe_radius(fn: Callable[[torch.Tensor], torch.Tensor], size: tuple[int, in
 
 
 def _exported_upscaler(path: Path, threads: int, device: str) -> Upscaler:
-    from .bench.runtimes import open_runner
-
     runner = open_runner(path, threads, device)
     fn = runner.torch_fn()
     size = tuple(runner.input_hw) if runner.input_hw else (64, 64)
@@ -95,14 +92,13 @@ def _exported_upscaler(path: Path, threads: int, device: str) -> Upscaler:
 
 def load_upscaler(path: str | Path, scale: int | None = None, threads: int | None = None,
                   device: str = "cpu") -> Upscaler:
-    """Return an :class:`Upscaler` for a stage_XX.pt, .onnx or .tflite file; checks ``scale`` if given."""
+    """Return an :class:`Upscaler` for a stage_XX.pt, .onnx, .tflite or .mlpackage; checks ``scale`` if given."""
     path = Path(path)
-    if not path.is_file():
-        raise SRShrinkError(f"{path}: no such model file; pass a stage_XX.pt, .onnx or .tflite.")
-    if path.suffix.lower() in (".onnx", ".tflite"):
-        up = _exported_upscaler(path, threads or torch.get_num_threads(), device)
-    else:
-        up = _student_upscaler(path, device)
+    exported = path.suffix.lower() in SUFFIXES
+    if not (path.exists() if exported else path.is_file()):
+        raise SRShrinkError(f"{path}: no such model file; pass a stage_XX.pt, .onnx, .tflite or .mlpackage.")
+    threads = threads or torch.get_num_threads()
+    up = _exported_upscaler(path, threads, device) if exported else _student_upscaler(path, threads, device)
     if scale is not None and scale != up.scale:
         raise SRShrinkError(f"{path}: this model upscales x{up.scale}, not x{scale}; pass --scale {up.scale} "
                             "or a model trained for that scale.")

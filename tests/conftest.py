@@ -76,3 +76,31 @@ def tiny_teacher(tmp_path: Path) -> Path:
 def tiny_eval(tmp_path: Path) -> Path:
     """A folder of two 48 px eval images."""
     return make_tiny_eval(tmp_path / "eval")
+
+
+FAST_EXPORT = {"eval_images": 2, "calib_samples": 4}
+
+
+@pytest.fixture(scope="session")
+def export_run_dir(tmp_path_factory) -> Path:
+    """A tiny two-stage run shared by the export tests and the runtime tests (they export its stage 2)."""
+    return make_tiny_run(tmp_path_factory.mktemp("export") / "run")
+
+
+@pytest.fixture(scope="session")
+def exported(export_run_dir):
+    """exported(target, precision, **opts) -> the export.json entry of stage 2; each combination is exported
+    once per test session (into its own folder under RUN/exports) and shared between test modules."""
+    from sr_shrink.export import export_run
+
+    cache: dict = {}
+
+    def get(target: str, precision: str, **opts) -> dict:
+        key = (target, precision, tuple(sorted(opts.items())))
+        if key not in cache:
+            out = export_run_dir / "exports" / "_".join(f"{k}{v}" for k, v in [("", target), ("", precision), *key[2]])
+            cache[key] = export_run(export_run_dir, target, stage=2, precision=precision, out=out, **FAST_EXPORT,
+                                    **opts)[0]
+        return cache[key]
+
+    return get

@@ -15,15 +15,19 @@ from conftest import make_tiny_run
 from export_helpers import export_onnx, export_stage, export_tflite
 from PIL import Image
 
-from sr_shrink.bench import BenchConfig, parse_size, pipeline, run_bench, runtimes
+from sr_shrink import runtimes
+from sr_shrink.bench import BenchConfig, parse_size, pipeline, run_bench
+from sr_shrink.bench import runtimes as bench_runtimes
 from sr_shrink.bench.artifacts import find_export
 from sr_shrink.bench.measure import PeakMemory, latency_stats, round_plan, time_interleaved
 from sr_shrink.bench.pareto import knee, pareto_front, pick
-from sr_shrink.bench.runtimes import LiteRTRunner, OrtRunner, TorchRunner, open_runner
 from sr_shrink.cli import main
-from sr_shrink.data import write_image
+from sr_shrink.data import load_eval_set, write_image
 from sr_shrink.errors import SRShrinkError
+from sr_shrink.metrics import psnr_y, quantize
 from sr_shrink.models.student import load_student
+from sr_shrink.run import RunDir
+from sr_shrink.runtimes import LiteRTRunner, OrtRunner, TorchRunner, open_runner
 
 ROW_KEYS = {"stage", "n_blocks", "runtime", "precision", "params", "macs", "size_bytes", "latency_ms_median",
             "latency_ms_p90", "psnr_y", "ssim_y", "delta_teacher_db", "delta_bicubic_db"}
@@ -153,7 +157,7 @@ def test_open_runner_rejects_unknown_and_missing(tmp_path):
 
 def test_missing_runtime_is_a_note_unless_asked_for(monkeypatch):
     monkeypatch.setattr(runtimes, "runtime_available", lambda name: name != "litert")
-    monkeypatch.setattr(pipeline, "runtime_available", lambda name: name != "litert")
+    monkeypatch.setattr(bench_runtimes, "runtime_available", lambda name: name != "litert")
     names, notes = pipeline.settle_runtimes(None)
     assert "litert" not in names and names[0] == "torch"
     assert len(notes) == 1 and "sr-shrink[tflite]" in notes[0]
@@ -168,8 +172,9 @@ def test_find_export_ignores_tflite_of_another_size(student_exports, tmp_path):
     exports = tmp_path / "exports"
     exports.mkdir()
     (exports / "stage_02_fp32.tflite").write_bytes(student_exports["tflite"].read_bytes())
-    assert find_export(tmp_path, 2, "litert", "fp32", (32, 32)) == exports / "stage_02_fp32.tflite"
-    assert find_export(tmp_path, 2, "litert", "fp32", (48, 48)) is None
+    run = RunDir(tmp_path, {}, {})
+    assert find_export(run, 2, "litert", "fp32", (32, 32)) == exports / "stage_02_fp32.tflite"
+    assert find_export(run, 2, "litert", "fp32", (48, 48)) is None
 
 
 def test_parse_size_and_config_checks():
@@ -218,16 +223,27 @@ def test_bench_writes_complete_json_and_plot(bench_run, eval_dir):
     assert {(r["stage"], r["runtime"]) for r in rows} == {(s, rt) for s in (1, 2) for rt in want}
     for r in rows:
         assert ROW_KEYS <= r.keys(), ROW_KEYS - r.keys()
-        assert r["latency_ms_median"] > 0 and r["latency_ms_p90"] >= r["latency_ms_median"]
+        samples = r["latency_ms_samples"]  # the stats are those of the recorded samples, one per timed call
+        assert len(samples) == r["latency_samples"] == 3 and min(samples) > 0
+        for key, q in (("latency_ms_median", 50), ("latency_ms_p90", 90), ("latency_ms_p10", 10)):
+            assert r[key] == pytest.approx(float(np.percentile(samples, q)), abs=2e-4)
+        assert r["latency_ms_min"] == pytest.approx(min(samples), abs=2e-4)
         assert r["delta_bicubic_db"] == pytest.approx(r["psnr_y"] - data["bicubic"]["psnr_y"], abs=1e-3)
         assert r["delta_teacher_db"] == pytest.approx(r["psnr_y"] - 33.0, abs=1e-3)  # run.json fallback
         assert r["threads"] == data["machine"]["threads"]
     torch_rows = {r["stage"]: r for r in rows if r["runtime"] == "torch"}
+    pairs = load_eval_set(2, eval_dir)
+    for stage, r in torch_rows.items():  # the row's Y-PSNR, computed here independently of bench
+        model, _ = load_student(bench_run / f"stage_{stage:02d}.pt")
+        with torch.no_grad():
+            own = np.mean([psnr_y(quantize(model(p.lr.unsqueeze(0)))[0], p.hr, 2) for p in pairs])
+        assert r["psnr_y"] == pytest.approx(own, abs=1e-3)
     for r in rows:  # fp32 exports score like the eager model (the static 32x32 tflite runs tiled, exactly)
-        assert r["psnr_y"] == pytest.approx(torch_rows[r["stage"]]["psnr_y"], abs=0.01)
+        assert r["psnr_y"] == pytest.approx(torch_rows[r["stage"]]["psnr_y"], abs=1e-3)
     assert torch_rows[2]["macs"] > torch_rows[1]["macs"] and torch_rows[2]["params"] > torch_rows[1]["params"]
     assert "reason" in data["recommended"] and data["recommended"]["runtime"] in want
-    assert {"cpu", "cores", "threads", "python", "torch", "onnxruntime", "litert", "input_size"} <= data["machine"].keys()
+    machine_keys = {"cpu", "cores", "threads", "python", "torch", "onnxruntime", "litert", "input_size"}
+    assert machine_keys <= data["machine"].keys()
     assert data["machine"]["input_size"] == "32x32"
     assert any("taken from run.json" in n for n in data["notes"])
     png = (bench_run / "p.png").read_bytes()
@@ -280,9 +296,12 @@ def test_bench_measures_a_teacher_that_is_there(tiny_run, eval_dir, tmp_path):
     assert any("sha256 mismatch" in n for n in result["notes"])  # run.json holds a fake hash
 
 
-def test_bench_rejects_a_folder_without_run_json(tmp_path):
+def test_bench_rejects_a_folder_without_run_json(tiny_run, tmp_path):
     res = CliRunner().invoke(main, ["bench", str(tmp_path)])
-    assert res.exit_code == 2 and "no run.json" in res.output
+    assert res.exit_code == 2 and "not a distill run (no stage_XX.pt files)" in res.output
+    (tiny_run / "run.json").unlink()
+    res = CliRunner().invoke(main, ["bench", str(tiny_run)])
+    assert res.exit_code == 2 and "no run.json" in res.output and res.output.count("\n") == 1
 
 
 def test_bench_notes_a_stage_whose_export_fails(tiny_run, eval_dir):

@@ -17,14 +17,15 @@ from click.testing import CliRunner
 from conftest import make_tiny_run
 from onnx import TensorProto, helper
 
+from sr_shrink import mil_eval
 from sr_shrink.cli import main
 from sr_shrink.data import load_eval_set
 from sr_shrink.errors import SRShrinkError
-from sr_shrink.export import build_wrapper, check_graph, export_run, mil_eval
+from sr_shrink.export import TOLERANCE_DB, build_wrapper, check_graph, export_run
 from sr_shrink.export.calib import mosaic
-from sr_shrink.export.coreml import coreml_runner
 from sr_shrink.export.onnx import onnx_graph
 from sr_shrink.models.student import SRStudent, load_student
+from sr_shrink.runtimes import open_runner
 
 FAST = {"eval_images": 2, "calib_samples": 4}
 
@@ -40,28 +41,14 @@ def _lr(h: int = 48, w: int = 80) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return make_tiny_run(tmp_path_factory.mktemp("export") / "run")
+def run(export_run_dir) -> Path:
+    """The session's tiny run; its stage-2 exports come from conftest's shared ``exported`` fixture."""
+    return export_run_dir
 
 
 @pytest.fixture(scope="module")
 def student(run):
     return load_student(run / "stage_02.pt")[0]
-
-
-@pytest.fixture(scope="module")
-def exported(run):
-    """exported(target, precision, **opts) -> the export.json entry; each combination exported once."""
-    cache: dict = {}
-
-    def get(target: str, precision: str, **opts) -> dict:
-        key = (target, precision, tuple(sorted(opts.items())))
-        if key not in cache:
-            out = run / "exports" / "_".join(f"{k}{v}" for k, v in [("", target), ("", precision), *key[2]])
-            cache[key] = export_run(run, target, stage=2, precision=precision, out=out, **FAST, **opts)[0]
-        return cache[key]
-
-    return get
 
 
 # ---------------------------------------------------------------- the mobile-safe wrapper
@@ -158,7 +145,7 @@ def test_coreml_export_evaluates_like_torch(exported, student, precision, floor)
     path = Path(e["path"])
     assert path.is_dir() and path.suffix == ".mlpackage" and e["size_bytes"] > 0
     x = _lr()
-    got = coreml_runner(path, "nchw")(x.numpy())
+    got = open_runner(path)(x.numpy())
     want = student(x).detach().numpy()
     assert _psnr(got, want) >= floor
     if precision == "fp32":
@@ -183,7 +170,7 @@ def test_coreml_metadata_and_io(exported, run):
 
 
 def test_coreml_dynamic_input_sizes_one_package(exported, student):
-    run_fn = coreml_runner(Path(exported("coreml", "fp32")["path"]), "nchw")
+    run_fn = open_runner(exported("coreml", "fp32")["path"])
     for h, w in [(48, 80), (64, 64)]:
         x = _lr(h, w)
         got = run_fn(x.numpy())
@@ -196,7 +183,7 @@ def test_coreml_palettized_weights_decode(exported, student):
     assert Path(e["path"]).name == "stage_02_pal8.mlpackage"
     assert "constexpr_lut_to_dense" in e["ops"] and e["palettization"]["nbits"] == 8
     x = _lr()
-    got = coreml_runner(Path(e["path"]), "nchw")(x.numpy())
+    got = open_runner(e["path"])(x.numpy())
     assert _psnr(got, student(x).detach().numpy()) >= 40  # wrong index unpacking gives noise (~10 dB)
 
 
@@ -268,6 +255,71 @@ def test_tflite_convt_shuffle(run, student):
     assert e["verified"] and e["verification"]["psnr_vs_torch"] >= 100
 
 
+# ---------------------------------------------------------------- verification: Y-PSNR within a stated tolerance
+
+
+@pytest.mark.parametrize("target,precision,opts", [("onnx", "fp32", {}), ("onnx", "fp16", {}), ("onnx", "int8", {}),
+                                                   ("coreml", "fp16", {}), ("tflite", "int8", {"input_size": "32x48"})])
+def test_verification_records_delta_and_tolerance(exported, target, precision, opts):
+    e = exported(target, precision, **opts)
+    v = e["verification"]
+    assert v["tolerance_db"] == TOLERANCE_DB[precision] == {"fp32": 1e-3, "fp16": 0.01, "int8": 0.3}[precision]
+    assert v["delta_psnr_y"] == pytest.approx(v["psnr_y"] - v["torch_psnr_y"], abs=1e-4)
+    assert abs(v["delta_psnr_y"]) <= v["tolerance_db"] and v["verified"] and e["verified"]
+    assert v["psnr_vs_torch"] > 30 and v["max_abs_err"] < 0.5 and "reason" not in v
+
+
+def test_verify_needs_the_y_psnr_within_tolerance(student):
+    from sr_shrink.export.verify import verify
+
+    pairs = load_eval_set(2, max_images=2)
+
+    def exact(x):
+        with torch.no_grad():
+            return student(torch.from_numpy(x)).numpy()
+
+    def broken(x):  # a broken export: the residual over the nearest-neighbour anchor 20 % too strong, as a
+        y = exact(x)  # wrong activation scale would make it
+        anchor = x.repeat(2, axis=2).repeat(2, axis=3)
+        return anchor + 1.2 * (y - anchor)
+
+    good = verify(exact, student, pairs, 2, None, "int8", "test runtime")
+    assert good["verified"] and good["delta_psnr_y"] == 0 and good["tolerance_db"] == 0.3
+    bad = verify(broken, student, pairs, 2, None, "int8", "test runtime")
+    assert bad["psnr_vs_torch"] >= 30  # the old int8 rule (psnr_vs_torch >= 30 dB) let this through ...
+    assert bad["delta_psnr_y"] < -0.5  # ... with half a dB or more lost
+    assert not bad["verified"] and "outside the int8 tolerance" in bad["reason"]
+    shifted = verify(lambda x: exact(x) + 1 / 255, student, pairs, 2, None, "int8", "test runtime")
+    assert shifted["verified"] and shifted["delta_psnr_y"] < -0.01  # one 8-bit level of offset: within int8's
+    assert not verify(lambda x: exact(x) + 1 / 255, student, pairs, 2, None, "fp32", "t")["verified"]  # not fp32's
+
+
+def test_export_of_a_perturbed_model_is_not_verified(run, monkeypatch):
+    """A file that does not compute what the student computes (here: noise added to its last conv before
+    conversion) is exported, checked, and recorded as not verified, with the measured delta."""
+    import dataclasses
+
+    from sr_shrink.export import pipeline
+
+    fmt = pipeline.FORMATS["onnx"]
+
+    def perturbed_export(model, path, cfg, calib, meta):
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            model.tail.weight.add_(torch.randn(model.tail.weight.shape, generator=gen) * 0.05)
+        return fmt.export(model, path, cfg, calib, meta)
+
+    monkeypatch.setitem(pipeline.FORMATS, "onnx", dataclasses.replace(fmt, export=perturbed_export))
+    out = run / "ex_perturbed"
+    e = export_run(run, "onnx", stage=2, precision="int8", out=out, **FAST)[0]
+    v = e["verification"]
+    assert not e["verified"] and abs(v["delta_psnr_y"]) > v["tolerance_db"] == 0.3
+    assert "outside the int8 tolerance of 0.3 dB" in v["reason"]
+    on_disk = json.loads((out / "export.json").read_text())["exports"][0]
+    assert on_disk["verified"] is False and on_disk["verification"]["delta_psnr_y"] == v["delta_psnr_y"]
+    assert {"psnr_vs_torch", "max_abs_err", "tolerance_db"} <= on_disk["verification"].keys()
+
+
 # ---------------------------------------------------------------- graph checks
 
 
@@ -301,9 +353,9 @@ def test_check_graph_rejects_foreign_op(exported):
 
 
 def test_export_refuses_and_removes_a_graph_that_fails_checks(run, monkeypatch):
-    from sr_shrink.export import common
+    from sr_shrink.export import graph
 
-    monkeypatch.setitem(common.ALLOWED_OPS, "onnx", {"Conv", "Relu", "Add"})
+    monkeypatch.setitem(graph.ALLOWED_OPS, "onnx", {"Conv", "Relu", "Add"})
     with pytest.raises(SRShrinkError, match="DepthToSpace"):
         export_run(run, "onnx", stage=1, out=run / "ex_refused", **FAST)
     assert not (run / "ex_refused" / "stage_01_fp32.onnx").exists()

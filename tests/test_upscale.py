@@ -107,9 +107,11 @@ def test_large_image_through_the_cli_is_tiled_exactly(tiny_run, tmp_path):
     src = _image(tmp_path / "big.png", "RGB", size=(90, 75))
     assert _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "a", "--tile", "32").exit_code == 0
     assert _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "b", "--tile", "0").exit_code == 0
-    a = np.asarray(Image.open(tmp_path / "a" / "big_x2.png"))
-    b = np.asarray(Image.open(tmp_path / "b" / "big_x2.png"))
-    assert a.shape == (150, 180, 3) and np.array_equal(a, b)
+    a = np.asarray(Image.open(tmp_path / "a" / "big_x2.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "b" / "big_x2.png")).astype(int)
+    # exact up to float rounding (see test_tiled_equals_untiled_for_a_float_model): a value that lands within
+    # ~1e-7 of a .5 boundary may round to the neighbouring 8-bit level, so allow that, on a handful of values
+    assert a.shape == (150, 180, 3) and np.abs(a - b).max() <= 1 and (a != b).sum() <= 3
 
 
 @pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")

@@ -1,5 +1,5 @@
 """Random-weight checkpoints of model-zoo architectures, built with spandrel's own classes and saved in the
-layouts the projects publish (key names and wrapper dicts), for tests/test_zoo.py and bench/zoo_teachers.py.
+layouts the projects publish (key names and wrapper dicts), for tests/test_zoo.py and benchmarks/zoo_teachers.py.
 
 Each builder writes one file and returns a :class:`ZooCase`: the file, the reference network (its own
 ``forward`` is the ground truth), the scale and spandrel's architecture id.

@@ -1,6 +1,7 @@
 """``sr-shrink bench``: which stage to ship. Measures every stage x runtime x precision of a distill run.
 
-Modules: ``runtimes`` (torch / ONNX Runtime / LiteRT runners), ``artifacts`` (find or make exports),
+Modules: ``runtimes`` (which runtimes and precisions it compares; the runners are :mod:`sr_shrink.runtimes`),
+``artifacts`` (find or make exports),
 ``measure`` (latency rounds, memory, quality), ``pareto`` (front, knee, picks), ``machine`` (what it ran on),
 ``report`` (table, JSON, plot) and ``pipeline`` (``run_bench``, which ties them together).
 """

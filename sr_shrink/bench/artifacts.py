@@ -7,16 +7,15 @@ exported at that size into ``RUN_DIR/exports/bench_<h>x<w>/`` (the user's own ex
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SRShrinkError
-from .runtimes import open_runner
+from ..run import RunDir
+from ..runtimes import open_runner
+from .runtimes import SUFFIX, TARGETS
 
-TARGETS = {"onnxruntime": "onnx", "litert": "tflite"}
-SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
-Exporter = Callable[[Path, int, str, str, tuple[int, int]], Path]
+Exporter = Callable[[RunDir, int, str, str, tuple[int, int]], Path]
 
 
 def export_name(stage: int, runtime: str, precision: str) -> str:
@@ -24,23 +23,11 @@ def export_name(stage: int, runtime: str, precision: str) -> str:
     return f"stage_{stage:02d}_{precision}{SUFFIX[TARGETS[runtime]]}"
 
 
-def _listed(run_dir: Path, stage: int, runtime: str, precision: str) -> list[Path]:
-    """Return the paths ``export.json`` lists for this stage, target and precision (may be empty)."""
-    index = run_dir / "exports" / "export.json"
-    try:
-        data = json.loads(index.read_text())
-    except (OSError, ValueError):
-        return []
-    entries = data.get("exports", data.get("entries", [])) if isinstance(data, dict) else data
-    found = []
-    for e in entries if isinstance(entries, list) else []:
-        if not isinstance(e, dict) or e.get("target") != TARGETS[runtime] or e.get("precision") != precision:
-            continue
-        p = Path(e.get("path") or e.get("file") or "")
-        p = p if p.is_absolute() or p.exists() else run_dir / "exports" / p
-        if e.get("stage") == stage or ("stage" not in e and p.name == export_name(stage, runtime, precision)):
-            found.append(p)
-    return found
+def _listed(run: RunDir, stage: int, runtime: str, precision: str) -> list[Path]:
+    """Return the files RUN_DIR/exports/export.json lists for this stage, target and precision."""
+    return [p for e, p in run.index_paths()
+            if e.get("target") == TARGETS[runtime] and e.get("tag", e.get("precision")) == precision
+            and e.get("stage") == stage]
 
 
 def fits(path: Path, input_hw: tuple[int, int]) -> bool:
@@ -52,18 +39,18 @@ def fits(path: Path, input_hw: tuple[int, int]) -> bool:
     return runner.input_hw is None or tuple(runner.input_hw) == tuple(input_hw)
 
 
-def find_export(run_dir: Path, stage: int, runtime: str, precision: str, input_hw: tuple[int, int]) -> Path | None:
+def find_export(run: RunDir, stage: int, runtime: str, precision: str, input_hw: tuple[int, int]) -> Path | None:
     """Return an existing export for this row that fits ``input_hw``, or None."""
     name = export_name(stage, runtime, precision)
-    bench_dir = run_dir / "exports" / f"bench_{input_hw[0]}x{input_hw[1]}"
-    candidates = _listed(run_dir, stage, runtime, precision) + [run_dir / "exports" / name, bench_dir / name]
+    bench_dir = run.exports_dir / f"bench_{input_hw[0]}x{input_hw[1]}"
+    candidates = _listed(run, stage, runtime, precision) + [run.exports_dir / name, bench_dir / name]
     for p in dict.fromkeys(candidates):
         if p.is_file() and fits(p, input_hw):
             return p
     return None
 
 
-def export_with_api(run_dir: Path, stage: int, runtime: str, precision: str, input_hw: tuple[int, int]) -> Path:
+def export_with_api(run: RunDir, stage: int, runtime: str, precision: str, input_hw: tuple[int, int]) -> Path:
     """Export one stage with ``sr_shrink.export.export_run`` and return the written file's path."""
     try:
         from ..export import export_run
@@ -71,25 +58,24 @@ def export_with_api(run_dir: Path, stage: int, runtime: str, precision: str, inp
         raise SRShrinkError("sr_shrink.export is not available in this install; cannot export models to "
                             "benchmark.") from None
     target = TARGETS[runtime]
-    out = run_dir / "exports"
+    out = run.exports_dir
     if (out / export_name(stage, runtime, precision)).exists():
         out = out / f"bench_{input_hw[0]}x{input_hw[1]}"  # keep the user's export of another size
     opts = {"verify": False}  # bench scores every row itself
     if target == "tflite":
         opts["input_size"] = tuple(input_hw)
-    entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, **opts)
+    entries = export_run(run, target, stage=stage, precision=precision, out=out, **opts)
     for e in entries:
-        p = Path(e.get("path") or e.get("file") or "")
-        p = p if p.is_absolute() or p.exists() else out / p
+        p = Path(e["path"])
         if p.suffix == SUFFIX[target] and p.is_file():
             return p
     raise SRShrinkError(f"exporting stage {stage} to {target} {precision} wrote no {SUFFIX[target]} file.")
 
 
-def ensure_export(run_dir: Path, stage: int, runtime: str, precision: str, input_hw: tuple[int, int],
+def ensure_export(run: RunDir, stage: int, runtime: str, precision: str, input_hw: tuple[int, int],
                   exporter: Exporter | None = None) -> tuple[Path, bool]:
     """Return (path of a model file for this row, whether it was exported now)."""
-    found = find_export(run_dir, stage, runtime, precision, input_hw)
+    found = find_export(run, stage, runtime, precision, input_hw)
     if found is not None:
         return found, False
-    return (exporter or export_with_api)(run_dir, stage, runtime, precision, input_hw), True
+    return (exporter or export_with_api)(run, stage, runtime, precision, input_hw), True

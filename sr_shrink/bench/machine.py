@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .runtimes import runtime_version
+from ..runtimes import runtime_version
 
 
 def cpu_model() -> str:

@@ -24,12 +24,13 @@ import torch
 
 from ..data import EvalPair
 from ..evaluate import evaluate_fn
+from ..runtimes import Runner
 from ..tiling import tiled_apply
-from .runtimes import Runner
 
 DEFINITIONS = {
     "latency_ms_*": "wall time of one call (numpy in, numpy out, host<->device copies included) on the same "
-                    "input, after warm-up, rows interleaved in rotating rounds; spread = (p90 - p10) / median",
+                    "input, after warm-up, rows interleaved in rotating rounds; spread = (p90 - p10) / median; "
+                    "latency_ms_samples lists every timed call",
     "peak_rss_mib": "growth of the process's peak resident memory (Linux VmHWM, reset before) while the runtime "
                     "loads the model and runs its first inference; null where not measurable",
     "psnr_y/ssim_y": "Y channel (BT.601), border of `scale` pixels cropped, outputs rounded to 8 bits, mean over "

@@ -1,13 +1,13 @@
 """``run_bench``: measure every stage x runtime x precision of a distill run and recommend one to ship.
 
-Order of work: read run.json, settle the runtimes, score bicubic and the teacher on the eval images, open
-one runner per row (exporting models that are not in RUN_DIR/exports yet) while measuring its peak memory,
-score every row's quality, time all rows together in interleaved rounds, then pick.
+Order of work: open the run (:class:`~sr_shrink.run.RunDir`, which must hold run.json), settle the runtimes,
+score bicubic and the teacher on the eval images, open one runner per row (:mod:`sr_shrink.runtimes`;
+exporting models that are not in RUN_DIR/exports yet) while measuring its peak memory, score every row's
+quality, time all rows together in interleaved rounds, then pick.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,22 +20,15 @@ from ..data import EvalPair, load_eval_set
 from ..errors import SRShrinkError
 from ..evaluate import evaluate_bicubic, evaluate_model
 from ..models.student import load_student
+from ..run import RunDir
+from ..runtimes import Runner, TorchRunner, open_runner
 from ..teachers import count_macs, load_teacher, sha256_file
 from .artifacts import Exporter, ensure_export
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved
 from .pareto import pick
 from .report import row_order
-from .runtimes import (
-    PRECISIONS,
-    RUNTIMES,
-    Runner,
-    TorchRunner,
-    missing_runtime_message,
-    open_runner,
-    require_runtime,
-    runtime_available,
-)
+from .runtimes import PRECISIONS, settle_runtimes
 
 Log = Callable[[str], None]
 
@@ -96,43 +89,10 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_run(run_dir: Path) -> dict:
-    """Return run.json of a distill run directory, checked for the keys bench needs."""
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise SRShrinkError(f"{run_dir}: no run.json here; pass a folder written by `sr-shrink distill`.")
-    try:
-        run = json.loads(path.read_text())
-    except ValueError as exc:
-        raise SRShrinkError(f"{path}: not valid JSON ({exc}).") from None
-    if not isinstance(run, dict) or "scale" not in run or not run.get("stages"):
-        raise SRShrinkError(f"{path}: has no scale or no stages; is the distill run finished?")
-    return run
-
-
-def settle_runtimes(requested: tuple[str, ...] | None) -> tuple[list[str], list[str]]:
-    """Return (runtimes to bench, notes): torch always; missing packages noted, or an error if asked for."""
-    if requested:
-        for name in requested:
-            require_runtime(name)
-        return ["torch"] + [r for r in dict.fromkeys(requested) if r != "torch"], []
-    ok = [r for r in RUNTIMES if runtime_available(r)]
-    return ok, [f"skipped {r}: {missing_runtime_message(r)}" for r in RUNTIMES if r not in ok]
-
-
-def _teacher_path(run: dict, run_dir: Path) -> Path | None:
-    raw = (run.get("teacher") or {}).get("path")
-    if not raw:
-        return None
-    for p in (Path(raw), run_dir / raw):
-        if p.is_file():
-            return p
-    return None
-
-
-def teacher_score(run: dict, run_dir: Path, pairs: list[EvalPair], device: str, log: Log) -> tuple[dict, list]:
+def teacher_score(rd: RunDir, pairs: list[EvalPair], device: str, log: Log) -> tuple[dict, list]:
     """Return (teacher metrics dict with a ``source``, notes), measured here or taken from run.json."""
-    path = _teacher_path(run, run_dir)
+    run = rd.run
+    path = rd.teacher_path()
     stored = run.get("teacher_psnr_y")
     fallback = {"psnr_y": stored, "ssim_y": run.get("teacher_ssim_y"), "source": "run.json"}
     if path is None:
@@ -145,11 +105,11 @@ def teacher_score(run: dict, run_dir: Path, pairs: list[EvalPair], device: str, 
     if want and want != sha256_file(path):
         notes.append(f"teacher {path} differs from the one distilled from (sha256 mismatch).")
     try:
-        teacher = load_teacher(path, scale=int(run["scale"]), device=device)
+        teacher = load_teacher(path, scale=rd.scale, device=device)
     except SRShrinkError as exc:
         return fallback, notes + [f"teacher not loadable ({exc}); teacher PSNR taken from run.json."]
     log(f"scoring the teacher {path.name}")
-    scores = evaluate_model(teacher, pairs, int(run["scale"]))
+    scores = evaluate_model(teacher, pairs, rd.scale)
     return {"psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"], "source": str(path)}, notes
 
 
@@ -163,48 +123,47 @@ def _torch_row(ckpt: Path, cfg: BenchConfig, threads: int, x) -> Row:
     return Row(meta, runner, radius=2 * model.n_blocks + 2, extra={"model": model})
 
 
-def _export_row(run_dir: Path, stage: int, runtime: str, precision: str, cfg: BenchConfig, threads: int, x,
+def _export_row(run: RunDir, stage: int, runtime: str, precision: str, cfg: BenchConfig, threads: int, x,
                 exporter: Exporter | None) -> tuple[dict, Runner]:
-    path, made = ensure_export(run_dir, stage, runtime, precision, cfg.input_size, exporter)
+    path, made = ensure_export(run, stage, runtime, precision, cfg.input_size, exporter)
     with PeakMemory() as mem:
         runner = open_runner(path, threads, cfg.device)
         if runner.input_hw is not None and tuple(runner.input_hw) != tuple(cfg.input_size):
             raise SRShrinkError(f"{path} takes {runner.input_hw} inputs, not {cfg.input_size}.")
         runner(x)
     runner.precision = precision
-    meta = {"size_bytes": path.stat().st_size, "path": str(path), "exported_now": made, "peak_rss_mib": mem.mib}
+    meta = {"size_bytes": path.stat().st_size, "path": str(path), "exported_now": made, "peak_rss_mib": mem.mib,
+            "layout": runner.layout, "io_dtype": runner.io_dtype}
     return meta, runner
 
 
-def open_rows(run: dict, run_dir: Path, cfg: BenchConfig, runtimes: list[str], threads: int, x,
-              exporter: Exporter | None, log: Log) -> tuple[list[Row], list[str]]:
+def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, x, exporter: Exporter | None,
+              log: Log) -> tuple[list[Row], list[str]]:
     """Return (one Row per stage x runtime x precision that could be opened, notes on the ones skipped)."""
-    rows, notes = [], []
-    for st in sorted(run["stages"], key=lambda s: s["stage"]):
-        if cfg.stages and st["stage"] not in cfg.stages:
+    rows = []
+    notes = [f"skipped stage {n}: run.json records it but stage_{n:02d}.pt is missing." for n in run.missing_stages()
+             if not cfg.stages or n in cfg.stages]
+    for stage, ckpt in run.stages.items():
+        if cfg.stages and stage not in cfg.stages:
             continue
-        ckpt = run_dir / st.get("checkpoint", f"stage_{st['stage']:02d}.pt")
-        if not ckpt.is_file():
-            notes.append(f"skipped stage {st['stage']}: {ckpt.name} is missing.")
-            continue
-        log(f"stage {st['stage']}: torch")
+        log(f"stage {stage}: torch")
         base = _torch_row(ckpt, cfg, threads, x)
-        base.meta.update(stage=st["stage"], runtime="torch", precision="fp32", device=base.runner.device,
+        base.meta.update(stage=stage, runtime="torch", precision="fp32", device=base.runner.device,
                          macs=count_macs(base.extra["model"], tuple(cfg.input_size)))
         rows.append(base)
         for runtime in runtimes[1:]:
             for precision in cfg.precisions:
-                log(f"stage {st['stage']}: {runtime} {precision}")
+                log(f"stage {stage}: {runtime} {precision}")
                 try:
-                    meta, runner = _export_row(run_dir, st["stage"], runtime, precision, cfg, threads, x, exporter)
+                    meta, runner = _export_row(run, stage, runtime, precision, cfg, threads, x, exporter)
                 except Exception as exc:  # noqa: BLE001 - one failed export/runtime must not sink the whole benchmark
-                    notes.append(f"skipped stage {st['stage']} {runtime} {precision}: {_short(exc)}")
+                    notes.append(f"skipped stage {stage} {runtime} {precision}: {_short(exc)}")
                     continue
                 meta = {**{k: base.meta[k] for k in ("stage", "n_blocks", "params", "macs")}, **meta,
                         "runtime": runtime, "precision": precision, "device": runner.device}
                 rows.append(Row(meta, runner, base.radius))
     if not rows:
-        raise SRShrinkError(f"{run_dir}: no stage checkpoint could be benchmarked; {' '.join(notes)}")
+        raise SRShrinkError(f"{run.root}: no stage checkpoint could be benchmarked; {' '.join(notes)}")
     return rows, notes
 
 
@@ -218,39 +177,46 @@ ROW_KEYS = ("stage", "n_blocks", "runtime", "precision", "params", "macs", "size
 
 
 def finish_row(row: Row, times: list[float], scores: dict, teacher: dict, bicubic: dict, threads: int) -> dict:
-    """Return the JSON row: the required keys first, then latency spread, memory, file and device extras."""
+    """Return the JSON row: the required keys first, then latency spread and samples (ms, in the order timed),
+    memory, file and device extras."""
     stats = latency_stats(times)
     t_psnr = teacher.get("psnr_y")
-    out = {**row.meta, **stats, "psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"],
+    out = {**row.meta, **stats, "latency_ms_samples": [round(t * 1000, 4) for t in times],
+           "psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"],
            "delta_teacher_db": round(scores["psnr_y"] - t_psnr, 4) if t_psnr is not None else None,
            "delta_bicubic_db": round(scores["psnr_y"] - bicubic["psnr_y"], 4), "threads": threads}
     return {**{k: out.get(k) for k in ROW_KEYS}, **{k: v for k, v in out.items() if k not in ROW_KEYS}}
 
 
-def run_bench(run_dir: str | Path, config: BenchConfig | None = None, exporter: Exporter | None = None,
+def run_bench(run_dir: str | Path | RunDir, config: BenchConfig | None = None, exporter: Exporter | None = None,
               log: Log | None = None) -> dict:
-    """Benchmark a distill run; return ``{"rows", "recommended", "machine", "teacher", "bicubic", "notes"}``.
+    """Benchmark a distill run (a folder or an open RunDir).
+
+    Returns ``{"rows", "recommended", "machine", "teacher", "bicubic", "notes", ...}``.
 
     ``recommended`` is the picked row plus ``reason``; when no row meets --budget-ms/--min-psnr it is None
     and ``pick_error`` holds the message (so the measurements can still be saved before failing).
     """
     torch_threads = torch.get_num_threads()
     try:
-        return _run_bench(Path(run_dir), (config or BenchConfig()).validate(), exporter, log or (lambda _m: None))
+        cfg = (config or BenchConfig()).validate()
+        return _run_bench(RunDir.open(run_dir), cfg, exporter, log or (lambda _m: None))
     finally:
         torch.set_num_threads(torch_threads)
 
 
-def _run_bench(run_dir: Path, cfg: BenchConfig, exporter: Exporter | None, log: Log) -> dict:
-    run = load_run(run_dir)
-    scale = int(run["scale"])
+def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Log) -> dict:
+    run.require_run("scale")
+    scale = run.scale
+    if scale is None:
+        raise SRShrinkError(f"{run.root / 'run.json'}: scale {run.run.get('scale')!r} is not a number.")
     runtimes, notes = settle_runtimes(cfg.runtimes)
     threads = cfg.threads or torch.get_num_threads()
     pairs = load_eval_set(scale, cfg.eval_dir, cfg.max_images)
     bicubic = evaluate_bicubic(pairs, scale)
-    teacher, t_notes = teacher_score(run, run_dir, pairs, cfg.device, log)
+    teacher, t_notes = teacher_score(run, pairs, cfg.device, log)
     x = bench_input(cfg.input_size)
-    rows, r_notes = open_rows(run, run_dir, cfg, runtimes, threads, x, exporter, log)
+    rows, r_notes = open_rows(run, cfg, runtimes, threads, x, exporter, log)
     log(f"scoring {len(rows)} rows on {len(pairs)} images")
     scores = [quality(r.runner, pairs, scale, overlap=r.radius) for r in rows]
     log(f"timing {len(rows)} rows: {cfg.warmup} warm-up + {cfg.repeats} timed calls each, interleaved")

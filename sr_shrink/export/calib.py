@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from ..data import EVAL_DIR, list_images, make_lr, mod_crop, read_image
 from ..errors import SRShrinkError
-from .common import CALIB_CROP, RunInfo
+from ..run import RunDir
+from .options import CALIB_CROP
 
 
 @dataclass
@@ -39,18 +40,18 @@ class CalibSource:
         return d
 
 
-def calib_source(info: RunInfo, choice: str | Path | None) -> CalibSource:
+def calib_source(run: RunDir, choice: str | Path | None) -> CalibSource:
     """Return the calibration source ``choice`` names ("generator", a folder, or ``None`` for the default:
     generator.pt when the run has one, else the bundled eval images)."""
     if choice is None:
-        if info.generator is not None:
-            return CalibSource("generator", info.generator, "default: the run's generator.pt")
+        if run.generator is not None:
+            return CalibSource("generator", run.generator, "default: the run's generator.pt")
         return CalibSource("images", EVAL_DIR, "default: the run has no generator.pt")
     if str(choice) == "generator":
-        if info.generator is None:
-            raise SRShrinkError(f"{info.root}: --calib generator needs RUN_DIR/generator.pt, which this run lacks; "
+        if run.generator is None:
+            raise SRShrinkError(f"{run.root}: --calib generator needs RUN_DIR/generator.pt, which this run lacks; "
                                 "pass --calib DIR with a folder of photos instead.")
-        return CalibSource("generator", info.generator)
+        return CalibSource("generator", run.generator)
     folder = Path(choice)
     list_images(folder)  # a clear error for a missing or empty folder
     return CalibSource("images", folder)

@@ -4,7 +4,7 @@ Input ``lr`` (1,3,H,W) float32 with H and W free in [8, 2048] (``ct.RangeDim``) 
 output ``sr``. fp16 (the default) computes in float16, fp32 in float32; ``int8`` stores int8 weights
 (linear symmetric, per channel; fp16 compute); ``palettize`` stores 4/6/8-bit palettes (k-means when
 scikit-learn is installed, else uniform). Core ML cannot run on Linux, so verification reads the program
-back and evaluates it in numpy (:mod:`sr_shrink.export.mil_eval`).
+back and evaluates it in numpy (:mod:`sr_shrink.mil_eval`, run by :class:`sr_shrink.runtimes.MILRunner`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import ExportConfig, GraphInfo, quiet, require
-from .mil_eval import load_program, program_ops, program_ranks, run_program
+from ..deps import quiet, require
+from ..mil_eval import load_program, program_ops, program_ranks
+from .graph import GraphInfo
+from .options import ExportConfig
 from .wrapper import MobileSR, example_input
 
 RANGE = (8, 2048)
@@ -155,16 +157,3 @@ def check_coreml_io(path: Path, cfg: ExportConfig) -> None:
             raise ValueError(f"input size ranges {ranges}, expected {list(RANGE)}")
     elif [lr["shape"][a] for a in hw_axes] != list(cfg.input_size):
         raise ValueError(f"input shape {lr['shape']} does not match {cfg.input_size}")
-
-
-def coreml_runner(path: Path, layout: str):
-    """Return a function float32 NCHW -> float32 NCHW evaluating the package's program in numpy."""
-    prog = load_program(path)
-    in_dtype = np.float16 if coreml_io(path)[0][0]["dtype"] == "float16" else np.float32
-
-    def run(x: np.ndarray) -> np.ndarray:
-        feed = x.transpose(0, 2, 3, 1) if layout == "nhwc" else x
-        y = run_program(prog, {"lr": feed.astype(in_dtype)})["sr"].astype(np.float32)
-        return y.transpose(0, 3, 1, 2) if layout == "nhwc" else y
-
-    return run

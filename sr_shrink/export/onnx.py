@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import ExportConfig, GraphInfo, quiet, require
+from ..deps import quiet, require
+from .graph import GraphInfo
+from .options import ExportConfig
 from .wrapper import MobileSR, example_input
 
 OPSET = 18
@@ -161,30 +163,3 @@ def _io(v) -> dict:
     t = v.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
     return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
-
-
-def onnx_runner(path: Path, threads: int = 1):
-    """Return a function float32 NCHW -> float32 NCHW running ``path`` in onnxruntime (CPU)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-    layout = sess.get_modelmeta().custom_metadata_map.get("layout")
-    nhwc = layout == "nhwc" if layout else (inp.shape[-1] == 3 and inp.shape[1] != 3)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        feed = x.transpose(0, 2, 3, 1) if nhwc else x
-        y = sess.run(None, {inp.name: np.ascontiguousarray(feed, dtype=dtype)})[0].astype(np.float32)
-        return y.transpose(0, 3, 1, 2) if nhwc else y
-
-    return run
-
-
-def onnxruntime_version() -> str:
-    """Return ``onnxruntime <version>``."""
-    import onnxruntime as ort
-
-    return f"onnxruntime {ort.__version__}"

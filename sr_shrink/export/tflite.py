@@ -4,17 +4,21 @@ fp32 converts the wrapper directly; fp16 then stores the weights as float16 (ai-
 ``float_casting``: fp16 constants + DEQUANTIZE, computed in float32 or fp16 by the delegate); int8 is
 full-integer PT2E quantisation (litert-torch's PT2EQuantizer: int8 activations per tensor, int8 weights per
 channel) calibrated at the export size. litert-torch makes int8 graphs with int8 I/O; unless ``native_io``,
-a QUANTIZE/DEQUANTIZE pair is added around them so the file takes and returns float32.
+a QUANTIZE/DEQUANTIZE pair is added around them so the file takes and returns float32. The run facts
+(scale, stage, precision, layout, ...) are stored as JSON in the file's ``sr_shrink`` metadata entry.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .common import ExportConfig, GraphInfo, quiet, require
+from ..deps import quiet, require
+from .graph import GraphInfo
+from .options import ExportConfig
 from .wrapper import MobileSR, example_input
 
 
@@ -38,6 +42,7 @@ def export_tflite(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[to
         _convert(model, x, path)
     if cfg.precision == "fp16":
         extra["quantization"] = _weights_to_fp16(path)
+    set_metadata(path, meta)
     return extra
 
 
@@ -150,6 +155,23 @@ def add_float_io(path: Path) -> None:
     fbu.write_model(model, str(path))
 
 
+def set_metadata(path: Path, meta: dict) -> None:
+    """Store ``meta`` as JSON in the file's ``sr_shrink`` metadata entry (replacing an older one); read back by
+    :func:`sr_shrink.runtimes.tflite_metadata` (the runner takes the I/O ``layout`` from it)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model(str(path))
+    model.metadata = [m for m in (model.metadata or []) if _name(m) != "sr_shrink"]
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = "sr_shrink", len(model.buffers) - 1
+    model.metadata.append(entry)
+    fbu.write_model(model, str(path))
+
+
 def tflite_graph(path: Path) -> GraphInfo:
     """Return the ops (read from the flatbuffer, not the delegated runtime graph), ranks and I/O of ``path``."""
     from ai_edge_litert import schema_py_generated as schema
@@ -175,45 +197,3 @@ def tflite_graph(path: Path) -> GraphInfo:
 
 def _name(t) -> str:
     return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-
-
-def tflite_runner(path: Path, threads: int = 1):
-    """Return a function float32 NCHW -> float32 NCHW running ``path`` with LiteRT (XNNPACK)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    with quiet():
-        interp = Interpreter(model_path=str(path), num_threads=threads)
-        interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    nhwc = int(inp["shape"][-1]) == 3 and int(inp["shape"][1]) != 3
-
-    def run(x: np.ndarray) -> np.ndarray:
-        interp.set_tensor(inp["index"], _to_tensor(x.transpose(0, 2, 3, 1) if nhwc else x, inp))
-        interp.invoke()
-        y = _from_tensor(interp.get_tensor(out["index"]), out)
-        return y.transpose(0, 3, 1, 2) if nhwc else y
-
-    return run
-
-
-def _to_tensor(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = detail["dtype"]
-    if np.issubdtype(dtype, np.integer):
-        scale, zero = detail["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-    return np.ascontiguousarray(x, dtype=dtype)
-
-
-def _from_tensor(y: np.ndarray, detail: dict) -> np.ndarray:
-    if np.issubdtype(y.dtype, np.integer):
-        scale, zero = detail["quantization"]
-        return (y.astype(np.float32) - zero) * scale
-    return y.astype(np.float32)
-
-
-def litert_version() -> str:
-    """Return ``ai-edge-litert <version>`` (the runtime used for verification)."""
-    from importlib.metadata import version
-
-    return f"ai-edge-litert {version('ai-edge-litert')} (XNNPACK)"

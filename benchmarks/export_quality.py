@@ -7,7 +7,7 @@ entries ``sr_shrink.export.export_run`` writes (verification on the bundled eval
 ONNX/Core ML, 256x256 padded crops for TFLite). Also: the int8 ONNX ablation (float tail on/off), the
 calibration source (photos vs the run's generator.pt when there is one) and TFLite pixel-shuffle timings.
 
-    OMP_NUM_THREADS=1 python bench/export_quality.py --out /tmp/export_quality --steps 300 --train data/train
+    OMP_NUM_THREADS=1 python benchmarks/export_quality.py --out /tmp/export_quality --steps 300 --train data/train
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Variants run one after another in one process, each for the same number of stude
 teacher, and are then repeated in a second round (interleaved) so drift on a shared machine does not favour
 one. Prints a markdown table with the ratio of each variant to the straightforward loop (reuse 1).
 
-    python bench/distill_throughput.py --teacher sr_shrink/assets/teacher_x2.pt --steps 200 --threads 2
+    python benchmarks/distill_throughput.py --teacher sr_shrink/assets/teacher_x2.pt --steps 200 --threads 2
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
    eval split (in PyTorch: the export is checked to match), params and MACs at the input size.
 5. Prints a markdown table (Pareto front over all rows) and writes ``OUT/classic_baselines.json``.
 
-    OMP_NUM_THREADS=1 python bench/classic_baselines.py --data data/train \
+    OMP_NUM_THREADS=1 python benchmarks/classic_baselines.py --data data/train \
         --run runs/ablation/datafree__default__s0 --steps 1000 --out runs/classic
 """
 
@@ -34,13 +34,13 @@ sys.path.insert(0, str(REPO))
 from sr_shrink.bench.machine import machine_info  # noqa: E402
 from sr_shrink.bench.measure import bench_input, latency_stats, time_interleaved  # noqa: E402
 from sr_shrink.bench.pareto import pareto_front  # noqa: E402
-from sr_shrink.bench.runtimes import OrtRunner  # noqa: E402
 from sr_shrink.data import load_eval_set  # noqa: E402
 from sr_shrink.distill.sources import RealPatches  # noqa: E402
 from sr_shrink.evaluate import evaluate_bicubic, evaluate_model  # noqa: E402
 from sr_shrink.models.classic import ESPCN, FSRCNN  # noqa: E402
 from sr_shrink.models.registry import save_model_checkpoint  # noqa: E402
 from sr_shrink.models.student import load_student  # noqa: E402
+from sr_shrink.runtimes import OrtRunner  # noqa: E402
 from sr_shrink.teachers import count_macs  # noqa: E402
 
 LABELS = {"fsrcnn": "FSRCNN (d56 s12 m4)", "espcn": "ESPCN (64-32)"}

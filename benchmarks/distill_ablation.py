@@ -3,8 +3,8 @@
 Each variant is one ``sr-shrink distill`` configuration run with the same student-step budget; the script
 prints a markdown table (mean, spread over seeds, per-stage means) and writes JSON next to the runs.
 
-    python bench/distill_ablation.py --data data/train --seeds 0 1 2 --steps 250 --out runs/ablation
-    python bench/distill_ablation.py --data data/train --seeds 0 1 2 --steps 250 --out runs/levers \
+    python benchmarks/distill_ablation.py --data data/train --seeds 0 1 2 --steps 250 --out runs/ablation
+    python benchmarks/distill_ablation.py --data data/train --seeds 0 1 2 --steps 250 --out runs/levers \
         --variants "datafree g=latent" "datafree mix 0.25" ...
 """
 

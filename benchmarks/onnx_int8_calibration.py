@@ -1,6 +1,6 @@
 """Compare ONNX Runtime int8 activation-range methods on one exported student (Y-PSNR delta vs fp32).
 
-    python bench/onnx_int8_calibration.py --onnx runs/export_quality/exports/stage_04_fp32.onnx --calib data/train
+    python benchmarks/onnx_int8_calibration.py --onnx runs/export_quality/exports/stage_04_fp32.onnx --calib data/train
 """
 
 from __future__ import annotations

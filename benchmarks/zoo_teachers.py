@@ -8,7 +8,7 @@ RRDBNet x4 (RealESRGAN_x4plus's size) costs for ``sr-shrink info``.
    ``python -m sr_shrink.cli info FILE`` in a fresh process: wall seconds and the child's peak RSS. Also
    times ``load_teacher`` and ``count_macs`` in this process.
 
-    OMP_NUM_THREADS=2 python bench/zoo_teachers.py --repeats 3
+    OMP_NUM_THREADS=2 python benchmarks/zoo_teachers.py --repeats 3
 """
 
 from __future__ import annotations

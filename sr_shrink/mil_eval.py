@@ -4,18 +4,21 @@ The program is read back from the saved package with coremltools' MIL proto load
 computed here in numpy, in float32, and rounded to the op's declared output dtype (fp16 programs therefore
 round after every op, as Core ML's fp16 compute does). Compressed weights are decoded here too: affine int8
 (``constexpr_affine_dequantize``) and palettes (``constexpr_lut_to_dense``, iOS16 packed-index form).
-An op this evaluator does not know raises :class:`UnsupportedOp` rather than guessing.
+An op this evaluator does not know raises :class:`UnsupportedOp` rather than guessing. Exported packages
+are run through it by :class:`sr_shrink.runtimes.MILRunner`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from .deps import quiet
 
 
 class UnsupportedOp(Exception):
@@ -24,26 +27,32 @@ class UnsupportedOp(Exception):
 
 @dataclass
 class MILProgram:
-    """The ``main`` function of a saved ML Program: its ops, input and output names."""
+    """The ``main`` function of a saved ML Program: its ops, input and output names, what each input
+    takes (numpy dtype, shape with ``None`` for a free dimension) and the package's user metadata."""
 
     ops: list[Any]
     inputs: list[str]
     outputs: list[str]
+    input_specs: dict[str, tuple[type, tuple[int | None, ...]]] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def load_program(path: str | Path) -> MILProgram:
     """Return the ``main`` function of the .mlpackage at ``path``, read without loading Core ML."""
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
-
-    from .common import quiet
+    from coremltools.converters.mil.mil import types
 
     with quiet():
         model = ct.models.MLModel(str(path), skip_model_load=True)
         spec = model.get_spec()
         prog = milproto_load(spec, spec.specificationVersion, model.weights_dir)
     fn = prog.functions["main"]
-    return MILProgram(list(fn.operations), list(fn.inputs), [v.name for v in fn.outputs])
+    specs = {name: (types.nptype_from_builtin(var.dtype),
+                    tuple(int(d) if isinstance(d, int) else None for d in var.shape))
+             for name, var in fn.inputs.items()}
+    return MILProgram(list(fn.operations), list(fn.inputs), [v.name for v in fn.outputs], specs,
+                      dict(spec.description.metadata.userDefined))
 
 
 def program_ops(prog: MILProgram) -> dict[str, int]:

@@ -1,0 +1,118 @@
+"""What ``sr-shrink export`` is asked to do: :class:`ExportConfig`, the targets, precisions and defaults."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SRShrinkError
+
+TARGETS = ("onnx", "coreml", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8")
+SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "tflite": ".tflite"}
+DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16", "tflite": "fp32"}
+DEFAULT_LAYOUT = {"onnx": "nchw", "coreml": "nchw", "tflite": "nhwc"}
+DEFAULT_SHUFFLE = {"onnx": "native", "coreml": "native", "tflite": "native"}
+TFLITE_DEFAULT_SIZE = (256, 256)
+PALETTE_BITS = (4, 6, 8)
+CALIB_CROP = 96  # LR crop side of calibration photos for exports with free input size
+CALIB_PIXELS = 128 * CALIB_CROP * CALIB_CROP
+
+
+@dataclass
+class ExportConfig:
+    """What to export and how; ``None`` fields take the target's default (see ``__post_init__``).
+
+    ``input_size`` (h, w) fixes the LR input size (TFLite always has one, 256x256 by default); ``calib`` is
+    ``"generator"``, a folder of images or ``None`` (generator.pt when the run has one, else the bundled eval
+    images); ``native_io`` gives the model I/O in its own precision (fp16 for ONNX/Core ML fp16, int8 for
+    TFLite int8) instead of float32; ``shuffle`` picks the wrapper's pixel-shuffle form ("native"/"convt");
+    ``eval_images`` caps the verification images (``None``: all).
+    """
+
+    target: str
+    precision: str | None = None
+    input_size: tuple[int, int] | str | None = None
+    layout: str | None = None
+    palettize: int | None = None
+    calib: str | None = None
+    calib_samples: int | None = None
+    seed: int = 0
+    eval_dir: str | Path | None = None
+    eval_images: int | None = None
+    native_io: bool = False
+    shuffle: str | None = None
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise SRShrinkError(f"unknown export target {self.target!r}; choose one of {', '.join(TARGETS)}.")
+        self.precision = self.precision or DEFAULT_PRECISION[self.target]
+        if self.precision not in PRECISIONS:
+            raise SRShrinkError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}.")
+        self.layout = _choice("layout", self.layout or DEFAULT_LAYOUT[self.target], ("nchw", "nhwc"))
+        self.shuffle = _choice("shuffle", self.shuffle or DEFAULT_SHUFFLE[self.target], ("native", "convt"))
+        self.input_size = parse_size(self.input_size)
+        if self.input_size is None and self.target == "tflite":
+            self.input_size = TFLITE_DEFAULT_SIZE
+        self._check_palettize()
+        if self.calib_samples is None:
+            self.calib_samples = auto_calib_samples(self.input_size)
+        if self.calib_samples < 1:
+            raise SRShrinkError(f"--calib-samples must be at least 1, not {self.calib_samples}.")
+
+    def _check_palettize(self) -> None:
+        if self.palettize is None:
+            return
+        self.palettize = int(self.palettize)
+        if self.target != "coreml":
+            raise SRShrinkError("--palettize applies to Core ML only; use --precision int8 for other targets.")
+        if self.palettize not in PALETTE_BITS:
+            raise SRShrinkError(f"--palettize must be 4, 6 or 8 bits, not {self.palettize}.")
+        if self.precision == "int8":
+            raise SRShrinkError("--palettize and --precision int8 both compress the weights; pick one.")
+
+    @property
+    def tag(self) -> str:
+        """Return the precision part of the file name: ``fp32``/``fp16``/``int8``, ``pal4`` etc."""
+        if self.palettize is None:
+            return self.precision
+        return f"pal{self.palettize}" if self.precision == "fp16" else f"{self.precision}_pal{self.palettize}"
+
+    @property
+    def dynamic(self) -> bool:
+        """Return True when the exported input height/width are left free."""
+        return self.input_size is None
+
+    def file_name(self, stage: int) -> str:
+        """Return ``stage_XX_<tag><suffix>`` for ``stage``."""
+        return f"stage_{stage:02d}_{self.tag}{SUFFIX[self.target]}"
+
+
+def auto_calib_samples(size: tuple[int, int] | None) -> int:
+    """Return the default number of calibration inputs: ~128 * 96 * 96 pixels in all, 8 to 128 inputs."""
+    if size is None:
+        return CALIB_PIXELS // (CALIB_CROP * CALIB_CROP)
+    return max(8, min(128, round(CALIB_PIXELS / (size[0] * size[1]))))
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise SRShrinkError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}.")
+    return value
+
+
+def parse_size(size: tuple[int, int] | list | str | None) -> tuple[int, int] | None:
+    """Return (h, w) from ``"HxW"`` (or a pair), ``None`` for ``None``; an error for anything else."""
+    if size is None:
+        return None
+    if isinstance(size, str):
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", size)
+        if not m:
+            raise SRShrinkError(f"--input-size {size!r}: expected HxW, e.g. 256x256.")
+        size = (int(m.group(1)), int(m.group(2)))
+    h, w = (int(v) for v in size)
+    if min(h, w) < 4 or max(h, w) > 8192:
+        raise SRShrinkError(f"--input-size {h}x{w}: height and width must be between 4 and 8192.")
+    return h, w

@@ -1,0 +1,223 @@
+"""The export pipeline: ``export_run`` and the steps every format shares.
+
+``export_run(run, target, stage, precision, out, **opts)`` exports stage(s) of a distill run (or one
+``stage_XX.pt``) to ``OUT/stage_XX_<tag>.<onnx|mlpackage|tflite>`` (default OUT: ``RUN_DIR/exports``) and
+merges one entry per file into ``OUT/export.json``. Every export goes through the same steps, one export
+function per format (``export_onnx``, ``export_coreml``, ``export_tflite``):
+
+1. wrap the student in :class:`~sr_shrink.export.wrapper.MobileSR` (conv anchor, rank-4 pixel shuffle);
+2. convert (int8: calibrated on generator samples or photos, see :mod:`~sr_shrink.export.calib`);
+3. read the written graph back: every tensor rank <= 4 and every op on the target's allow-list, or an error;
+4. open the file with its runner from :mod:`sr_shrink.runtimes` (onnxruntime, LiteRT, or the numpy MIL
+   evaluator for Core ML), the same runner bench and upscale use, and verify it on the eval images against
+   the PyTorch student (:mod:`~sr_shrink.export.verify`): verified when the Y-PSNR is within the precision's
+   tolerance of the student's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..data import load_eval_set
+from ..errors import SRShrinkError
+from ..mil_eval import UnsupportedOp
+from ..models.student import SRStudent, load_student
+from ..run import RunDir, now_iso
+from ..runtimes import open_runner, runtime_label
+from . import coreml as _coreml
+from . import onnx as _onnx
+from . import tflite as _tflite
+from .calib import calib_inputs, calib_source
+from .graph import GraphInfo, check_graph
+from .options import ExportConfig
+from .verify import not_verified, tolerance_key, verify
+from .wrapper import MobileSR, build_wrapper
+
+
+@dataclass(frozen=True)
+class Format:
+    """How one target is exported and read back, and which runtime of :mod:`sr_shrink.runtimes` runs it."""
+
+    require: Callable[[str], None]
+    export: Callable[[MobileSR, Path, ExportConfig, list | None, dict], dict]
+    graph: Callable[[Path], GraphInfo]
+    runtime: str
+    calibrated: Callable[[ExportConfig], bool]
+
+
+def _int8(cfg: ExportConfig) -> bool:
+    return cfg.precision == "int8"
+
+
+FORMATS = {
+    "onnx": Format(_onnx.require_onnx, _onnx.export_onnx, _onnx.onnx_graph, "onnxruntime", _int8),
+    "coreml": Format(_coreml.require_coreml, _coreml.export_coreml, _coreml.coreml_graph, "mil",
+                     lambda cfg: False),
+    "tflite": Format(_tflite.require_tflite, _tflite.export_tflite, _tflite.tflite_graph, "litert", _int8),
+}
+
+
+def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "all", precision: str | None = None,
+               out: str | Path | None = None, **opts) -> list[dict]:
+    """Export ``stage`` ("all", "last" or a number) of the run ``run_dir`` (a folder, a stage_XX.pt or an
+    open :class:`~sr_shrink.run.RunDir`) to ``target``.
+
+    ``precision`` is fp32, fp16 or int8 (default: fp16 for Core ML, fp32 otherwise); ``opts`` are the other
+    :class:`ExportConfig` fields (input_size, layout, palettize, calib, calib_samples, seed, eval_dir,
+    eval_images, native_io, shuffle, verify). Returns the export.json entries written, one per file, each
+    with an extra absolute ``path``. Raises :class:`SRShrinkError` with a one-line message on bad input.
+    """
+    cfg = _config(target, precision, opts)
+    run = RunDir.open(run_dir)
+    stages = run.select(stage)
+    FORMATS[cfg.target].require(cfg.precision)
+    out_dir = Path(out) if out is not None else run.exports_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = _Job(run, cfg, FORMATS[cfg.target])
+    entries = [_export_stage(job, s, out_dir) for s in stages]
+    run.update_index(entries, out_dir)
+    return entries
+
+
+def _config(target: str, precision: str | None, opts: dict) -> ExportConfig:
+    try:
+        return ExportConfig(target=target, precision=precision, **opts)
+    except TypeError as exc:
+        raise SRShrinkError(f"export option error: {exc}") from None
+
+
+@dataclass
+class _Job:
+    """One export_run call: the run, the options, the format, and inputs shared by its stages."""
+
+    run: RunDir
+    cfg: ExportConfig
+    fmt: Format
+    _pairs: dict = field(default_factory=dict)
+    _calib: dict = field(default_factory=dict)
+
+    def pairs(self, scale: int) -> list:
+        """Return the verification pairs for ``scale`` (loaded once)."""
+        if scale not in self._pairs:
+            self._pairs[scale] = load_eval_set(scale, self.cfg.eval_dir, self.cfg.eval_images)
+        return self._pairs[scale]
+
+    def calib(self, scale: int) -> tuple[list[torch.Tensor], dict]:
+        """Return (calibration inputs, their export.json record) for ``scale`` (made once)."""
+        if scale not in self._calib:
+            src = calib_source(self.run, self.cfg.calib)
+            inputs = calib_inputs(src, scale, self.cfg.calib_samples, self.cfg.input_size, self.cfg.seed)
+            rec = {**src.describe(), "samples": len(inputs), "seed": self.cfg.seed,
+                   "input_shape": list(inputs[0].shape[1:])}
+            self._calib[scale] = (inputs, rec)
+        return self._calib[scale]
+
+
+def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
+    cfg = job.cfg
+    student, _ = load_student(job.run.stages[stage])
+    path = out_dir / cfg.file_name(stage)
+    calib, calib_rec = job.calib(student.scale) if job.fmt.calibrated(cfg) else (None, None)
+    t0 = time.perf_counter()
+    try:
+        extra = job.fmt.export(build_wrapper(student, cfg.layout, cfg.shuffle), path, cfg, calib,
+                               _metadata(job.run, stage, student, cfg))
+    except SRShrinkError:
+        raise
+    except Exception as exc:
+        raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {_first_line(exc)}") from exc
+    seconds = time.perf_counter() - t0
+    graph = job.fmt.graph(path)
+    checks = _checked(cfg.target, graph, path)
+    entry = _entry(job, stage, student, path, graph, checks, extra, seconds)
+    if calib_rec:
+        entry["calibration"] = calib_rec
+    entry["verification"] = _verify(job, path, student) if cfg.verify else not_verified("skipped", "")
+    entry["verified"] = entry["verification"]["verified"]
+    return entry
+
+
+def _checked(target: str, graph: GraphInfo, path: Path) -> dict:
+    try:
+        return check_graph(target, graph)
+    except SRShrinkError as exc:
+        _remove(path)
+        raise SRShrinkError(f"{path.name}: {exc}") from None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def _verify(job: _Job, path: Path, student: SRStudent) -> dict:
+    cfg = job.cfg
+    runtime = runtime_label(job.fmt.runtime)
+    try:
+        if cfg.target == "coreml":
+            _coreml.check_coreml_io(path, cfg)
+        runner = open_runner(path, threads=torch.get_num_threads())
+        return verify(runner, student, job.pairs(student.scale), student.scale, cfg.input_size,
+                      tolerance_key(cfg.precision, cfg.palettize), runner.label)
+    except UnsupportedOp as exc:
+        return not_verified(str(exc), runtime)
+    except SRShrinkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the file is recorded, not hidden
+        return not_verified(f"{type(exc).__name__}: {_first_line(exc)}", runtime)
+
+
+def _metadata(run: RunDir, stage: int, student: SRStudent, cfg: ExportConfig) -> dict:
+    rec = run.stage_record(stage)
+    meta = {"producer": f"sr-shrink {__version__}", "scale": student.scale, "stage": stage,
+            "n_blocks": student.n_blocks, "channels": student.channels,
+            "params": sum(p.numel() for p in student.parameters()), "precision": cfg.tag, "layout": cfg.layout,
+            "value_range": "RGB in [0, 1]"}
+    for key in ("val_psnr_y", "val_ssim_y"):
+        if key in rec:
+            meta[key] = rec[key]
+    for key in ("teacher_psnr_y", "bicubic_psnr_y", "mode"):
+        if key in run.run:
+            meta[key] = run.run[key]
+    return meta
+
+
+def _shape_policy(cfg: ExportConfig) -> str:
+    if cfg.input_size:
+        return f"fixed {cfg.input_size[0]}x{cfg.input_size[1]} LR input, batch 1"
+    lo, hi = (_coreml.RANGE if cfg.target == "coreml" else (4, _onnx.MAX_SIDE))
+    return f"free LR height and width ({lo}..{hi}), batch 1"
+
+
+def _entry(job: _Job, stage: int, student: SRStudent, path: Path, graph: GraphInfo, checks: dict, extra: dict,
+           seconds: float) -> dict:
+    cfg = job.cfg
+    return {"file": path.name, "path": str(path.resolve()), "target": cfg.target, "precision": cfg.precision,
+            "tag": cfg.tag, "stage": stage, "scale": student.scale, "n_blocks": student.n_blocks,
+            "channels": student.channels, "params": sum(p.numel() for p in student.parameters()),
+            "checkpoint": job.run.stages[stage].name, "layout": cfg.layout, "shape_policy": _shape_policy(cfg),
+            "input_size": list(cfg.input_size) if cfg.input_size else None, "inputs": graph.inputs,
+            "outputs": graph.outputs, "io_dtype": graph.inputs[0]["dtype"] if graph.inputs else None,
+            "pixel_shuffle": cfg.shuffle, "size_bytes": path_size(path), "ops": graph.ops, "graph_checks": checks,
+            **extra, "export_seconds": round(seconds, 2), "created": now_iso(), "sr_shrink_version": __version__}
+
+
+def path_size(path: Path) -> int:
+    """Return the size in bytes of a file, or of all files under a folder (an .mlpackage)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
