@@ -267,7 +267,10 @@ def _note(msg: str) -> None:
 @click.option("--eval", "eval_dir", type=click.Path(file_okay=False), help="Folder of HR images [default: bundled].")
 @click.option("--max-images", type=POS, help="Score on the first N eval images only.")
 @click.option("--budget-ms", type=Finite(0, min_open=True), help="Pick the best Y-PSNR within this median latency.")
-@click.option("--min-psnr", type=Finite(0, 200), help="Pick the fastest row with at least this Y-PSNR.")
+@click.option("--min-psnr", type=Finite(0, 200), help="Pick the fastest row with at least this (metric) PSNR.")
+@click.option("--metric", type=click.Choice(["auto", "psnr", "fidelity"]), default="auto", show_default=True,
+              help="What the pick and the Pareto plot rank by: Y-PSNR to the ground truth, or fidelity to the "
+                   "teacher's output (auto: fidelity when the teacher is under 0.5 dB above bicubic).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.json]")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.png]")
 @click.option("--repeats", type=click.IntRange(1, 100000), default=20, show_default=True, help="Timed calls per row.")
@@ -276,7 +279,7 @@ def _note(msg: str) -> None:
 @click.option("--rounds", type=click.IntRange(1, 100000), default=5, show_default=True,
               help="Interleaved rounds the repeats are split in.")
 def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, max_images, budget_ms, min_psnr,
-          json_path, plot_path, repeats, warmup, rounds) -> None:
+          metric, json_path, plot_path, repeats, warmup, rounds) -> None:
     """Which stage to ship: latency, size, memory and Y-PSNR of every stage x runtime x precision."""
     from pathlib import Path
 
@@ -285,7 +288,8 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 
     cfg = BenchConfig(device=device, runtimes=_csv(runtimes), precisions=_csv(precisions) or (),
                       input_size=parse_size(input_size), threads=threads, eval_dir=eval_dir, max_images=max_images,
-                      budget_ms=budget_ms, min_psnr=min_psnr, repeats=repeats, warmup=warmup, rounds=rounds)
+                      budget_ms=budget_ms, min_psnr=min_psnr, repeats=repeats, warmup=warmup, rounds=rounds,
+                      metric=metric)
     result = run_bench(run_dir, cfg, log=_note)
     json_out = write_json(result, json_path or Path(run_dir) / "bench.json")
     png_out = plot(result, plot_path or Path(run_dir) / "bench.png")

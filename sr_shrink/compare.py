@@ -23,14 +23,14 @@ def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
                       log: Callable[[str], None] | None = None) -> SRFn | None:
     """Return the teacher for the third panel: ``teacher``, else the model's run's, else the bundled default
     when its scale matches; None (with a log line) when there is none."""
-    from .teachers import DEFAULT_TEACHER, load_teacher
+    from .teachers import load_teacher
 
     log = log or (lambda _m: None)
     if teacher is not None:
         net = load_teacher(teacher, scale=up.scale, device=device)
     else:
         run = RunDir.find(up.path)
-        path = (run.teacher_path() if run else None) or (DEFAULT_TEACHER if DEFAULT_TEACHER.is_file() else None)
+        path = (run.teacher_path() if run else None) or _bundled(up.scale)
         if path is None:
             log("no teacher found (pass --teacher); the comparison shows bicubic | student only.")
             return None
@@ -91,3 +91,13 @@ def compare_strip(lr: torch.Tensor, sr: torch.Tensor, scale: int, teacher: SRFn 
     for i, p in enumerate(panels):
         strip.paste(p, (i * (p.width + 4), 0))
     return strip
+
+
+def _bundled(scale: int) -> Path | None:
+    """Return the bundled teacher for ``scale``, or None when sr-shrink ships none."""
+    from .teachers import default_teacher
+
+    try:
+        return default_teacher(scale)
+    except SRShrinkError:
+        return None

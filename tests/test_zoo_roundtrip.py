@@ -7,7 +7,7 @@ import json
 
 from click.testing import CliRunner
 from conftest import make_tiny_eval
-from zoo_checkpoints import compact_x4
+from zoo_checkpoints import compact
 
 from sr_shrink.cli import main
 
@@ -19,7 +19,7 @@ def _ok(args: list[str]):
 
 
 def test_compact_x4_distill_export_int8_bench(tmp_path):
-    teacher = compact_x4(tmp_path).path
+    teacher = compact(tmp_path, scale=4).path
     eval_dir = make_tiny_eval(tmp_path / "eval", n=2, size=48)
     run = tmp_path / "run"
     _ok(["distill", str(teacher), "--out", str(run), "--stages", "1:2", "--steps-per-stage", "4", "--channels", "4",

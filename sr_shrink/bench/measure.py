@@ -35,6 +35,10 @@ DEFINITIONS = {
                     "loads the model and runs its first inference; null where not measurable",
     "psnr_y/ssim_y": "Y channel (BT.601), border of `scale` pixels cropped, outputs rounded to 8 bits, mean over "
                      "the eval images (static-size graphs run tiled, exactly)",
+    "fidelity_psnr_y/fidelity_ssim_y": "the same, against the teacher's 8-bit output on the eval LR images instead "
+                                       "of the ground truth (null when the teacher file is not at hand)",
+    "metric": "what the pick and the Pareto front use: psnr (psnr_y) or fidelity (fidelity_psnr_y); by default "
+              "fidelity when the teacher scores less than 0.5 dB above bicubic (a perceptual teacher)",
     "size_bytes": "size of the file the row runs (stage_XX.pt checkpoint for torch rows)",
     "macs": "multiply-accumulates of one forward pass at the bench input size",
 }

@@ -18,7 +18,7 @@ import torch
 
 from ..data import EvalPair, load_eval_set
 from ..errors import SRShrinkError
-from ..evaluate import evaluate_bicubic, evaluate_model
+from ..evaluate import evaluate_bicubic, fidelity, teacher_references
 from ..models.student import load_student
 from ..run import RunDir
 from ..runtimes import Runner, TorchRunner, open_runner
@@ -26,11 +26,14 @@ from ..teachers import count_macs, load_teacher, sha256_file
 from .artifacts import Exporter, ensure_export
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved
-from .pareto import pick
+from .pareto import PSNR, pick
 from .report import row_order
 from .runtimes import PRECISIONS, settle_runtimes
 
 Log = Callable[[str], None]
+METRICS = ("auto", "psnr", "fidelity")
+METRIC_KEYS = {"psnr": PSNR, "fidelity": "fidelity_psnr_y"}
+PERCEPTUAL_MARGIN_DB = 0.5  # a teacher less than this above bicubic is judged by fidelity, not by PSNR
 
 
 @dataclass
@@ -50,9 +53,12 @@ class BenchConfig:
     warmup: int = 3
     rounds: int = 5
     stages: tuple[int, ...] | None = None
+    metric: str = "auto"
 
     def validate(self) -> BenchConfig:
         """Return self after checking the values, raising SRShrinkError with a one-line fix otherwise."""
+        if self.metric not in METRICS:
+            raise SRShrinkError(f"unknown --metric {self.metric!r}; choose from {', '.join(METRICS)}.")
         if self.budget_ms is not None and self.min_psnr is not None:
             raise SRShrinkError("pass either --budget-ms or --min-psnr, not both.")
         bad = [p for p in self.precisions if p not in PRECISIONS]
@@ -89,8 +95,9 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def teacher_score(rd: RunDir, pairs: list[EvalPair], device: str, log: Log) -> tuple[dict, list]:
-    """Return (teacher metrics dict with a ``source``, notes), measured here or taken from run.json."""
+def teacher_score(rd: RunDir, pairs: list[EvalPair], device: str, log: Log) -> tuple[dict, list, list]:
+    """Return (teacher metrics dict with a ``source``, the fidelity reference pairs (empty when the teacher is
+    not at hand), notes); the metrics are measured here or, without the teacher file, taken from run.json."""
     run = rd.run
     path = rd.teacher_path()
     stored = run.get("teacher_psnr_y")
@@ -98,19 +105,40 @@ def teacher_score(rd: RunDir, pairs: list[EvalPair], device: str, log: Log) -> t
     if path is None:
         raw = (run.get("teacher") or {}).get("path")
         note = (f"teacher file {raw!r} not found; teacher PSNR {stored} dB taken from run.json "
-                "(measured by distill, possibly on other images).")
-        return fallback, [note]
+                "(measured by distill, possibly on other images); no fidelity to the teacher.")
+        return fallback, [], [note]
     notes = []
     want = (run.get("teacher") or {}).get("sha256")
     if want and want != sha256_file(path):
         notes.append(f"teacher {path} differs from the one distilled from (sha256 mismatch).")
+    t = run.get("teacher") or {}
     try:
-        teacher = load_teacher(path, scale=rd.scale, device=device)
+        teacher = load_teacher(path, scale=rd.scale, device=device, value_range=t.get("value_range"))
     except SRShrinkError as exc:
-        return fallback, notes + [f"teacher not loadable ({exc}); teacher PSNR taken from run.json."]
+        return fallback, [], notes + [f"teacher not loadable ({exc}); teacher PSNR taken from run.json."]
     log(f"scoring the teacher {path.name}")
-    scores = evaluate_model(teacher, pairs, rd.scale)
-    return {"psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"], "source": str(path)}, notes
+    scores, references = teacher_references(teacher, pairs, rd.scale)
+    return {"psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"], "source": str(path)}, references, notes
+
+
+def choose_metric(requested: str, teacher: dict, bicubic: dict, have_fidelity: bool) -> dict:
+    """Return ``{"name", "key", "reason"}``: the quality measure the pick and the Pareto front use."""
+    t, b = teacher.get("psnr_y"), bicubic.get("psnr_y")
+    margin = None if t is None else t - b
+    if requested == "fidelity" and not have_fidelity:
+        raise SRShrinkError("--metric fidelity needs the teacher file named in run.json, which is not at hand; "
+                            "put it back there or use --metric psnr.")
+    if requested != "auto":
+        return {"name": requested, "key": METRIC_KEYS[requested], "reason": f"--metric {requested}"}
+    if margin is not None and margin < PERCEPTUAL_MARGIN_DB and have_fidelity:
+        return {"name": "fidelity", "key": METRIC_KEYS["fidelity"],
+                "reason": f"the teacher scores {margin:+.2f} dB against bicubic on the eval images (under "
+                          f"+{PERCEPTUAL_MARGIN_DB} dB: a perceptual teacher), so students are ranked by fidelity "
+                          "to it"}
+    why = ("no teacher file for fidelity" if not have_fidelity else
+           f"the teacher scores {margin:+.2f} dB over bicubic (a fidelity-trained teacher)" if margin is not None
+           else "teacher PSNR unknown")
+    return {"name": "psnr", "key": PSNR, "reason": f"{why}, so students are ranked by Y-PSNR to the ground truth"}
 
 
 def _torch_row(ckpt: Path, cfg: BenchConfig, threads: int, x) -> Row:
@@ -173,16 +201,19 @@ def _short(exc: BaseException) -> str:
 
 
 ROW_KEYS = ("stage", "n_blocks", "runtime", "precision", "params", "macs", "size_bytes", "latency_ms_median",
-            "latency_ms_p90", "psnr_y", "ssim_y", "delta_teacher_db", "delta_bicubic_db")
+            "latency_ms_p90", "psnr_y", "ssim_y", "fidelity_psnr_y", "fidelity_ssim_y", "delta_teacher_db",
+            "delta_bicubic_db")
 
 
-def finish_row(row: Row, times: list[float], scores: dict, teacher: dict, bicubic: dict, threads: int) -> dict:
-    """Return the JSON row: the required keys first, then latency spread and samples (ms, in the order timed),
-    memory, file and device extras."""
+def finish_row(row: Row, times: list[float], scores: dict, teacher: dict, bicubic: dict, threads: int,
+               fid: dict | None = None) -> dict:
+    """Return the JSON row: the required keys first (``fidelity_*`` None without a teacher), then latency
+    spread and samples (ms, in the order timed), memory, file and device extras."""
     stats = latency_stats(times)
     t_psnr = teacher.get("psnr_y")
     out = {**row.meta, **stats, "latency_ms_samples": [round(t * 1000, 4) for t in times],
            "psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"],
+           **(fidelity(fid) if fid else {"fidelity_psnr_y": None, "fidelity_ssim_y": None}),
            "delta_teacher_db": round(scores["psnr_y"] - t_psnr, 4) if t_psnr is not None else None,
            "delta_bicubic_db": round(scores["psnr_y"] - bicubic["psnr_y"], 4), "threads": threads}
     return {**{k: out.get(k) for k in ROW_KEYS}, **{k: v for k, v in out.items() if k not in ROW_KEYS}}
@@ -214,22 +245,24 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
     threads = cfg.threads or torch.get_num_threads()
     pairs = load_eval_set(scale, cfg.eval_dir, cfg.max_images)
     bicubic = evaluate_bicubic(pairs, scale)
-    teacher, t_notes = teacher_score(run, pairs, cfg.device, log)
+    teacher, references, t_notes = teacher_score(run, pairs, cfg.device, log)
+    metric = choose_metric(cfg.metric, teacher, bicubic, bool(references))
     x = bench_input(cfg.input_size)
     rows, r_notes = open_rows(run, cfg, runtimes, threads, x, exporter, log)
-    log(f"scoring {len(rows)} rows on {len(pairs)} images")
+    log(f"scoring {len(rows)} rows on {len(pairs)} images" + (" (and against the teacher)" if references else ""))
     scores = [quality(r.runner, pairs, scale, overlap=r.radius) for r in rows]
+    fids = [quality(r.runner, references, scale, overlap=r.radius) if references else None for r in rows]
     log(f"timing {len(rows)} rows: {cfg.warmup} warm-up + {cfg.repeats} timed calls each, interleaved")
     times = time_interleaved({i: r.runner for i, r in enumerate(rows)}, x, cfg.repeats, cfg.warmup, cfg.rounds)
-    out_rows = [finish_row(r, times[i], scores[i], teacher, bicubic, threads) for i, r in enumerate(rows)]
+    out_rows = [finish_row(r, times[i], scores[i], teacher, bicubic, threads, fids[i]) for i, r in enumerate(rows)]
     out_rows.sort(key=row_order)
     result = {"rows": out_rows, "recommended": None, "machine": machine_info(threads, cfg.input_size, cfg.device),
               "teacher": teacher, "bicubic": {"psnr_y": bicubic["psnr_y"], "ssim_y": bicubic["ssim_y"]},
               "eval": {"folder": str(cfg.eval_dir or "bundled"), "images": len(pairs), "scale": scale},
               "settings": {**asdict(cfg), "threads": threads}, "notes": notes + t_notes + r_notes,
-              "definitions": DEFINITIONS}
+              "metric": metric, "definitions": DEFINITIONS}
     try:
-        result["recommended"] = pick(out_rows, cfg.budget_ms, cfg.min_psnr)
+        result["recommended"] = pick(out_rows, cfg.budget_ms, cfg.min_psnr, metric["key"])
     except SRShrinkError as exc:
         result["pick_error"] = str(exc)
     return result

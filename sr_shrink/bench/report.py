@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..io import atomic_write_json
-from .pareto import pareto_front
+from .pareto import PSNR, metric_label, pareto_front
 from .runtimes import PRECISIONS, RUNTIMES
 
 MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^"}
@@ -25,6 +25,11 @@ def row_order(row: dict) -> tuple:
     return row["stage"], rank.get(row["runtime"], 99), rank.get(row["precision"], 99)
 
 
+def metric_key(result: dict) -> str:
+    """Return the row key the pick and the front use in ``result`` (``psnr_y`` for results without a metric)."""
+    return (result.get("metric") or {}).get("key", PSNR)
+
+
 def _fmt(value, spec: str, none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
@@ -35,9 +40,9 @@ def bench_table(result: dict) -> Table:
     table = Table(title=f"sr-shrink bench: {m.get('input_size')} input, {m.get('threads')} threads, {m.get('cpu')}",
                   caption=_caption(result))
     for name in ("", "stage", "blocks", "runtime", "prec", "params", "GMAC", "KiB", "ms p50", "ms p90",
-                 "spread%", "MiB", "PSNR-Y", "SSIM-Y", "Δteacher", "Δbicubic"):
+                 "spread%", "MiB", "PSNR-Y", "SSIM-Y", "fid PSNR-Y", "Δteacher", "Δbicubic"):
         table.add_column(name, justify="left" if name in ("runtime", "prec", "") else "right")
-    front = {_key(r) for r in pareto_front(result["rows"])}
+    front = {_key(r) for r in pareto_front(result["rows"], metric_key(result))}
     pick = _key(result["recommended"]) if result.get("recommended") else None
     for r in sorted(result["rows"], key=row_order):
         mark = ("*" if _key(r) == pick else "") + ("+" if _key(r) in front else "")
@@ -45,7 +50,8 @@ def bench_table(result: dict) -> Table:
                       f"{r['macs'] / 1e9:.3f}", f"{r['size_bytes'] / 1024:.1f}", f"{r['latency_ms_median']:.3f}",
                       f"{r['latency_ms_p90']:.3f}", _fmt(r.get("latency_spread_pct"), ".1f"),
                       _fmt(r.get("peak_rss_mib"), ".1f"), f"{r['psnr_y']:.3f}", f"{r['ssim_y']:.4f}",
-                      _fmt(r.get("delta_teacher_db"), "+.3f"), f"{r['delta_bicubic_db']:+.3f}",
+                      _fmt(r.get("fidelity_psnr_y"), ".3f"), _fmt(r.get("delta_teacher_db"), "+.3f"),
+                      f"{r['delta_bicubic_db']:+.3f}",
                       style="bold green" if _key(r) == pick else None)
     return table
 
@@ -53,8 +59,11 @@ def bench_table(result: dict) -> Table:
 def _caption(result: dict) -> str:
     t, b = result.get("teacher", {}), result.get("bicubic", {})
     src = " (from run.json)" if t.get("source") == "run.json" else ""
-    return (f"teacher {_fmt(t.get('psnr_y'), '.3f')} dB{src}, bicubic {_fmt(b.get('psnr_y'), '.3f')} dB; "
-            "* recommended, + on the Pareto front; spread = (p90-p10)/median; MiB = peak RSS growth while "
+    metric = result.get("metric") or {}
+    ranked = f"ranked by {metric_label(metric_key(result))} ({metric['reason']}); " if metric else ""
+    return (f"teacher {_fmt(t.get('psnr_y'), '.3f')} dB{src}, bicubic {_fmt(b.get('psnr_y'), '.3f')} dB; {ranked}"
+            "* recommended, + on the Pareto front; fid = fidelity to the teacher; spread = (p90-p10)/median; "
+            "MiB = peak RSS growth while "
             "loading + first inference")
 
 
@@ -65,10 +74,14 @@ def print_report(result: dict, console: Console | None = None) -> None:
     for note in result.get("notes", []):
         console.print(f"note: {note}", markup=False, highlight=False)
     rec = result.get("recommended")
+    key = metric_key(result)
+    if result.get("metric"):
+        console.print(f"metric: {result['metric']['name']} ({result['metric']['reason']})", markup=False,
+                      highlight=False)
     if rec:
         console.print(f"recommended: stage {rec['stage']} ({rec['n_blocks']} blocks) {rec['runtime']} "
-                      f"{rec['precision']}: {rec['psnr_y']:.2f} dB at {rec['latency_ms_median']:.2f} ms; "
-                      f"{rec['reason']}", markup=False, highlight=False)
+                      f"{rec['precision']}: {metric_label(key)} {rec[key]:.2f} dB at {rec['latency_ms_median']:.2f} "
+                      f"ms; {rec['reason']}", markup=False, highlight=False)
 
 
 def write_json(result: dict, path: str | Path) -> Path:
@@ -84,27 +97,30 @@ def plot(result: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
+    key = metric_key(result)
+    rows = [r for r in result["rows"] if r.get(key) is not None]
     fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=110)
     for r in rows:
-        ax.scatter(r["latency_ms_median"], r["psnr_y"], marker=MARKERS.get(r["runtime"], "o"),
+        ax.scatter(r["latency_ms_median"], r[key], marker=MARKERS.get(r["runtime"], "o"),
                    color=COLOURS.get(r["precision"], "grey"), s=36, zorder=3)
-        ax.annotate(str(r["n_blocks"]), (r["latency_ms_median"], r["psnr_y"]), textcoords="offset points",
+        ax.annotate(str(r["n_blocks"]), (r["latency_ms_median"], r[key]), textcoords="offset points",
                     xytext=(4, 4), fontsize=7)
-    front = pareto_front(rows)
-    ax.plot([r["latency_ms_median"] for r in front], [r["psnr_y"] for r in front], "k--", lw=1, zorder=2,
+    front = pareto_front(rows, key)
+    ax.plot([r["latency_ms_median"] for r in front], [r[key] for r in front], "k--", lw=1, zorder=2,
             label="Pareto front")
-    _references(ax, result)
+    if key == PSNR:
+        _references(ax, result)
     rec = result.get("recommended")
     if rec:
-        ax.scatter(rec["latency_ms_median"], rec["psnr_y"], s=220, facecolors="none", edgecolors="red", lw=1.5,
+        ax.scatter(rec["latency_ms_median"], rec[key], s=220, facecolors="none", edgecolors="red", lw=1.5,
                    zorder=4, label=f"pick: stage {rec['stage']} {rec['runtime']} {rec['precision']}")
     _legend(ax, rows)
     lats = [r["latency_ms_median"] for r in rows]
     if lats and min(lats) > 0 and max(lats) / min(lats) > 20:
         ax.set_xscale("log")
     m = result.get("machine", {})
-    ax.set(xlabel=f"median latency (ms), threads: {m.get('threads')}", ylabel="Y-PSNR (dB)",
+    ylabel = "Y-PSNR (dB)" if key == PSNR else "fidelity to the teacher, Y-PSNR (dB)"
+    ax.set(xlabel=f"median latency (ms), threads: {m.get('threads')}", ylabel=ylabel,
            title=f"{m.get('input_size')} input on {m.get('cpu', '?')}; labels = residual blocks")
     ax.grid(alpha=0.3)
     fig.tight_layout()

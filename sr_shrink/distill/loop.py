@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import shutil
@@ -33,9 +32,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..data import EvalPair
 from ..errors import SRShrinkError
 from ..evaluate import evaluate_bicubic, evaluate_model, fidelity, teacher_references
-from ..io import atomic_torch_save, atomic_write_json
+from ..io import atomic_torch_save
 from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, grow, load_student
+from ..run import RunDir
 from ..teachers import Teacher
 from .buffer import ReplayBuffer
 from .config import MODES, RESUME_KEYS, DistillConfig, flag
@@ -135,6 +135,7 @@ class Distiller:
         if cfg.mode == "data" and not cfg.data_dir:
             raise SRShrinkError("--mode data needs --data DIR, a folder of training images.")
         self.teacher, self.cfg, self.run_dir, self.env = teacher.to(env.device), cfg, run_dir, env
+        self.rundir = RunDir.create(run_dir)  # the one reader/writer of run.json
         self.eval_pairs = eval_pairs
         self.scale = cfg.scale
         self.g = torch.Generator().manual_seed(cfg.seed * 1000 + env.rank)
@@ -326,21 +327,9 @@ class Distiller:
                 raise SRShrinkError(f"{where}was started with {flag(key)} {_show(key, old_cfg)}, not "
                                     f"{_show(key, new_cfg)}; {tip}")
 
-    def _read_old_run(self) -> dict | None:
-        p = self.run_dir / "run.json"
-        if not p.exists():
-            return None
-        try:
-            old = json.loads(p.read_text())
-        except (OSError, ValueError) as exc:
-            raise SRShrinkError(f"{p}: unreadable ({exc}); rerun with --force to start over.") from None
-        if not isinstance(old, dict):
-            raise SRShrinkError(f"{p}: not a run.json; rerun with --force to start over.")
-        return old
-
     def _write_run(self) -> None:
         if self.env.main:
-            atomic_write_json(self.run, self.run_dir / "run.json")
+            self.rundir.write_run(self.run)
 
     # ---------------------------------------------------------------- stages
     def run_stages(self, resume: bool, progress=None) -> dict:
@@ -350,7 +339,7 @@ class Distiller:
         state = None
         torch.manual_seed(cfg.seed)
         student = SRStudent(cfg.scale, blocks[0], cfg.channels).to(env.device)  # before _load_state sets the RNG
-        old = self._read_old_run() if resume else None
+        old = self.rundir.run if resume and self.rundir.run else None
         if old is not None:
             self._check_same_run(old)
             self.run["stages"] = old.get("stages", [])
