@@ -312,14 +312,16 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 @click.option("--scale", type=SCALE, help="Fail unless the model upscales by this factor.")
 @click.option("--threads", type=THREADS, help="Threads for the model [default: torch's].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads, device) -> None:
-    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx or .tflite) into the OUT folder."""
+@value_range_option
+@res_scale_option
+def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads, device, value_range,
+            res_scale) -> None:
+    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx, .tflite or .mlpackage) into the OUT folder."""
     from .upscale import upscale_files
 
-    if tile < 0 or overlap < 0:
-        raise SRShrinkError("--tile and --overlap must be >= 0.")
     upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, teacher=teacher,
-                  scale=scale, threads=threads, device=device, log=_note)
+                  scale=scale, threads=threads, device=device, log=_note,
+                  value_range=float(value_range) if value_range else None, res_scale=res_scale)
 
 
 @main.command()

@@ -20,22 +20,26 @@ MARGIN = 24  # LR pixels of context around the crop for bicubic and the teacher
 
 
 def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
-                      log: Callable[[str], None] | None = None) -> SRFn | None:
-    """Return the teacher for the third panel: ``teacher``, else the model's run's, else the bundled default
-    when its scale matches; None (with a log line) when there is none."""
+                      log: Callable[[str], None] | None = None, value_range: float | None = None,
+                      res_scale: float | None = None) -> SRFn | None:
+    """Return the teacher for the third panel: ``teacher``, else the model's run's (with the value range run.json
+    records), else the bundled default when its scale matches; None (with a log line) when there is none.
+    ``value_range`` / ``res_scale`` override what is inferred from the teacher file."""
     from .teachers import load_teacher
 
     log = log or (lambda _m: None)
     if teacher is not None:
-        net = load_teacher(teacher, scale=up.scale, device=device)
+        net = load_teacher(teacher, scale=up.scale, device=device, value_range=value_range, res_scale=res_scale)
     else:
         run = RunDir.find(up.path)
         path = (run.teacher_path() if run else None) or _bundled(up.scale)
         if path is None:
             log("no teacher found (pass --teacher); the comparison shows bicubic | student only.")
             return None
+        if value_range is None and run is not None:
+            value_range = (run.run.get("teacher") or {}).get("value_range")
         try:
-            net = load_teacher(path, scale=up.scale, device=device)
+            net = load_teacher(path, scale=up.scale, device=device, value_range=value_range, res_scale=res_scale)
         except SRShrinkError as exc:
             log(f"teacher {path} not usable here ({exc}); comparison without it.")
             return None

@@ -178,9 +178,11 @@ def output_path(out_dir: Path, image: Path, scale: int, suffix: str = "") -> Pat
 def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Path, tile: int | None = 256,
                   overlap: int = 16, compare: bool = False, teacher: str | Path | None = None,
                   scale: int | None = None, threads: int | None = None, device: str = "cpu",
-                  log: Log | None = None) -> list[Path]:
+                  log: Log | None = None, value_range: float | None = None,
+                  res_scale: float | None = None) -> list[Path]:
     """Upscale every image with ``model`` into ``out_dir``; return the paths written (results, then any
-    ``NAME_x{s}_compare.png`` side-by-side crops when ``compare``)."""
+    ``NAME_x{s}_compare.png`` side-by-side crops when ``compare``, whose teacher takes the ``value_range`` and
+    ``res_scale`` overrides)."""
     log = log or (lambda _m: None)
     images = [Path(p) for p in images]
     stems = [p.stem for p in images]
@@ -195,7 +197,7 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     if compare:
         from .compare import reference_teacher
 
-        ref = reference_teacher(up, teacher, device, log)
+        ref = reference_teacher(up, teacher, device, log, value_range=value_range, res_scale=res_scale)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -180,3 +180,17 @@ def test_resume_refuses_another_teacher(tiny_teacher, tmp_path):
     run = distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
                   device="cpu", resume=True)
     assert run["complete"] and len(run["stages"]) == 3 and "resumed_from" not in run
+
+
+def test_resume_refuses_other_teacher_overrides(tiny_teacher, tmp_path):
+    # the same file read with another value range or EDSR res_scale is another teacher function
+    distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+            device="cpu")
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["teacher"]["value_range"] == 1.0 and "res_scale" not in run["teacher"]["config"]
+    with pytest.raises(SRShrinkError, match="--value-range 1, not 255"):
+        distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+                device="cpu", resume=True, value_range=255.0)
+    with pytest.raises(SRShrinkError, match=r"--res-scale \(the default\), not 0.5"):
+        distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+                device="cpu", resume=True, res_scale=0.5)

@@ -46,7 +46,8 @@ from .sources import SYNTHETIC, RealPatches, synthetic
 BUFFER_BATCHES = 32
 TEACHER_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_VERSION = 2
-TEACHER_KEYS = ("format", "arch", "arch_name", "params", "value_range", "value_range_guessed", "size_requirements")
+TEACHER_KEYS = ("format", "arch", "arch_name", "params", "value_range", "value_range_guessed", "size_requirements",
+                "config")
 
 
 @dataclass
@@ -321,6 +322,15 @@ class Distiller:
         if old_teacher.get("arch") not in (None, new_teacher.get("arch")):
             raise SRShrinkError(f"{where}was distilled from a {old_teacher['arch']} teacher, not a "
                                 f"{new_teacher.get('arch')}; {tip}")
+        if old_teacher.get("value_range") not in (None, new_teacher.get("value_range")):
+            raise SRShrinkError(f"{where}was distilled with --value-range {old_teacher['value_range']:g}, not "
+                                f"{new_teacher.get('value_range'):g}; {tip}")
+        if "config" in old_teacher:
+            old_res, new_res = old_teacher["config"].get("res_scale"), new_teacher["config"].get("res_scale")
+            if old_res != new_res:
+                show = (lambda v: "(the default)" if v is None else f"{v:g}")  # noqa: E731
+                raise SRShrinkError(f"{where}was distilled with --res-scale {show(old_res)}, not {show(new_res)}; "
+                                    f"{tip}")
         old_cfg, new_cfg = old.get("config", {}), self.cfg.to_dict()
         for key in RESUME_KEYS:
             if key in old_cfg and old_cfg[key] != new_cfg[key]:
