@@ -238,13 +238,14 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
-    for col in ("file", "KiB", "vs torch dB", "PSNR-Y (torch)", "verified"):
+    for col in ("file", "KiB", "PSNR-Y (torch)", "Δ dB (tolerance)", "verified"):
         table.add_column(col)
     for e in entries:
         v = e["verification"]
-        ok = "yes" if e["verified"] else f"NO: {v.get('reason', 'below tolerance')}"
-        table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}", str(v.get("psnr_vs_torch", "-")),
-                      f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", ok)
+        ok = "yes" if e["verified"] else f"NO: {v.get('reason', 'outside the tolerance')}"
+        delta = f"{v['delta_psnr_y']:+.4f} (±{v['tolerance_db']:g})" if "delta_psnr_y" in v else "-"
+        table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}",
+                      f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", delta, ok)
     Console().print(table)
 
 
