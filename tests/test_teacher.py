@@ -1,5 +1,6 @@
 """load_teacher: every accepted format, conventions, and a clear one-line error for each bad input."""
 
+import json
 import os
 import pickle
 import subprocess
@@ -116,9 +117,18 @@ def test_sr_shrink_checkpoint_and_default_teacher(tmp_path):
     save_model_checkpoint(s, "student", s.config(), tmp_path / "c.pt")
     t = load_teacher(tmp_path / "c.pt", scale=3)
     assert t.info.format == "sr-shrink checkpoint" and t.info.scale == 3
-    if DEFAULT_TEACHER.exists():
-        d = load_teacher()
-        assert d.info.scale == 2 and d.info.arch == "edsr"
+    d = load_teacher()
+    assert d.info.scale == 2 and d.info.arch == "edsr" and d.info.path == str(DEFAULT_TEACHER)
+
+
+def test_bundled_teachers_by_scale():
+    x4 = load_teacher(scale=4)  # the bundled x4 teacher, chosen by the scale alone
+    assert x4.info.scale == 4 and x4.info.arch == "edsr" and x4.info.path.endswith("teacher_x4.pt")
+    manifest = json.loads(Path(x4.info.path).with_suffix(".json").read_text())
+    assert manifest["eval"]["psnr_y"] > manifest["eval"]["bicubic_psnr_y"] + 0.3  # it is a real x4 teacher
+    assert Path(x4.info.path).stat().st_size <= 5 * 2**20
+    with pytest.raises(SRShrinkError, match="no bundled x3 teacher"):
+        load_teacher(scale=3)
 
 
 class Evil:

@@ -291,10 +291,14 @@ class Distiller:
             return None
         try:
             state = torch.load(p, map_location=self.env.device, weights_only=True)
-            ranks = state["ranks"]
         except Exception as exc:
             raise SRShrinkError(f"{p}: cannot read the saved state ({str(exc)[:100]}); rerun with --force.") \
                 from None
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise SRShrinkError(f"{p}: saved by another sr-shrink version (state format "
+                                f"{state.get('version', 1) if isinstance(state, dict) else '?'}, this one reads "
+                                f"{STATE_VERSION}); finish the run with that version or rerun with --force.")
+        ranks = state["ranks"]
         if len(ranks) != self.env.world:
             raise SRShrinkError(f"{self.run_dir}: this run was started with {len(ranks)} process(es), not "
                                 f"{self.env.world}; resume it with the same number (torchrun --nproc_per_node).")
