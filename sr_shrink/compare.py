@@ -36,8 +36,10 @@ def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
         if path is None:
             log("no teacher found (pass --teacher); the comparison shows bicubic | student only.")
             return None
-        if value_range is None and run is not None:
-            value_range = (run.run.get("teacher") or {}).get("value_range")
+        if run is not None and run.teacher_path() == path:  # reload the run's teacher as it was distilled
+            saved = run.teacher_overrides()
+            value_range = value_range if value_range is not None else saved["value_range"]
+            res_scale = res_scale if res_scale is not None else saved["res_scale"]
         try:
             net = load_teacher(path, scale=up.scale, device=device, value_range=value_range, res_scale=res_scale)
         except SRShrinkError as exc:

@@ -174,6 +174,16 @@ class RunDir:
                 return p
         return None
 
+    def teacher_overrides(self) -> dict:
+        """Return the ``load_teacher`` overrides the run was distilled with: ``value_range`` and, for an EDSR
+        teacher, ``res_scale`` (None where run.json does not say), so the teacher reloads as it was used."""
+        teacher = self.run.get("teacher") if isinstance(self.run.get("teacher"), dict) else {}
+        config = teacher.get("config") if isinstance(teacher.get("config"), dict) else {}
+        res_scale = config.get("res_scale") if teacher.get("arch") == "edsr" else None
+        value_range = teacher.get("value_range")
+        return {"value_range": value_range if isinstance(value_range, (int, float)) else None,
+                "res_scale": res_scale if isinstance(res_scale, (int, float)) else None}
+
     # ---- exports and export.json
 
     @property

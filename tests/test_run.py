@@ -133,3 +133,15 @@ def test_create_a_run_folder_for_a_writer(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SRShrinkError, match="is not a folder"):
         RunDir.create(tmp_path / "file")
+
+
+def test_teacher_overrides_reload_the_teacher_as_distilled(tmp_path):
+    from sr_shrink.run import RunDir
+
+    rd = RunDir.create(tmp_path / "r")
+    rd.write_run({"teacher": {"arch": "edsr", "value_range": 255.0, "config": {"res_scale": 0.1}}})
+    assert RunDir.create(tmp_path / "r").teacher_overrides() == {"value_range": 255.0, "res_scale": 0.1}
+    rd.write_run({"teacher": {"arch": "ESRGAN", "value_range": 1.0, "config": {"res_scale": 0.2}}})
+    assert RunDir.create(tmp_path / "r").teacher_overrides() == {"value_range": 1.0, "res_scale": None}
+    rd.write_run({"teacher": "odd"})
+    assert RunDir.create(tmp_path / "r").teacher_overrides() == {"value_range": None, "res_scale": None}

@@ -31,15 +31,28 @@ def test_compact_x4_distill_export_int8_bench(tmp_path):
         assert 5 < stage["fidelity_psnr_y"] < 99 and 0 < stage["fidelity_ssim_y"] <= 1
     _ok(["export", str(run), "--target", "onnx", "--precision", "int8", "--stage", "last", "--eval", str(eval_dir),
          "--calib-samples", "4"])
+    _ok(["export", str(run), "--target", "tflite", "--precision", "int8", "--stage", "last", "--eval", str(eval_dir),
+         "--calib-samples", "4", "--input-size", "16x16"])
     index = json.loads((run / "exports" / "export.json").read_text())
-    (entry,) = index["exports"]
-    assert entry["scale"] == 4 and entry["graph_checks"]["max_rank"] <= 4
-    _ok(["bench", str(run), "--runtimes", "torch,onnxruntime", "--precisions", "int8", "--eval", str(eval_dir),
-         "--input-size", "16x16", "--repeats", "2", "--warmup", "0", "--rounds", "1"])
+    assert [e["target"] for e in index["exports"]] == ["onnx", "tflite"]
+    for entry in index["exports"]:  # x4 pixel shuffle stays rank 4 in both graphs
+        assert entry["scale"] == 4 and entry["graph_checks"]["max_rank"] <= 4 and entry["verified"], entry
+    _ok(["bench", str(run), "--runtimes", "torch,onnxruntime,litert", "--precisions", "int8", "--eval",
+         str(eval_dir), "--input-size", "16x16", "--repeats", "2", "--warmup", "0", "--rounds", "1"])
     bench = json.loads((run / "bench.json").read_text())
     rows = bench["rows"]
-    assert {(r["runtime"], r["precision"]) for r in rows} >= {("torch", "fp32"), ("onnxruntime", "int8")}
+    assert {(r["runtime"], r["precision"]) for r in rows} >= {("torch", "fp32"), ("onnxruntime", "int8"),
+                                                               ("litert", "int8")}
     for r in rows:
         assert r["fidelity_psnr_y"] is not None and 5 < r["fidelity_psnr_y"] < 99
     torch_last = next(r for r in rows if r["runtime"] == "torch" and r["stage"] == 2)
     assert abs(torch_last["fidelity_psnr_y"] - run_json["stages"][-1]["fidelity_psnr_y"]) < 0.05
+    assert bench["metric"]["name"] in ("psnr", "fidelity") and bench["metric"]["reason"]
+    # the fixed-size x4 TFLite file upscales a whole 48 px image (tiled) to 192 px
+    image = next(eval_dir.iterdir())
+    tflite = next((run / "exports").glob("stage_02_int8.tflite"))
+    _ok(["upscale", str(tflite), str(image), "-o", str(tmp_path / "up")])
+    from PIL import Image
+
+    with Image.open(tmp_path / "up" / f"{image.stem}_x4.png") as im:
+        assert im.size == (192, 192)

@@ -111,9 +111,8 @@ def teacher_score(rd: RunDir, pairs: list[EvalPair], device: str, log: Log) -> t
     want = (run.get("teacher") or {}).get("sha256")
     if want and want != sha256_file(path):
         notes.append(f"teacher {path} differs from the one distilled from (sha256 mismatch).")
-    t = run.get("teacher") or {}
     try:
-        teacher = load_teacher(path, scale=rd.scale, device=device, value_range=t.get("value_range"))
+        teacher = load_teacher(path, scale=rd.scale, device=device, **rd.teacher_overrides())
     except SRShrinkError as exc:
         return fallback, [], notes + [f"teacher not loadable ({exc}); teacher PSNR taken from run.json."]
     log(f"scoring the teacher {path.name}")
