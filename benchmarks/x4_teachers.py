@@ -1,7 +1,8 @@
 """x3/x4 teachers: which LR patch size gives the best student per minute, and what a big teacher costs.
 
-``patch``: for each LR patch size, a short run measures the seconds per student step; then one stage is distilled
-for the same wall-clock budget (steps = budget / seconds per step) and scored (Y-PSNR against the ground truth,
+``patch``: for each LR patch size, short interleaved runs measure the seconds per student step; then one stage is
+distilled for the same time budget (steps = budget / seconds per step, so the quality runs themselves do not
+depend on the machine's load) and scored (Y-PSNR against the ground truth,
 fidelity Y-PSNR against the teacher). Prints a markdown table, mean over seeds.
 
 ``big``: distils a random-weight 16.7 M-parameter RRDBNet x4 (Real-ESRGAN x4plus's architecture, 64 feats,
@@ -41,14 +42,26 @@ def _run(teacher: str, out: Path, patch: int, steps: int, seed: int, blocks: int
     return run
 
 
+def step_costs(args, tmp: Path) -> dict[int, float]:
+    """Return {patch: seconds per student step}: the fastest of ``--probe-rounds`` short runs per patch size,
+    the sizes interleaved round by round so that a load change hits them alike."""
+    best = {patch: float("inf") for patch in args.patches}
+    for _ in range(args.probe_rounds):
+        for patch in args.patches:
+            run = _run(args.teacher, tmp / "probe", patch, args.probe_steps, 0, args.blocks, None)
+            best[patch] = min(best[patch], run["stages"][0]["seconds"] / args.probe_steps)
+    return best
+
+
 def patch_sizes(args) -> None:
     """Print the patch-size table (see the module docstring)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        costs = dict(zip(args.patches, args.per_step_ms)) if args.per_step_ms else None
+        costs = {p: ms / 1000 for p, ms in costs.items()} if costs else step_costs(args, Path(tmp))
+        print("seconds per step: " + ", ".join(f"{p}: {c * 1000:.1f} ms" for p, c in costs.items()), flush=True)
         for patch in args.patches:
-            probe = _run(args.teacher, Path(tmp) / "probe", patch, args.probe_steps, 0, args.blocks, None if
-                         args.eval_images is None else 1)
-            per_step = probe["stages"][0]["seconds"] / args.probe_steps
+            per_step = costs[patch]
             steps = max(1, int(args.budget / per_step))
             runs = [_run(args.teacher, Path(tmp) / f"p{patch}_s{seed}", patch, steps, seed, args.blocks,
                          args.eval_images) for seed in args.seeds]
@@ -60,7 +73,8 @@ def patch_sizes(args) -> None:
                   flush=True)
         first = runs[0]
     print(f"\nteacher x{first['scale']} {first['teacher_psnr_y']:.3f} dB, bicubic {first['bicubic_psnr_y']:.3f} dB; "
-          f"{args.blocks}-block student, {args.budget:.0f} s per run, seeds {args.seeds}\n")
+          f"{args.blocks}-block student, {args.budget:.0f} s of student steps per run (steps fixed from the "
+          f"measured step cost), seeds {args.seeds}\n")
     print("| LR patch | ms / step | steps in budget | Y-PSNR | fidelity Y-PSNR (min-max) | stage seconds |")
     print("|---:|---:|---:|---:|---|---:|")
     for patch, per_step, steps, psnr, fid, lo, hi, sec in rows:
@@ -104,6 +118,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--probe-steps", type=int, default=30)
+    p.add_argument("--probe-rounds", type=int, default=2)
+    p.add_argument("--per-step-ms", nargs="+", type=float, help="step costs measured before, one per --patches")
     p.add_argument("--eval-images", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     b = sub.add_parser("big")

@@ -150,9 +150,9 @@ def test_compare_writes_three_panels_with_a_teacher(tiny_run, tmp_path):
 
 
 def test_compare_without_any_teacher_has_two_panels(tiny_run, tmp_path, monkeypatch):
-    import sr_shrink.teachers as teacher_mod
+    import sr_shrink.teachers.load as teacher_load
 
-    monkeypatch.setattr(teacher_mod, "DEFAULT_TEACHER", tmp_path / "absent.pt")
+    monkeypatch.setattr(teacher_load, "ASSETS", tmp_path / "no_bundled_teachers")
     src = _image(tmp_path / "small.png", "RGB", size=(40, 30))
     notes: list[str] = []
     upscale_files(tiny_run / "stage_01.pt", [src], tmp_path / "out", compare=True, log=notes.append)
