@@ -105,6 +105,9 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--steps-per-stage", default=500, type=click.IntRange(1, 10**9), show_default=True,
               help="Student steps per stage.")
 @click.option("--channels", default=16, type=click.IntRange(1, 1024), show_default=True, help="Student width.")
+@click.option("--block", type=click.Choice(["plain", "rep"]), default="plain", show_default=True,
+              help="Student blocks while training: plain 3x3 convs, or rep (3x3 + 1x1 + identity + expand-squeeze "
+                   "branches, collapsed exactly into plain 3x3 convs in every stage_XX.pt).")
 @click.option("--batch", default=16, type=click.IntRange(1, 4096), show_default=True)
 @click.option("--lr-patch", default=0, type=click.IntRange(0, 1024),
               help="LR patch size in px [default: chosen for the scale].")
@@ -136,7 +139,7 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @value_range_option
 @res_scale_option
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
-def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, batch,
+def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, block, batch,
             lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, teacher_dtype, scale,
             eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads, trust_pickle, value_range,
             res_scale, quiet) -> None:
@@ -152,9 +155,9 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
     overrides = {k: v for k, v in dict(student_steps_per_g=student_steps_per_g, g_lr=g_lr, w_r=w_r, mix=mix,
                                          synthetic=synthetic, g_kind=g_kind, reuse=reuse).items() if v is not None}
     cfg = DistillConfig(scale=scale or 2, mode=mode, stage_start=a, stage_end=b, stage_step=stage_step,
-                        steps_per_stage=steps_per_stage, channels=channels, batch=batch, lr_patch=lr_patch, lr=lr,
-                        kd_loss=kd_loss, data_dir=data_dir, data_target=data_target, seed=seed, save_every=save_every,
-                        teacher_dtype=teacher_dtype, **overrides)
+                        steps_per_stage=steps_per_stage, channels=channels, block=block, batch=batch, lr_patch=lr_patch,
+                        lr=lr, kd_loss=kd_loss, data_dir=data_dir, data_target=data_target, seed=seed,
+                        save_every=save_every, teacher_dtype=teacher_dtype, **overrides)
     run = run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
                       trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp, channels_last=channels_last,
                       value_range=float(value_range) if value_range else None, res_scale=res_scale)

@@ -156,6 +156,7 @@ def _other_teacher(path: Path) -> Path:
     (dict(lr_patch=16), "--lr-patch 12, not 16"),
     (dict(seed=8), "--seed 7, not 8"),
     (dict(teacher_dtype="bf16"), "--teacher-dtype fp32, not bf16"),
+    (dict(block="rep"), "--block plain, not rep"),
 ])
 def test_resume_refuses_another_recipe(tiny_teacher, tmp_path, change, message):
     distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,

@@ -10,12 +10,13 @@ from ..errors import SRShrinkError
 MODES = ("datafree", "generator", "noise", "pink", "deadleaves", "data")
 RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
                "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
-               "kd_loss", "reuse", "lr", "channels", "lr_patch", "batch", "teacher_dtype")
+               "kd_loss", "reuse", "lr", "channels", "block", "lr_patch", "batch", "teacher_dtype")
 # What a resumed run must share with the run it continues (besides the teacher): anything else would make
 # run.json describe students that no single recipe produced.
 RESUME_KEYS = ("scale", "mode", "stage_start", "stage_end", "stage_step", "steps_per_stage", "channels", "seed",
                *(k for k in RECIPE_KEYS if k not in ("mode", "channels")))
 TEACHER_DTYPES = ("fp32", "bf16", "fp16")
+BLOCKS = ("plain", "rep")  # sr_shrink.models.student.BLOCKS
 # The command-line flag of each field, for messages.
 FLAGS = {"stage_start": "--stages", "stage_end": "--stages", "student_steps_per_g": "--student-steps-per-g"}
 
@@ -47,6 +48,7 @@ class DistillConfig:
     stage_step: int = 1
     steps_per_stage: int = 500
     channels: int = 16
+    block: str = "plain"  # rep: train re-parameterizable blocks, saved collapsed (see models.student.collapse)
     batch: int = 16
     lr_patch: int = 0  # 0: default_lr_patch(scale), re-derived when the scale changes (see with_scale)
     lr: float = 1e-3
@@ -107,6 +109,8 @@ class DistillConfig:
             raise SRShrinkError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}.")
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise SRShrinkError(f"--teacher-dtype {self.teacher_dtype!r}: choose one of {', '.join(TEACHER_DTYPES)}.")
+        if self.block not in BLOCKS:
+            raise SRShrinkError(f"--block {self.block!r}: choose plain or rep.")
         if self.kd_loss not in ("l1", "charbonnier"):
             raise SRShrinkError(f"--kd-loss {self.kd_loss!r}: choose l1 or charbonnier.")
         if self.g_kind not in ("refine", "latent"):

@@ -8,6 +8,10 @@ run's input source (the generator G, synthetic images, or real photos). In the g
 Files in RUN_DIR: ``stage_XX.pt`` per finished stage, ``generator.pt``, ``state.pt`` (the resumable state,
 saved every ``save_every`` steps) and ``run.json``; all written atomically.
 
+With ``block="rep"`` the student trains in its re-parameterizable form (``SRStudent(block="rep")``); every
+``stage_XX.pt`` holds its exact collapse (``collapse``: a plain student, so export, bench and upscale see
+the plain graph), while ``state.pt`` holds the training form, from which the next stage grows.
+
 Resume is bit-exact on the CPU: ``state.pt`` holds, besides the student, its optimiser and the generator, every
 rank's random generators and replay buffer and the list of finished stages, so a run killed at any point and
 resumed writes the same stage checkpoints as one that never stopped. A resumed run must have the same teacher
@@ -34,7 +38,7 @@ from ..errors import SRShrinkError
 from ..evaluate import evaluate_bicubic, evaluate_model, fidelity, teacher_references
 from ..io import atomic_torch_save
 from ..models.registry import save_model_checkpoint
-from ..models.student import SRStudent, grow, load_student
+from ..models.student import SRStudent, collapse, grow, load_student, to_rep
 from ..run import RunDir
 from ..teachers import Teacher
 from .buffer import ReplayBuffer
@@ -352,7 +356,7 @@ class Distiller:
         blocks = cfg.stages()
         state = None
         torch.manual_seed(cfg.seed)
-        student = SRStudent(cfg.scale, blocks[0], cfg.channels).to(env.device)  # before _load_state sets the RNG
+        student = SRStudent(cfg.scale, blocks[0], cfg.channels, cfg.block).to(env.device)  # before _load_state
         old = self.rundir.run if resume and self.rundir.run else None
         if old is not None:
             self._check_same_run(old)
@@ -369,16 +373,22 @@ class Distiller:
             state = None  # a stale state (its stage's checkpoint is gone): start that stage afresh
         if (old is not None or state is not None) and done < len(blocks):
             step = state["step"] if state is not None else 0
-            self.run["resumed_from"] = [*self.run.get("resumed_from", []), {"stage": done + 1, "step": step}]
+            picked_up = {"stage": done + 1, "step": step}
+            if cfg.block == "rep" and done and state is None:
+                picked_up["from_collapsed"] = True  # the training form was lost: see to_rep
+            self.run["resumed_from"] = [*self.run.get("resumed_from", []), picked_up]
         if self.eval_pairs and env.main:
             tr, self.fidelity_pairs = teacher_references(self.teacher, self.eval_pairs, self.scale)
             br = evaluate_bicubic(self.eval_pairs, self.scale)
             self.run.update(teacher_psnr_y=tr["psnr_y"], teacher_ssim_y=tr["ssim_y"],
                             bicubic_psnr_y=br["psnr_y"], bicubic_ssim_y=br["ssim_y"])
         self._write_run()
-        if done:
+        if done and cfg.block == "rep" and state is not None:  # stage checkpoints are collapsed: the training
+            student = SRStudent(**state["student_config"]).to(env.device)  # form of the last stage is in state.pt
+            student.load_state_dict(state["student"])
+        elif done:
             student, _ = load_student(self.run_dir / self.run["stages"][-1]["checkpoint"])
-            student = student.to(env.device)
+            student = (to_rep(student) if cfg.block == "rep" else student).to(env.device)
         for idx in range(done, len(blocks)):
             if state is not None and state["step"] > 0:  # mid-stage: the saved student, no growth (no RNG draw)
                 student = SRStudent(**state["student_config"]).to(env.device)
@@ -440,23 +450,29 @@ class Distiller:
         return self._finish_stage(idx, n_blocks, student, opt, seconds, kd_hist)
 
     def _finish_stage(self, idx, n_blocks, student, opt, seconds, kd_hist) -> SRStudent:
+        """Evaluate and save the stage's (collapsed) student and the resumable state; return the training form."""
         cfg = self.cfg
         student = student.to(memory_format=torch.contiguous_format)
+        shipped = collapse(student) if student.block == "rep" else student  # what stage_XX.pt holds
         name = f"stage_{idx + 1:02d}.pt"
         entry = {"stage": idx + 1, "n_blocks": n_blocks, "channels": cfg.channels,
-                 "params": sum(p.numel() for p in student.parameters()), "checkpoint": name,
+                 "params": sum(p.numel() for p in shipped.parameters()), "checkpoint": name,
                  "steps": cfg.steps_per_stage, "first_kd_loss": round(self.first_kd or float("nan"), 6),
                  "final_kd_loss": round(sum(kd_hist[-20:]) / max(1, len(kd_hist[-20:])), 6),
                  "seconds": round(seconds, 2)}
+        if shipped is not student:
+            entry["train_params"] = sum(p.numel() for p in student.parameters())
         if self.eval_pairs and self.env.main:
-            res = evaluate_model(student, self.eval_pairs, self.scale)
+            res = evaluate_model(shipped, self.eval_pairs, self.scale)
             entry.update(val_psnr_y=res["psnr_y"], val_ssim_y=res["ssim_y"],
-                         **fidelity(evaluate_model(student, self.fidelity_pairs, self.scale)))
+                         **fidelity(evaluate_model(shipped, self.fidelity_pairs, self.scale)))
             student.train()
         if self.env.main:
-            save_model_checkpoint(student, "student", student.config(), self.run_dir / name,
-                                  extra={"stage": idx + 1, "n_blocks": n_blocks, "scale": cfg.scale,
-                                         "val_psnr_y": entry.get("val_psnr_y"), "mode": cfg.mode})
+            extra = {"stage": idx + 1, "n_blocks": n_blocks, "scale": cfg.scale,
+                     "val_psnr_y": entry.get("val_psnr_y"), "mode": cfg.mode}
+            if shipped is not student:
+                extra["train_block"] = student.block
+            save_model_checkpoint(shipped, "student", shipped.config(), self.run_dir / name, extra=extra)
             if self.uses_g:
                 save_generator(self.gen_ema, self.run_dir / "generator.pt")
         self.run["stages"].append(entry)
