@@ -88,8 +88,9 @@ def main() -> None:
                   + f"  ({run['wall_seconds']:.0f} s)", flush=True)
     first = next(iter(results.values()))[0]
     lines = [f"teacher {first['teacher_psnr_y']:.3f} dB, bicubic {first['bicubic_psnr_y']:.3f} dB (Y-PSNR, eval split)",
-             "", "| variant | final Y-PSNR mean | spread (min-max) | per-stage mean | worst stage drop | steps/s |",
-             "|---|---|---|---|---|---|"]
+             "", "| variant | final Y-PSNR mean | spread (min-max) | per-stage mean | worst stage drop | final fidelity "
+             "Y-PSNR mean (min-max) | steps/s |",
+             "|---|---|---|---|---|---|---|"]
     summary = {}
     for name, runs in results.items():
         finals = [r["stages"][-1]["val_psnr_y"] for r in runs]
@@ -100,10 +101,12 @@ def main() -> None:
                               for r in runs)
         drop = max(r["stages"][i - 1]["val_psnr_y"] - r["stages"][i]["val_psnr_y"]
                    for r in runs for i in range(1, n_stages)) if n_stages > 1 else 0.0
+        fids = [r["stages"][-1].get("fidelity_psnr_y") for r in runs]
+        fid = (f"{statistics.mean(fids):.3f} ({min(fids):.2f}-{max(fids):.2f})" if None not in fids else "-")
         summary[name] = {"final_mean": statistics.mean(finals), "finals": finals, "per_stage": per_stage,
-                         "worst_stage_drop": drop, "steps_per_s": sps}
+                         "worst_stage_drop": drop, "steps_per_s": sps, "fidelity_finals": fids}
         lines.append(f"| {name} | {statistics.mean(finals):.3f} | {min(finals):.3f}-{max(finals):.3f} | "
-                     + " / ".join(f"{v:.2f}" for v in per_stage) + f" | {max(drop, 0):.3f} | {sps:.1f} |")
+                     + " / ".join(f"{v:.2f}" for v in per_stage) + f" | {max(drop, 0):.3f} | {fid} | {sps:.1f} |")
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
