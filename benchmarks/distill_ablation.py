@@ -88,8 +88,8 @@ def main() -> None:
                   + f"  ({run['wall_seconds']:.0f} s)", flush=True)
     first = next(iter(results.values()))[0]
     lines = [f"teacher {first['teacher_psnr_y']:.3f} dB, bicubic {first['bicubic_psnr_y']:.3f} dB (Y-PSNR, eval split)",
-             "", "| variant | final Y-PSNR mean | spread (min-max) | per-stage mean | worst stage drop | final fidelity "
-             "Y-PSNR mean (min-max) | steps/s |",
+             "", "| variant | final Y-PSNR mean | spread (min-max) | per-stage mean | worst stage drop | "
+             "final fidelity Y-PSNR mean (min-max) | steps/s |",
              "|---|---|---|---|---|---|---|"]
     summary = {}
     for name, runs in results.items():
