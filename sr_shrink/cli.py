@@ -45,6 +45,10 @@ class Group(click.Group):
         except SRShrinkError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:  # a path the command cannot read or write (exists as a file, no permission, disk full)
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}; check the path and its permissions.", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
             sys.exit(130)
@@ -215,7 +219,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 @click.option("--stage", default="all", show_default=True, help="Stage number, 'last' or 'all'.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
               help="Weights/compute precision [default: fp16 for coreml, else fp32].")
-@click.option("--out", type=click.Path(path_type=str), help="Output folder [default: RUN_DIR/exports].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=str),
+              help="Output folder [default: RUN_DIR/exports].")
 @click.option("--input-size", metavar="HxW", help="Fix the LR input size (TFLite default 256x256; else free).")
 @click.option("--layout", type=click.Choice(["nhwc", "nchw"]), help="I/O layout [default: nhwc for tflite].")
 @click.option("--palettize", type=click.Choice(["4", "6", "8"]), help="Core ML: n-bit palettized weights.")

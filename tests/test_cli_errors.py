@@ -76,6 +76,17 @@ def test_export_bad_run_folder(tmp_path):
         _assert_one_error_line(_invoke(args), args)
 
 
+def test_output_paths_that_are_files(files, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args in (["export", str(files["run"]), "--target", "onnx", "--out", str(afile)],
+                 ["export", str(files["run"]), "--target", "onnx", "--out", str(afile / "sub")],
+                 ["bench", str(files["run"]), "--runtimes", "torch", "--repeats", "1", "--warmup", "0", "--rounds",
+                  "1", "--eval", str(files["eval"]), "--json", str(afile / "b.json")],
+                 ["distill", str(files["teacher"]), "--out", str(afile), "--quiet"]):
+        _assert_one_error_line(_invoke(args), args)
+
+
 @pytest.mark.parametrize("bad", ["--threads 0", "--max-images 0", "--budget-ms 0", "--budget-ms nan",
                                  "--min-psnr inf", "--repeats 0", "--warmup -1", "--rounds 0", "--input-size 2x2",
                                  "--runtimes bogus", "--precisions fp8", "--device tpu", "--eval /no/such/dir"])
