@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS)[:8], help="names from VARIANTS")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr-patch", type=int, default=0, help="LR patch side [default: sr-shrink's for the scale]")
     ap.add_argument("--stages", default="1:4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-images", type=int, default=None)
@@ -77,7 +78,7 @@ def main() -> None:
                     results.setdefault(name, []).append(run)
                 continue
             cfg = DistillConfig(stage_start=a, stage_end=b, steps_per_stage=args.steps, seed=seed,
-                                data_dir=args.data, **VARIANTS[name])
+                                data_dir=args.data, lr_patch=args.lr_patch, **VARIANTS[name])
             t0 = time.time()
             run = distill(args.teacher, args.out / f"{slug}_s{seed}", cfg, force=True, quiet=True,
                           device="cpu", eval_images=args.eval_images)

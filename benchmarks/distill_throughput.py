@@ -46,7 +46,8 @@ def main() -> None:
         for name, kw in VARIANTS.items():
             kw = dict(kw)
             cl = kw.pop("channels_last", False)
-            cfg = DistillConfig(mode=args.mode, stage_start=4, stage_end=4, steps_per_stage=args.steps, **kw)
+            cfg = DistillConfig(mode=args.mode, stage_start=4, stage_end=4, steps_per_stage=args.steps, lr_patch=24,
+                                **kw)  # 24 px: the default when BENCHMARKS section 3 was measured
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 run = distill(args.teacher, tmp, cfg, eval_dir="none", quiet=True, device="cpu", channels_last=cl)
