@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data import EvalPair
-from ..evaluate import evaluate_fn
+from ..evaluate import model_outputs, score_outputs
 from ..runtimes import Runner
 from ..tiling import tiled_apply
 
@@ -145,11 +145,15 @@ def bench_input(input_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
     return img.unsqueeze(0).numpy().astype(np.float32)
 
 
-def quality(runner: Runner, pairs: list[EvalPair], scale: int, overlap: int = 16) -> dict:
-    """Return ``evaluate_fn``'s Y-PSNR/SSIM of ``runner`` on ``pairs``; fixed-size graphs run tiled."""
+def quality(runner: Runner, pairs: list[EvalPair], scale: int, overlap: int = 16,
+            references: list[EvalPair] | None = None) -> tuple[dict, dict | None]:
+    """Return (Y-PSNR/SSIM of ``runner`` on ``pairs``, the same against ``references`` (the teacher's outputs on
+    the same LR images: fidelity) or None), from one run over the images; fixed-size graphs run tiled."""
     fn = runner.torch_fn()
     if runner.input_hw:
         tile = tuple(runner.input_hw)
         overlap = min(overlap, (min(tile) - 1) // 2)
-        return evaluate_fn(lambda x: tiled_apply(fn, x, scale, tile, overlap, fixed=True), pairs, scale)
-    return evaluate_fn(fn, pairs, scale)
+        run = fn
+        fn = lambda x: tiled_apply(run, x, scale, tile, overlap, fixed=True)  # noqa: E731
+    outputs = model_outputs(fn, pairs)
+    return score_outputs(outputs, pairs, scale), score_outputs(outputs, references, scale) if references else None

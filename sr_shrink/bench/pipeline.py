@@ -249,8 +249,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
     x = bench_input(cfg.input_size)
     rows, r_notes = open_rows(run, cfg, runtimes, threads, x, exporter, log)
     log(f"scoring {len(rows)} rows on {len(pairs)} images" + (" (and against the teacher)" if references else ""))
-    scores = [quality(r.runner, pairs, scale, overlap=r.radius) for r in rows]
-    fids = [quality(r.runner, references, scale, overlap=r.radius) if references else None for r in rows]
+    scores, fids = zip(*[quality(r.runner, pairs, scale, overlap=r.radius, references=references) for r in rows])
     log(f"timing {len(rows)} rows: {cfg.warmup} warm-up + {cfg.repeats} timed calls each, interleaved")
     times = time_interleaved({i: r.runner for i, r in enumerate(rows)}, x, cfg.repeats, cfg.warmup, cfg.rounds)
     out_rows = [finish_row(r, times[i], scores[i], teacher, bicubic, threads, fids[i]) for i, r in enumerate(rows)]
