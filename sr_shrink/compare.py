@@ -32,11 +32,12 @@ def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
         net = load_teacher(teacher, scale=up.scale, device=device, value_range=value_range, res_scale=res_scale)
     else:
         run = RunDir.find(up.path)
-        path = (run.teacher_path() if run else None) or _bundled(up.scale)
+        run_teacher = run.teacher_path() if run else None
+        path = run_teacher or _bundled(up.scale)
         if path is None:
             log("no teacher found (pass --teacher); the comparison shows bicubic | student only.")
             return None
-        if run is not None and run.teacher_path() == path:  # reload the run's teacher as it was distilled
+        if run_teacher is not None:  # reload the run's teacher as it was distilled
             saved = run.teacher_overrides()
             value_range = value_range if value_range is not None else saved["value_range"]
             res_scale = res_scale if res_scale is not None else saved["res_scale"]
