@@ -42,7 +42,7 @@ from ..models.student import SRStudent, collapse, grow, load_student, to_rep
 from ..run import RunDir
 from ..teachers import Teacher
 from .buffer import ReplayBuffer
-from .config import MODES, RESUME_KEYS, DistillConfig, flag
+from .config import RESUME_KEYS, DistillConfig, flag
 from .generator import make_generator, save_generator
 from .losses import generator_loss, kd_loss
 from .sources import SYNTHETIC, RealPatches, synthetic
@@ -126,9 +126,7 @@ class Distiller:
 
     def __init__(self, teacher: Teacher, cfg: DistillConfig, run_dir: Path, eval_pairs: list[EvalPair],
                  env: Env, teacher_path: str, teacher_sha256: str):
-        cfg.validate()
-        if cfg.mode not in MODES:
-            raise SRShrinkError(f"unknown mode {cfg.mode!r}; choose one of {', '.join(MODES)}.")
+        cfg.validate()  # ranges and choices; the checks below need the other fields together
         if cfg.mode in ("datafree", "generator") and cfg.lr_patch % 4:
             raise SRShrinkError(f"--lr-patch {cfg.lr_patch}: the generator needs a multiple of 4, e.g. "
                                 f"{cfg.lr_patch // 4 * 4 or 4}.")
