@@ -106,8 +106,11 @@ def _parse_stages(text: str) -> tuple[int, int]:
               help="--mode data: distill the teacher's output on real photos, or train on their HR ground truth.")
 @click.option("--stages", default="1:4", show_default=True, help="Block counts A:B of the first and last stage.")
 @click.option("--stage-step", default=1, type=click.IntRange(1, 256), show_default=True, help="Blocks added per stage.")
-@click.option("--steps-per-stage", default=500, type=click.IntRange(1, 10**9), show_default=True,
-              help="Student steps per stage.")
+@click.option("--steps-per-stage", default=None, type=click.IntRange(1, 10**9),
+              help="Student steps per stage [default: 500].")
+@click.option("--time-budget", default=None, type=Finite(0, 1e6, min_open=True), metavar="MINUTES",
+              help="Fit the whole run into MINUTES: the step cost is measured first and the steps per stage are "
+                   "set from it (instead of --steps-per-stage); run.json records the plan.")
 @click.option("--channels", default=16, type=click.IntRange(1, 1024), show_default=True, help="Student width.")
 @click.option("--block", type=click.Choice(["plain", "rep"]), default="plain", show_default=True,
               help="Student blocks while training: plain 3x3 convs, or rep (3x3 + 1x1 + identity + expand-squeeze "
@@ -127,8 +130,12 @@ def _parse_stages(text: str) -> tuple[int, int]:
               help="Generator: refine (perturbs synthetic images, default) or latent (the paper's G(z)).")
 @click.option("--kd-loss", type=click.Choice(["l1", "charbonnier"]), default="l1", show_default=True)
 @click.option("--reuse", default=None, type=click.IntRange(1, 10**6), help="Student steps per fresh teacher batch.")
-@click.option("--teacher-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Precision of the teacher's forwards (autocast); --amp leaves the teacher in fp32.")
+@click.option("--teacher-dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Precision of the teacher's forwards (autocast); auto: bf16 on CUDA GPUs that support it, fp32 "
+                   "elsewhere. --amp leaves the teacher alone.")
+@click.option("--pool", default=512, type=click.IntRange(0, 10**7), show_default=True,
+              help="Synthetic images labelled by the teacher once and shared by all stages (0: fresh ones for every "
+                   "batch).")
 @click.option("--scale", type=SCALE, help="Upscaling factor (checked against the teacher).")
 @click.option("--eval", "eval_dir", help="Eval images folder (default: bundled split; 'none' to skip).")
 @click.option("--seed", default=0, type=SEED, show_default=True)
@@ -144,9 +151,9 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @res_scale_option
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
 def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, block, batch,
-            lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, teacher_dtype, scale,
-            eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads, trust_pickle, value_range,
-            res_scale, quiet) -> None:
+            lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, teacher_dtype, pool,
+            time_budget, scale, eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads,
+            trust_pickle, value_range, res_scale, quiet) -> None:
     """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data."""
     import torch
 
@@ -155,13 +162,16 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
 
     if threads:
         torch.set_num_threads(threads)
+    if time_budget and steps_per_stage:
+        raise SRShrinkError("pass --steps-per-stage or --time-budget, not both: the budget sets the steps.")
     a, b = _parse_stages(stages)
     overrides = {k: v for k, v in dict(student_steps_per_g=student_steps_per_g, g_lr=g_lr, w_r=w_r, mix=mix,
                                          synthetic=synthetic, g_kind=g_kind, reuse=reuse).items() if v is not None}
     cfg = DistillConfig(scale=scale or 2, mode=mode, stage_start=a, stage_end=b, stage_step=stage_step,
-                        steps_per_stage=steps_per_stage, channels=channels, block=block, batch=batch, lr_patch=lr_patch,
-                        lr=lr, kd_loss=kd_loss, data_dir=data_dir, data_target=data_target, seed=seed,
-                        save_every=save_every, teacher_dtype=teacher_dtype, **overrides)
+                        steps_per_stage=steps_per_stage or 500, channels=channels, block=block, batch=batch,
+                        lr_patch=lr_patch, lr=lr, kd_loss=kd_loss, data_dir=data_dir, data_target=data_target,
+                        seed=seed, save_every=save_every, teacher_dtype=teacher_dtype, pool=pool,
+                        time_budget=time_budget or 0.0, **overrides)
     run = run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
                       trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp, channels_last=channels_last,
                       value_range=float(value_range) if value_range else None, res_scale=res_scale)

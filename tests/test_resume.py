@@ -155,7 +155,8 @@ def _other_teacher(path: Path) -> Path:
     (dict(mode="deadleaves"), "--mode datafree, not deadleaves"),
     (dict(lr_patch=16), "--lr-patch 12, not 16"),
     (dict(seed=8), "--seed 7, not 8"),
-    (dict(teacher_dtype="bf16"), "--teacher-dtype fp32, not bf16"),
+    (dict(teacher_dtype="bf16"), "--teacher-dtype auto, not bf16"),
+    (dict(pool=0), "--pool 512, not 0"),
     (dict(block="rep"), "--block plain, not rep"),
 ])
 def test_resume_refuses_another_recipe(tiny_teacher, tmp_path, change, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
 
     ``eval_dir`` (default: the bundled eval split; "none" to skip) gives each stage's Y-PSNR/SSIM and its
     fidelity to the teacher; ``value_range`` / ``res_scale`` override what is inferred from the teacher file.
+    With ``cfg.time_budget`` (minutes) the budget counts from this call.
     """
+    started = time.time()
     cfg.validate()
     run_dir = Path(run_dir)
     dev = resolve_device(device)
@@ -53,7 +56,7 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     if world > 1:
         torch.distributed.barrier()
     pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
-    distiller = Distiller(teacher, cfg, run_dir, pairs, env, teacher.info.path, teacher.info.sha256)
+    distiller = Distiller(teacher, cfg, run_dir, pairs, env, teacher.info.path, teacher.info.sha256, started)
     if env.quiet:
         return distiller.run_stages(resume)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -10,12 +10,13 @@ from ..errors import SRShrinkError
 MODES = ("datafree", "generator", "noise", "pink", "deadleaves", "data")
 RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
                "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
-               "kd_loss", "reuse", "lr", "channels", "block", "lr_patch", "batch", "teacher_dtype")
+               "kd_loss", "reuse", "lr", "channels", "block", "lr_patch", "batch", "teacher_dtype", "pool")
 # What a resumed run must share with the run it continues (besides the teacher): anything else would make
 # run.json describe students that no single recipe produced.
-RESUME_KEYS = ("scale", "mode", "stage_start", "stage_end", "stage_step", "steps_per_stage", "channels", "seed",
+RESUME_KEYS = ("scale", "mode", "stage_start", "stage_end", "stage_step", "steps_per_stage", "time_budget", "channels",
+               "seed",
                *(k for k in RECIPE_KEYS if k not in ("mode", "channels")))
-TEACHER_DTYPES = ("fp32", "bf16", "fp16")
+TEACHER_DTYPES = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 on CUDA with bf16 support, else fp32
 BLOCKS = ("plain", "rep")  # sr_shrink.models.student.BLOCKS
 # The command-line flag of each field, for messages.
 FLAGS = {"stage_start": "--stages", "stage_end": "--stages", "student_steps_per_g": "--student-steps-per-g"}
@@ -76,7 +77,9 @@ class DistillConfig:
     data_target: str = "teacher"  # data mode: KD on the teacher's output (teacher) or ground truth (hr)
     seed: int = 0
     save_every: int = 100
-    teacher_dtype: str = "fp32"  # precision of the teacher's forward passes (fp32, or bf16/fp16 autocast)
+    teacher_dtype: str = "auto"  # precision of the teacher's forwards: fp32, bf16/fp16 autocast, or auto (see loop)
+    pool: int = 512  # synthetic images labelled once and shared by all stages (distill.pool); 0: fresh every refill
+    time_budget: float = 0.0  # minutes for the whole run; > 0 measures the step cost and sets steps_per_stage
     extra: dict = field(default_factory=dict)
     lr_patch_auto: bool = field(default=False, repr=False)
 
@@ -94,13 +97,14 @@ class DistillConfig:
         ints = dict(scale=(1, 16), stage_start=(1, 256), stage_end=(1, 256), stage_step=(1, 256),
                     steps_per_stage=(1, 10**9), channels=(1, 1024), batch=(1, 4096), lr_patch=(4, 1024),
                     reuse=(1, 10**6), student_steps_per_g=(1, 10**9), z_dim=(1, 65536), g_warmup=(0, 10**9),
-                    seed=(0, 2**63 - 1), save_every=(1, 10**9))
+                    seed=(0, 2**63 - 1), save_every=(1, 10**9), pool=(0, 10**7))
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise SRShrinkError(f"{flag(name)} {v!r}: must be a whole number from {lo} to {hi}.")
         floats = dict(lr=(0.0, 10.0, True), g_lr=(0.0, 10.0, False), w_r=(0.0, 1e6, True), w_div=(0.0, 1e6, True),
-                      w_nat=(0.0, 1e6, True), g_ema=(0.0, 1.0, True), mix=(0.0, 1.0, True))
+                      w_nat=(0.0, 1e6, True), g_ema=(0.0, 1.0, True), mix=(0.0, 1.0, True),
+                      time_budget=(0.0, 1e6, True))
         for name, (lo, hi, lo_ok) in floats.items():
             v = getattr(self, name)
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v <= hi and (

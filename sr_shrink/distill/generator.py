@@ -91,24 +91,32 @@ class RefineGenerator(nn.Module):
 
     any_size = True  # fully convolutional: samples of any size, e.g. for int8 calibration at the export size
 
-    def draw_latent(self, n: int, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
-        """Return z = [base image, noise maps] of shape (n, 3 + noise_ch, size, size) (default size: patch)."""
+    def draw_latent(self, n: int, generator: torch.Generator | None = None, size: int | None = None,
+                    base: torch.Tensor | None = None) -> torch.Tensor:
+        """Return z = [base image, noise maps] of shape (n, 3 + noise_ch, size, size) (default size: patch).
+
+        ``base``: the (n, 3, size, size) base images to refine (e.g. crops of a pre-rendered pool); default:
+        freshly rendered images of the configured source.
+        """
         from .sources import synthetic
 
         c = self.config
-        size = size or c.patch
-        base = synthetic(c.base, n, size, generator)
+        size = size or (base.shape[-1] if base is not None else c.patch)
+        if base is None:
+            base = synthetic(c.base, n, size, generator)
         noise = torch.randn((n, c.noise_ch, size, size), generator=generator)
-        return torch.cat([base, noise], dim=1).to(self.net[0].weight.device)
+        return torch.cat([base, noise.to(base.device)], dim=1).to(self.net[0].weight.device)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         base = z[:, :3]
         return (base + self.config.eps * torch.tanh(self.net(z))).clamp(0, 1)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
-        """Return ``n`` refined synthetic patches of ``size`` px (default: the training patch), no gradient."""
+    def sample(self, n: int, generator: torch.Generator | None = None, size: int | None = None,
+               base: torch.Tensor | None = None) -> torch.Tensor:
+        """Return ``n`` refined synthetic patches of ``size`` px (default: the training patch), no gradient,
+        refining ``base`` when given (see :meth:`draw_latent`)."""
         with torch.no_grad():
-            return self(self.draw_latent(n, generator, size))
+            return self(self.draw_latent(n, generator, size, base))
 
 
 KINDS = {"latent": Generator, "refine": RefineGenerator}

@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,10 +45,14 @@ from .buffer import ReplayBuffer
 from .config import RESUME_KEYS, DistillConfig, flag
 from .generator import make_generator, save_generator
 from .losses import generator_loss, kd_loss
+from .pool import LabelledPool, plan_pool
 from .sources import SYNTHETIC, RealPatches, synthetic
 
 BUFFER_BATCHES = 32
 TEACHER_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROBE_WARMUP = 2  # --time-budget: untimed steps before the probe's timed ones
+PROBE_STEPS = 8  # --time-budget: timed student steps per probed student size
+OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
 STATE_VERSION = 2
 TEACHER_KEYS = ("format", "arch", "arch_name", "params", "value_range", "value_range_guessed", "size_requirements",
                 "config")
@@ -101,6 +105,23 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def resolve_teacher_dtype(name: str, device: torch.device) -> str:
+    """Return the concrete teacher precision for ``--teacher-dtype``: ``auto`` is bf16 on a CUDA device that
+    supports it and fp32 elsewhere (on CPUs without native bf16, e.g. this project's AMD EPYC runners, bf16
+    autocast made the teacher 8x slower: BENCHMARKS section 9); the others are returned as they are."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Return True when ``exc`` is an out-of-memory failure of CPU, CUDA or MPS."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MARKERS))
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
     """Create ``run_dir`` and check it is writable and free (or resumable); raise a clear error if not."""
     try:
@@ -125,7 +146,7 @@ class Distiller:
     """Runs the stages of one distillation; see the module docstring."""
 
     def __init__(self, teacher: Teacher, cfg: DistillConfig, run_dir: Path, eval_pairs: list[EvalPair],
-                 env: Env, teacher_path: str, teacher_sha256: str):
+                 env: Env, teacher_path: str, teacher_sha256: str, started: float | None = None):
         cfg.validate()  # ranges and choices; the checks below need the other fields together
         if cfg.mode in ("datafree", "generator") and cfg.lr_patch % 4:
             raise SRShrinkError(f"--lr-patch {cfg.lr_patch}: the generator needs a multiple of 4, e.g. "
@@ -138,6 +159,9 @@ class Distiller:
         if cfg.mode == "data" and not cfg.data_dir:
             raise SRShrinkError("--mode data needs --data DIR, a folder of training images.")
         self.teacher, self.cfg, self.run_dir, self.env = teacher.to(env.device), cfg, run_dir, env
+        self.started = time.time() if started is None else started  # --time-budget counts from here
+        self.teacher_dtype = resolve_teacher_dtype(cfg.teacher_dtype, env.device)
+        self.pool: LabelledPool | None = None
         self.rundir = RunDir.create(run_dir)  # the one reader/writer of run.json
         self.eval_pairs = eval_pairs
         self.scale = cfg.scale
@@ -157,13 +181,73 @@ class Distiller:
         self.run = {"scale": cfg.scale, "teacher": {"path": teacher_path, "sha256": teacher_sha256,
                                                     **{k: info[k] for k in TEACHER_KEYS if k in info}},
                     "mode": cfg.mode, "seed": cfg.seed, "recipe": cfg.recipe(), "config": cfg.to_dict(),
-                    "world_size": env.world, "stages": [], "complete": False}
+                    "world_size": env.world, "teacher_dtype": self.teacher_dtype, "stages": [], "complete": False}
         if getattr(teacher.info, "value_range_guessed", False):
             self.run["value_range_guessed"] = True
         self.fidelity_pairs: list[EvalPair] = []
-        self.timing = {"teacher": 0.0, "student": 0.0, "generator": 0.0, "inputs": 0.0}
+        self.timing = {"teacher": 0.0, "student": 0.0, "generator": 0.0, "inputs": 0.0, "pool": 0.0}
 
     # ---------------------------------------------------------------- inputs
+    def _synthetic_kinds(self) -> list[str]:
+        """Return the synthetic sources of this run's inputs (none for the generator and data modes)."""
+        if self.cfg.mode in SYNTHETIC:
+            return [self.cfg.mode]
+        if self.cfg.mode == "datafree" and self.cfg.mix > 0:
+            return self.cfg.synthetic.split(",")
+        return []
+
+    def _synthetic_count(self, n: int) -> int:
+        """Return how many of a batch of ``n`` inputs are synthetic images (the rest come from G)."""
+        return n if self.cfg.mode in SYNTHETIC else int(round(n * self.cfg.mix))
+
+    def _build_pool(self) -> None:
+        """Render and label the shared synthetic pool (distill.pool), from its own seeded generator."""
+        cfg = self.cfg
+        kinds = self._synthetic_kinds()
+        if not kinds or cfg.pool <= 0:
+            return
+        refills = math.ceil(cfg.steps_per_stage / cfg.reuse) + 1  # of one stage: the pool costs at most that
+        labels = None if cfg.time_budget else refills * self._synthetic_count(cfg.batch)
+        plan = plan_pool(cfg.pool, cfg.lr_patch, cfg.scale, labels)
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + self.env.rank + 7_000_003)
+        self.pool = LabelledPool.build(plan, kinds, self._label, g, cfg.batch, self.env.device)
+        seconds = time.perf_counter() - t0
+        self.timing["pool"] += seconds
+        self.run["pool"] = {**plan.to_dict(), "seconds": round(seconds, 2)}
+
+    def _base(self, n: int) -> torch.Tensor | None:
+        """Return base images for the refining generator cut from the pool (no rendering), or None."""
+        if self.pool is None or not getattr(self.gen, "any_size", False):
+            return None
+        return self.pool.crops(n, self.cfg.lr_patch, self.g, with_targets=False).to(self.env.device)
+
+    def _g_sample(self, n: int) -> torch.Tensor:
+        """Return ``n`` samples of the generator's EMA copy, refining pool crops when there is a pool."""
+        base = self._base(n)
+        return self.gen_ema.sample(n, self.g) if base is None else self.gen_ema.sample(n, self.g, base=base)
+
+    def _label(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the teacher's fp32 output for ``x`` (no gradient), or a clear error when memory runs out."""
+        try:
+            with torch.no_grad(), self._teacher_autocast():
+                return self.teacher(self._fmt(x)).float()
+        except RuntimeError as exc:
+            if is_oom(exc):
+                raise self._oom_error(exc, x.shape[0], "forward") from None
+            raise
+
+    def _oom_error(self, exc: BaseException, n: int, what: str) -> SRShrinkError:
+        """Return the one-line error for a teacher ``what`` (forward/backward) that ran out of memory."""
+        cfg = self.cfg
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        return SRShrinkError(
+            f"the teacher's {what} ran out of memory at batch {n} with {cfg.lr_patch} px LR patches ({first}); its "
+            f"memory grows with batch x patch area: try --batch {max(1, cfg.batch // 2)}"
+            f"{f' or --lr-patch {max(4, cfg.lr_patch // 2 // 4 * 4)}' if cfg.lr_patch > 4 else ''}"
+            f"{' or --teacher-dtype bf16' if self.env.device.type == 'cuda' and self.teacher_dtype == 'fp32' else ''}"
+            f" (a killed run goes on with --resume).")
+
     def _fresh_inputs(self, n: int) -> torch.Tensor:
         cfg, dev = self.cfg, self.env.device
         if cfg.mode in ("noise", "pink", "deadleaves"):
@@ -188,13 +272,26 @@ class Distiller:
                 self.buffer.add(x, hr.to(self.env.device))
                 self.timing["inputs"] += time.perf_counter() - t0
                 return
+        elif self.pool is not None:  # synthetic share: crops of the labelled pool; G's share: fresh
+            k = self._synthetic_count(self.cfg.batch)
+            xs, ts = self.pool.crops(k, self.cfg.lr_patch, self.g)
+            xs, ts = xs.to(self.env.device), ts.to(self.env.device)
+            rest = self.cfg.batch - k
+            x = self._g_sample(rest) if rest else None
+            t1 = time.perf_counter()
+            self.timing["inputs"] += t1 - t0
+            if x is None:
+                self.buffer.add(xs, ts)
+                return
+            t = self._label(x)
+            self.buffer.add(torch.cat([xs, x]), torch.cat([ts, t]))
+            self.timing["teacher"] += time.perf_counter() - t1
+            return
         else:
             x = self._fresh_inputs(self.cfg.batch)
         t1 = time.perf_counter()
         self.timing["inputs"] += t1 - t0
-        with self._teacher_autocast():
-            t = self.teacher(self._fmt(x)).float()
-        self.buffer.add(x, t)
+        self.buffer.add(x, self._label(x))
         self.timing["teacher"] += time.perf_counter() - t1
 
     def _fmt(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +305,7 @@ class Distiller:
 
     def _teacher_autocast(self):
         """Autocast for the teacher's forwards: off (fp32, also under --amp) unless --teacher-dtype asks for one."""
-        dtype = TEACHER_DTYPE[self.cfg.teacher_dtype]
+        dtype = TEACHER_DTYPE[self.teacher_dtype]
         dev = self.env.device.type
         if dtype is None:
             return torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext()
@@ -232,7 +329,9 @@ class Distiller:
     def _generator_step(self, student: SRStudent) -> dict[str, float]:
         cfg, t0 = self.cfg, time.perf_counter()
         self.gen.train()
-        z = self.gen.draw_latent(cfg.batch, self.g)
+        base = self._base(cfg.batch)
+        z = self.gen.draw_latent(cfg.batch, self.g) if base is None else self.gen.draw_latent(cfg.batch, self.g,
+                                                                                             base=base)
         student.requires_grad_(False)
         try:
             x = self.gen_ddp(z)
@@ -249,6 +348,10 @@ class Distiller:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.gen.parameters(), 1.0)
             self.gen_opt.step()
+        except RuntimeError as exc:
+            if is_oom(exc):
+                raise self._oom_error(exc, cfg.batch, "forward and backward (generator step)") from None
+            raise
         finally:
             student.requires_grad_(True)
         self.g_steps += 1
@@ -316,6 +419,100 @@ class Distiller:
         self.timing.update(state.get("timing", {}))
         return state
 
+    # ---------------------------------------------------------------- --time-budget
+    def _probe_cost(self, student: SRStudent) -> float:
+        """Return the measured seconds per student step of ``student`` (refills and generator steps included
+        at their rates); runs a few real steps, so call it between :meth:`_snapshot` and :meth:`_restore`."""
+        cfg = self.cfg
+        opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+        g_seconds = []
+        for i in range(PROBE_WARMUP + 2 if self.uses_g else 0):  # generator steps, timed on their own
+            t0 = time.perf_counter()
+            self._generator_step(student)
+            if i >= PROBE_WARMUP:
+                g_seconds.append(time.perf_counter() - t0)
+        n = max(PROBE_STEPS, 2 * cfg.reuse)
+        for i in range(PROBE_WARMUP + n):  # student steps with their refills, as the stage's loop runs them
+            if i == PROBE_WARMUP:
+                t0 = time.perf_counter()
+            if cfg.mode != "generator" and i % cfg.reuse == 0:
+                self._refill()
+            self._student_step(student, student, opt)
+        cost = (time.perf_counter() - t0) / n
+        if g_seconds:
+            cost += sum(g_seconds) / len(g_seconds) / cfg.student_steps_per_g
+        return cost
+
+    def _snapshot(self) -> dict:
+        """Return everything a probe changes (random generators, buffer, generator G, counters)."""
+        snap = {"rng": self.g.get_state(), "torch_rng": torch.get_rng_state(), "buffer": self.buffer.state_dict(),
+                "g_steps": self.g_steps, "timing": dict(self.timing), "first_kd": getattr(self, "first_kd", None)}
+        if self.uses_g:
+            snap.update(gen=copy.deepcopy(self.gen.state_dict()), gen_ema=copy.deepcopy(self.gen_ema.state_dict()),
+                        gen_opt=copy.deepcopy(self.gen_opt.state_dict()))
+        return snap
+
+    def _restore(self, snap: dict) -> None:
+        """Put back what :meth:`_snapshot` returned, so the run goes on as if no probe had run."""
+        self.g.set_state(snap["rng"])
+        torch.set_rng_state(snap["torch_rng"])
+        self.buffer = ReplayBuffer(self.buffer.capacity)
+        if snap["buffer"]["x"] is not None:
+            self.buffer.load_state_dict(snap["buffer"], self.env.device)
+        self.g_steps, self.timing, self.first_kd = snap["g_steps"], snap["timing"], snap["first_kd"]
+        if self.uses_g:
+            self.gen.load_state_dict(snap["gen"])
+            self.gen_ema.load_state_dict(snap["gen_ema"])
+            self.gen_opt.load_state_dict(snap["gen_opt"])
+
+    def _plan_time_budget(self, student: SRStudent, blocks: list[int]) -> None:
+        """Measure the step cost of the first and last stage's students and set ``steps_per_stage`` so the
+        whole run fits ``cfg.time_budget`` minutes (the same steps for every stage); record the plan in
+        run.json under ``time_budget``. The probe's steps are thrown away: the run then starts as it would
+        have without them."""
+        cfg, env = self.cfg, self.env
+        snap = self._snapshot()
+        try:
+            first = copy.deepcopy(student)
+            cost = {blocks[0]: self._probe_cost(first)}
+            last = first
+            while last.n_blocks < blocks[-1]:
+                last = grow(last, self.g).to(env.device)
+            if blocks[-1] != blocks[0]:
+                cost[blocks[-1]] = self._probe_cost(last)
+            eval_s = 0.0
+            if self.eval_pairs and env.main:
+                t0 = time.perf_counter()
+                shipped = collapse(last) if last.block == "rep" else last
+                evaluate_model(shipped, self.eval_pairs, self.scale)
+                evaluate_model(shipped, self.fidelity_pairs, self.scale)
+                eval_s = time.perf_counter() - t0
+        finally:
+            self._restore(snap)
+        b0, b1 = blocks[0], blocks[-1]
+        cost[b1] = max(cost[b1], cost[b0])  # a bigger student is not cheaper (timer noise aside)
+        per_stage = [cost[b0] if b1 == b0 else cost[b0] + (cost[b1] - cost[b0]) * (b - b0) / (b1 - b0)
+                     for b in blocks]
+        setup = time.time() - self.started
+        left = cfg.time_budget * 60 - setup - eval_s * len(blocks)
+        steps = int(left * 0.9 / sum(per_stage))  # 10 %: checkpoints, growth, timer noise
+        if env.world > 1:  # every rank trains the same number of steps: rank 0's plan
+            box = [steps]
+            dist.broadcast_object_list(box, src=0)
+            steps = box[0]
+        if steps < 1:
+            need = (setup + eval_s * len(blocks) + sum(per_stage) * 10) / 60
+            raise SRShrinkError(f"--time-budget {cfg.time_budget:g}: setting up took {setup:.0f} s and a step of all "
+                                f"{len(blocks)} stages takes {sum(per_stage):.2f} s; give at least {need:.1f} minutes "
+                                "(or fewer stages).")
+        self.cfg = replace(cfg, steps_per_stage=steps)
+        self.run["config"] = self.cfg.to_dict()
+        self.run["time_budget"] = {
+            "minutes": cfg.time_budget, "setup_seconds": round(setup, 2),
+            "step_seconds": {str(b): round(c, 4) for b, c in zip(blocks, per_stage)},
+            "eval_seconds_per_stage": round(eval_s, 2), "steps_per_stage": steps,
+            "planned_seconds": round(setup + eval_s * len(blocks) + steps * sum(per_stage), 1)}
+
     def _check_same_run(self, old: dict) -> None:
         """Raise an SRShrinkError naming the first difference between ``old`` run.json and this run."""
         where = f"{self.run_dir}: "
@@ -339,6 +536,10 @@ class Distiller:
                                     f"{tip}")
         old_cfg, new_cfg = old.get("config", {}), self.cfg.to_dict()
         for key in RESUME_KEYS:
+            if key == "teacher_dtype" and key in old_cfg:  # auto and what it resolved to are the same run
+                dev = self.env.device
+                if resolve_teacher_dtype(old_cfg[key], dev) == resolve_teacher_dtype(new_cfg[key], dev):
+                    continue
             if key in old_cfg and old_cfg[key] != new_cfg[key]:
                 raise SRShrinkError(f"{where}was started with {flag(key)} {_show(key, old_cfg)}, not "
                                     f"{_show(key, new_cfg)}; {tip}")
@@ -356,6 +557,10 @@ class Distiller:
         torch.manual_seed(cfg.seed)
         student = SRStudent(cfg.scale, blocks[0], cfg.channels, cfg.block).to(env.device)  # before _load_state
         old = self.rundir.run if resume and self.rundir.run else None
+        if old is not None and cfg.time_budget and "time_budget" in old:  # go on with the plan made at the start
+            self.cfg = cfg = replace(cfg, steps_per_stage=old.get("config", {}).get("steps_per_stage",
+                                                                                   cfg.steps_per_stage))
+            self.run.update(config=cfg.to_dict(), time_budget=old["time_budget"])
         if old is not None:
             self._check_same_run(old)
             self.run["stages"] = old.get("stages", [])
@@ -380,6 +585,11 @@ class Distiller:
             br = evaluate_bicubic(self.eval_pairs, self.scale)
             self.run.update(teacher_psnr_y=tr["psnr_y"], teacher_ssim_y=tr["ssim_y"],
                             bicubic_psnr_y=br["psnr_y"], bicubic_ssim_y=br["ssim_y"])
+        if done < len(blocks):
+            self._build_pool()
+            if cfg.time_budget and "time_budget" not in self.run:
+                self._plan_time_budget(student, blocks)
+                cfg = self.cfg
         self._write_run()
         if done and cfg.block == "rep" and state is not None:  # stage checkpoints are collapsed: the training
             student = SRStudent(**state["student_config"]).to(env.device)  # form of the last stage is in state.pt

@@ -1,0 +1,152 @@
+"""The shared labelled pool, --time-budget and the out-of-memory message of distill (issue 11)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sr_shrink.cli import main
+from sr_shrink.distill import DistillConfig, distill
+from sr_shrink.distill.loop import Distiller, resolve_teacher_dtype
+from sr_shrink.distill.pool import MAX_POOL_BYTES, LabelledPool, PoolPlan, plan_pool
+from sr_shrink.errors import SRShrinkError
+
+
+def _nearest(x: torch.Tensor, s: int = 2) -> torch.Tensor:
+    """A 'teacher' whose output at every HR pixel depends only on its LR pixel (so crops commute with it)."""
+    return x.repeat_interleave(s, -2).repeat_interleave(s, -1) * 0.5 + 0.25
+
+
+def test_pool_crops_are_aligned_and_turned_together():
+    g = torch.Generator().manual_seed(0)
+    pool = LabelledPool.build(PoolPlan(6, 16, 2), ["deadleaves", "pink"], _nearest, g, batch=4)
+    assert pool.x.shape == (6, 3, 16, 16) and pool.t.shape == (6, 3, 32, 32)
+    x, t = pool.crops(40, 8, torch.Generator().manual_seed(1))
+    assert x.shape == (40, 3, 8, 8) and t.shape == (40, 3, 16, 16)
+    # every target is the teacher's output of its own input crop: same position, same flip/turn
+    assert torch.equal(t, _nearest(x))
+    # negative control: shifting the target window by one LR pixel breaks it
+    shifted = torch.roll(t, 2, dims=-1)
+    assert not torch.equal(shifted, _nearest(x))
+    # the crops are not all the same orientation/position (40 draws from 6 images x 81 offsets x 8 turns)
+    assert len({tuple(v.flatten()[:8].tolist()) for v in x}) > 30
+    only_x = pool.crops(40, 8, torch.Generator().manual_seed(1), with_targets=False)
+    assert torch.equal(only_x, x)
+
+
+def test_plan_pool_caps():
+    assert plan_pool(0, 8, 4, None) is None
+    assert plan_pool(512, 16, 2, None).images == 512
+    # no more teacher time than the synthetic share would have cost: 100 patch labels -> 25 images of 4x the area
+    assert plan_pool(512, 16, 2, 100).images == 25
+    big = plan_pool(10**6, 64, 4, None)
+    assert big.bytes() <= MAX_POOL_BYTES < PoolPlan(big.images + 1, 128, 4).bytes()
+
+
+def _count_labels(monkeypatch) -> list[int]:
+    seen: list[int] = []
+    orig = Distiller._label
+
+    def counting(self, x):
+        seen.append(x.shape[0] * x.shape[-1] * x.shape[-2])
+        return orig(self, x)
+
+    monkeypatch.setattr(Distiller, "_label", counting)
+    return seen
+
+
+def _cfg(**kw) -> DistillConfig:
+    base = dict(stage_start=1, stage_end=3, steps_per_stage=30, channels=4, batch=4, lr_patch=8, seed=3,
+                student_steps_per_g=5)
+    return DistillConfig(**{**base, **kw})
+
+
+def test_pool_labels_fewer_teacher_pixels_across_stages(tiny_teacher, tmp_path, monkeypatch):
+    seen = _count_labels(monkeypatch)
+    run = distill(str(tiny_teacher), tmp_path / "pool", _cfg(pool=512), eval_dir="none", quiet=True, device="cpu")
+    with_pool = sum(seen)
+    seen.clear()
+    distill(str(tiny_teacher), tmp_path / "fresh", _cfg(pool=0), eval_dir="none", quiet=True, device="cpu")
+    without = sum(seen)
+    # one stage's 16 refills x 2 synthetic patches of 8x8 -> a pool of 8 images of 16x16, labelled once for 3 stages
+    assert run["pool"]["images"] == 8 and run["pool"]["side"] == 16
+    assert with_pool < 0.8 * without, (with_pool, without)
+    rec = json.loads((tmp_path / "pool" / "run.json").read_text())
+    assert rec["config"]["pool"] == 512 and rec["pool"]["images"] == 8 and "pool" in rec["timing_seconds"]
+    assert "pool" not in json.loads((tmp_path / "fresh" / "run.json").read_text())
+
+
+def test_time_budget_plans_steps_and_leaves_no_trace(tiny_teacher, tmp_path):
+    cfg = _cfg(stage_end=2, time_budget=0.12, steps_per_stage=500, pool=0)
+    run = distill(str(tiny_teacher), tmp_path / "budget", cfg, eval_dir="none", quiet=True, device="cpu")
+    plan = run["time_budget"]
+    steps = plan["steps_per_stage"]
+    assert steps >= 1 and run["config"]["steps_per_stage"] == steps and steps != 500
+    assert [s["steps"] for s in run["stages"]] == [steps, steps]
+    assert set(plan) >= {"minutes", "setup_seconds", "step_seconds", "eval_seconds_per_stage", "planned_seconds"}
+    assert plan["planned_seconds"] <= 0.12 * 60
+    # the probe's steps are thrown away: the same run with those steps fixed writes identical students
+    distill(str(tiny_teacher), tmp_path / "fixed", _cfg(stage_end=2, steps_per_stage=steps, pool=0), eval_dir="none",
+            quiet=True, device="cpu")
+    for name in ("stage_01.pt", "stage_02.pt"):
+        a = torch.load(tmp_path / "budget" / name, weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "fixed" / name, weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_time_budget_pool_is_the_requested_size(tiny_teacher, tmp_path):
+    run = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=1, time_budget=0.05, pool=40), eval_dir="none",
+                  quiet=True, device="cpu")
+    assert run["pool"]["images"] == 40  # the steps are unknown when the pool is built: no cap from them
+
+
+def test_time_budget_resume_keeps_the_plan(tiny_teacher, tmp_path):
+    cfg = _cfg(stage_end=2, time_budget=0.1)
+    first = distill(str(tiny_teacher), tmp_path / "r", cfg, eval_dir="none", quiet=True, device="cpu")
+    (tmp_path / "r" / "stage_02.pt").unlink()  # as if killed during stage 2
+    again = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=2, time_budget=0.1), eval_dir="none",
+                    quiet=True, device="cpu", resume=True)
+    assert again["time_budget"] == first["time_budget"]
+    assert again["stages"][1]["steps"] == first["config"]["steps_per_stage"]
+    with pytest.raises(SRShrinkError, match="--time-budget 0.1, not 0.2"):
+        distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=2, time_budget=0.2), eval_dir="none", quiet=True,
+                device="cpu", resume=True)
+
+
+def test_time_budget_too_small_is_one_line(tiny_teacher, tmp_path):
+    r = CliRunner().invoke(main, ["distill", str(tiny_teacher), "--out", str(tmp_path / "r"), "--time-budget",
+                                  "0.0001", "--eval", "none", "--quiet", "--channels", "4", "--batch", "4"])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --time-budget 0.0001:") and "minutes" in lines[0]
+    r = CliRunner().invoke(main, ["distill", str(tiny_teacher), "--out", str(tmp_path / "r2"), "--time-budget", "1",
+                                  "--steps-per-stage", "10"])
+    assert r.exit_code == 2 and "not both" in r.output
+
+
+@pytest.mark.parametrize("where", ["_label", "generator"])
+def test_teacher_out_of_memory_is_one_line(tiny_teacher, tmp_path, monkeypatch, where):
+    from sr_shrink.teachers import Teacher
+
+    orig = Teacher.forward
+
+    def oom(self, x):
+        if torch.is_grad_enabled() == (where == "generator"):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes.")
+        return orig(self, x)
+
+    monkeypatch.setattr(Teacher, "forward", oom)
+    r = CliRunner().invoke(main, ["distill", str(tiny_teacher), "--out", str(tmp_path / "r"), "--eval", "none",
+                                  "--quiet", "--steps-per-stage", "3", "--batch", "8", "--lr-patch", "16"])
+    assert r.exit_code == 2, r.output
+    line = r.output.strip()
+    assert "\n" not in line and line.startswith("error: the teacher's") and "ran out of memory" in line
+    assert "--batch 4" in line and "--lr-patch 8" in line
+
+
+def test_teacher_dtype_auto_is_fp32_on_cpu():
+    assert resolve_teacher_dtype("auto", torch.device("cpu")) == "fp32"
+    assert resolve_teacher_dtype("bf16", torch.device("cpu")) == "bf16"
