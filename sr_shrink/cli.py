@@ -242,9 +242,17 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 @click.option("--eval", "eval_dir", type=click.Path(path_type=str),
               help="Folder of HR images for verification [default: the bundled eval split].")
 @click.option("--native-io", is_flag=True, help="I/O in the model precision (fp16 / int8) instead of float32.")
+@click.option("--qat", "qat_steps", type=NONNEG, default=0, metavar="STEPS",
+              help="int8: fine-tune the student STEPS steps with fake quantization against the run's teacher on its "
+                   "data-free inputs before exporting (0: off).")
+@click.option("--qat-lr", type=Finite(0, 1, min_open=True), help="--qat: Adam learning rate [default: 1e-4, cosine].")
+@click.option("--teacher", type=click.Path(dir_okay=False, path_type=str),
+              help="--qat: teacher file [default: the one run.json names].")
+@click.option("--trust-pickle", is_flag=True, help="--qat: allow a full pickled nn.Module teacher (runs its code).")
 def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
            input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
-           calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool) -> None:
+           calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool, qat_steps: int,
+           qat_lr: float | None, teacher: str | None, trust_pickle: bool) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
     from pathlib import Path
 
@@ -254,7 +262,8 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
 
     entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
-                         calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io)
+                         calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io,
+                         qat_steps=qat_steps, qat_lr=qat_lr, teacher=teacher, trust_pickle=trust_pickle)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
     for col in ("file", "KiB", "PSNR-Y (torch)", "Δ dB (tolerance)", "verified"):
         table.add_column(col)
@@ -265,6 +274,12 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
         table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}",
                       f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", delta, ok)
     Console().print(table)
+    for e in entries:
+        if e.get("qat_steps"):
+            show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
+            _note(f"{e['file']}: QAT {e['qat_steps']} steps; vs the original fp32 student: PTQ "
+                  f"{show['ptq_delta_psnr_y']}, QAT {show['qat_delta_psnr_y']} (the table compares with the "
+                  "fine-tuned student)")
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:

@@ -2,9 +2,10 @@
 
 Modules: ``options`` (:class:`ExportConfig`, targets, defaults), ``wrapper`` (the mobile-safe model every
 format converts), ``calib`` (int8 calibration inputs), one module per format (``onnx``, ``coreml``,
-``tflite``), ``graph`` (rank and op allow-list policy), ``verify`` (Y-PSNR against the PyTorch student within
-a stated tolerance) and ``pipeline`` (:func:`export_run`, which ties them together). Exported files are run
-through :mod:`sr_shrink.runtimes`; the run folder and its export.json index are :class:`sr_shrink.run.RunDir`.
+``tflite``), ``qat`` (data-free quantization-aware fine-tuning before int8), ``graph`` (rank and op allow-list
+policy), ``verify`` (Y-PSNR against the PyTorch student within a stated tolerance) and ``pipeline``
+(:func:`export_run`, which ties them together). Exported files are run through :mod:`sr_shrink.runtimes`; the
+run folder and its export.json index are :class:`sr_shrink.run.RunDir`.
 """
 
 from .graph import ALLOWED_OPS, GraphInfo, check_graph

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ class ExportConfig:
     ``"generator"``, a folder of images or ``None`` (generator.pt when the run has one, else the bundled eval
     images); ``native_io`` gives the model I/O in its own precision (fp16 for ONNX/Core ML fp16, int8 for
     TFLite int8) instead of float32; ``shuffle`` picks the wrapper's pixel-shuffle form ("native"/"convt");
-    ``eval_images`` caps the verification images (``None``: all).
+    ``eval_images`` caps the verification images (``None``: all). ``qat_steps`` > 0 fine-tunes the student with
+    fake quantization for that many steps before an int8 export (:mod:`~sr_shrink.export.qat`), at Adam rate
+    ``qat_lr`` (default 1e-4), against ``teacher`` (default: the run's) loaded with ``trust_pickle``.
     """
 
     target: str
@@ -44,6 +47,10 @@ class ExportConfig:
     native_io: bool = False
     shuffle: str | None = None
     verify: bool = True
+    qat_steps: int = 0
+    qat_lr: float | None = None
+    teacher: str | Path | None = None
+    trust_pickle: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -61,6 +68,24 @@ class ExportConfig:
             self.calib_samples = auto_calib_samples(self.input_size)
         if self.calib_samples < 1:
             raise SRShrinkError(f"--calib-samples must be at least 1, not {self.calib_samples}.")
+        self._check_qat()
+
+    def _check_qat(self) -> None:
+        steps = self.qat_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise SRShrinkError(f"--qat {steps!r}: must be a whole number of steps, 0 (off) or more.")
+        if steps and self.precision != "int8":
+            raise SRShrinkError(f"--qat fine-tunes for int8 exports; add --precision int8 (not {self.precision}) "
+                                "or drop --qat.")
+        if not steps:
+            given = [f for f, v in (("--qat-lr", self.qat_lr), ("--teacher", self.teacher),
+                                    ("--trust-pickle", self.trust_pickle)) if v]
+            if given:
+                raise SRShrinkError(f"{', '.join(given)} only applies to --qat STEPS; add --qat or drop it.")
+        if self.qat_lr is not None:
+            lr = self.qat_lr
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and 0 < lr <= 1):
+                raise SRShrinkError(f"--qat-lr {lr!r}: must be a number in (0, 1], e.g. 1e-4.")
 
     def _check_palettize(self) -> None:
         if self.palettize is None:

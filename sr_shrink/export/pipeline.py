@@ -17,6 +17,7 @@ function per format (``export_onnx``, ``export_coreml``, ``export_tflite``):
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from . import tflite as _tflite
 from .calib import calib_inputs, calib_source
 from .graph import GraphInfo, check_graph
 from .options import ExportConfig
+from .qat import DEFAULT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
 from .verify import not_verified, tolerance_key, verify
 from .wrapper import MobileSR, build_wrapper
 
@@ -71,16 +73,19 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
 
     ``precision`` is fp32, fp16 or int8 (default: fp16 for Core ML, fp32 otherwise); ``opts`` are the other
     :class:`ExportConfig` fields (input_size, layout, palettize, calib, calib_samples, seed, eval_dir,
-    eval_images, native_io, shuffle, verify). Returns the export.json entries written, one per file, each
-    with an extra absolute ``path``. Raises :class:`SRShrinkError` with a one-line message on bad input.
+    eval_images, native_io, shuffle, verify, qat_steps, qat_lr, teacher, trust_pickle). Returns the export.json
+    entries written, one per file, each with an extra absolute ``path``. Raises :class:`SRShrinkError` with a
+    one-line message on bad input.
     """
     cfg = _config(target, precision, opts)
     run = RunDir.open(run_dir)
     stages = run.select(stage)
     FORMATS[cfg.target].require(cfg.precision)
+    job = _Job(run, cfg, FORMATS[cfg.target])
+    if cfg.qat_steps:  # a missing or unloadable teacher is an error before anything is written
+        job.teacher(load_student(run.stages[stages[0]])[0].scale)
     out_dir = Path(out) if out is not None else run.exports_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    job = _Job(run, cfg, FORMATS[cfg.target])
     entries = [_export_stage(job, s, out_dir) for s in stages]
     run.update_index(entries, out_dir)
     return entries
@@ -102,6 +107,7 @@ class _Job:
     fmt: Format
     _pairs: dict = field(default_factory=dict)
     _calib: dict = field(default_factory=dict)
+    _teacher: dict = field(default_factory=dict)
 
     def pairs(self, scale: int) -> list:
         """Return the verification pairs for ``scale`` (loaded once)."""
@@ -119,20 +125,42 @@ class _Job:
             self._calib[scale] = (inputs, rec)
         return self._calib[scale]
 
+    def teacher(self, scale: int) -> tuple[torch.nn.Module, dict]:
+        """Return (the teacher --qat fine-tunes against, its record) for ``scale`` (loaded once)."""
+        if scale not in self._teacher:
+            self._teacher[scale] = run_teacher(self.run, scale, self.cfg.teacher, self.cfg.trust_pickle)
+        return self._teacher[scale]
 
-def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
+    def finetune(self, student: SRStudent) -> tuple[SRStudent, dict]:
+        """Return (the QAT fine-tuned copy of ``student``, its ``qat`` record) for this export's settings."""
+        cfg = self.cfg
+        teacher, teacher_rec = self.teacher(student.scale)
+        inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
+        qcfg = QATConfig(cfg.qat_steps, lr=cfg.qat_lr or DEFAULT_LR, seed=cfg.seed,
+                         activations=self.fmt.calibrated(cfg))  # Core ML int8: int8 weights, float activations
+        tuned, rec = finetune(student, teacher, inputs, qcfg)
+        return tuned, {**rec, "teacher": teacher_rec}
+
+
+def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | None, qat: bool = False) -> dict:
     cfg = job.cfg
-    student, _ = load_student(job.run.stages[stage])
-    path = out_dir / cfg.file_name(stage)
-    calib, calib_rec = job.calib(student.scale) if job.fmt.calibrated(cfg) else (None, None)
-    t0 = time.perf_counter()
     try:
-        extra = job.fmt.export(build_wrapper(student, cfg.layout, cfg.shuffle), path, cfg, calib,
-                               _metadata(job.run, stage, student, cfg))
+        return job.fmt.export(build_wrapper(student, cfg.layout, cfg.shuffle), path, cfg, calib,
+                              _metadata(job.run, stage, student, cfg, qat))
     except SRShrinkError:
         raise
     except Exception as exc:
         raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {_first_line(exc)}") from exc
+
+
+def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
+    cfg = job.cfg
+    original, _ = load_student(job.run.stages[stage])
+    student, qat_rec = job.finetune(original) if cfg.qat_steps else (original, None)
+    path = out_dir / cfg.file_name(stage)
+    calib, calib_rec = job.calib(student.scale) if job.fmt.calibrated(cfg) else (None, None)
+    t0 = time.perf_counter()
+    extra = _write(job, stage, student, path, calib, qat=qat_rec is not None)
     seconds = time.perf_counter() - t0
     graph = job.fmt.graph(path)
     checks = _checked(cfg.target, graph, path)
@@ -141,7 +169,35 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
         entry["calibration"] = calib_rec
     entry["verification"] = _verify(job, path, student) if cfg.verify else not_verified("skipped", "")
     entry["verified"] = entry["verification"]["verified"]
+    if qat_rec is not None:
+        entry.update(_qat_fields(job, stage, original, path, calib, qat_rec))
     return entry
+
+
+def _qat_fields(job: _Job, stage: int, original: SRStudent, path: Path, calib: list | None, rec: dict) -> dict:
+    """Return the entry fields of a QAT export: ``qat_steps``, ``ptq_delta_psnr_y`` and ``qat_delta_psnr_y``
+    (None when verification is off or could not run) and the ``qat`` record.
+
+    Both deltas are measured against the **original** fp32 student (the one in stage_XX.pt), on the
+    verification images: ``qat_delta_psnr_y`` verifies the QAT file at ``path`` against it
+    (``qat.fp32_verification``); ``ptq_delta_psnr_y`` is the plain int8 export of the original student (same
+    calibration inputs, written to a temporary folder and deleted) verified against it
+    (``qat.ptq_verification``). The entry's own ``verification`` compares the file with its source, the
+    fine-tuned float student."""
+    fields = {"qat_steps": job.cfg.qat_steps, "ptq_delta_psnr_y": None, "qat_delta_psnr_y": None}
+    if job.cfg.verify:
+        with tempfile.TemporaryDirectory() as tmp:
+            ptq_path = Path(tmp) / job.cfg.file_name(stage)
+            _write(job, stage, original, ptq_path, calib)
+            rec["ptq_verification"] = ptq = _verify(job, ptq_path, original)
+        rec["fp32_verification"] = qat = _verify(job, path, original)
+        fields["ptq_delta_psnr_y"] = ptq.get("delta_psnr_y")
+        fields["qat_delta_psnr_y"] = qat.get("delta_psnr_y")
+    rec["deltas"] = ("ptq_delta_psnr_y: Y-PSNR of the plain int8 export of the original student minus the original "
+                     "fp32 student's; qat_delta_psnr_y: Y-PSNR of this QAT file minus the same original fp32 "
+                     "student's; verification.delta_psnr_y: this file minus its own source, the fine-tuned float "
+                     "student")
+    return {**fields, "qat": rec}
 
 
 def _checked(target: str, graph: GraphInfo, path: Path) -> dict:
@@ -176,12 +232,14 @@ def _verify(job: _Job, path: Path, student: SRStudent) -> dict:
         return not_verified(f"{type(exc).__name__}: {_first_line(exc)}", runtime)
 
 
-def _metadata(run: RunDir, stage: int, student: SRStudent, cfg: ExportConfig) -> dict:
+def _metadata(run: RunDir, stage: int, student: SRStudent, cfg: ExportConfig, qat: bool = False) -> dict:
     rec = run.stage_record(stage)
     meta = {"producer": f"sr-shrink {__version__}", "scale": student.scale, "stage": stage,
             "n_blocks": student.n_blocks, "channels": student.channels,
             "params": sum(p.numel() for p in student.parameters()), "precision": cfg.tag, "layout": cfg.layout,
             "value_range": "RGB in [0, 1]"}
+    if qat:
+        meta["qat_steps"] = cfg.qat_steps
     for key in ("val_psnr_y", "val_ssim_y"):
         if key in rec:
             meta[key] = rec[key]

@@ -1,0 +1,260 @@
+"""Data-free quantization-aware fine-tuning for int8 exports (``sr-shrink export --precision int8 --qat STEPS``).
+
+Before an int8 export, the collapsed student (``stage_XX.pt``) is fine-tuned for STEPS steps with fake
+quantization in its forward pass, against the run's teacher, on the run's own data-free inputs (no photos):
+
+- **inputs**: batches of LR patches (batch 16, the run's LR patch size, else the distill default for the
+  scale) mixed as distill's ``datafree`` mode mixes them: a share ``mix`` (run.json's, else 0.5) from the
+  synthetic sources (run.json's, else dead leaves), the rest sampled from ``RUN_DIR/generator.pt``; a run
+  without generator.pt gets synthetic patches only;
+- **target**: the teacher's output on the same patches (L1, knowledge distillation), the teacher loaded as
+  bench and ``upscale --compare`` load it (the file run.json names, with its ``value_range``/``res_scale``);
+- **fake quantization** (:class:`QATStudent`) where the int8 exporters quantize: every conv weight per output
+  channel, symmetric int8 [-127, 127]; activations per tensor, asymmetric int8, at the input, after the head
+  conv, after each block's conv-ReLU and second conv, after each block's residual Add and after the tail conv
+  (ONNX QDQ and TFLite PT2E both put Q/DQ there). The anchor (exact in int8) and the last Add stay float.
+  Rounding is a straight-through estimator (``torch.fake_quantize_per_*_affine``: gradient 1 inside the range,
+  0 where clipped); weight scales follow the weights (max |w| / 127, as the exporters compute them);
+  activation ranges are EMA min/max observers (momentum :data:`EMA`) updated on every training batch;
+- **schedule**: Adam at ``lr`` (default 1e-4) with distill's cosine decay to 1 % of it, each fresh batch used for
+  ``reuse`` (2) steps as distill does, seeded, deterministic on
+  the CPU for a given thread count.
+
+What comes out is a plain float student (:class:`~sr_shrink.models.student.SRStudent`) whose weights are robust
+to the quantization noise; the normal int8 export (calibration and all) then quantizes it. The exporters
+calibrate their own activation ranges (percentile / histogram); the observers' ranges are recorded, not used.
+
+Two things change, and the export records both (:func:`sr_shrink.export.pipeline.export_run`): the file is
+verified against its own source float model (the fine-tuned student, ``verification.delta_psnr_y``), and,
+because fine-tuning moves the float weights, it is also compared with the **original** fp32 student:
+``qat_delta_psnr_y`` (QAT int8 file minus original student) next to ``ptq_delta_psnr_y`` (plain PTQ int8 file of
+the original student minus the original student), both on the same verification images.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SRShrinkError
+from ..models.student import SRStudent
+from ..run import RunDir
+
+EMA = 0.9  # momentum of the activation range observers
+BATCH = 16
+DEFAULT_LR = 1e-4
+INT8_W = (-127, 127)  # symmetric weights, as ONNX Runtime (WeightSymmetric) and PT2E store them
+INT8_A = (-128, 127)  # asymmetric activations
+
+
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """Return ``w`` (O, I, kh, kw) rounded to symmetric per-output-channel int8 and back (straight-through
+    gradient); the scale of a channel is its max |w| / 127."""
+    amax = w.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-8)
+    scale = (amax / INT8_W[1]).float()
+    zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *INT8_W)
+
+
+class ActQuant(nn.Module):
+    """Per-tensor asymmetric int8 fake quantization with an EMA min/max observer (range always holds 0).
+
+    In training mode each call updates the range (the first call sets it); in eval mode the range is frozen.
+    ``enabled=False`` makes it the identity (weights-only fake quantization)."""
+
+    def __init__(self, enabled: bool = True):
+        super().__init__()
+        self.enabled = enabled
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.training:
+            with torch.no_grad():
+                lo, hi = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
+                if bool(self.seen):
+                    lo, hi = torch.lerp(lo, self.lo, EMA), torch.lerp(hi, self.hi, EMA)
+                self.lo.copy_(lo)
+                self.hi.copy_(hi)
+                self.seen.fill_(True)
+        scale = ((self.hi - self.lo) / (INT8_A[1] - INT8_A[0])).clamp_min(1e-8).float()
+        zero = (INT8_A[0] - torch.round(self.lo / scale)).clamp(*INT8_A).to(torch.int32)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, *INT8_A)
+
+    def range(self) -> list[float]:
+        """Return the observed [min, max] as floats."""
+        return [round(float(self.lo), 5), round(float(self.hi), 5)]
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, fake_quant_weight(conv.weight), conv.bias, conv.stride, conv.padding)
+
+
+class QATStudent(nn.Module):
+    """A plain :class:`SRStudent` with fake quantization at the exporters' Q/DQ points (module docstring).
+
+    ``activations=False`` fake-quantizes the weights only (Core ML int8: int8 weights, fp16 compute).
+    :meth:`student` returns the float student with the current weights."""
+
+    def __init__(self, student: SRStudent, activations: bool = True):
+        super().__init__()
+        if student.block != "plain":
+            raise SRShrinkError("--qat needs a collapsed (plain) student; stage_XX.pt files hold one.")
+        self.net = copy.deepcopy(student).float()
+        n = student.n_blocks
+        self.q_in, self.q_head, self.q_tail = (ActQuant(activations) for _ in range(3))
+        self.q_mid = nn.ModuleList(ActQuant(activations) for _ in range(n))
+        self.q_conv2 = nn.ModuleList(ActQuant(activations) for _ in range(n))
+        self.q_add = nn.ModuleList(ActQuant(activations) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.net.scale
+        xq = self.q_in(x)
+        feat = self.q_head(_conv(self.net.head, xq))
+        for i, blk in enumerate(self.net.body):
+            mid = self.q_mid[i](F.relu(_conv(blk.conv1, feat)))
+            feat = self.q_add[i](feat + self.q_conv2[i](_conv(blk.conv2, mid)))
+        out = self.q_tail(_conv(self.net.tail, feat)) + xq.repeat_interleave(s * s, dim=1)
+        return F.pixel_shuffle(out, s)
+
+    def ranges(self) -> dict[str, list[float]]:
+        """Return the observed activation ranges by Q/DQ point (``input``, ``head``, ``body.N.relu`` ...)."""
+        out = {"input": self.q_in.range(), "head": self.q_head.range()}
+        for i in range(len(self.q_mid)):
+            out.update({f"body.{i}.relu": self.q_mid[i].range(), f"body.{i}.conv2": self.q_conv2[i].range(),
+                        f"body.{i}.add": self.q_add[i].range()})
+        out["tail"] = self.q_tail.range()
+        return out
+
+    def student(self) -> SRStudent:
+        """Return a copy of the float student with the fine-tuned weights (eval mode)."""
+        return copy.deepcopy(self.net).eval()
+
+
+@dataclass
+class QATConfig:
+    """How to fine-tune: ``steps``, Adam ``lr`` (cosine), ``batch``, LR ``patch`` side (None: the run's, else the
+    distill default for the scale), ``seed``, whether activations are fake-quantized too, and ``reuse``: steps per
+    fresh batch of inputs and teacher outputs (distill's default, 2)."""
+
+    steps: int
+    lr: float = DEFAULT_LR
+    batch: int = BATCH
+    patch: int | None = None
+    seed: int = 0
+    activations: bool = True
+    reuse: int = 2
+
+
+class DataFreeInputs:
+    """The run's data-free LR patches: generator.pt samples mixed with synthetic images (distill's datafree
+    recipe, read from run.json), or synthetic images alone when the run has no generator."""
+
+    def __init__(self, run: RunDir, scale: int, patch: int | None, seed: int):
+        from ..distill.config import default_lr_patch
+        from ..distill.generator import load_generator
+        from ..distill.sources import SYNTHETIC
+
+        config = run.run.get("config") if isinstance(run.run.get("config"), dict) else {}
+        kinds = [k for k in str(config.get("synthetic") or "deadleaves").split(",") if k in SYNTHETIC]
+        self.kinds = kinds or ["deadleaves"]
+        mix = config.get("mix", 0.5)
+        self.gen = load_generator(run.generator) if run.generator is not None else None
+        self.mix = float(mix) if self.gen is not None and isinstance(mix, (int, float)) else 1.0
+        run_patch = config.get("lr_patch") if isinstance(config.get("lr_patch"), int) else None
+        self.patch = int(patch or run_patch or default_lr_patch(scale))
+        if self.gen is not None and not getattr(self.gen, "any_size", False):
+            self.patch = int(self.gen.config.patch)  # a latent generator has one output size
+        self.g = torch.Generator().manual_seed(seed)
+
+    def describe(self) -> dict:
+        """Return the export.json record of the inputs: sources, mix and patch size."""
+        src = "+".join(self.kinds) + (" + generator.pt" if self.gen is not None else "")
+        return {"source": src, "synthetic_share": self.mix, "lr_patch": self.patch}
+
+    def batch(self, n: int) -> torch.Tensor:
+        """Return ``n`` LR patches (n, 3, p, p) in [0, 1]: the synthetic share first, then generator samples."""
+        from ..distill.sources import synthetic
+
+        k = int(round(n * self.mix))
+        counts = [k // len(self.kinds) + (i < k % len(self.kinds)) for i in range(len(self.kinds))]
+        parts = [synthetic(kind, c, self.patch, self.g) for kind, c in zip(self.kinds, counts) if c]
+        if n - k:
+            size = {"size": self.patch} if getattr(self.gen, "any_size", False) else {}
+            parts.append(self.gen.sample(n - k, self.g, **size))
+        return torch.cat(parts).float().clamp(0, 1)
+
+
+def run_teacher(run: RunDir, scale: int, teacher: str | Path | None = None, trust_pickle: bool = False):
+    """Return (the :class:`~sr_shrink.teachers.Teacher` to fine-tune against, its export.json record).
+
+    ``teacher`` (a path) wins; else the file run.json names, reloaded with the run's value_range/res_scale
+    overrides. One-line errors when there is none or it cannot be loaded."""
+    from ..teachers import load_teacher, sha256_file
+
+    if teacher is not None:
+        net = load_teacher(teacher, scale=scale, trust_pickle=trust_pickle)
+        return net, {"path": str(teacher), "source": "--teacher"}
+    if not run.run:
+        raise SRShrinkError(f"{run.root}: --qat needs the run's teacher, but there is no run.json here; export the "
+                            "run folder `sr-shrink distill` wrote, or pass --teacher PATH.")
+    path = run.teacher_path()
+    if path is None:
+        raw = (run.run.get("teacher") or {}).get("path") if isinstance(run.run.get("teacher"), dict) else None
+        what = f"names teacher {raw!r}, which is not there" if raw else "names no teacher file"
+        raise SRShrinkError(f"{run.root / 'run.json'} {what}; --qat fine-tunes against the teacher: put the file "
+                            "back or pass --teacher PATH.")
+    net = load_teacher(path, scale=scale, trust_pickle=trust_pickle, **run.teacher_overrides())
+    rec = {"path": str(path), "source": "run.json"}
+    want = run.run["teacher"].get("sha256")
+    if want and want != sha256_file(path):
+        rec["note"] = "sha256 differs from the teacher the run was distilled from"
+    return net, rec
+
+
+def finetune(student: SRStudent, teacher: nn.Module, inputs: DataFreeInputs, cfg: QATConfig) -> tuple[SRStudent, dict]:
+    """Fine-tune a copy of ``student`` with fake quantization against ``teacher`` on ``inputs``; return (the
+    fine-tuned float student, its export.json record: steps, lr, batch, inputs, losses, seconds, ranges).
+
+    ``student`` itself is left untouched. Deterministic for a given seed and thread count."""
+    torch.manual_seed(cfg.seed)
+    model = QATStudent(student, cfg.activations).train()
+    teacher.eval()
+    opt = torch.optim.Adam(model.net.parameters(), lr=cfg.lr)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+        if step % cfg.reuse == 0:
+            x = inputs.batch(cfg.batch)
+            with torch.no_grad():
+                target = teacher(x).float()
+        loss = (model(x) - target).abs().mean()
+        if not torch.isfinite(loss):
+            raise SRShrinkError(f"--qat step {step}: the loss became NaN/inf; try a lower --qat-lr.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    head, tail = losses[:10], losses[-10:]
+    rec = {"steps": cfg.steps, "lr": cfg.lr, "schedule": "cosine to 1 %", "optimizer": "Adam", "batch": cfg.batch,
+           "reuse": cfg.reuse, "seed": cfg.seed, "inputs": inputs.describe(), "loss": "L1 to the teacher's output",
+           "fake_quant": ("int8 weights (symmetric, per channel) + int8 activations (per tensor, EMA min/max)"
+                          if cfg.activations else "int8 weights (symmetric, per channel); activations float"),
+           "first_loss": round(sum(head) / len(head), 6) if head else None,
+           "final_loss": round(sum(tail) / len(tail), 6) if tail else None,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    if cfg.activations:
+        rec["activation_ranges"] = model.ranges()
+    return model.student(), rec
