@@ -47,6 +47,10 @@ VARIANTS = {
     "datafree 50 steps/G": dict(mode="datafree", student_steps_per_g=50),
     "datafree charbonnier": dict(mode="datafree", kd_loss="charbonnier"),
     "datafree reuse 1": dict(mode="datafree", reuse=1),
+    # issue 11: cost levers for big teachers
+    "datafree no pool": dict(mode="datafree", pool=0),
+    "datafree reuse 4": dict(mode="datafree", reuse=4),
+    "datafree 20 steps/G": dict(mode="datafree", student_steps_per_g=20),
 }
 
 

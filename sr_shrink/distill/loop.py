@@ -560,7 +560,10 @@ class Distiller:
         if old is not None and cfg.time_budget and "time_budget" in old:  # go on with the plan made at the start
             self.cfg = cfg = replace(cfg, steps_per_stage=old.get("config", {}).get("steps_per_stage",
                                                                                    cfg.steps_per_stage))
-            self.run.update(config=cfg.to_dict(), time_budget=old["time_budget"])
+            self.run.update(config=cfg.to_dict(), recipe=cfg.recipe(), time_budget=old["time_budget"])
+        if old is not None and "pool" not in old.get("config", {"pool": 0}):  # a run from before the pool: it
+            self.cfg = cfg = replace(cfg, pool=0)  # labelled fresh images for every batch, and goes on doing so
+            self.run.update(config=cfg.to_dict(), recipe=cfg.recipe())
         if old is not None:
             self._check_same_run(old)
             self.run["stages"] = old.get("stages", [])
