@@ -38,12 +38,15 @@ from sr_shrink.runtimes import OrtRunner, ort_session_options  # noqa: E402
 # label -> (file stem, int8 scheme or None for fp32, ORT graph optimisation level)
 VARIANTS = {
     "fp32": ("fp32", None, "all"),
-    "int8 s8 act, full-range w (before)": ("int8_s8s8", Int8Scheme("int8", reduce_range=False), "all"),
-    "int8 u8 act, full-range w": ("int8_u8s8", Int8Scheme("uint8", reduce_range=False), "all"),
-    "int8 u8 act, 7-bit w (new default)": ("int8_u8s8_rr", INT8_SCHEME, "all"),
-    "int8 new default, no float tail": ("int8_u8s8_rr_notail", Int8Scheme(float_tail=False), "all"),
-    "int8 new default, ORT level extended (no NHWC)": ("int8_u8s8_rr", INT8_SCHEME, "extended"),
-    "int8 new default, ORT level basic (no QDQ fusion)": ("int8_u8s8_rr", INT8_SCHEME, "basic"),
+    "int8 s8 act, full-range w (before)": ("int8_s8s8", Int8Scheme("int8", reduce_range=False,
+                                                                   float_end_convs=False), "all"),
+    "int8 u8 act, full-range w, head/tail convs int8": ("int8_u8s8",
+                                                        Int8Scheme(reduce_range=False, float_end_convs=False), "all"),
+    "int8 u8 act, 7-bit w, head/tail convs int8": ("int8_u8s8_rr", Int8Scheme(float_end_convs=False), "all"),
+    "int8 u8 act, 7-bit w, float head/tail convs (new default)": ("int8_new", INT8_SCHEME, "all"),
+    "int8 new default, anchor path int8 too": ("int8_new_notail", Int8Scheme(float_tail=False), "all"),
+    "int8 new default, ORT level extended (no NHWC)": ("int8_new", INT8_SCHEME, "extended"),
+    "int8 new default, ORT level basic (no QDQ fusion)": ("int8_new", INT8_SCHEME, "basic"),
 }
 
 

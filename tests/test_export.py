@@ -119,15 +119,15 @@ def test_onnx_fp16_and_int8_details(exported):
 
 
 def test_onnx_int8_runs_on_integer_kernels_in_onnxruntime(exported):
-    """What int8 speed rests on (BENCHMARKS section 9): after ONNX Runtime's graph optimisations every 3x3 conv
-    is a QLinearConv and every residual Add a QLinearAdd; only the 1x1 anchor conv and the last Add run in
-    float, and the input is the only tensor quantised at run time. (int8 activations left half the convs as
-    float Convs between Quantize/DequantizeLinear pairs on x86.)"""
+    """What int8 speed rests on (BENCHMARKS section 9): after ONNX Runtime's graph optimisations every body conv
+    is a QLinearConv and every residual Add a QLinearAdd; only the 1x1 anchor conv, the first and last 3x3
+    convs and the anchor Add run in float, and one tensor (the head's output) is quantised at run time.
+    (int8 activations left half the body convs as float Convs between Quantize/DequantizeLinear pairs on x86.)"""
     fp32, int8 = exported("onnx", "fp32"), exported("onnx", "int8")
     n_conv, n_add = fp32["ops"]["Conv"], fp32["ops"]["Add"]
     ops = ort_optimized_ops(Path(int8["path"]))
-    assert ops.get("QLinearConv", 0) == n_conv - 1 and ops.get("Conv", 0) == 1
-    assert ops.get("QLinearAdd", 0) == n_add - 1 and ops.get("Add", 0) == 1
+    assert ops.get("QLinearConv", 0) == n_conv - 3 > 0 and ops.get("Conv", 0) == 3
+    assert ops.get("QLinearAdd", 0) == n_add - 1 and ops.get("Add", 0) <= 1  # the anchor Add may fuse into a Conv
     assert ops.get("QuantizeLinear", 0) == 1
     # negative control: the same file with ORT's QDQ fusions off runs every conv in float between Q/DQ pairs
     basic = ort_optimized_ops(Path(int8["path"]), "basic")
@@ -135,7 +135,7 @@ def test_onnx_int8_runs_on_integer_kernels_in_onnxruntime(exported):
     # 7-bit weights: u8 x s8 products summed in pairs fit AVX2's int16 (255 * 64 * 2 < 32767), so no CPU saturates
     weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(int8["path"]).graph.initializer
                if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
-    assert len(weights) == n_conv - 1 and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 64
+    assert len(weights) == n_conv - 3 and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 64
     assert "[-64, 64]" in int8["quantization"]["weights"] and int8["quantization"]["activations"].startswith("uint8")
 
 

@@ -4,14 +4,15 @@ Graph: Conv, Relu, Add and DepthToSpace (CRD), input ``lr`` (1,3,H,W) with free 
 fixed. fp16 converts weights and activations (I/O stay float32 with Cast nodes unless ``native_io``). int8 is
 ONNX Runtime static QDQ (:class:`Int8Scheme`): uint8 activations and symmetric per-channel int8 weights in
 [-64, 64]; the anchor conv, the last Add and DepthToSpace stay float so the exact nearest-neighbour anchor is
-not rounded to 8 bits.
+not rounded to 8 bits, and so do the first and last 3x3 convs (3 input / 12 output channels: ORT's int8
+kernels are no faster than fp32 there, and the tail's rounding lands straight on the output).
 
 Why this scheme (BENCHMARKS.md, section 9). On x86, ONNX Runtime fuses a QDQ Conv into QLinearConv (and a QDQ
 Add into QLinearAdd, then runs the integer body in NHWC) only for uint8 activations, unless the CPU has
 AVX-VNNI-class int8 support: with int8 activations half the convs stayed float Convs between
 Quantize/DequantizeLinear pairs, and int8 ran 1.4x *slower* than fp32. uint8 x int8 products are summed in
 pairs into int16 on AVX2 (``vpmaddubsw``), which saturates for full-range weights (255 * 127 * 2 > 32767; it
-cost 0.19 dB here); 7-bit weights (``reduce_range``) keep every pair sum in range on any CPU.
+cost 0.6 dB on a 300-step student); 7-bit weights (``reduce_range``) keep every pair sum in range on any CPU.
 """
 
 from __future__ import annotations
@@ -100,6 +101,27 @@ def float_tail_nodes(proto) -> list[str]:
     return sorted(set(names))
 
 
+def float_end_convs(proto) -> list[str]:
+    """Return the names of the first and last 3x3 convs (the head on the RGB input, the tail producing the
+    residual before the anchor Add): int8 keeps them float. ORT's int8 kernels are slower than its fp32 ones
+    for their 3 input / 12 output channels, and their rounding costs the most dB (BENCHMARKS.md, section 9)."""
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    inputs = {i.name for i in g.input}
+    inputs |= {o for n in g.node if n.op_type == "Transpose" and n.input[0] in inputs for o in n.output}
+
+    def is_3x3_conv(n) -> bool:
+        return n.op_type == "Conv" and n.input[1] in inits and list(inits[n.input[1]].dims[2:]) != [1, 1]
+
+    names = [n.name for n in g.node if is_3x3_conv(n) and n.input[0] in inputs]
+    for n in g.node:
+        if n.op_type in ("DepthToSpace", "ConvTranspose") and n.input[0] in producer:
+            add = producer[n.input[0]]
+            names += [producer[i].name for i in add.input if i in producer and is_3x3_conv(producer[i])]
+    return sorted(set(names))
+
+
 # Activation ranges clip the rarest 0.01 % of values: on a 4-block student MinMax ranges lost 0.19 dB Y-PSNR,
 # 99.99th-percentile ranges 0.09 dB, 99.999 0.12 dB, entropy 0.19 dB (BENCHMARKS.md, section 4).
 CALIB_PERCENTILE = 99.99
@@ -122,11 +144,13 @@ class _Feed:
 class Int8Scheme:
     """How :func:`to_int8` quantises: ``activations`` "uint8" or "int8" (asymmetric, per tensor, percentile
     ranges); ``reduce_range`` 7-bit weights (int8 in [-64, 64], symmetric, per channel); ``float_tail`` keeps
-    the anchor conv, the last Add and DepthToSpace in float. The default is the export's scheme."""
+    the anchor conv, the last Add and DepthToSpace in float (:func:`float_tail_nodes`); ``float_end_convs``
+    the first and last 3x3 convs (:func:`float_end_convs`). The default is the export's scheme."""
 
     activations: str = "uint8"
     reduce_range: bool = True
     float_tail: bool = True
+    float_end_convs: bool = True
 
     def record(self) -> dict:
         """Return the export.json description of the scheme."""
@@ -144,7 +168,8 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     arrays = [(c.permute(0, 2, 3, 1) if nhwc else c).numpy().astype(np.float32) for c in calib]
-    keep_float = float_tail_nodes(proto) if scheme.float_tail else []
+    keep_float = sorted((float_tail_nodes(proto) if scheme.float_tail else [])
+                        + (float_end_convs(proto) if scheme.float_end_convs else []))
     act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[scheme.activations]
     with tempfile.TemporaryDirectory() as tmp, quiet():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
