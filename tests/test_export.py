@@ -435,6 +435,25 @@ def test_calibration_from_refine_generator_at_any_size(tmp_path):
     assert e["calibration"]["source"] == "generator" and e["verified"]
 
 
+def test_calibration_inputs_are_made_once_per_request(tmp_path):
+    """bench exports stage after stage: the same calibration request reuses the inputs already made, and a
+    changed generator file (or another seed) makes new ones."""
+    from sr_shrink.distill.generator import RefineGenerator, save_generator
+    from sr_shrink.export.calib import CalibSource, calib_inputs
+
+    path = tmp_path / "generator.pt"
+    save_generator(RefineGenerator(patch=8), path)
+    src = CalibSource("generator", path)
+    first = calib_inputs(src, 2, 3, (20, 36), seed=0)
+    again = calib_inputs(src, 2, 3, (20, 36), seed=0)
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    assert not any(a is b for a, b in zip(first, calib_inputs(src, 2, 3, (20, 36), seed=1), strict=True))
+    torch.manual_seed(1)
+    save_generator(RefineGenerator(patch=8), path)  # other weights: sampled anew
+    fresh = calib_inputs(src, 2, 3, (20, 36), seed=0)
+    assert not any(a is b for a, b in zip(first, fresh, strict=True))
+
+
 def test_mosaic_tiles_patches_in_order():
     patches = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 2, 2)
     m = mosaic(patches, (4, 5))
