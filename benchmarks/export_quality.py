@@ -133,13 +133,13 @@ def ablations(args, calib: str) -> None:
             e = export_run(args.run, target, stage="last", precision="int8", out=out / f"{target}_{name}",
                            calib=src)[0]
             print(row(e).replace(f"| {e['file']} ", f"| {e['file']}, calib {name} ", 1))
-    keep = onnx_fmt.float_tail_nodes
-    onnx_fmt.float_tail_nodes = lambda proto: []
+    keep, keep_ends = onnx_fmt.float_tail_nodes, onnx_fmt.float_end_convs
+    onnx_fmt.float_tail_nodes = onnx_fmt.float_end_convs = lambda proto: []
     try:
         e = export_run(args.run, "onnx", stage="last", precision="int8", out=out / "all_int8", calib=calib)[0]
         print(row(e).replace(f"| {e['file']} ", f"| {e['file']}, everything int8 (no float tail) ", 1))
     finally:
-        onnx_fmt.float_tail_nodes = keep
+        onnx_fmt.float_tail_nodes, onnx_fmt.float_end_convs = keep, keep_ends
     print("\nTFLite fp32 256x256, LiteRT XNNPACK 1 thread, median ms:")
     for shuffle in ("native", "convt"):
         e = export_run(args.run, "tflite", stage="last", out=out / f"tfl_{shuffle}", shuffle=shuffle,

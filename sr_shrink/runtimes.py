@@ -206,8 +206,39 @@ class TorchRunner(Runner):
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
+ORT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def ort_session_options(threads: int = 1, level: str = "all", profile_prefix: str | None = None,
+                        optimized_to: str | Path | None = None):
+    """Return the onnxruntime SessionOptions every sr-shrink ONNX session uses: ``threads`` intra-op threads,
+    one inter-op thread, no spin-waiting, graph optimisation ``level`` (one of :data:`ORT_LEVELS`).
+
+    ``level="all"`` (the default) is what makes int8 fast: the QDQ fusions into QLinearConv/QLinearAdd run at
+    "extended", and the NHWC layout transform that keeps the whole integer body in NHWC runs only at "all".
+    ``profile_prefix`` turns on ORT's node-level profiler; ``optimized_to`` writes the optimised graph there.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    names = dict(zip(ORT_LEVELS, ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")))
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, names[level])
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
+    if optimized_to:
+        opts.optimized_model_filepath = str(optimized_to)
+    return opts
+
+
 class OrtRunner(Runner):
-    """ONNX Runtime session with ``intra_op_num_threads=threads``, one inter-op thread and no spin-waiting.
+    """ONNX Runtime session with :func:`ort_session_options` (``intra_op_num_threads=threads``, one inter-op
+    thread, no spin-waiting, all graph optimisations), or the ``options`` given.
 
     Spinning is off so that idle worker threads do not steal cores from the rows timed next to it.
     ``device="cuda"`` uses the CUDA provider when this onnxruntime build has it, else the CPU.
@@ -215,16 +246,11 @@ class OrtRunner(Runner):
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int = 1, device: str = "cpu"):
+    def __init__(self, path: str | Path, threads: int = 1, device: str = "cpu", options=None):
         super().__init__(path, threads)
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = options if options is not None else ort_session_options(self.threads)
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

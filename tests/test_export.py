@@ -23,7 +23,7 @@ from sr_shrink.data import load_eval_set
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.export import TOLERANCE_DB, build_wrapper, check_graph, export_run
 from sr_shrink.export.calib import mosaic
-from sr_shrink.export.onnx import onnx_graph
+from sr_shrink.export.onnx import onnx_graph, ort_optimized_ops
 from sr_shrink.models.student import SRStudent, load_student
 from sr_shrink.runtimes import open_runner
 
@@ -116,6 +116,27 @@ def test_onnx_fp16_and_int8_details(exported):
     anchor = [n for n in convs if n.input[1] in inits and list(inits[n.input[1]].dims[2:]) == [1, 1]]
     assert len(anchor) == 1 and inits[anchor[0].input[1]].data_type == TensorProto.FLOAT
     assert sum(producer[n.input[1]].op_type == "DequantizeLinear" for n in convs if n.input[1] in producer) >= 3
+
+
+def test_onnx_int8_runs_on_integer_kernels_in_onnxruntime(exported):
+    """What int8 speed rests on (BENCHMARKS section 9): after ONNX Runtime's graph optimisations every body conv
+    is a QLinearConv and every residual Add a QLinearAdd; only the 1x1 anchor conv, the first and last 3x3
+    convs and the anchor Add run in float, and one tensor (the head's output) is quantised at run time.
+    (int8 activations left half the body convs as float Convs between Quantize/DequantizeLinear pairs on x86.)"""
+    fp32, int8 = exported("onnx", "fp32"), exported("onnx", "int8")
+    n_conv, n_add = fp32["ops"]["Conv"], fp32["ops"]["Add"]
+    ops = ort_optimized_ops(Path(int8["path"]))
+    assert ops.get("QLinearConv", 0) == n_conv - 3 > 0 and ops.get("Conv", 0) == 3
+    assert ops.get("QLinearAdd", 0) == n_add - 1 and ops.get("Add", 0) <= 1  # the anchor Add may fuse into a Conv
+    assert ops.get("QuantizeLinear", 0) == 1
+    # negative control: the same file with ORT's QDQ fusions off runs every conv in float between Q/DQ pairs
+    basic = ort_optimized_ops(Path(int8["path"]), "basic")
+    assert basic.get("QLinearConv", 0) == 0 and basic["Conv"] == n_conv and basic["QuantizeLinear"] > 1
+    # 7-bit weights: u8 x s8 products summed in pairs fit AVX2's int16 (255 * 64 * 2 < 32767), so no CPU saturates
+    weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(int8["path"]).graph.initializer
+               if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
+    assert len(weights) == n_conv - 3 and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 64
+    assert "[-64, 64]" in int8["quantization"]["weights"] and int8["quantization"]["activations"].startswith("uint8")
 
 
 def test_onnx_dynamic_input_sizes_one_file(exported, student):
@@ -412,6 +433,25 @@ def test_calibration_from_refine_generator_at_any_size(tmp_path):
     assert all(0 <= float(x.min()) and float(x.max()) <= 1 and float(x.std()) > 0.01 for x in xs)
     e = export_run(run, "onnx", precision="int8", **FAST)[0]
     assert e["calibration"]["source"] == "generator" and e["verified"]
+
+
+def test_calibration_inputs_are_made_once_per_request(tmp_path):
+    """bench exports stage after stage: the same calibration request reuses the inputs already made, and a
+    changed generator file (or another seed) makes new ones."""
+    from sr_shrink.distill.generator import RefineGenerator, save_generator
+    from sr_shrink.export.calib import CalibSource, calib_inputs
+
+    path = tmp_path / "generator.pt"
+    save_generator(RefineGenerator(patch=8), path)
+    src = CalibSource("generator", path)
+    first = calib_inputs(src, 2, 3, (20, 36), seed=0)
+    again = calib_inputs(src, 2, 3, (20, 36), seed=0)
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    assert not any(a is b for a, b in zip(first, calib_inputs(src, 2, 3, (20, 36), seed=1), strict=True))
+    torch.manual_seed(1)
+    save_generator(RefineGenerator(patch=8), path)  # other weights: sampled anew
+    fresh = calib_inputs(src, 2, 3, (20, 36), seed=0)
+    assert not any(a is b for a, b in zip(first, fresh, strict=True))
 
 
 def test_mosaic_tiles_patches_in_order():

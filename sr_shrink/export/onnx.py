@@ -2,14 +2,23 @@
 
 Graph: Conv, Relu, Add and DepthToSpace (CRD), input ``lr`` (1,3,H,W) with free H/W unless a size is
 fixed. fp16 converts weights and activations (I/O stay float32 with Cast nodes unless ``native_io``). int8 is
-ONNX Runtime static QDQ, s8s8 (int8 activations and symmetric per-channel int8 weights: the default u8s8
-saturates on CPUs without VNNI); the anchor conv, the last Add and DepthToSpace stay float so the exact
-nearest-neighbour anchor is not rounded to 8 bits.
+ONNX Runtime static QDQ (:class:`Int8Scheme`): uint8 activations and symmetric per-channel int8 weights in
+[-64, 64]; the anchor conv, the last Add and DepthToSpace stay float so the exact nearest-neighbour anchor is
+not rounded to 8 bits, and so do the first and last 3x3 convs (3 input / 12 output channels: ORT's int8
+kernels are no faster than fp32 there, and the tail's rounding lands straight on the output).
+
+Why this scheme (BENCHMARKS.md, section 9). On x86, ONNX Runtime fuses a QDQ Conv into QLinearConv (and a QDQ
+Add into QLinearAdd, then runs the integer body in NHWC) only for uint8 activations, unless the CPU has
+AVX-VNNI-class int8 support: with int8 activations half the convs stayed float Convs between
+Quantize/DequantizeLinear pairs, and int8 ran 1.4x *slower* than fp32. uint8 x int8 products are summed in
+pairs into int16 on AVX2 (``vpmaddubsw``), which saturates for full-range weights (255 * 127 * 2 > 32767; it
+cost 0.6 dB on a 300-step student); 7-bit weights (``reduce_range``) keep every pair sum in range on any CPU.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +51,7 @@ def export_onnx(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[torc
     if cfg.precision == "fp16":
         proto = _to_fp16(proto, keep_io=not cfg.native_io)
     elif cfg.precision == "int8":
-        proto, extra["quantization"] = _to_int8(proto, calib, model.nhwc)
+        proto, extra["quantization"] = to_int8(proto, calib, model.nhwc)
     _set_metadata(proto, meta)
     onnx.save(proto, str(path))
     return extra
@@ -92,6 +101,27 @@ def float_tail_nodes(proto) -> list[str]:
     return sorted(set(names))
 
 
+def float_end_convs(proto) -> list[str]:
+    """Return the names of the first and last 3x3 convs (the head on the RGB input, the tail producing the
+    residual before the anchor Add): int8 keeps them float. ORT's int8 kernels are slower than its fp32 ones
+    for their 3 input / 12 output channels, and their rounding costs the most dB (BENCHMARKS.md, section 9)."""
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    inputs = {i.name for i in g.input}
+    inputs |= {o for n in g.node if n.op_type == "Transpose" and n.input[0] in inputs for o in n.output}
+
+    def is_3x3_conv(n) -> bool:
+        return n.op_type == "Conv" and n.input[1] in inits and list(inits[n.input[1]].dims[2:]) != [1, 1]
+
+    names = [n.name for n in g.node if is_3x3_conv(n) and n.input[0] in inputs]
+    for n in g.node:
+        if n.op_type in ("DepthToSpace", "ConvTranspose") and n.input[0] in producer:
+            add = producer[n.input[0]]
+            names += [producer[i].name for i in add.input if i in producer and is_3x3_conv(producer[i])]
+    return sorted(set(names))
+
+
 # Activation ranges clip the rarest 0.01 % of values: on a 4-block student MinMax ranges lost 0.19 dB Y-PSNR,
 # 99.99th-percentile ranges 0.09 dB, 99.999 0.12 dB, entropy 0.19 dB (BENCHMARKS.md, section 4).
 CALIB_PERCENTILE = 99.99
@@ -110,27 +140,68 @@ class _Feed:
         pass
 
 
-def _to_int8(proto, calib: list[torch.Tensor], nhwc: bool):
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How :func:`to_int8` quantises: ``activations`` "uint8" or "int8" (asymmetric, per tensor, percentile
+    ranges); ``reduce_range`` 7-bit weights (int8 in [-64, 64], symmetric, per channel); ``float_tail`` keeps
+    the anchor conv, the last Add and DepthToSpace in float (:func:`float_tail_nodes`); ``float_end_convs``
+    the first and last 3x3 convs (:func:`float_end_convs`). The default is the export's scheme."""
+
+    activations: str = "uint8"
+    reduce_range: bool = True
+    float_tail: bool = True
+    float_end_convs: bool = True
+
+    def record(self) -> dict:
+        """Return the export.json description of the scheme."""
+        bits = "7-bit range [-64, 64]" if self.reduce_range else "full range [-127, 127]"
+        return {"activations": f"{self.activations} (asymmetric, per tensor, {CALIB_PERCENTILE} percentile ranges)",
+                "weights": f"int8 (symmetric, per channel, {bits})"}
+
+
+INT8_SCHEME = Int8Scheme()
+
+
+def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = INT8_SCHEME):
+    """Return (the QDQ int8 model of the float ``proto`` calibrated on ``calib``, its export.json record)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     arrays = [(c.permute(0, 2, 3, 1) if nhwc else c).numpy().astype(np.float32) for c in calib]
-    keep_float = float_tail_nodes(proto)
+    keep_float = sorted((float_tail_nodes(proto) if scheme.float_tail else [])
+                        + (float_end_convs(proto) if scheme.float_end_convs else []))
+    act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[scheme.activations]
     with tempfile.TemporaryDirectory() as tmp, quiet():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, str(src))
         quantize_static(str(src), str(dst), _Feed(proto.graph.input[0].name, arrays),
-                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep_float,
+                        quant_format=QuantFormat.QDQ, activation_type=act, weight_type=QuantType.QInt8,
+                        per_channel=True, reduce_range=scheme.reduce_range, nodes_to_exclude=keep_float,
                         calibrate_method=CalibrationMethod.Percentile,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                        "CalibPercentile": CALIB_PERCENTILE})
         out = onnx.load(str(dst))
-    info = {"method": "onnxruntime static QDQ",
-            "activations": f"int8 (asymmetric, per tensor, {CALIB_PERCENTILE} percentile ranges)",
-            "weights": "int8 (symmetric, per channel)", "float_nodes": keep_float,
+    info = {"method": "onnxruntime static QDQ", **scheme.record(), "float_nodes": keep_float,
             "calibration_inputs": len(arrays)}
     return out, info
+
+
+def ort_optimized_ops(path: Path, level: str = "all") -> dict[str, int]:
+    """Return {op type: count} of the graph ONNX Runtime (CPU) actually runs for the file at ``path``, after
+    the graph optimisations of ``level`` that sr-shrink's runner applies (e.g. QDQ -> QLinearConv)."""
+    import onnx
+    import onnxruntime as ort
+
+    from ..runtimes import ort_session_options
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp) / "optimized.onnx"
+        ort.InferenceSession(str(path), ort_session_options(1, level, optimized_to=dst),
+                             providers=["CPUExecutionProvider"])
+        ops: dict[str, int] = {}
+        for n in onnx.load(str(dst)).graph.node:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return ops
 
 
 def _set_metadata(proto, meta: dict) -> None:
