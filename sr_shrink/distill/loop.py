@@ -108,7 +108,7 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
 def resolve_teacher_dtype(name: str, device: torch.device) -> str:
     """Return the concrete teacher precision for ``--teacher-dtype``: ``auto`` is bf16 on a CUDA device that
     supports it and fp32 elsewhere (on CPUs without native bf16, e.g. this project's AMD EPYC runners, bf16
-    autocast made the teacher 8x slower: BENCHMARKS section 9); the others are returned as they are."""
+    autocast made the teacher 8x slower: BENCHMARKS section 10); the others are returned as they are."""
     if name != "auto":
         return name
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

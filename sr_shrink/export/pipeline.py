@@ -136,8 +136,11 @@ class _Job:
         cfg = self.cfg
         teacher, teacher_rec = self.teacher(student.scale)
         inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
+        scheme = _onnx.INT8_SCHEME if cfg.target == "onnx" else None  # mirror what the exporter quantizes
         qcfg = QATConfig(cfg.qat_steps, lr=cfg.qat_lr or DEFAULT_LR, seed=cfg.seed,
-                         activations=self.fmt.calibrated(cfg))  # Core ML int8: int8 weights, float activations
+                         activations=self.fmt.calibrated(cfg),  # Core ML int8: int8 weights, float activations
+                         weight_max=64 if scheme is not None and scheme.reduce_range else 127,
+                         float_ends=bool(scheme is not None and scheme.float_end_convs))
         tuned, rec = finetune(student, teacher, inputs, qcfg)
         return tuned, {**rec, "teacher": teacher_rec}
 

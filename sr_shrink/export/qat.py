@@ -12,7 +12,9 @@ quantization in its forward pass, against the run's teacher, on the run's own da
 - **fake quantization** (:class:`QATStudent`) where the int8 exporters quantize: every conv weight per output
   channel, symmetric int8 [-127, 127]; activations per tensor, asymmetric int8, at the input, after the head
   conv, after each block's conv-ReLU and second conv, after each block's residual Add and after the tail conv
-  (ONNX QDQ and TFLite PT2E both put Q/DQ there). The anchor (exact in int8) and the last Add stay float.
+  (TFLite PT2E puts Q/DQ there). The anchor (exact in int8) and the last Add stay float. For ONNX the fake
+  quantization follows its scheme (``export.onnx.INT8_SCHEME``): 7-bit weights in [-64, 64], and the head and
+  tail convs float, so the input and the tail's output are not quantized.
   Rounding is a straight-through estimator (``torch.fake_quantize_per_*_affine``: gradient 1 inside the range,
   0 where clipped); weight scales follow the weights (max |w| / 127, as the exporters compute them);
   activation ranges are EMA min/max observers (momentum :data:`EMA`) updated on every training batch;
@@ -54,13 +56,14 @@ INT8_W = (-127, 127)  # symmetric weights, as ONNX Runtime (WeightSymmetric) and
 INT8_A = (-128, 127)  # asymmetric activations
 
 
-def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """Return ``w`` (O, I, kh, kw) rounded to symmetric per-output-channel int8 and back (straight-through
-    gradient); the scale of a channel is its max |w| / 127."""
+def fake_quant_weight(w: torch.Tensor, qmax: int = INT8_W[1]) -> torch.Tensor:
+    """Return ``w`` (O, I, kh, kw) rounded to symmetric per-output-channel integers in [-qmax, qmax] and back
+    (straight-through gradient); the scale of a channel is its max |w| / qmax (127: int8; 64: the 7-bit
+    weights of the ONNX export, ``Int8Scheme.reduce_range``)."""
     amax = w.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-8)
-    scale = (amax / INT8_W[1]).float()
+    scale = (amax / qmax).float()
     zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, *INT8_W)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax, qmax)
 
 
 class ActQuant(nn.Module):
@@ -96,23 +99,30 @@ class ActQuant(nn.Module):
         return [round(float(self.lo), 5), round(float(self.hi), 5)]
 
 
-def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return F.conv2d(x, fake_quant_weight(conv.weight), conv.bias, conv.stride, conv.padding)
+def _conv(conv: nn.Conv2d, x: torch.Tensor, qmax: int | None = INT8_W[1]) -> torch.Tensor:
+    w = conv.weight if qmax is None else fake_quant_weight(conv.weight, qmax)
+    return F.conv2d(x, w, conv.bias, conv.stride, conv.padding)
 
 
 class QATStudent(nn.Module):
     """A plain :class:`SRStudent` with fake quantization at the exporters' Q/DQ points (module docstring).
 
     ``activations=False`` fake-quantizes the weights only (Core ML int8: int8 weights, fp16 compute).
-    :meth:`student` returns the float student with the current weights."""
+    ``weight_max``: the weights' integer range [-weight_max, weight_max] (127, or 64 for ONNX's 7-bit weights);
+    ``float_ends``: the head and tail convs stay float, as the ONNX export keeps them (so the input and the
+    tail's output are not quantized either). :meth:`student` returns the float student with the current
+    weights."""
 
-    def __init__(self, student: SRStudent, activations: bool = True):
+    def __init__(self, student: SRStudent, activations: bool = True, weight_max: int = INT8_W[1],
+                 float_ends: bool = False):
         super().__init__()
         if student.block != "plain":
             raise SRShrinkError("--qat needs a collapsed (plain) student; stage_XX.pt files hold one.")
         self.net = copy.deepcopy(student).float()
         n = student.n_blocks
-        self.q_in, self.q_head, self.q_tail = (ActQuant(activations) for _ in range(3))
+        self.weight_max, self.end_max = weight_max, None if float_ends else weight_max
+        self.q_in, self.q_tail = (ActQuant(activations and not float_ends) for _ in range(2))
+        self.q_head = ActQuant(activations)
         self.q_mid = nn.ModuleList(ActQuant(activations) for _ in range(n))
         self.q_conv2 = nn.ModuleList(ActQuant(activations) for _ in range(n))
         self.q_add = nn.ModuleList(ActQuant(activations) for _ in range(n))
@@ -120,11 +130,11 @@ class QATStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.net.scale
         xq = self.q_in(x)
-        feat = self.q_head(_conv(self.net.head, xq))
+        feat = self.q_head(_conv(self.net.head, xq, self.end_max))
         for i, blk in enumerate(self.net.body):
-            mid = self.q_mid[i](F.relu(_conv(blk.conv1, feat)))
-            feat = self.q_add[i](feat + self.q_conv2[i](_conv(blk.conv2, mid)))
-        out = self.q_tail(_conv(self.net.tail, feat)) + xq.repeat_interleave(s * s, dim=1)
+            mid = self.q_mid[i](F.relu(_conv(blk.conv1, feat, self.weight_max)))
+            feat = self.q_add[i](feat + self.q_conv2[i](_conv(blk.conv2, mid, self.weight_max)))
+        out = self.q_tail(_conv(self.net.tail, feat, self.end_max)) + xq.repeat_interleave(s * s, dim=1)
         return F.pixel_shuffle(out, s)
 
     def ranges(self) -> dict[str, list[float]]:
@@ -154,6 +164,8 @@ class QATConfig:
     seed: int = 0
     activations: bool = True
     reuse: int = 2
+    weight_max: int = INT8_W[1]  # 64: ONNX's 7-bit weights
+    float_ends: bool = False  # ONNX keeps the head and tail convs float
 
 
 class DataFreeInputs:
@@ -228,7 +240,7 @@ def finetune(student: SRStudent, teacher: nn.Module, inputs: DataFreeInputs, cfg
 
     ``student`` itself is left untouched. Deterministic for a given seed and thread count."""
     torch.manual_seed(cfg.seed)
-    model = QATStudent(student, cfg.activations).train()
+    model = QATStudent(student, cfg.activations, cfg.weight_max, cfg.float_ends).train()
     teacher.eval()
     opt = torch.optim.Adam(model.net.parameters(), lr=cfg.lr)
     losses: list[float] = []
@@ -250,8 +262,10 @@ def finetune(student: SRStudent, teacher: nn.Module, inputs: DataFreeInputs, cfg
     head, tail = losses[:10], losses[-10:]
     rec = {"steps": cfg.steps, "lr": cfg.lr, "schedule": "cosine to 1 %", "optimizer": "Adam", "batch": cfg.batch,
            "reuse": cfg.reuse, "seed": cfg.seed, "inputs": inputs.describe(), "loss": "L1 to the teacher's output",
-           "fake_quant": ("int8 weights (symmetric, per channel) + int8 activations (per tensor, EMA min/max)"
-                          if cfg.activations else "int8 weights (symmetric, per channel); activations float"),
+           "fake_quant": (f"weights in [-{cfg.weight_max}, {cfg.weight_max}] (symmetric, per channel)"
+                          + (" + 8-bit activations (per tensor, EMA min/max)" if cfg.activations else
+                             "; activations float")
+                          + ("; head and tail convs float" if cfg.float_ends else "")),
            "first_loss": round(sum(head) / len(head), 6) if head else None,
            "final_loss": round(sum(tail) / len(tail), 6) if tail else None,
            "seconds": round(time.perf_counter() - t0, 2)}
