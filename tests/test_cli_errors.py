@@ -43,7 +43,8 @@ DISTILL_BAD = ["--reuse 0", "--save-every 0", "--stage-step 0", "--mix 2", "--mi
                "--threads 0", "--stages 3:1", "--stages 0:2", "--stages x", "--g-lr 0", "--w-r -1",
                "--student-steps-per-g 0", "--scale 1", "--scale 3", "--seed -1", "--mode bogus",
                "--teacher-dtype int4", "--kd-loss l3", "--batch abc", "--bogus-flag", "--data /no/such/dir --mode data",
-               "--eval /no/such/dir", "--synthetic stripes", "--block repvgg"]
+               "--eval /no/such/dir", "--synthetic stripes", "--block repvgg", "--batch 1", "--pool -1",
+               "--time-budget 0", "--time-budget nan", "--time-budget 1 --steps-per-stage 5"]
 
 
 @pytest.mark.parametrize("bad", DISTILL_BAD)

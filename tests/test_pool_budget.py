@@ -35,6 +35,8 @@ def test_pool_crops_are_aligned_and_turned_together():
     assert len({tuple(v.flatten()[:8].tolist()) for v in x}) > 30
     only_x = pool.crops(40, 8, torch.Generator().manual_seed(1), with_targets=False)
     assert torch.equal(only_x, x)
+    none_x, none_t = pool.crops(0, 8, torch.Generator().manual_seed(1))  # batch 1 in datafree mode asks for none
+    assert none_x.shape == (0, 3, 8, 8) and none_t.shape == (0, 3, 16, 16)
 
 
 def test_plan_pool_caps():

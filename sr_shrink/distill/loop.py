@@ -151,6 +151,9 @@ class Distiller:
         if cfg.mode in ("datafree", "generator") and cfg.lr_patch % 4:
             raise SRShrinkError(f"--lr-patch {cfg.lr_patch}: the generator needs a multiple of 4, e.g. "
                                 f"{cfg.lr_patch // 4 * 4 or 4}.")
+        if cfg.mode in ("datafree", "generator") and cfg.batch < 2:
+            raise SRShrinkError(f"--batch {cfg.batch}: the generator's loss compares samples within a batch; use "
+                                f"--batch 2 or more (16 is the default) with --mode {cfg.mode}.")
         bad = [s for s in cfg.synthetic.split(",") if s not in SYNTHETIC]
         if bad:
             raise SRShrinkError(f"unknown synthetic source {bad[0]!r}; choose from {', '.join(SYNTHETIC)}.")
@@ -246,7 +249,7 @@ class Distiller:
             f"memory grows with batch x patch area: try --batch {max(1, cfg.batch // 2)}"
             f"{f' or --lr-patch {max(4, cfg.lr_patch // 2 // 4 * 4)}' if cfg.lr_patch > 4 else ''}"
             f"{' or --teacher-dtype bf16' if self.env.device.type == 'cuda' and self.teacher_dtype == 'fp32' else ''}"
-            f" (a killed run goes on with --resume).")
+            f", in a new run (--force: --resume keeps the batch and patch it started with).")
 
     def _fresh_inputs(self, n: int) -> torch.Tensor:
         cfg, dev = self.cfg, self.env.device

@@ -86,6 +86,9 @@ class LabelledPool:
         """Return ``n`` random aligned (LR patch, target patch) pairs, each turned by a random dihedral
         transform, as two tensors (only the LR patches when ``with_targets`` is False)."""
         s, side = self.scale, self.x.shape[-1]
+        if n == 0:  # e.g. a batch of 1 in datafree mode: its one input comes from the generator
+            x = self.x.new_empty((0, 3, patch, patch))
+            return (x, self.t.new_empty((0, 3, patch * s, patch * s))) if with_targets else x
         idx = torch.randint(len(self), (n,), generator=g)
         off = torch.randint(side - patch + 1, (n, 2), generator=g)
         turn = torch.randint(8, (n,), generator=g)
