@@ -48,19 +48,22 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--self-distill", action="store_true",
+                    help="fine-tune against the fp32 student itself (its stage file as --teacher)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     run = RunDir.open(args.run)
     stages = run.select(args.stages) if args.stages in ("last", "all") else [int(s) for s in args.stages.split(",")]
-    out = run.exports_dir / f"qat_bench_{args.steps}"
+    out = run.exports_dir / f"qat_bench_{args.steps}{'_self' if args.self_distill else ''}"
     rows = []
     for target in args.targets.split(","):
         for stage in stages:
             t0 = time.perf_counter()
             e = export_run(run, target, stage=stage, precision="int8", out=out / target, qat_steps=args.steps,
                            qat_lr=args.lr, input_size=args.input_size, eval_dir=args.eval_dir,
-                           eval_images=args.eval_images, calib_samples=args.calib_samples, seed=args.seed)[0]
+                           eval_images=args.eval_images, calib_samples=args.calib_samples, seed=args.seed,
+                           **({"teacher": str(run.stages[stage])} if args.self_distill else {}))[0]
             q = e["qat"]
             ptq, fp = q.get("ptq_verification", {}), q.get("fp32_verification", {})
             float_delta = None if "torch_psnr_y" not in e["verification"] or "torch_psnr_y" not in fp else \
@@ -70,7 +73,8 @@ def main() -> None:
                          f"{ptq.get('psnr_vs_torch', '-')} / {fp.get('psnr_vs_torch', '-')}",
                          "yes" if e["verified"] else "NO", f"{q['seconds']:.0f} / {time.perf_counter() - t0:.0f}"])
             print(f"done: stage {stage} {target}", file=sys.stderr, flush=True)
-    print(f"\nQAT {args.steps} steps (lr {args.lr or 1e-4:g}, batch 16, seed {args.seed}), run {run.root}, "
+    print(f"\nQAT {args.steps} steps (lr {args.lr or 1e-4:g}, batch 16, seed {args.seed}"
+          f"{', against the fp32 student itself' if args.self_distill else ''}), run {run.root}, "
           f"input {args.input_size}\n")
     head = ["stage", "target", "fp32 Y-PSNR", "PTQ Δ dB", "QAT Δ dB", "QAT float Δ dB",
             "fidelity to fp32 PTQ / QAT (dB)", "QAT file verified", "QAT s / total s"]
