@@ -112,7 +112,7 @@ def _parse_stages(text: str) -> tuple[int, int]:
               help="Fit the whole run into MINUTES: the step cost is measured first and the steps per stage are "
                    "set from it (instead of --steps-per-stage); run.json records the plan.")
 @click.option("--channels", default=16, type=click.IntRange(1, 1024), show_default=True, help="Student width.")
-@click.option("--block", type=click.Choice(["plain", "rep"]), default="plain", show_default=True,
+@click.option("--block", type=click.Choice(["plain", "rep"]), default="rep", show_default=True,
               help="Student blocks while training: plain 3x3 convs, or rep (3x3 + 1x1 + identity + expand-squeeze "
                    "branches, collapsed exactly into plain 3x3 convs in every stage_XX.pt).")
 @click.option("--batch", default=16, type=click.IntRange(1, 4096), show_default=True)

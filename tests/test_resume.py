@@ -157,7 +157,7 @@ def _other_teacher(path: Path) -> Path:
     (dict(seed=8), "--seed 7, not 8"),
     (dict(teacher_dtype="bf16"), "--teacher-dtype auto, not bf16"),
     (dict(pool=0), "--pool 512, not 0"),
-    (dict(block="rep"), "--block plain, not rep"),
+    (dict(block="plain"), "--block rep, not plain"),
 ])
 def test_resume_refuses_another_recipe(tiny_teacher, tmp_path, change, message):
     distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,

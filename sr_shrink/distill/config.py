@@ -55,7 +55,7 @@ class DistillConfig:
     stage_step: int = 1
     steps_per_stage: int = 500
     channels: int = 16
-    block: str = "plain"  # rep: train re-parameterizable blocks, saved collapsed (see models.student.collapse)
+    block: str = "rep"  # re-parameterizable blocks while training, saved collapsed (models.student.collapse); or plain
     batch: int = 16
     lr_patch: int = 0  # 0: default_lr_patch(scale), re-derived when the scale changes (see with_scale)
     lr: float = 1e-3
