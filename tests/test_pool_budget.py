@@ -82,14 +82,14 @@ def test_pool_labels_fewer_teacher_pixels_across_stages(tiny_teacher, tmp_path, 
 
 
 def test_time_budget_plans_steps_and_leaves_no_trace(tiny_teacher, tmp_path):
-    cfg = _cfg(stage_end=2, time_budget=0.25, steps_per_stage=500, pool=0)
+    cfg = _cfg(stage_end=2, time_budget=0.4, steps_per_stage=500, pool=0)
     run = distill(str(tiny_teacher), tmp_path / "budget", cfg, eval_dir="none", quiet=True, device="cpu")
     plan = run["time_budget"]
     steps = plan["steps_per_stage"]
     assert steps >= 1 and run["config"]["steps_per_stage"] == steps and steps != 500
     assert [s["steps"] for s in run["stages"]] == [steps, steps]
     assert set(plan) >= {"minutes", "setup_seconds", "step_seconds", "eval_seconds_per_stage", "planned_seconds"}
-    assert plan["planned_seconds"] <= 0.25 * 60
+    assert plan["planned_seconds"] <= 0.4 * 60
     # the probe's steps are thrown away: the same run with those steps fixed writes identical students
     distill(str(tiny_teacher), tmp_path / "fixed", _cfg(stage_end=2, steps_per_stage=steps, pool=0), eval_dir="none",
             quiet=True, device="cpu")
@@ -100,20 +100,20 @@ def test_time_budget_plans_steps_and_leaves_no_trace(tiny_teacher, tmp_path):
 
 
 def test_time_budget_pool_is_the_requested_size(tiny_teacher, tmp_path):
-    run = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=1, time_budget=0.25, pool=40), eval_dir="none",
+    run = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=1, time_budget=0.4, pool=40), eval_dir="none",
                   quiet=True, device="cpu")
     assert run["pool"]["images"] == 40  # the steps are unknown when the pool is built: no cap from them
 
 
 def test_time_budget_resume_keeps_the_plan(tiny_teacher, tmp_path):
-    cfg = _cfg(stage_end=2, time_budget=0.25)
+    cfg = _cfg(stage_end=2, time_budget=0.4)
     first = distill(str(tiny_teacher), tmp_path / "r", cfg, eval_dir="none", quiet=True, device="cpu")
     (tmp_path / "r" / "stage_02.pt").unlink()  # as if killed during stage 2
-    again = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=2, time_budget=0.25), eval_dir="none",
+    again = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=2, time_budget=0.4), eval_dir="none",
                     quiet=True, device="cpu", resume=True)
     assert again["time_budget"] == first["time_budget"]
     assert again["stages"][1]["steps"] == first["config"]["steps_per_stage"]
-    with pytest.raises(SRShrinkError, match="--time-budget 0.25, not 0.3"):
+    with pytest.raises(SRShrinkError, match="--time-budget 0.4, not 0.3"):
         distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=2, time_budget=0.3), eval_dir="none", quiet=True,
                 device="cpu", resume=True)
 
