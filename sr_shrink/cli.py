@@ -366,7 +366,7 @@ def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads,
 @click.option("--scale", type=click.Choice(["2", "4"]), default="2", show_default=True,
               help="Which bundled teacher to distill.")
 def demo(out: str, steps_per_stage: int, resume: bool, scale: str) -> None:
-    """Distill the bundled teacher, export the last stage, bench every stage (about 10 min on 2 cores)."""
+    """Distill the bundled teacher, export the last stage, bench every stage (about 7 min on 2 cores)."""
     from pathlib import Path
 
     from .bench.report import plot, print_report, write_json
