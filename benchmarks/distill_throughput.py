@@ -38,8 +38,8 @@ STRAIGHT = "straightforward (fresh teacher batch every step, no pool)"
 VARIANTS = {
     STRAIGHT: dict(reuse=1, pool=0, block="plain"),
     "reuse 2, no pool (the loop before issue 11)": dict(reuse=2, pool=0, block="plain"),
-    "reuse 2 + labelled pool (default)": dict(reuse=2, block="plain"),
-    "reuse 4 + pool": dict(reuse=4, block="plain"),
+    "reuse 2 + labelled pool": dict(reuse=2, block="plain"),
+    "reuse 4 + pool (default)": dict(reuse=4, block="plain"),
     "reuse 2 + pool, 20 student steps per G step": dict(reuse=2, student_steps_per_g=20, block="plain"),
     # issue 12: the re-parameterizable blocks' training cost (the first five rows train plain blocks)
     "straightforward, rep blocks": dict(reuse=1, pool=0, block="rep"),

@@ -62,7 +62,7 @@ def _count_labels(monkeypatch) -> list[int]:
 
 def _cfg(**kw) -> DistillConfig:
     base = dict(stage_start=1, stage_end=3, steps_per_stage=30, channels=4, batch=4, lr_patch=8, seed=3,
-                student_steps_per_g=5)
+                student_steps_per_g=5, reuse=2)
     return DistillConfig(**{**base, **kw})
 
 

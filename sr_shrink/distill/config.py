@@ -60,7 +60,7 @@ class DistillConfig:
     lr_patch: int = 0  # 0: default_lr_patch(scale), re-derived when the scale changes (see with_scale)
     lr: float = 1e-3
     kd_loss: str = "l1"  # l1 | charbonnier
-    reuse: int = 2  # student steps per fresh (input, teacher output) batch
+    reuse: int = 4  # student steps per fresh (input, teacher output) batch (BENCHMARKS section 10)
     # generator (datafree / generator modes)
     g_kind: str = "refine"  # refine: bounded perturbation of synthetic images; latent: the paper's G(z)
     z_dim: int = 256
