@@ -46,7 +46,7 @@ from .config import RESUME_KEYS, DistillConfig, flag
 from .generator import make_generator, save_generator
 from .losses import generator_loss, kd_loss
 from .pool import LabelledPool, plan_pool
-from .sources import SYNTHETIC, RealPatches, synthetic
+from .sources import SYNTHETIC, RealPatches, synthetic, synthetic_mix
 
 BUFFER_BATCHES = 32
 TEACHER_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -219,16 +219,12 @@ class Distiller:
         self.timing["pool"] += seconds
         self.run["pool"] = {**plan.to_dict(), "seconds": round(seconds, 2)}
 
-    def _base(self, n: int) -> torch.Tensor | None:
-        """Return base images for the refining generator cut from the pool (no rendering), or None."""
+    def _base(self, n: int) -> dict:
+        """Return the keyword arguments that make the refining generator refine ``n`` crops of the pool (no
+        rendering): ``{"base": crops}``, or ``{}`` without a pool or with a latent generator."""
         if self.pool is None or not getattr(self.gen, "any_size", False):
-            return None
-        return self.pool.crops(n, self.cfg.lr_patch, self.g, with_targets=False).to(self.env.device)
-
-    def _g_sample(self, n: int) -> torch.Tensor:
-        """Return ``n`` samples of the generator's EMA copy, refining pool crops when there is a pool."""
-        base = self._base(n)
-        return self.gen_ema.sample(n, self.g) if base is None else self.gen_ema.sample(n, self.g, base=base)
+            return {}
+        return {"base": self.pool.crops(n, self.cfg.lr_patch, self.g, with_targets=False).to(self.env.device)}
 
     def _label(self, x: torch.Tensor) -> torch.Tensor:
         """Return the teacher's fp32 output for ``x`` (no gradient), or a clear error when memory runs out."""
@@ -257,45 +253,36 @@ class Distiller:
             return synthetic(cfg.mode, n, cfg.lr_patch, self.g).to(dev)
         if cfg.mode == "generator":
             return self.gen_ema.sample(n, self.g)
-        k = int(round(n * cfg.mix))  # datafree: synthetic images + generator samples
-        kinds = cfg.synthetic.split(",")
-        counts = [k // len(kinds) + (i < k % len(kinds)) for i in range(len(kinds))]
-        parts = [synthetic(kind, c, cfg.lr_patch, self.g).to(dev) for kind, c in zip(kinds, counts) if c]
-        if n - k:
-            parts.append(self.gen_ema.sample(n - k, self.g))
-        return torch.cat(parts)
+        k = self._synthetic_count(n)  # datafree: synthetic images + generator samples
+        x = synthetic_mix(cfg.synthetic.split(","), k, cfg.lr_patch, self.g).to(dev)
+        return torch.cat([x, self.gen_ema.sample(n - k, self.g)]) if n - k else x
 
     @torch.no_grad()
     def _refill(self) -> None:
         t0 = time.perf_counter()
+        labelled = None  # (inputs, targets) that need no teacher forward
         if self.real is not None:
             lr, hr = self.real.sample(self.cfg.batch, self.g)
             x = lr.to(self.env.device)
             if self.cfg.data_target == "hr":  # plain supervised training on ground truth
-                self.buffer.add(x, hr.to(self.env.device))
-                self.timing["inputs"] += time.perf_counter() - t0
-                return
+                labelled, x = (x, hr.to(self.env.device)), None
         elif self.pool is not None:  # synthetic share: crops of the labelled pool; G's share: fresh
             k = self._synthetic_count(self.cfg.batch)
             xs, ts = self.pool.crops(k, self.cfg.lr_patch, self.g)
-            xs, ts = xs.to(self.env.device), ts.to(self.env.device)
+            labelled = xs.to(self.env.device), ts.to(self.env.device)
             rest = self.cfg.batch - k
-            x = self._g_sample(rest) if rest else None
-            t1 = time.perf_counter()
-            self.timing["inputs"] += t1 - t0
-            if x is None:
-                self.buffer.add(xs, ts)
-                return
-            t = self._label(x)
-            self.buffer.add(torch.cat([xs, x]), torch.cat([ts, t]))
-            self.timing["teacher"] += time.perf_counter() - t1
-            return
+            x = self.gen_ema.sample(rest, self.g, **self._base(rest)) if rest else None
         else:
             x = self._fresh_inputs(self.cfg.batch)
         t1 = time.perf_counter()
         self.timing["inputs"] += t1 - t0
-        self.buffer.add(x, self._label(x))
-        self.timing["teacher"] += time.perf_counter() - t1
+        if x is not None:
+            t = self._label(x)
+            x, t = (torch.cat([labelled[0], x]), torch.cat([labelled[1], t])) if labelled else (x, t)
+            self.timing["teacher"] += time.perf_counter() - t1
+        else:
+            x, t = labelled
+        self.buffer.add(x, t)
 
     def _fmt(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.env.channels_last else x
@@ -332,9 +319,7 @@ class Distiller:
     def _generator_step(self, student: SRStudent) -> dict[str, float]:
         cfg, t0 = self.cfg, time.perf_counter()
         self.gen.train()
-        base = self._base(cfg.batch)
-        z = self.gen.draw_latent(cfg.batch, self.g) if base is None else self.gen.draw_latent(cfg.batch, self.g,
-                                                                                             base=base)
+        z = self.gen.draw_latent(cfg.batch, self.g, **self._base(cfg.batch))
         student.requires_grad_(False)
         try:
             x = self.gen_ddp(z)
@@ -562,12 +547,14 @@ class Distiller:
         torch.manual_seed(cfg.seed)
         student = SRStudent(cfg.scale, blocks[0], cfg.channels, cfg.block).to(env.device)  # before _load_state
         old = self.rundir.run if resume and self.rundir.run else None
+        adopt = {}  # what a resumed run takes over from the run it continues
         if old is not None and cfg.time_budget and "time_budget" in old:  # go on with the plan made at the start
-            self.cfg = cfg = replace(cfg, steps_per_stage=old.get("config", {}).get("steps_per_stage",
-                                                                                   cfg.steps_per_stage))
-            self.run.update(config=cfg.to_dict(), recipe=cfg.recipe(), time_budget=old["time_budget"])
+            adopt["steps_per_stage"] = old.get("config", {}).get("steps_per_stage", cfg.steps_per_stage)
+            self.run["time_budget"] = old["time_budget"]
         if old is not None and "pool" not in old.get("config", {"pool": 0}):  # a run from before the pool: it
-            self.cfg = cfg = replace(cfg, pool=0)  # labelled fresh images for every batch, and goes on doing so
+            adopt["pool"] = 0  # labelled fresh images for every batch, and goes on doing so
+        if adopt:
+            self.cfg = cfg = replace(cfg, **adopt)
             self.run.update(config=cfg.to_dict(), recipe=cfg.recipe())
         if old is not None:
             self._check_same_run(old)

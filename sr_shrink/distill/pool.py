@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sources import synthetic
+from .sources import synthetic_mix
 
 MAX_POOL_BYTES = 512 * 2**20  # the pool's images and targets together stay below this
 
@@ -72,9 +72,7 @@ class LabelledPool:
         ``g``), labelled by ``label(x) -> teacher output`` in chunks of ``batch`` images."""
         xs, ts = [], []
         for start in range(0, plan.images, batch):
-            n = min(batch, plan.images - start)
-            counts = [n // len(kinds) + (i < n % len(kinds)) for i in range(len(kinds))]
-            x = torch.cat([synthetic(k, c, plan.side, g) for k, c in zip(kinds, counts) if c]).to(device)
+            x = synthetic_mix(kinds, min(batch, plan.images - start), plan.side, g).to(device)
             xs.append(x)
             ts.append(label(x))
         return cls(torch.cat(xs), torch.cat(ts), plan.scale)

@@ -102,6 +102,14 @@ def synthetic(kind: str, n: int, patch: int, g: torch.Generator) -> torch.Tensor
     return SYNTHETIC[kind](n, patch, g)
 
 
+def synthetic_mix(kinds: list[str], n: int, patch: int, g: torch.Generator) -> torch.Tensor:
+    """Return ``n`` patches shared out among the synthetic ``kinds`` in equal parts (the first kinds take the
+    remainder), drawn kind after kind by ``g``; an empty (0, 3, patch, patch) batch when ``n`` is 0."""
+    counts = [n // len(kinds) + (i < n % len(kinds)) for i in range(len(kinds))]
+    parts = [synthetic(kind, c, patch, g) for kind, c in zip(kinds, counts) if c]
+    return torch.cat(parts) if parts else torch.empty((0, 3, patch, patch))
+
+
 def natural_stats_loss(x: torch.Tensor) -> torch.Tensor:
     """Return a penalty pulling a batch towards simple natural-image statistics.
 

@@ -196,11 +196,10 @@ class DataFreeInputs:
 
     def batch(self, n: int) -> torch.Tensor:
         """Return ``n`` LR patches (n, 3, p, p) in [0, 1]: the synthetic share first, then generator samples."""
-        from ..distill.sources import synthetic
+        from ..distill.sources import synthetic_mix
 
         k = int(round(n * self.mix))
-        counts = [k // len(self.kinds) + (i < k % len(self.kinds)) for i in range(len(self.kinds))]
-        parts = [synthetic(kind, c, self.patch, self.g) for kind, c in zip(self.kinds, counts) if c]
+        parts = [synthetic_mix(self.kinds, k, self.patch, self.g)]
         if n - k:
             size = {"size": self.patch} if getattr(self.gen, "any_size", False) else {}
             parts.append(self.gen.sample(n - k, self.g, **size))
