@@ -99,7 +99,8 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @main.command()
 @click.argument("teacher", required=False)
 @click.option("--out", "run_dir", default="runs/distill", show_default=True, help="Run folder (RUN_DIR).")
-@click.option("--mode", type=click.Choice(["datafree", "generator", "noise", "pink", "deadleaves", "data"]),
+@click.option("--mode", type=click.Choice(["datafree", "generator", "noise", "pink", "deadleaves", "texleaves",
+                                           "data"]),
               default="datafree", show_default=True, help="Input source for the students.")
 @click.option("--data", "data_dir", help="Folder of training images (for --mode data).")
 @click.option("--data-target", type=click.Choice(["teacher", "hr"]), default="teacher", show_default=True,
@@ -125,7 +126,8 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--g-lr", default=None, type=Finite(0, 10, min_open=True), help="Generator learning rate.")
 @click.option("--w-r", default=None, type=Finite(0, 1e6), help="Weight of the bicubic-consistency term of L_G.")
 @click.option("--mix", default=None, type=Finite(0, 1), help="datafree: share of synthetic images per batch.")
-@click.option("--synthetic", default=None, help="datafree: synthetic sources, e.g. deadleaves or deadleaves,pink.")
+@click.option("--synthetic", default=None, help="datafree: synthetic sources, e.g. deadleaves, texleaves or "
+              "deadleaves,pink.")
 @click.option("--g-kind", type=click.Choice(["refine", "latent"]), default=None,
               help="Generator: refine (perturbs synthetic images, default) or latent (the paper's G(z)).")
 @click.option("--kd-loss", type=click.Choice(["l1", "charbonnier"]), default="l1", show_default=True)

@@ -11,7 +11,7 @@ import torch
 from sr_shrink.distill import DistillConfig, distill
 from sr_shrink.distill.generator import Generator, load_generator
 from sr_shrink.distill.losses import diversity_loss, generator_loss
-from sr_shrink.distill.sources import dead_leaves, natural_stats_loss, pink_noise, uniform_noise
+from sr_shrink.distill.sources import dead_leaves, natural_stats_loss, pink_noise, textured_leaves, uniform_noise
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import SRStudent, load_student
@@ -90,7 +90,7 @@ def test_kd_loss_falls(tiny_teacher, tmp_path):
     assert st["final_kd_loss"] < 0.8 * st["first_kd_loss"]
 
 
-@pytest.mark.parametrize("mode", ["noise", "pink", "deadleaves", "generator", "datafree"])
+@pytest.mark.parametrize("mode", ["noise", "pink", "deadleaves", "texleaves", "generator", "datafree"])
 def test_modes_run_and_are_deterministic(tiny_teacher, tmp_path, mode):
     a = distill(str(tiny_teacher), tmp_path / "a", _cfg(mode=mode, seed=3), eval_dir="none", quiet=True, device="cpu")
     b = distill(str(tiny_teacher), tmp_path / "b", _cfg(mode=mode, seed=3), eval_dir="none", quiet=True, device="cpu")
@@ -113,11 +113,28 @@ def test_data_mode(tiny_teacher, tiny_eval, tmp_path):
 
 def test_synthetic_sources_shapes_and_range():
     g = torch.Generator().manual_seed(0)
-    for fn in (uniform_noise, pink_noise, dead_leaves):
+    for fn in (uniform_noise, pink_noise, dead_leaves, textured_leaves):
         x = fn(3, 16, g)
         assert x.shape == (3, 3, 16, 16) and x.min() >= 0 and x.max() <= 1 and x.std() > 0.01
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(dead_leaves(2, 16, g1), dead_leaves(2, 16, g2))
+
+
+def _flat_share(x: torch.Tensor) -> float:
+    """Share of horizontal neighbour pairs whose luminance is equal (to 1e-3): the untextured interiors."""
+    lum = x.mean(dim=1)
+    return float(((lum[..., 1:] - lum[..., :-1]).abs() < 1e-3).float().mean())
+
+
+def test_textured_leaves_carry_fine_texture():
+    """The same unshaded leaves (same seed) have less than half the flat neighbour pairs with textured fills
+    (0.05 vs 0.15 here), and leaf_texture=0 is exactly the flat-leaves image (no extra random numbers drawn)."""
+    def leaves(**kw):
+        return dead_leaves(16, 24, torch.Generator().manual_seed(1), texture=0.0, shading=0.0, **kw)
+
+    flat, tex = leaves(), leaves(leaf_texture=0.8)
+    assert torch.equal(flat, leaves(leaf_texture=0.0))
+    assert _flat_share(flat) > 0.08 and _flat_share(tex) < 0.5 * _flat_share(flat)
 
 
 def test_existing_run_refused_unwritable_fails_early(tiny_teacher, tmp_path):

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import SRShrinkError
 
-MODES = ("datafree", "generator", "noise", "pink", "deadleaves", "data")
+MODES = ("datafree", "generator", "noise", "pink", "deadleaves", "texleaves", "data")
 RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
                "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
                "kd_loss", "reuse", "lr", "channels", "block", "lr_patch", "batch", "teacher_dtype", "pool")
@@ -43,7 +43,7 @@ class DistillConfig:
     """Everything that defines a run: the stages, the input source (mode) and the training recipe.
 
     ``mode``: ``datafree`` (the default recipe: generator samples mixed with dead-leaves images),
-    ``generator`` (the paper's loop alone), ``noise`` / ``pink`` / ``deadleaves`` (synthetic inputs, no
+    ``generator`` (the paper's loop alone), ``noise`` / ``pink`` / ``deadleaves`` / ``texleaves`` (synthetic inputs, no
     generator) or ``data`` (real LR patches from ``data_dir``, with the teacher's output as target, or the
     HR ground truth when ``data_target="hr"``).
     """

@@ -249,7 +249,7 @@ class Distiller:
 
     def _fresh_inputs(self, n: int) -> torch.Tensor:
         cfg, dev = self.cfg, self.env.device
-        if cfg.mode in ("noise", "pink", "deadleaves"):
+        if cfg.mode in SYNTHETIC:
             return synthetic(cfg.mode, n, cfg.lr_patch, self.g).to(dev)
         if cfg.mode == "generator":
             return self.gen_ema.sample(n, self.g)

@@ -3,7 +3,9 @@
 * ``uniform_noise``: U(0, 1) per pixel (the paper's "noise" baseline).
 * ``pink_noise``: 1/f-amplitude (natural power spectrum) colour noise.
 * ``dead_leaves``: occluding discs with a power-law size distribution, flat or shaded colours, rendered at
-  4x and downscaled with the antialiased bicubic, which gives natural edge and scale statistics.
+  2x and downscaled with the antialiased bicubic, which gives natural edge and scale statistics.
+* ``textured_leaves``: dead leaves whose discs carry textures (1/f^alpha fills of varied roughness and
+  oriented gratings), for the fine texture that flat leaves lack.
 * ``RealPatches``: LR/HR patch pairs cut from images (bicubic degradation), for the with-data baseline.
 """
 
@@ -45,13 +47,41 @@ def pink_noise(n: int, patch: int, g: torch.Generator, alpha: float = 1.0) -> to
     return (mean + contrast * field).clamp(0, 1)
 
 
+def texture_bank(n: int, k: int, size: int, g: torch.Generator, grating: float = 0.3) -> torch.Tensor:
+    """Return ``k`` zero-mean, unit-std luminance textures per image, (n, k, size, size): random-phase fields
+    with a 1/f^alpha amplitude spectrum (alpha uniform in [0.5, 2], rough to smooth), or with probability
+    ``grating`` an oriented sinusoidal grating (2 to size/4 cycles) modulated by a smooth field."""
+    fy = torch.fft.fftfreq(size).view(-1, 1)
+    fx = torch.fft.rfftfreq(size).view(1, -1)
+    f = torch.sqrt(fx**2 + fy**2)
+    f[0, 0] = 1.0 / size
+    alpha = 0.5 + 1.5 * _rand((n, k, 1, 1), g)
+    white = torch.randn((n, k, size, size), generator=g)
+    field = torch.fft.irfft2(torch.fft.rfft2(white) * f.pow(-alpha), s=(size, size))
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    theta = math.pi * _rand((n, k, 1, 1), g)
+    cycles = 2 + (size / 4 - 2) * _rand((n, k, 1, 1), g) ** 2
+    phase = 2 * math.pi * _rand((n, k, 1, 1), g)
+    wave = torch.sin(2 * math.pi * cycles / size * (xx * theta.cos() + yy * theta.sin()) + phase)
+    use_grating = _rand((n, k, 1, 1), g) < grating
+    smooth = field - field.mean(dim=(2, 3), keepdim=True)
+    smooth = smooth / smooth.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    field = torch.where(use_grating, wave * (1 + 0.3 * smooth), field)
+    field = field - field.mean(dim=(2, 3), keepdim=True)
+    return field / field.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+
+
 def dead_leaves(n: int, patch: int, g: torch.Generator, n_discs: int = 160, r_min: float = 0.03,
-                r_max: float = 0.8, shading: float = 0.5, texture: float = 0.5, render: int = 2) -> torch.Tensor:
+                r_max: float = 0.8, shading: float = 0.5, texture: float = 0.5, render: int = 2,
+                leaf_texture: float = 0.0, n_textures: int = 8, max_contrast: float = 0.25) -> torch.Tensor:
     """Return ``n`` dead-leaves patches: discs with p(r) ~ r^-3 painted back to front, downscaled from 2x.
 
     Radii are relative to the patch side; ``shading`` is the chance a disc carries a linear gradient and
     ``texture`` the chance an image gets a faint 1/f texture on top. Colours are a luminance plus a
-    moderate chroma, as in natural scenes.
+    moderate chroma, as in natural scenes. ``leaf_texture`` is the chance a disc is filled with one of
+    ``n_textures`` per-image textures (``texture_bank``) at a contrast up to ``max_contrast``; at 0 no
+    extra random numbers are drawn, so the flat-leaves images are unchanged.
     """
     size = patch * render
     yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
@@ -64,10 +94,17 @@ def dead_leaves(n: int, patch: int, g: torch.Generator, n_discs: int = 160, r_mi
     colours = lum + (_rand((n, n_discs, 3), g) - 0.5) * 0.6 * _rand((n, n_discs, 1), g)
     grads = (_rand((n, n_discs, 2), g) - 0.5) * 1.0 * (_rand((n, n_discs, 1), g) < shading)
     img = _rand((n, 3, 1, 1), g).expand(n, 3, size, size).clone()
+    if leaf_texture > 0:
+        bank = texture_bank(n, n_textures, size, g)
+        pick = torch.randint(0, n_textures, (n, n_discs), generator=g)
+        contrast = max_contrast * _rand((n, n_discs), g) * (_rand((n, n_discs), g) < leaf_texture)
+        rows = torch.arange(n)
     for k in range(n_discs):  # back to front: later discs occlude earlier ones
         cy, cx = centres[:, k, 0].view(n, 1, 1), centres[:, k, 1].view(n, 1, 1)
         mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < radii[:, k].view(n, 1, 1) ** 2).unsqueeze(1)
         shade = grads[:, k, 0].view(n, 1, 1) * (yy - cy) + grads[:, k, 1].view(n, 1, 1) * (xx - cx)
+        if leaf_texture > 0:
+            shade = shade + contrast[:, k].view(n, 1, 1) * bank[rows, pick[:, k]]
         col = (colours[:, k].view(n, 3, 1, 1) + shade.unsqueeze(1)).clamp(0, 1)
         img = torch.where(mask, col, img)
     img = downscale(img, render)
@@ -94,11 +131,16 @@ class RealPatches:
         return make_lr(hr, self.scale), hr
 
 
-SYNTHETIC = {"noise": uniform_noise, "pink": pink_noise, "deadleaves": dead_leaves}
+def textured_leaves(n: int, patch: int, g: torch.Generator) -> torch.Tensor:
+    """Return ``n`` dead-leaves patches whose discs mostly (80 %) carry textures; see ``dead_leaves``."""
+    return dead_leaves(n, patch, g, leaf_texture=0.8)
+
+
+SYNTHETIC = {"noise": uniform_noise, "pink": pink_noise, "deadleaves": dead_leaves, "texleaves": textured_leaves}
 
 
 def synthetic(kind: str, n: int, patch: int, g: torch.Generator) -> torch.Tensor:
-    """Return ``n`` patches from the named synthetic source (noise, pink or deadleaves)."""
+    """Return ``n`` patches from the named synthetic source (noise, pink, deadleaves or texleaves)."""
     return SYNTHETIC[kind](n, patch, g)
 
 
