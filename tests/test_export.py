@@ -62,9 +62,15 @@ def test_wrapper_equals_student(scale, layout, shuffle):
     for p in s.parameters():
         torch.nn.init.normal_(p, 0, 0.1)
     x = torch.rand(1, 3, 7, 9)
-    w = build_wrapper(s, layout, shuffle)
-    y = w(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if layout == "nhwc" else w(x)
-    assert torch.allclose(y, s(x), atol=1e-6)
+    w, raw = build_wrapper(s, layout, shuffle), build_wrapper(s, layout, shuffle, clamp=False)
+
+    def run(m):
+        return m(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if layout == "nhwc" else m(x)
+
+    want = s(x)
+    assert ((want < 0) | (want > 1)).any()  # the clamp has something to do here
+    assert torch.allclose(run(w), want.clamp(0, 1), atol=1e-6)
+    assert torch.allclose(run(raw), want, atol=1e-6)
     assert any(p.abs().sum() > 0 for p in s.parameters())  # the student was not zeroed by the copy
 
 
@@ -88,7 +94,7 @@ def test_onnx_export_runs_in_onnxruntime(exported, student, precision, floor):
     x = _lr()
     got = _ort(path, x.numpy())
     assert got.shape == (1, 3, 96, 160)
-    assert _psnr(got, student(x).detach().numpy()) >= floor
+    assert _psnr(got, student(x).clamp(0, 1).detach().numpy()) >= floor
     assert e["verified"] and e["verification"]["psnr_vs_torch"] >= floor
     assert e["verification"]["images"] == 2 and e["verification"]["torch_psnr_y"] > 20
     model = onnx.load(str(path))
@@ -111,7 +117,8 @@ def test_onnx_fp16_and_int8_details(exported):
     producer = {o: n for n in g.node for o in n.output}
     inits = {t.name: t for t in g.initializer}
     d2s = next(n for n in g.node if n.op_type == "DepthToSpace")
-    assert producer[d2s.input[0]].op_type == "Add"
+    clip = producer[d2s.input[0]]  # the output clamp, in float between the anchor Add and the shuffle
+    assert clip.op_type == "Clip" and producer[clip.input[0]].op_type == "Add"
     convs = [n for n in g.node if n.op_type == "Conv"]
     anchor = [n for n in convs if n.input[1] in inits and list(inits[n.input[1]].dims[2:]) == [1, 1]]
     assert len(anchor) == 1 and inits[anchor[0].input[1]].data_type == TensorProto.FLOAT
@@ -145,7 +152,7 @@ def test_onnx_dynamic_input_sizes_one_file(exported, student):
         x = _lr(h, w)
         got = _ort(path, x.numpy())
         assert got.shape == (1, 3, 2 * h, 2 * w)
-        assert np.abs(got - student(x).detach().numpy()).max() < 1e-4
+        assert np.abs(got - student(x).clamp(0, 1).detach().numpy()).max() < 1e-4
 
 
 def test_onnx_fixed_size_and_nhwc(exported, student):
@@ -153,7 +160,7 @@ def test_onnx_fixed_size_and_nhwc(exported, student):
     assert e["inputs"][0]["shape"] == [1, 40, 56, 3] and e["shape_policy"].startswith("fixed 40x56")
     x = _lr(40, 56)
     got = _ort(Path(e["path"]), x.permute(0, 2, 3, 1).numpy()).transpose(0, 3, 1, 2)
-    assert np.abs(got - student(x).detach().numpy()).max() < 1e-4
+    assert np.abs(got - student(x).clamp(0, 1).detach().numpy()).max() < 1e-4
     assert e["verification"]["inputs"].startswith("40x56") and e["verified"]
 
 
@@ -167,7 +174,7 @@ def test_coreml_export_evaluates_like_torch(exported, student, precision, floor)
     assert path.is_dir() and path.suffix == ".mlpackage" and e["size_bytes"] > 0
     x = _lr()
     got = open_runner(path)(x.numpy())
-    want = student(x).detach().numpy()
+    want = student(x).clamp(0, 1).detach().numpy()
     assert _psnr(got, want) >= floor
     if precision == "fp32":
         assert np.abs(got - want).max() < 1e-4
@@ -196,7 +203,7 @@ def test_coreml_dynamic_input_sizes_one_package(exported, student):
         x = _lr(h, w)
         got = run_fn(x.numpy())
         assert got.shape == (1, 3, 2 * h, 2 * w)
-        assert np.abs(got - student(x).detach().numpy()).max() < 1e-4
+        assert np.abs(got - student(x).clamp(0, 1).detach().numpy()).max() < 1e-4
 
 
 def test_coreml_palettized_weights_decode(exported, student):
@@ -205,7 +212,7 @@ def test_coreml_palettized_weights_decode(exported, student):
     assert "constexpr_lut_to_dense" in e["ops"] and e["palettization"]["nbits"] == 8
     x = _lr()
     got = open_runner(e["path"])(x.numpy())
-    assert _psnr(got, student(x).detach().numpy()) >= 40  # wrong index unpacking gives noise (~10 dB)
+    assert _psnr(got, student(x).clamp(0, 1).detach().numpy()) >= 40  # wrong index unpacking gives noise (~10 dB)
 
 
 def test_mil_evaluator_reports_missing_op(run, monkeypatch):
@@ -238,7 +245,7 @@ def test_tflite_export_runs_in_litert(exported, student, precision, floor):
     x = _lr(32, 48)
     got, _ = _litert(Path(e["path"]), x.permute(0, 2, 3, 1).numpy())
     assert got.shape == (1, 64, 96, 3)
-    assert _psnr(got.transpose(0, 3, 1, 2), student(x).detach().numpy()) >= floor
+    assert _psnr(got.transpose(0, 3, 1, 2), student(x).clamp(0, 1).detach().numpy()) >= floor
     assert e["verified"] and e["graph_checks"]["max_rank"] <= 4 and "CONV_2D" in e["ops"]
     if precision == "int8":
         assert set(e["ops"]) >= {"QUANTIZE", "DEQUANTIZE"} and e["calibration"]["input_shape"] == [3, 32, 48]
@@ -267,7 +274,10 @@ def test_tflite_int8_native_io_nchw(exported, student):
     it.set_tensor(inp["index"], np.clip(np.round(x.numpy() / si + zi), -128, 127).astype(np.int8))
     it.invoke()
     got = (it.get_tensor(out["index"]).astype(np.float32) - zo) * so
-    assert _psnr(got, student(x).detach().numpy()) >= 30
+    assert _psnr(got, student(x).clamp(0, 1).detach().numpy()) >= 30
+    # the output range is pinned to [0, 1] in 255 steps: the int8 levels are the 8-bit image levels
+    assert so == pytest.approx(1 / 255) and zo == -128 and e["quantization"]["output_range"] == [0.0, 1.0]
+    assert got.min() >= 0 and got.max() <= 1 and np.allclose(got * 255, np.round(got * 255), atol=1e-3)
 
 
 def test_tflite_convt_shuffle(run, student):
@@ -295,9 +305,9 @@ def test_verify_needs_the_y_psnr_within_tolerance(student):
 
     pairs = load_eval_set(2, max_images=2)
 
-    def exact(x):
+    def exact(x):  # an export computes the student's output clamped to [0, 1]
         with torch.no_grad():
-            return student(torch.from_numpy(x)).numpy()
+            return student(torch.from_numpy(x)).clamp(0, 1).numpy()
 
     def broken(x):  # a broken export: the residual over the nearest-neighbour anchor 20 % too strong, as a
         y = exact(x)  # wrong activation scale would make it

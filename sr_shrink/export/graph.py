@@ -10,13 +10,13 @@ MAX_RANK = 4
 
 # Ops each target's graph may hold; anything else means the wrapper leaked an op a phone runtime may lack.
 ALLOWED_OPS = {
-    "onnx": {"Conv", "ConvTranspose", "Relu", "Add", "DepthToSpace", "Transpose", "Cast", "QuantizeLinear",
+    "onnx": {"Conv", "ConvTranspose", "Relu", "Add", "Clip", "DepthToSpace", "Transpose", "Cast", "QuantizeLinear",
              "DequantizeLinear"},
-    "coreml": {"const", "cast", "conv", "conv_transpose", "relu", "add", "pixel_shuffle", "depth_to_space",
+    "coreml": {"const", "cast", "conv", "conv_transpose", "relu", "add", "clip", "pixel_shuffle", "depth_to_space",
                "transpose", "constexpr_affine_dequantize", "constexpr_lut_to_dense",
                "constexpr_blockwise_shift_scale"},
-    "tflite": {"CONV_2D", "TRANSPOSE_CONV", "ADD", "DEPTH_TO_SPACE", "RESHAPE", "TRANSPOSE", "QUANTIZE",
-               "DEQUANTIZE"},
+    "tflite": {"CONV_2D", "TRANSPOSE_CONV", "ADD", "RELU_0_TO_1", "DEPTH_TO_SPACE", "RESHAPE", "TRANSPOSE",
+               "QUANTIZE", "DEQUANTIZE"},
 }
 
 

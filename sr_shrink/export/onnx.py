@@ -86,16 +86,31 @@ def _to_fp16(proto, keep_io: bool):
         return _name_nodes(convert_float_to_float16(proto, keep_io_types=keep_io))
 
 
+def _shuffle_sources(g, producer: dict) -> list:
+    """Return (the output clamp or None, the anchor Add) feeding each pixel shuffle (DepthToSpace or its
+    ConvTranspose form) of graph ``g``."""
+    found = []
+    for n in g.node:
+        if n.op_type in ("DepthToSpace", "ConvTranspose") and n.input[0] in producer:
+            src = producer[n.input[0]]
+            if src.op_type == "Clip" and src.input[0] in producer:
+                found.append((src, producer[src.input[0]]))
+            else:
+                found.append((None, src))
+    return found
+
+
 def float_tail_nodes(proto) -> list[str]:
     """Return the names of the nodes int8 leaves in float: the 1x1 anchor conv on the input, the Add
-    feeding the pixel shuffle, the pixel shuffle itself and any layout Transpose."""
+    feeding the pixel shuffle, the output clamp between them, the pixel shuffle itself and any layout
+    Transpose."""
     g = proto.graph
     producer = {o: n for n in g.node for o in n.output}
     inits = {t.name: t for t in g.initializer}
     names = [n.name for n in g.node if n.op_type in ("DepthToSpace", "ConvTranspose", "Transpose")]
+    for clip, add in _shuffle_sources(g, producer):
+        names += [add.name] + ([clip.name] if clip is not None else [])
     for n in g.node:
-        if n.op_type in ("DepthToSpace", "ConvTranspose") and n.input[0] in producer:
-            names.append(producer[n.input[0]].name)
         if n.op_type == "Conv" and n.input[1] in inits and list(inits[n.input[1]].dims[2:]) == [1, 1]:
             names.append(n.name)
     return sorted(set(names))
@@ -115,10 +130,8 @@ def float_end_convs(proto) -> list[str]:
         return n.op_type == "Conv" and n.input[1] in inits and list(inits[n.input[1]].dims[2:]) != [1, 1]
 
     names = [n.name for n in g.node if is_3x3_conv(n) and n.input[0] in inputs]
-    for n in g.node:
-        if n.op_type in ("DepthToSpace", "ConvTranspose") and n.input[0] in producer:
-            add = producer[n.input[0]]
-            names += [producer[i].name for i in add.input if i in producer and is_3x3_conv(producer[i])]
+    for _, add in _shuffle_sources(g, producer):
+        names += [producer[i].name for i in add.input if i in producer and is_3x3_conv(producer[i])]
     return sorted(set(names))
 
 

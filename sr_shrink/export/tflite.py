@@ -3,13 +3,17 @@
 fp32 converts the wrapper directly; fp16 then stores the weights as float16 (ai-edge-quantizer
 ``float_casting``: fp16 constants + DEQUANTIZE, computed in float32 or fp16 by the delegate); int8 is
 full-integer PT2E quantisation (litert-torch's PT2EQuantizer: int8 activations per tensor, int8 weights per
-channel) calibrated at the export size. litert-torch makes int8 graphs with int8 I/O; unless ``native_io``,
+channel) calibrated at the export size, except the output: the anchor Add's int8 output has the fixed range
+[0, 1] (scale 1/255), so its saturation is the wrapper's output clamp and its 255 steps are the 8-bit image
+levels (:func:`pin_output_range`; a calibrated range rounds every pixel a second time when the image is
+saved: -0.05 dB, BENCHMARKS.md section 13). litert-torch makes int8 graphs with int8 I/O; unless ``native_io``,
 a QUANTIZE/DEQUANTIZE pair is added around them so the file takes and returns float32. The run facts
 (scale, stage, precision, layout, ...) are stored as JSON in the file's ``sr_shrink`` metadata entry.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -87,18 +91,46 @@ def _export_int8(model: MobileSR, x: torch.Tensor, path: Path, calib: list[torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+    clamped = model.clamp
+    if clamped:  # the int8 output saturates at [0, 1] by itself (pin_output_range); no float clamp op after it
+        model = copy.copy(model)
+        model.clamp = False
     with quiet(), torch.no_grad():
         graph = torch.export.export(model, (x,), strict=True).module()  # strict: keeps add annotations
         prepared = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))
         for c in calib:
             prepared(c.permute(0, 2, 3, 1) if model.nhwc else c)
+        if clamped:
+            pin_output_range(prepared)
         converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
     _convert(converted, x, path, QuantConfig(pt2e_quantizer=quantizer))
     if float_io:
         add_float_io(path)
     return {"method": "litert-torch PT2E static", "activations": "int8 (per tensor, histogram)",
             "weights": "int8 (symmetric, per channel)", "io": "float32" if float_io else "int8",
-            "calibration_inputs": len(calib)}
+            "output_range": [0.0, 1.0] if clamped else "calibrated", "calibration_inputs": len(calib)}
+
+
+def pin_output_range(prepared: torch.fx.GraphModule) -> list[str]:
+    """Give the observers of the last Add (the anchor residual) and of everything downstream of it the fixed
+    int8 range [0, 1] (scale 1/255, zero point -128), in place; return their names.
+
+    Saturating there is the output clamp, and the int8 levels are then the 8-bit image levels exactly."""
+    from torchao.quantization.pt2e.observer import FixedQParamsObserver
+
+    adds = [n for n in prepared.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+    if not adds:
+        return []
+    downstream, names = {adds[-1]}, []
+    for n in prepared.graph.nodes:
+        if any(a in downstream for a in n.all_input_nodes):
+            downstream.add(n)
+            if n.op == "call_module" and "activation_post_process" in str(n.target):
+                fixed = FixedQParamsObserver(scale=1.0 / 255, zero_point=-128, dtype=torch.int8,
+                                             quant_min=-128, quant_max=127)
+                setattr(prepared, n.target, fixed)
+                names.append(str(n.target))
+    return names
 
 
 def _opcode(model, builtin: int) -> int:

@@ -6,6 +6,11 @@ output channels c*s^2 ... c*s^2+s^2-1, 0 elsewhere), exact in fp32 and in int8 (
 The pixel shuffle is either ``F.pixel_shuffle`` ("native": ONNX DepthToSpace CRD, Core ML pixel_shuffle,
 litert-torch's rank-4 reshape/transpose form) or a fixed one-hot stride-s ConvTranspose2d ("convt").
 ``layout="nhwc"`` makes the model take (N, h, w, 3) and return (N, s*h, s*w, 3).
+
+The output is clamped to [0, 1] before the pixel shuffle (``clamp``, on by default), as spandrel's and
+chaiNNer's runners clamp theirs: the images are the same once written as 8-bit, and an int8 output (TFLite
+full-int8) then spans exactly [0, 1] in 255 steps, the 8-bit image levels themselves, instead of a wider range
+whose steps the final 8-bit rounding would round a second time (BENCHMARKS.md, section 13).
 """
 
 from __future__ import annotations
@@ -45,9 +50,10 @@ def shuffle_convt(scale: int) -> nn.ConvTranspose2d:
 
 
 class MobileSR(nn.Module):
-    """The student's convs with a conv anchor and a rank-4 pixel shuffle; same output as the student."""
+    """The student's convs with a conv anchor and a rank-4 pixel shuffle; the student's output, clamped to
+    [0, 1] unless ``clamp=False``."""
 
-    def __init__(self, student: SRStudent, layout: str = "nchw", shuffle: str = "native"):
+    def __init__(self, student: SRStudent, layout: str = "nchw", shuffle: str = "native", clamp: bool = True):
         super().__init__()
         student = copy.deepcopy(student).float().eval()
         self.scale = student.scale
@@ -55,19 +61,22 @@ class MobileSR(nn.Module):
         self.anchor = anchor_conv(self.scale)
         self.convt = shuffle_convt(self.scale) if shuffle == "convt" else None
         self.nhwc = layout == "nhwc"
+        self.clamp = clamp
         self.requires_grad_(False)
         self.eval()
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         x = lr.permute(0, 3, 1, 2) if self.nhwc else lr
         y = self.tail(self.body(self.head(x))) + self.anchor(x)
+        if self.clamp:
+            y = y.clamp(0.0, 1.0)
         y = self.convt(y) if self.convt is not None else F.pixel_shuffle(y, self.scale)
         return y.permute(0, 2, 3, 1) if self.nhwc else y
 
 
-def build_wrapper(student: SRStudent, layout: str = "nchw", shuffle: str = "native") -> MobileSR:
+def build_wrapper(student: SRStudent, layout: str = "nchw", shuffle: str = "native", clamp: bool = True) -> MobileSR:
     """Return the :class:`MobileSR` of ``student`` (a copy: the student itself is untouched)."""
-    return MobileSR(student, layout, shuffle)
+    return MobileSR(student, layout, shuffle, clamp)
 
 
 def example_input(size: tuple[int, int] | None, layout: str, default: int = 64) -> torch.Tensor:
