@@ -97,7 +97,7 @@ def summarize(results: dict, budgets: list[int]) -> tuple[list[str], dict]:
         fid = {b: [r["stages"][-1]["fidelity_psnr_y"] for r in results.get((name, b), [])] for b in budgets}
         secs = [r.get("wall_seconds", 0.0) for b in budgets for r in results.get((name, b), [])]
         lo, hi = psnr[budgets[0]], psnr[budgets[-1]]
-        gain = f"{statistics.mean(hi) - statistics.mean(lo):+.3f}" if lo and hi else "-"
+        gain = f"{statistics.mean(hi) - statistics.mean(lo):+.3f}" if lo and hi and len(budgets) > 1 else "-"
         lines.append(f"| {name} | " + " | ".join(_cell(psnr[b]) for b in budgets) + f" | {gain} | "
                      + " | ".join(_cell(fid[b]) for b in budgets) + f" | {statistics.mean(secs):.0f} |")
         summary[name] = {"psnr_y": {str(b): psnr[b] for b in budgets},
