@@ -38,6 +38,7 @@ VARIANTS = {
     "datafree textured leaves": dict(mode="datafree", synthetic="texleaves"),
     "datafree leaves + textured": dict(mode="datafree", synthetic="deadleaves,texleaves"),
     "texleaves": dict(mode="texleaves"),
+    "datafree leaves + smooth": dict(mode="datafree", synthetic="deadleaves,smooth"),
     # the recipe before issues 11-12 (plain blocks, reuse 2, no labelled pool): what the issue measured
     "datafree, old recipe": dict(mode="datafree", block="plain", reuse=2, pool=0),
     "data, old recipe": dict(mode="data", block="plain", reuse=2),

@@ -11,7 +11,14 @@ import torch
 from sr_shrink.distill import DistillConfig, distill
 from sr_shrink.distill.generator import Generator, load_generator
 from sr_shrink.distill.losses import diversity_loss, generator_loss
-from sr_shrink.distill.sources import dead_leaves, natural_stats_loss, pink_noise, textured_leaves, uniform_noise
+from sr_shrink.distill.sources import (
+    dead_leaves,
+    natural_stats_loss,
+    pink_noise,
+    smooth_fields,
+    textured_leaves,
+    uniform_noise,
+)
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import SRStudent, load_student
@@ -113,11 +120,19 @@ def test_data_mode(tiny_teacher, tiny_eval, tmp_path):
 
 def test_synthetic_sources_shapes_and_range():
     g = torch.Generator().manual_seed(0)
-    for fn in (uniform_noise, pink_noise, dead_leaves, textured_leaves):
+    for fn in (uniform_noise, pink_noise, smooth_fields, dead_leaves, textured_leaves):
         x = fn(3, 16, g)
         assert x.shape == (3, 3, 16, 16) and x.min() >= 0 and x.max() <= 1 and x.std() > 0.01
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(dead_leaves(2, 16, g1), dead_leaves(2, 16, g2))
+    # smooth fields are smoother than pink noise: less of their variance in neighbour differences
+    pink = pink_noise(32, 32, torch.Generator().manual_seed(0))
+    smooth = smooth_fields(32, 32, torch.Generator().manual_seed(0))
+
+    def roughness(x):
+        return float((x[..., 1:] - x[..., :-1]).pow(2).mean() / x.var(dim=(2, 3)).mean())
+
+    assert roughness(smooth) < 0.5 * roughness(pink)
 
 
 def _flat_share(x: torch.Tensor) -> float:

@@ -4,6 +4,8 @@
 * ``pink_noise``: 1/f-amplitude (natural power spectrum) colour noise.
 * ``dead_leaves``: occluding discs with a power-law size distribution, flat or shaded colours, rendered at
   2x and downscaled with the antialiased bicubic, which gives natural edge and scale statistics.
+* ``smooth_fields``: 1/f^2 colour fields, smooth large-scale shading and colour gradients (what the data-free
+  students missed most against photo-trained ones, BENCHMARKS.md section 14).
 * ``textured_leaves``: dead leaves whose discs carry textures (1/f^alpha fills of varied roughness and
   oriented gratings), for the fine texture that flat leaves lack.
 * ``RealPatches``: LR/HR patch pairs cut from images (bicubic degradation), for the with-data baseline.
@@ -131,16 +133,22 @@ class RealPatches:
         return make_lr(hr, self.scale), hr
 
 
+def smooth_fields(n: int, patch: int, g: torch.Generator) -> torch.Tensor:
+    """Return ``n`` smooth colour patches: ``pink_noise`` with a 1/f^2 amplitude spectrum (large-scale gradients)."""
+    return pink_noise(n, patch, g, alpha=2.0)
+
+
 def textured_leaves(n: int, patch: int, g: torch.Generator) -> torch.Tensor:
     """Return ``n`` dead-leaves patches whose discs mostly (80 %) carry textures; see ``dead_leaves``."""
     return dead_leaves(n, patch, g, leaf_texture=0.8)
 
 
-SYNTHETIC = {"noise": uniform_noise, "pink": pink_noise, "deadleaves": dead_leaves, "texleaves": textured_leaves}
+SYNTHETIC = {"noise": uniform_noise, "pink": pink_noise, "smooth": smooth_fields, "deadleaves": dead_leaves,
+             "texleaves": textured_leaves}
 
 
 def synthetic(kind: str, n: int, patch: int, g: torch.Generator) -> torch.Tensor:
-    """Return ``n`` patches from the named synthetic source (noise, pink, deadleaves or texleaves)."""
+    """Return ``n`` patches from the named synthetic source (a key of ``SYNTHETIC``)."""
     return SYNTHETIC[kind](n, patch, g)
 
 
