@@ -49,6 +49,12 @@ def pink_noise(n: int, patch: int, g: torch.Generator, alpha: float = 1.0) -> to
     return (mean + contrast * field).clamp(0, 1)
 
 
+def _standardize(field: torch.Tensor) -> torch.Tensor:
+    """Return each (n, k) map of ``field`` shifted to zero mean and scaled to unit std."""
+    field = field - field.mean(dim=(2, 3), keepdim=True)
+    return field / field.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+
+
 def texture_bank(n: int, k: int, size: int, g: torch.Generator, grating: float = 0.3) -> torch.Tensor:
     """Return ``k`` zero-mean, unit-std luminance textures per image, (n, k, size, size): random-phase fields
     with a 1/f^alpha amplitude spectrum (alpha uniform in [0.5, 2], rough to smooth), or with probability
@@ -67,11 +73,8 @@ def texture_bank(n: int, k: int, size: int, g: torch.Generator, grating: float =
     phase = 2 * math.pi * _rand((n, k, 1, 1), g)
     wave = torch.sin(2 * math.pi * cycles / size * (xx * theta.cos() + yy * theta.sin()) + phase)
     use_grating = _rand((n, k, 1, 1), g) < grating
-    smooth = field - field.mean(dim=(2, 3), keepdim=True)
-    smooth = smooth / smooth.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
-    field = torch.where(use_grating, wave * (1 + 0.3 * smooth), field)
-    field = field - field.mean(dim=(2, 3), keepdim=True)
-    return field / field.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    field = torch.where(use_grating, wave * (1 + 0.3 * _standardize(field)), field)
+    return _standardize(field)
 
 
 def dead_leaves(n: int, patch: int, g: torch.Generator, n_discs: int = 160, r_min: float = 0.03,
