@@ -6,8 +6,9 @@ full-integer PT2E quantisation (litert-torch's PT2EQuantizer: int8 activations p
 channel) calibrated at the export size, except the output: the anchor Add's int8 output has the fixed range
 [0, 1] (scale 1/255), so its saturation is the wrapper's output clamp and its 255 steps are the 8-bit image
 levels (:func:`pin_output_range`; a calibrated range rounds every pixel a second time when the image is
-saved: 0.014 dB of the int8 loss on average over six students, BENCHMARKS.md section 13). litert-torch makes int8 graphs with int8 I/O; unless ``native_io``,
-a QUANTIZE/DEQUANTIZE pair is added around them so the file takes and returns float32. The run facts
+saved: 0.014 dB of the int8 loss on average over six students, BENCHMARKS.md section 13). litert-torch makes
+int8 graphs with int8 I/O; unless ``native_io``, a QUANTIZE/DEQUANTIZE pair is added around them so the file
+takes and returns float32. The run facts
 (scale, stage, precision, layout, ...) are stored as JSON in the file's ``sr_shrink`` metadata entry.
 """
 
