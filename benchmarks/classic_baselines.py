@@ -35,7 +35,7 @@ from sr_shrink.bench.machine import machine_info  # noqa: E402
 from sr_shrink.bench.measure import bench_input, latency_stats, time_interleaved  # noqa: E402
 from sr_shrink.bench.pareto import pareto_front  # noqa: E402
 from sr_shrink.data import load_eval_set  # noqa: E402
-from sr_shrink.distill.sources import RealPatches  # noqa: E402
+from sr_shrink.distill.sources.photos import RealPatches  # noqa: E402
 from sr_shrink.evaluate import evaluate_bicubic, evaluate_model  # noqa: E402
 from sr_shrink.models.classic import ESPCN, FSRCNN  # noqa: E402
 from sr_shrink.models.registry import save_model_checkpoint  # noqa: E402

@@ -22,7 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sr_shrink.distill.sources import dead_leaves  # noqa: E402
+from sr_shrink.distill.render import dead_leaves  # noqa: E402
 from sr_shrink.teachers import load_teacher  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

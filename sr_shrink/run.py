@@ -6,6 +6,7 @@ What ``sr-shrink distill --out RUN_DIR`` leaves there, and the rules every comma
 - ``run.json``: the run's record (scale, teacher, mode, ``stages`` records, teacher/bicubic PSNR); optional
   for export (``{}`` when absent), required by bench; unreadable JSON is an error, never guessed around;
 - ``generator.pt``: the data-free generator, when the mode trained one;
+- ``state.pt``: distill's resumable state while a run is unfinished (removed when it completes);
 - ``exports/``: the default export folder, with its ``export.json`` index:
   ``{"sr_shrink_exports": 1, "updated": ..., "run": {...}, "exports": [entry, ...]}``, one entry per file,
   keyed by its ``file`` name (relative to the index's folder), replaced when that file is exported again.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from .io import atomic_write_json
 STAGE_RE = re.compile(r"^stage_(\d{2,})\.pt$")
 RUN_JSON = "run.json"
 GENERATOR = "generator.pt"
+STATE = "state.pt"
 EXPORTS = "exports"
 INDEX_NAME = "export.json"
 SUMMARY_KEYS = ("scale", "mode", "seed", "teacher_psnr_y", "bicubic_psnr_y")
@@ -108,6 +111,38 @@ class RunDir:
                     return None
         return None
 
+    # ---- the paths of the folder (every file name a run holds is written here and nowhere else)
+
+    def stage_path(self, stage: int) -> Path:
+        """Return the checkpoint path of ``stage`` (``RUN_DIR/stage_XX.pt``; it may not exist yet)."""
+        return self.root / stage_file(stage)
+
+    @property
+    def state_path(self) -> Path:
+        """Return RUN_DIR/state.pt, distill's resumable state."""
+        return self.root / STATE
+
+    @property
+    def generator_path(self) -> Path:
+        """Return RUN_DIR/generator.pt (it may not exist yet; ``generator`` is the one found when opened)."""
+        return self.root / GENERATOR
+
+    @property
+    def run_path(self) -> Path:
+        """Return RUN_DIR/run.json."""
+        return self.root / RUN_JSON
+
+    def holds_run(self) -> bool:
+        """Return True when the folder holds a run (run.json or a stage file)."""
+        return self.run_path.exists() or any(self.root.glob("stage_*.pt"))
+
+    def clear(self) -> None:
+        """Delete the run's files (stages, run.json, state.pt, generator.pt, exports/) for a fresh run."""
+        for p in [*self.root.glob("stage_*.pt"), self.run_path, self.state_path, self.generator_path]:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(self.exports_dir, ignore_errors=True)
+        self.run, self.stages, self.generator = {}, {}, None
+
     # ---- run.json
 
     @property
@@ -141,7 +176,7 @@ class RunDir:
     def write_run(self, run: dict) -> Path:
         """Write ``run`` as RUN_DIR/run.json atomically, keep it as ``self.run``; return the path."""
         self.run = run
-        return atomic_write_json(run, self.root / RUN_JSON)
+        return atomic_write_json(run, self.run_path)
 
     def summary(self) -> dict:
         """Return the run-level facts export.json repeats: path, scale, mode, seed, teacher/bicubic PSNR."""

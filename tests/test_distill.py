@@ -10,10 +10,9 @@ import torch
 
 from sr_shrink.distill import DistillConfig, distill
 from sr_shrink.distill.generator import Generator, load_generator
-from sr_shrink.distill.losses import diversity_loss, generator_loss
-from sr_shrink.distill.sources import (
+from sr_shrink.distill.losses import diversity_loss, generator_loss, natural_stats_loss
+from sr_shrink.distill.render import (
     dead_leaves,
-    natural_stats_loss,
     pink_noise,
     smooth_fields,
     textured_leaves,

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from sr_shrink.cli import main
-from sr_shrink.distill import DistillConfig, distill
-from sr_shrink.distill.loop import Distiller, resolve_teacher_dtype
+from sr_shrink.distill import Callbacks, DistillConfig, distill
 from sr_shrink.distill.pool import MAX_POOL_BYTES, LabelledPool, PoolPlan, plan_pool
+from sr_shrink.distill.sources import resolve_teacher_dtype
 from sr_shrink.errors import SRShrinkError
 
 
@@ -48,16 +48,10 @@ def test_plan_pool_caps():
     assert big.bytes() <= MAX_POOL_BYTES < PoolPlan(big.images + 1, 128, 4).bytes()
 
 
-def _count_labels(monkeypatch) -> list[int]:
+def _count_labels() -> tuple[list[int], Callbacks]:
+    """Return (the LR pixels of every batch the teacher labels, the callbacks that record them)."""
     seen: list[int] = []
-    orig = Distiller._label
-
-    def counting(self, x):
-        seen.append(x.shape[0] * x.shape[-1] * x.shape[-2])
-        return orig(self, x)
-
-    monkeypatch.setattr(Distiller, "_label", counting)
-    return seen
+    return seen, Callbacks(label=lambda x: seen.append(x.shape[0] * x.shape[-1] * x.shape[-2]))
 
 
 def _cfg(**kw) -> DistillConfig:
@@ -66,12 +60,14 @@ def _cfg(**kw) -> DistillConfig:
     return DistillConfig(**{**base, **kw})
 
 
-def test_pool_labels_fewer_teacher_pixels_across_stages(tiny_teacher, tmp_path, monkeypatch):
-    seen = _count_labels(monkeypatch)
-    run = distill(str(tiny_teacher), tmp_path / "pool", _cfg(pool=512), eval_dir="none", quiet=True, device="cpu")
+def test_pool_labels_fewer_teacher_pixels_across_stages(tiny_teacher, tmp_path):
+    seen, counting = _count_labels()
+    run = distill(str(tiny_teacher), tmp_path / "pool", _cfg(pool=512), eval_dir="none", quiet=True, device="cpu",
+                  callbacks=counting)
     with_pool = sum(seen)
     seen.clear()
-    distill(str(tiny_teacher), tmp_path / "fresh", _cfg(pool=0), eval_dir="none", quiet=True, device="cpu")
+    distill(str(tiny_teacher), tmp_path / "fresh", _cfg(pool=0), eval_dir="none", quiet=True, device="cpu",
+            callbacks=counting)
     without = sum(seen)
     # one stage's 16 refills x 2 synthetic patches of 8x8 -> a pool of 8 images of 16x16, labelled once for 3 stages
     assert run["pool"]["images"] == 8 and run["pool"]["side"] == 16
@@ -129,7 +125,7 @@ def test_time_budget_too_small_is_one_line(tiny_teacher, tmp_path):
     assert r.exit_code == 2 and "not both" in r.output
 
 
-@pytest.mark.parametrize("where", ["_label", "generator"])
+@pytest.mark.parametrize("where", ["label", "generator"])
 def test_teacher_out_of_memory_is_one_line(tiny_teacher, tmp_path, monkeypatch, where):
     from sr_shrink.teachers import Teacher
 

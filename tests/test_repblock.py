@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FAST_EXPORT, make_tiny_run
 
-from sr_shrink.distill import DistillConfig, distill
-from sr_shrink.distill.loop import Distiller
+from sr_shrink.distill import Callbacks, DistillConfig, distill
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.student import RepConv, SRStudent, collapse, grow, load_student, to_rep
 from sr_shrink.teachers import count_macs
@@ -161,8 +160,8 @@ def _cfg(**kw) -> DistillConfig:
     return DistillConfig(**{**base, **kw})
 
 
-def _distill(teacher, out: Path, **kw) -> dict:
-    return distill(str(teacher), out, _cfg(**kw), eval_dir="none", quiet=True, device="cpu")
+def _distill(teacher, out: Path, callbacks: Callbacks | None = None, **kw) -> dict:
+    return distill(str(teacher), out, _cfg(**kw), eval_dir="none", quiet=True, device="cpu", callbacks=callbacks)
 
 
 @pytest.fixture(scope="module")
@@ -173,23 +172,9 @@ def rep_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("rep")
     teacher = make_tiny_teacher(root / "teacher.pt")
     ends, starts = [], []
-    finish, train = Distiller._finish_stage, Distiller._train_stage
-
-    def spy_finish(self, idx, n_blocks, student, *a):
-        ends.append(copy.deepcopy(student).cpu())
-        return finish(self, idx, n_blocks, student, *a)
-
-    def spy_train(self, idx, n_blocks, student, *a):
-        starts.append(copy.deepcopy(student).cpu())
-        return train(self, idx, n_blocks, student, *a)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(Distiller, "_finish_stage", spy_finish)
-    mp.setattr(Distiller, "_train_stage", spy_train)
-    try:
-        _distill(teacher, root / "run")
-    finally:
-        mp.undo()
+    watch = Callbacks(stage_start=lambda idx, student, state: starts.append(copy.deepcopy(student).cpu()),
+                      stage_end=lambda idx, student: ends.append(copy.deepcopy(student).cpu()))
+    _distill(teacher, root / "run", watch)
     return root / "run", ends, starts, teacher
 
 
@@ -237,23 +222,20 @@ def test_rep_run_onnx_export_holds_only_the_plain_graph(rep_run, tmp_path):
     assert shapes.count([4, 4, 3, 3]) == 2 * 3  # one 3x3 conv per block conv, no branches left
 
 
-def _kill_after(mp, nth: int, where: str):
-    """Make the run stop (as if killed) right after the ``nth`` call of Distiller.``where`` returns/saves."""
+class Killed(Exception):
+    pass
+
+
+def _kill_after(nth: int) -> Callbacks:
+    """Return callbacks that stop the run (as if killed) right after its ``nth`` state.pt write."""
     calls = {"n": 0}
-    original = getattr(Distiller, where)
 
-    class Killed(Exception):
-        pass
-
-    def wrapper(self, *a, **kw):
-        out = original(self, *a, **kw)
+    def saved(idx, step):
         calls["n"] += 1
         if calls["n"] == nth:
             raise Killed
-        return out
 
-    mp.setattr(Distiller, where, wrapper)
-    return Killed
+    return Callbacks(saved=saved)
 
 
 def _weights(folder: Path) -> dict[str, dict]:
@@ -269,13 +251,11 @@ def _same(a: Path, b: Path) -> bool:
 # save_every 3, 8 steps: saves at steps 3 and 6 of each stage, then the end-of-stage save (next stage, step 0).
 # nth 3: killed right after stage 1's end-of-stage save; nth 5: mid stage 2 (its step-6 save)
 @pytest.mark.parametrize("nth", [3, 5])
-def test_rep_kill_and_resume_is_bit_exact(rep_run, tmp_path, monkeypatch, nth):
+def test_rep_kill_and_resume_is_bit_exact(rep_run, tmp_path, nth):
     run_dir, _, _, teacher = rep_run
     killed = tmp_path / "killed"
-    with monkeypatch.context() as mp:
-        killed_exc = _kill_after(mp, nth, "_save_state")
-        with pytest.raises(killed_exc):
-            _distill(teacher, killed)
+    with pytest.raises(Killed):
+        _distill(teacher, killed, _kill_after(nth))
     state = torch.load(killed / "state.pt", weights_only=True)
     assert state["student_config"]["block"] == "rep" and state["stage_idx"] == 1
     assert state["step"] == (0 if nth == 3 else 6)
@@ -285,14 +265,13 @@ def test_rep_kill_and_resume_is_bit_exact(rep_run, tmp_path, monkeypatch, nth):
     assert _same(run_dir, killed)
 
 
-def test_negative_control_resuming_from_the_collapsed_checkpoint_is_not_bit_exact(rep_run, tmp_path, monkeypatch):
+def test_negative_control_resuming_from_the_collapsed_checkpoint_is_not_bit_exact(rep_run, tmp_path):
     # what the test above guards against: growing stage 2 from stage_01.pt (the collapse, re-expanded by to_rep)
     # instead of the training form in state.pt gives the same function but other weights and another training
     run_dir, _, _, teacher = rep_run
     killed = tmp_path / "killed"
-    with monkeypatch.context() as mp:
-        with pytest.raises(_kill_after(mp, 4, "_save_state")):  # stage 2, step 3: run.json lists stage 1
-            _distill(teacher, killed)
+    with pytest.raises(Killed):  # stage 2, step 3: run.json lists stage 1
+        _distill(teacher, killed, _kill_after(4))
     (killed / "state.pt").unlink()
     run = distill(str(teacher), killed, _cfg(), eval_dir="none", quiet=True, device="cpu", resume=True)
     assert run["complete"] and run["resumed_from"] == [{"stage": 2, "step": 0, "from_collapsed": True}]

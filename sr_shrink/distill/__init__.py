@@ -1,4 +1,10 @@
-"""Data-free progressive distillation: ``distill(teacher_path, run_dir, cfg)`` -> run.json dict."""
+"""Data-free progressive distillation: ``distill(teacher_path, run_dir, cfg)`` -> run.json dict.
+
+The parts (each its own module): ``config`` (DistillConfig), ``sources`` (where the inputs come from, one
+protocol, one module per family, ``make_source``), ``render`` (the synthetic images), ``train`` (``train_stage``
+and its steps), ``state`` (the mutable state, listed once), ``budget`` (``--time-budget``), ``resume`` (the run
+folder before the first step) and ``run`` (``run_stages``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,23 +25,29 @@ from rich.table import Table
 
 from ..data import load_eval_set
 from ..errors import SRShrinkError
+from ..run import RunDir
 from ..teachers import load_teacher
 from .config import MODES, DistillConfig
-from .loop import Distiller, Env, init_distributed, prepare_run_dir, resolve_device
+from .env import Env, init_distributed, resolve_device
+from .resume import prepare_run_dir
+from .run import Job, run_stages
+from .sources import FAMILIES
+from .train import Callbacks
 
-__all__ = ["DistillConfig", "MODES", "distill", "summary_table"]
+__all__ = ["Callbacks", "DistillConfig", "MODES", "distill", "summary_table"]
 
 
 def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, eval_dir: str | None = None,
             resume: bool = False, force: bool = False, device: str = "auto", trust_pickle: bool = False,
             teacher_scale: int | None = None, quiet: bool = False, amp: bool = False,
             channels_last: bool = False, eval_images: int | None = None, value_range: float | None = None,
-            res_scale: float | None = None) -> dict:
+            res_scale: float | None = None, callbacks: Callbacks | None = None) -> dict:
     """Run a progressive distillation of ``teacher_path`` into ``run_dir``; return the run.json dict.
 
     ``eval_dir`` (default: the bundled eval split; "none" to skip) gives each stage's Y-PSNR/SSIM and its
     fidelity to the teacher; ``value_range`` / ``res_scale`` override what is inferred from the teacher file.
-    With ``cfg.time_budget`` (minutes) the budget counts from this call.
+    With ``cfg.time_budget`` (minutes) the budget counts from this call. ``callbacks`` watch the run
+    (:class:`~.train.Callbacks`).
     """
     started = time.time()
     cfg.validate()
@@ -53,27 +64,42 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     env = Env(dev, rank, world, quiet or rank != 0, amp, channels_last)
     if env.main:
         prepare_run_dir(run_dir, resume, force)
-    if world > 1:
-        torch.distributed.barrier()
+    env.barrier()
     pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
-    distiller = Distiller(teacher, cfg, run_dir, pairs, env, teacher.info.path, teacher.info.sha256, started)
+    callbacks = callbacks or Callbacks()
+    job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks)
     if env.quiet:
-        return distiller.run_stages(resume)
+        return run_stages(job, resume)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("kd {task.fields[kd]:.4f} {task.fields[g]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True)) as progress:
-        run = distiller.run_stages(resume, progress)
+        job.callbacks = callbacks.then(progress_callbacks(progress))
+        run = run_stages(job, resume)
     Console().print(summary_table(run))
     return run
 
 
+def progress_callbacks(progress: Progress) -> Callbacks:
+    """Return callbacks that show each stage as a rich progress bar (steps, recent KD loss, the game's parts)."""
+    tasks: dict[int, int] = {}
+
+    def start(idx, student, state):
+        tasks[idx] = progress.add_task(f"stage {idx + 1} ({student.n_blocks} blk)", total=state.cfg.steps_per_stage,
+                                       completed=state.step, kd=float("nan"), g="")
+
+    def step(idx, _step, kd, parts):
+        progress.update(tasks[idx], advance=1, kd=kd, g=" ".join(f"{k}={v:.3g}" for k, v in parts.items()))
+
+    return Callbacks(stage_start=start, step=step)
+
+
 def fit_patch(cfg: DistillConfig, teacher) -> DistillConfig:
     """Return ``cfg`` with an automatic LR patch size raised to one the teacher takes without padding (e.g. a
-    multiple of a Swin teacher's window), kept a multiple of 4 for the generator modes."""
+    multiple of a Swin teacher's window), kept a multiple of what the mode's source needs (4 for the generator)."""
     if not cfg.lr_patch_auto:
         return cfg
-    patch = teacher.fit_size(cfg.lr_patch)
-    while cfg.mode in ("datafree", "generator") and patch % 4:
+    patch, multiple = teacher.fit_size(cfg.lr_patch), FAMILIES[cfg.mode].patch_multiple
+    while patch % multiple:
         patch = teacher.fit_size(patch + 1)
     return replace(cfg, lr_patch=patch) if patch != cfg.lr_patch else cfg
 

@@ -80,7 +80,6 @@ class DistillConfig:
     teacher_dtype: str = "auto"  # precision of the teacher's forwards: fp32, bf16/fp16 autocast, or auto (see loop)
     pool: int = 512  # synthetic images labelled once and shared by all stages (distill.pool); 0: fresh every refill
     time_budget: float = 0.0  # minutes for the whole run; > 0 measures the step cost and sets steps_per_stage
-    extra: dict = field(default_factory=dict)
     lr_patch_auto: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import SRShrinkError
 from ..io import atomic_torch_save
+from .render import synthetic
 
 
 @dataclass
@@ -98,8 +99,6 @@ class RefineGenerator(nn.Module):
         ``base``: the (n, 3, size, size) base images to refine (e.g. crops of a pre-rendered pool); default:
         freshly rendered images of the configured source.
         """
-        from .sources import synthetic
-
         c = self.config
         size = size or (base.shape[-1] if base is not None else c.patch)
         if base is None:

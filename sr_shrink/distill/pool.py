@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sources import synthetic_mix
+from .render import synthetic_mix
 
 MAX_POOL_BYTES = 512 * 2**20  # the pool's images and targets together stay below this
 

@@ -18,9 +18,9 @@ quantization in its forward pass, against the run's teacher, on the run's own da
   Rounding is a straight-through estimator (``torch.fake_quantize_per_*_affine``: gradient 1 inside the range,
   0 where clipped); weight scales follow the weights (max |w| / 127, as the exporters compute them);
   activation ranges are EMA min/max observers (momentum :data:`EMA`) updated on every training batch;
-- **schedule**: Adam at ``lr`` (default 1e-4) with distill's cosine decay to 1 % of it, each fresh batch used for
-  ``reuse`` (2) steps as distill does, seeded, deterministic on
-  the CPU for a given thread count.
+- **schedule**: Adam at ``lr`` (default 1e-4) with distill's cosine decay to 1 % of it (``distill.train.schedule``),
+  distill's KD step (``distill.train.kd_step``), each fresh batch used for ``reuse`` (2) steps, seeded,
+  deterministic on the CPU for a given thread count.
 
 What comes out is a plain float student (:class:`~sr_shrink.models.student.SRStudent`) whose weights are robust
 to the quantization noise; the normal int8 export (calibration and all) then quantizes it. The exporters
@@ -36,7 +36,6 @@ the original student minus the original student), both on the same verification 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distill.config import default_lr_patch
+from ..distill.generator import load_generator
+from ..distill.render import SYNTHETIC
+from ..distill.sources import Labeller, MixedSource
+from ..distill.train import kd_step, schedule
 from ..errors import SRShrinkError
 from ..models.student import SRStudent
 from ..run import RunDir
@@ -169,14 +173,11 @@ class QATConfig:
 
 
 class DataFreeInputs:
-    """The run's data-free LR patches: generator.pt samples mixed with synthetic images (distill's datafree
-    recipe, read from run.json), or synthetic images alone when the run has no generator."""
+    """The run's data-free LR patches: distill's datafree source (:class:`~sr_shrink.distill.sources.MixedSource`)
+    with generator.pt's samples mixed with synthetic images as run.json records the recipe, or synthetic images
+    alone when the run has no generator; fresh images for every batch (no pool)."""
 
     def __init__(self, run: RunDir, scale: int, patch: int | None, seed: int):
-        from ..distill.config import default_lr_patch
-        from ..distill.generator import load_generator
-        from ..distill.sources import SYNTHETIC
-
         config = run.run.get("config") if isinstance(run.run.get("config"), dict) else {}
         kinds = [k for k in str(config.get("synthetic") or "deadleaves").split(",") if k in SYNTHETIC]
         self.kinds = kinds or ["deadleaves"]
@@ -194,16 +195,10 @@ class DataFreeInputs:
         src = "+".join(self.kinds) + (" + generator.pt" if self.gen is not None else "")
         return {"source": src, "synthetic_share": self.mix, "lr_patch": self.patch}
 
-    def batch(self, n: int) -> torch.Tensor:
-        """Return ``n`` LR patches (n, 3, p, p) in [0, 1]: the synthetic share first, then generator samples."""
-        from ..distill.sources import synthetic_mix
-
-        k = int(round(n * self.mix))
-        parts = [synthetic_mix(self.kinds, k, self.patch, self.g)]
-        if n - k:
-            size = {"size": self.patch} if getattr(self.gen, "any_size", False) else {}
-            parts.append(self.gen.sample(n - k, self.g, **size))
-        return torch.cat(parts).float().clamp(0, 1)
+    def source(self, label: Labeller) -> MixedSource:
+        """Return the source of (input, teacher output) batches: the synthetic share first, then generator.pt's
+        samples, labelled by ``label``."""
+        return MixedSource(self.kinds, self.mix, self.patch, self.g, label, sampler=self.gen)
 
 
 def run_teacher(run: RunDir, scale: int, teacher: str | Path | None = None, trust_pickle: bool = False):
@@ -237,27 +232,25 @@ def finetune(student: SRStudent, teacher: nn.Module, inputs: DataFreeInputs, cfg
     """Fine-tune a copy of ``student`` with fake quantization against ``teacher`` on ``inputs``; return (the
     fine-tuned float student, its export.json record: steps, lr, batch, inputs, losses, seconds, ranges).
 
-    ``student`` itself is left untouched. Deterministic for a given seed and thread count."""
+    distill's pieces: the source, its labeller, the KD step and the cosine schedule; each fresh batch is used for
+    ``reuse`` steps as it comes (no replay buffer). ``student`` itself is left untouched. Deterministic for a given
+    seed and thread count."""
     torch.manual_seed(cfg.seed)
     model = QATStudent(student, cfg.activations, cfg.weight_max, cfg.float_ends).train()
     teacher.eval()
+    source = inputs.source(Labeller(teacher, torch.device("cpu")))
     opt = torch.optim.Adam(model.net.parameters(), lr=cfg.lr)
+    sched = schedule(opt, cfg.steps)
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
         if step % cfg.reuse == 0:
-            x = inputs.batch(cfg.batch)
-            with torch.no_grad():
-                target = teacher(x).float()
-        loss = (model(x) - target).abs().mean()
-        if not torch.isfinite(loss):
-            raise SRShrinkError(f"--qat step {step}: the loss became NaN/inf; try a lower --qat-lr.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+            x, target = source.refill(cfg.batch)
+        try:
+            losses.append(kd_step(model, opt, x, target))
+        except FloatingPointError:
+            raise SRShrinkError(f"--qat step {step}: the loss became NaN/inf; try a lower --qat-lr.") from None
+        sched.step()
     head, tail = losses[:10], losses[-10:]
     rec = {"steps": cfg.steps, "lr": cfg.lr, "schedule": "cosine to 1 %", "optimizer": "Adam", "batch": cfg.batch,
            "reuse": cfg.reuse, "seed": cfg.seed, "inputs": inputs.describe(), "loss": "L1 to the teacher's output",

@@ -1,14 +1,9 @@
-"""Data-free and real input sources for distillation: LR patches (N, 3, p, p) in [0, 1].
+"""Dead-leaves renderers: LR patches (n, 3, p, p) in [0, 1] drawn by a seeded ``torch.Generator``.
 
-* ``uniform_noise``: U(0, 1) per pixel (the paper's "noise" baseline).
-* ``pink_noise``: 1/f-amplitude (natural power spectrum) colour noise.
 * ``dead_leaves``: occluding discs with a power-law size distribution, flat or shaded colours, rendered at
   2x and downscaled with the antialiased bicubic, which gives natural edge and scale statistics.
-* ``smooth_fields``: 1/f^2 colour fields, smooth large-scale shading and colour gradients (what the data-free
-  students missed most against photo-trained ones, BENCHMARKS.md section 14).
 * ``textured_leaves``: dead leaves whose discs carry textures (1/f^alpha fills of varied roughness and
   oriented gratings), for the fine texture that flat leaves lack.
-* ``RealPatches``: LR/HR patch pairs cut from images (bicubic degradation), for the with-data baseline.
 """
 
 from __future__ import annotations
@@ -17,36 +12,8 @@ import math
 
 import torch
 
-from ..data import list_images, make_lr, random_patches, read_image
-from ..resize import downscale
-
-
-def _rand(shape, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(shape, generator=g)
-
-
-def uniform_noise(n: int, patch: int, g: torch.Generator) -> torch.Tensor:
-    """Return ``n`` patches of i.i.d. uniform noise in [0, 1]."""
-    return _rand((n, 3, patch, patch), g)
-
-
-def pink_noise(n: int, patch: int, g: torch.Generator, alpha: float = 1.0) -> torch.Tensor:
-    """Return ``n`` colour patches whose amplitude spectrum falls as 1/f^alpha, scaled into [0, 1]."""
-    fy = torch.fft.fftfreq(patch).view(-1, 1)
-    fx = torch.fft.rfftfreq(patch).view(1, -1)
-    f = torch.sqrt(fx**2 + fy**2)
-    f[0, 0] = 1.0 / patch
-    amp = f.pow(-alpha)
-    white = torch.randn((n, 3, patch, patch), generator=g)
-    field = torch.fft.irfft2(torch.fft.rfft2(white) * amp, s=(patch, patch))
-    # correlate the channels like natural colour: a shared luminance field plus weaker chroma
-    lum = field[:, :1]
-    field = lum + 0.35 * (field - field.mean(dim=1, keepdim=True))
-    field = field - field.mean(dim=(2, 3), keepdim=True)
-    field = field / field.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
-    contrast = 0.05 + 0.2 * _rand((n, 1, 1, 1), g)
-    mean = 0.2 + 0.6 * _rand((n, 3, 1, 1), g)
-    return (mean + contrast * field).clamp(0, 1)
+from ...resize import downscale
+from .noise import _rand, pink_noise
 
 
 def _standardize(field: torch.Tensor) -> torch.Tensor:
@@ -118,59 +85,6 @@ def dead_leaves(n: int, patch: int, g: torch.Generator, n_discs: int = 160, r_mi
     return img.clamp(0, 1)
 
 
-class RealPatches:
-    """Random LR/HR training pairs from a folder of images (the with-data baseline's source)."""
-
-    def __init__(self, folder, scale: int, lr_patch: int):
-        self.scale, self.lr_patch = scale, lr_patch
-        self.images = [read_image(p) for p in list_images(folder)]
-        small = [i for i in self.images if min(i.shape[-2:]) < lr_patch * scale]
-        if small:
-            from ..errors import SRShrinkError
-            raise SRShrinkError(f"{folder}: {len(small)} image(s) smaller than one {lr_patch * scale} px patch; "
-                                "use larger images or a smaller --lr-patch.")
-
-    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (lr, hr) patch batches: HR crops with random flips/rotations and their bicubic LR."""
-        hr = random_patches(self.images, n, self.lr_patch * self.scale, g)
-        return make_lr(hr, self.scale), hr
-
-
-def smooth_fields(n: int, patch: int, g: torch.Generator) -> torch.Tensor:
-    """Return ``n`` smooth colour patches: ``pink_noise`` with a 1/f^2 amplitude spectrum (large-scale gradients)."""
-    return pink_noise(n, patch, g, alpha=2.0)
-
-
 def textured_leaves(n: int, patch: int, g: torch.Generator) -> torch.Tensor:
     """Return ``n`` dead-leaves patches whose discs mostly (80 %) carry textures; see ``dead_leaves``."""
     return dead_leaves(n, patch, g, leaf_texture=0.8)
-
-
-SYNTHETIC = {"noise": uniform_noise, "pink": pink_noise, "smooth": smooth_fields, "deadleaves": dead_leaves,
-             "texleaves": textured_leaves}
-
-
-def synthetic(kind: str, n: int, patch: int, g: torch.Generator) -> torch.Tensor:
-    """Return ``n`` patches from the named synthetic source (a key of ``SYNTHETIC``)."""
-    return SYNTHETIC[kind](n, patch, g)
-
-
-def synthetic_mix(kinds: list[str], n: int, patch: int, g: torch.Generator) -> torch.Tensor:
-    """Return ``n`` patches shared out among the synthetic ``kinds`` in equal parts (the first kinds take the
-    remainder), drawn kind after kind by ``g``; an empty (0, 3, patch, patch) batch when ``n`` is 0."""
-    counts = [n // len(kinds) + (i < n % len(kinds)) for i in range(len(kinds))]
-    parts = [synthetic(kind, c, patch, g) for kind, c in zip(kinds, counts) if c]
-    return torch.cat(parts) if parts else torch.empty((0, 3, patch, patch))
-
-
-def natural_stats_loss(x: torch.Tensor) -> torch.Tensor:
-    """Return a penalty pulling a batch towards simple natural-image statistics.
-
-    Two terms: per-image luminance std near 0.2 (neither flat nor saturated) and a mean absolute
-    gradient near 0.04 (sparse edges, not stripes); both measured on the LR patch.
-    """
-    lum = x.mean(dim=1)
-    std = lum.std(dim=(1, 2))
-    grad = (lum[:, 1:, :] - lum[:, :-1, :]).abs().mean(dim=(1, 2)) + (lum[:, :, 1:] - lum[:, :, :-1]).abs().mean(
-        dim=(1, 2))
-    return (std - 0.2).abs().mean() + (grad / 2 - 0.04).abs().mean() * math.sqrt(10)

@@ -1,0 +1,87 @@
+"""The run folder before the first step: fresh, overwritten (``--force``) or continued (``--resume``).
+
+A resumed run must have the same teacher (sha256, architecture, value range, EDSR res_scale) and recipe
+(``RESUME_KEYS``); it adopts the plan of a ``--time-budget`` run and the fresh-labelling of a run from before the
+pool. run.json records where it picked up in ``resumed_from``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..errors import SRShrinkError
+from ..run import RunDir
+from .config import RESUME_KEYS, DistillConfig, flag
+from .sources import resolve_teacher_dtype
+
+
+def prepare_run_dir(root: Path, resume: bool, force: bool) -> None:
+    """Create the run folder ``root`` and check it is writable and free (or resumable); empty it for ``force``;
+    a clear error if not."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SRShrinkError(f"{root}: cannot write there ({exc.strerror}); pass a writable --out folder.") from None
+    rundir = RunDir.create(root)
+    if rundir.holds_run() and not (resume or force):
+        raise SRShrinkError(f"{rundir.root}: already holds a run; pass --resume to continue it or --force to "
+                            "overwrite it.")
+    if force and not resume:
+        rundir.clear()
+
+
+def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:
+    """Return ``cfg`` with what a resumed run takes over from the run ``old`` it continues: the steps of a
+    ``--time-budget`` plan, and ``pool`` 0 for a run from before the pool (it labelled fresh images for every
+    batch, and goes on doing so)."""
+    if old is None:
+        return cfg
+    take = {}
+    if cfg.time_budget and "time_budget" in old:  # go on with the plan made at the start
+        take["steps_per_stage"] = old.get("config", {}).get("steps_per_stage", cfg.steps_per_stage)
+    if "pool" not in old.get("config", {"pool": 0}):
+        take["pool"] = 0
+    return replace(cfg, **take) if take else cfg
+
+
+def check_same_run(where: str, old: dict, run: dict, cfg: DistillConfig, device: torch.device) -> None:
+    """Raise an SRShrinkError naming the first difference between ``old`` run.json and this ``run``."""
+    where = f"{where}: "
+    tip = "resume with the same options or pass --force to start over."
+    old_teacher, new_teacher = old.get("teacher", {}), run["teacher"]
+    if old_teacher.get("sha256") != new_teacher["sha256"]:
+        raise SRShrinkError(f"{where}was distilled from another teacher ({old_teacher.get('path')}, sha256 "
+                            f"{str(old_teacher.get('sha256'))[:12]}...), not {new_teacher['path']} (sha256 "
+                            f"{new_teacher['sha256'][:12]}...); pass that teacher, or --force to start over.")
+    if old_teacher.get("arch") not in (None, new_teacher.get("arch")):
+        raise SRShrinkError(f"{where}was distilled from a {old_teacher['arch']} teacher, not a "
+                            f"{new_teacher.get('arch')}; {tip}")
+    if old_teacher.get("value_range") not in (None, new_teacher.get("value_range")):
+        raise SRShrinkError(f"{where}was distilled with --value-range {old_teacher['value_range']:g}, not "
+                            f"{new_teacher.get('value_range'):g}; {tip}")
+    if "config" in old_teacher:
+        old_res, new_res = old_teacher["config"].get("res_scale"), new_teacher["config"].get("res_scale")
+        if old_res != new_res:
+            show = (lambda v: "(the default)" if v is None else f"{v:g}")  # noqa: E731
+            raise SRShrinkError(f"{where}was distilled with --res-scale {show(old_res)}, not {show(new_res)}; {tip}")
+    old_cfg, new_cfg = old.get("config", {}), cfg.to_dict()
+    for key in RESUME_KEYS:
+        if key == "teacher_dtype" and key in old_cfg:  # auto and what it resolved to are the same run
+            if resolve_teacher_dtype(old_cfg[key], device) == resolve_teacher_dtype(new_cfg[key], device):
+                continue
+        if key in old_cfg and old_cfg[key] != new_cfg[key]:
+            raise SRShrinkError(f"{where}was started with {flag(key)} {_show(key, old_cfg)}, not "
+                                f"{_show(key, new_cfg)}; {tip}")
+
+
+def _show(key: str, cfg: dict) -> str:
+    """Return how a config value reads on the command line (``--stages`` shows A:B)."""
+    if key in ("stage_start", "stage_end"):
+        return f"{cfg.get('stage_start')}:{cfg.get('stage_end')}"
+    return str(cfg.get(key))

@@ -1,0 +1,194 @@
+"""The stages of a distillation: :func:`run_stages` wires the source, the training state, the budget plan and
+:func:`~.train.train_stage`, and keeps run.json.
+
+Stage i trains a student of ``n_blocks_i`` blocks; stage i+1 starts from stage i grown by ``grow``
+(output-preserving), the generator (if any) carrying over. With ``block="rep"`` the student trains in its
+re-parameterizable form; every ``stage_XX.pt`` holds its exact collapse (``collapse``: a plain student, so export,
+bench and upscale see the plain graph), while ``state.pt`` holds the training form, from which the next stage
+grows. Files (named by :class:`~sr_shrink.run.RunDir`): ``stage_XX.pt`` per finished stage, ``generator.pt``,
+``state.pt`` (removed when the run completes) and ``run.json``; all written atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..data import EvalPair
+from ..evaluate import evaluate_bicubic, evaluate_model, fidelity, teacher_references
+from ..models.registry import save_model_checkpoint
+from ..models.student import SRStudent, collapse, grow, load_student, to_rep
+from ..run import RunDir
+from .budget import plan_time_budget
+from .buffer import ReplayBuffer
+from .config import DistillConfig
+from .env import Env
+from .generator import save_generator
+from .resume import adopt, check_same_run
+from .sources import Labeller, make_source, resolve_teacher_dtype
+from .state import TrainState
+from .train import Callbacks, train_stage
+
+BUFFER_BATCHES = 32
+TEACHER_KEYS = ("format", "arch", "arch_name", "params", "value_range", "value_range_guessed", "size_requirements",
+                "config")
+
+
+@dataclass
+class Job:
+    """What a run is made of: the teacher, the config, the folder, the eval pairs, where it runs, when it started
+    (``--time-budget`` counts from there) and the callbacks."""
+
+    teacher: torch.nn.Module
+    cfg: DistillConfig
+    rundir: RunDir
+    eval_pairs: list[EvalPair]
+    env: Env
+    started: float
+    callbacks: Callbacks
+
+
+def new_record(job: Job, cfg: DistillConfig, dtype: str) -> dict:
+    """Return the run.json dict of a run of ``cfg`` that has not trained yet."""
+    info = job.teacher.info
+    d = info.to_dict()
+    run = {"scale": cfg.scale, "teacher": {"path": info.path, "sha256": info.sha256,
+                                           **{k: d[k] for k in TEACHER_KEYS if k in d}},
+           "mode": cfg.mode, "seed": cfg.seed, "recipe": cfg.recipe(), "config": cfg.to_dict(),
+           "world_size": job.env.world, "teacher_dtype": dtype, "stages": [], "complete": False}
+    if getattr(info, "value_range_guessed", False):
+        run["value_range_guessed"] = True
+    return run
+
+
+def run_stages(job: Job, resume: bool) -> dict:
+    """Train every stage not already finished; return the run.json dict."""
+    env, rundir, cb = job.env, job.rundir, job.callbacks
+    old = rundir.run if resume and rundir.run else None
+    cfg = adopt(job.cfg, old)
+    dtype = resolve_teacher_dtype(cfg.teacher_dtype, env.device)
+    run = new_record(job, cfg, dtype)
+    if old is not None and cfg.time_budget and "time_budget" in old:
+        run["time_budget"] = old["time_budget"]
+    label = Labeller(job.teacher.to(env.device), env.device, dtype, env.channels_last, env.amp, cfg.batch,
+                     cfg.lr_patch, cb.label)
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + env.rank)
+    source = make_source(cfg, label, g, env.rank, env.world)
+    state = TrainState(cfg, g, ReplayBuffer(BUFFER_BATCHES * cfg.batch), source, label, rundir.root)
+    write = (lambda: rundir.write_run(run)) if env.main else (lambda: None)
+    blocks = cfg.stages()
+    torch.manual_seed(cfg.seed)
+    student = SRStudent(cfg.scale, blocks[0], cfg.channels, cfg.block).to(env.device)  # before the state loads
+    if old is not None:
+        check_same_run(str(rundir.root), old, run, cfg, env.device)
+        run["stages"] = old.get("stages", [])
+        if "resumed_from" in old:
+            run["resumed_from"] = old["resumed_from"]
+    saved = state.load(rundir.state_path, env.rank, env.world) if resume else None
+    if saved is not None:  # the state's list of finished stages is the authority on where to go on
+        run["stages"] = saved["stages"]
+    run["stages"] = state.stages = [s for s in run["stages"] if (rundir.root / s["checkpoint"]).exists()]
+    done = len(state.stages)
+    if saved is not None and saved["stage_idx"] != done:
+        saved = None  # a stale state (its stage's checkpoint is gone): start that stage afresh
+    if (old is not None or saved is not None) and done < len(blocks):
+        picked_up = {"stage": done + 1, "step": saved["step"] if saved is not None else 0}
+        if cfg.block == "rep" and done and saved is None:
+            picked_up["from_collapsed"] = True  # the training form was lost: see to_rep
+        run["resumed_from"] = [*run.get("resumed_from", []), picked_up]
+    fidelity_pairs: list[EvalPair] = []
+    if job.eval_pairs and env.main:
+        tr, fidelity_pairs = teacher_references(label.teacher, job.eval_pairs, cfg.scale)
+        br = evaluate_bicubic(job.eval_pairs, cfg.scale)
+        run.update(teacher_psnr_y=tr["psnr_y"], teacher_ssim_y=tr["ssim_y"], bicubic_psnr_y=br["psnr_y"],
+                   bicubic_ssim_y=br["ssim_y"])
+    if done < len(blocks):
+        t0 = time.perf_counter()
+        pool = source.prepare()
+        if pool is not None:
+            state.timing["pool"] += time.perf_counter() - t0
+            run["pool"] = pool
+        if cfg.time_budget and "time_budget" not in run:
+            plan = plan_time_budget(state, student, blocks, job.started, job.eval_pairs, fidelity_pairs, env.world,
+                                    env.main)
+            cfg = state.cfg = replace(cfg, steps_per_stage=plan.steps_per_stage)
+            run["config"], run["time_budget"] = cfg.to_dict(), plan.to_dict()
+    write()
+    if done and cfg.block == "rep" and saved is not None:  # stage checkpoints are collapsed: the training
+        student = _restored(saved, env)  # form of the last stage is in state.pt
+    elif done:
+        student, _ = load_student(rundir.root / state.stages[-1]["checkpoint"])
+        student = (to_rep(student) if cfg.block == "rep" else student).to(env.device)
+
+    def save(step: int, seconds: float) -> None:
+        state.step, state.seconds = step, seconds
+        state.save(rundir.state_path, student, env.world, env.main)
+        cb.call("saved", state.stage_idx, step)
+
+    for idx in range(done, len(blocks)):
+        mid_stage = saved is not None and saved["step"] > 0
+        if mid_stage:  # the saved student, no growth (no random draw)
+            student = _restored(saved, env)
+        while student.n_blocks < blocks[idx]:
+            student = grow(student, g).to(env.device)
+        if env.channels_last:
+            student = student.to(memory_format=torch.channels_last)
+        state.stage_idx, state.step, state.seconds, state.kd_hist, state.first_kd = idx, 0, 0.0, [], None
+        state.opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+        if mid_stage:
+            state.opt.load_state_dict(saved["opt"])
+            state.step, state.seconds, state.kd_hist = saved["step"], saved["seconds"], list(saved["kd_hist"])
+            state.first_kd = saved.get("first_kd")
+        saved = None
+        cb.call("stage_start", idx, student, state)
+        seconds = train_stage(state, student, save, cb, env.world)
+        student = student.to(memory_format=torch.contiguous_format)
+        cb.call("stage_end", idx, student)
+        run["stages"].append(finish_stage(job, state, student, blocks[idx], seconds, fidelity_pairs))
+        state.stage_idx, state.step, state.seconds, state.kd_hist = idx + 1, 0, 0.0, []
+        save(0, 0.0)  # before run.json: the state lists this stage as done
+        write()
+        env.barrier()
+    run["complete"] = True
+    run["timing_seconds"] = {k: round(v, 2) for k, v in state.timing.items()}
+    write()
+    if env.main:
+        rundir.state_path.unlink(missing_ok=True)
+    return run
+
+
+def _restored(saved: dict, env: Env) -> SRStudent:
+    student = SRStudent(**saved["student_config"]).to(env.device)
+    student.load_state_dict(saved["student"])
+    return student
+
+
+def finish_stage(job: Job, state: TrainState, student: SRStudent, n_blocks: int, seconds: float,
+                 fidelity_pairs: list[EvalPair]) -> dict:
+    """Evaluate and save the stage's (collapsed) student and the generator; return the stage's run.json entry."""
+    cfg, env, idx = state.cfg, job.env, state.stage_idx
+    shipped = collapse(student) if student.block == "rep" else student  # what stage_XX.pt holds
+    path = job.rundir.stage_path(idx + 1)
+    recent = state.kd_hist[-20:]
+    entry = {"stage": idx + 1, "n_blocks": n_blocks, "channels": cfg.channels,
+             "params": sum(p.numel() for p in shipped.parameters()), "checkpoint": path.name,
+             "steps": cfg.steps_per_stage, "first_kd_loss": round(state.first_kd or float("nan"), 6),
+             "final_kd_loss": round(sum(recent) / max(1, len(recent)), 6), "seconds": round(seconds, 2)}
+    if shipped is not student:
+        entry["train_params"] = sum(p.numel() for p in student.parameters())
+    if job.eval_pairs and env.main:
+        res = evaluate_model(shipped, job.eval_pairs, cfg.scale)
+        entry.update(val_psnr_y=res["psnr_y"], val_ssim_y=res["ssim_y"],
+                     **fidelity(evaluate_model(shipped, fidelity_pairs, cfg.scale)))
+        student.train()
+    if env.main:
+        extra = {"stage": idx + 1, "n_blocks": n_blocks, "scale": cfg.scale, "val_psnr_y": entry.get("val_psnr_y"),
+                 "mode": cfg.mode}
+        if shipped is not student:
+            extra["train_block"] = student.block
+        save_model_checkpoint(shipped, "student", shipped.config(), path, extra=extra)
+        if state.source.generator is not None:
+            save_generator(state.source.generator, job.rundir.generator_path)
+    return entry

@@ -1,0 +1,28 @@
+"""Real photos as the student's input source (``--mode data``): LR/HR patch pairs cut from a folder of images
+(bicubic degradation), with the teacher's output as target, or the HR ground truth (``--data-target hr``)."""
+
+from __future__ import annotations
+
+import torch
+
+from ...data import list_images, make_lr, random_patches, read_image
+from ...errors import SRShrinkError
+
+
+class RealPatches:
+    """Random LR/HR training pairs from a folder of images (the with-data baseline's source)."""
+
+    def __init__(self, folder, scale: int, lr_patch: int):
+        self.scale, self.lr_patch = scale, lr_patch
+        self.images = [read_image(p) for p in list_images(folder)]
+        small = [i for i in self.images if min(i.shape[-2:]) < lr_patch * scale]
+        if small:
+            raise SRShrinkError(f"{folder}: {len(small)} image(s) smaller than one {lr_patch * scale} px patch; "
+                                "use larger images or a smaller --lr-patch.")
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (lr, hr) patch batches: HR crops with random flips/rotations and their bicubic LR."""
+        hr = random_patches(self.images, n, self.lr_patch * self.scale, g)
+        return make_lr(hr, self.scale), hr
+
+

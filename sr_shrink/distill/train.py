@@ -1,0 +1,148 @@
+"""One stage of distillation as a plain function, :func:`train_stage`, and the steps it is made of.
+
+Stage ``idx`` trains ``student`` for ``cfg.steps_per_stage`` steps on L_KD = ||target - S(x)||, with (x, target)
+sampled from the replay buffer; the buffer is refilled from the source every ``reuse`` steps (when the source
+refills), and a source with a game of its own (the generator) plays one step every ``student_steps_per_g`` student
+steps. The learning rate follows :func:`cosine` (torch's ``LambdaLR``). Every ``save_every`` steps the whole
+training state is checkpointed through ``save(step, seconds)``. :class:`Callbacks` let callers (the CLI's progress bar,
+tests) watch a stage without reaching into it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..errors import SRShrinkError
+from .losses import kd_loss
+from .state import TrainState
+
+
+def cosine(steps: int) -> Callable[[int], float]:
+    """Return the factor of the base learning rate at each step: cosine from 1 down to 1 % over ``steps``."""
+    return lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def schedule(opt: torch.optim.Optimizer, steps: int, start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Return the cosine ``LambdaLR`` of ``opt`` over ``steps``, its learning rate already at step ``start``."""
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return torch.optim.lr_scheduler.LambdaLR(opt, cosine(steps), last_epoch=start - 1)
+
+
+def kd_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer, x: torch.Tensor,
+            target: torch.Tensor, kind: str = "l1", autocast=None) -> float:
+    """Take one optimiser step on the KD loss of ``forward(x)`` against ``target``; return the loss. Raises
+    FloatingPointError("student") when the loss is NaN/inf (nothing is stepped then)."""
+    if autocast is None:
+        out = forward(x).float()
+    else:
+        with autocast:
+            out = forward(x).float()
+    loss = kd_loss(out, target, kind)
+    if not torch.isfinite(loss):
+        raise FloatingPointError("student")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+@dataclass
+class Callbacks:
+    """Hooks of a run: ``stage_start(idx, student, state)`` once the stage's student is in place (grown or
+    restored; ``state`` is the :class:`~.state.TrainState`, at the step the stage starts from),
+    ``stage_end(idx, student)`` with the trained training form before it is evaluated and saved, ``saved(idx,
+    step)`` after every state.pt write (step 0 of the next stage at a stage's end), ``step(idx, step, kd,
+    parts)`` after every student step (``kd``: the mean of the last 20 losses; ``parts``: the game's last),
+    ``label(x)`` for every batch the teacher labels."""
+
+    stage_start: Callable | None = None
+    stage_end: Callable | None = None
+    saved: Callable | None = None
+    step: Callable | None = None
+    label: Callable | None = None
+
+    def call(self, name: str, *args) -> None:
+        """Call hook ``name`` with ``args`` if it is set."""
+        hook = getattr(self, name)
+        if hook is not None:
+            hook(*args)
+
+    def then(self, other: Callbacks) -> Callbacks:
+        """Return callbacks that call this object's hooks, then ``other``'s."""
+        def both(name):
+            a, b = getattr(self, name), getattr(other, name)
+            if a is None or b is None:
+                return a or b
+            return lambda *args: (a(*args), b(*args))[-1]
+        return Callbacks(**{n: both(n) for n in ("stage_start", "stage_end", "saved", "step", "label")})
+
+
+def refill(state: TrainState) -> None:
+    """Add a fresh batch from the source to the replay buffer (timing inputs and teacher separately)."""
+    t0, taught = time.perf_counter(), state.label.seconds
+    x, t = state.source.refill(state.cfg.batch)
+    teacher = state.label.seconds - taught
+    state.timing["inputs"] += time.perf_counter() - t0 - teacher
+    state.timing["teacher"] += teacher
+    state.buffer.add(x, t)
+
+
+def game_step(state: TrainState, student) -> dict[str, float]:
+    """Play one step of the source's game against ``student``; its pair goes to the buffer; return its parts."""
+    t0 = time.perf_counter()
+    parts, pair = state.source.step(student)
+    state.buffer.add(*pair)
+    state.timing["generator"] += time.perf_counter() - t0
+    return parts
+
+
+def student_step(state: TrainState, model, opt) -> float:
+    """Take one student step on a batch of the buffer; return the KD loss."""
+    t0 = time.perf_counter()
+    x, target = state.buffer.sample(state.cfg.batch, state.g)
+    loss = kd_step(lambda v: model(state.label.fmt(v)), opt, x, target, state.cfg.kd_loss,
+                   state.label.student_autocast())
+    state.timing["student"] += time.perf_counter() - t0
+    return loss
+
+
+def train_stage(state: TrainState, student, save: Callable[[int, float], None], callbacks: Callbacks | None = None,
+                world: int = 1) -> float:
+    """Train ``student`` for stage ``state.stage_idx`` from ``state.step`` (0, or where a resumed stage stopped;
+    ``state.opt`` then holds the restored optimiser); ``save(step, seconds)`` checkpoints every ``save_every`` steps.
+    Return the seconds the stage has taken (a resumed stage's earlier seconds included)."""
+    cfg, callbacks = state.cfg, callbacks or Callbacks()
+    idx, start = state.stage_idx, state.step
+    sched = schedule(state.opt, cfg.steps_per_stage, start)
+    model = DDP(student) if world > 1 else student
+    t_start, parts = time.time(), {}
+    if start == 0:  # a resumed stage goes on with its saved buffer, as the uninterrupted run did
+        refill(state)
+    for step in range(start, cfg.steps_per_stage):
+        try:
+            if state.source.plays and step % cfg.student_steps_per_g == 0:
+                parts = game_step(state, student)
+            if state.source.refills and step % cfg.reuse == 0:
+                refill(state)
+            kd = student_step(state, model, state.opt)
+        except FloatingPointError as exc:
+            raise SRShrinkError(
+                f"stage {idx + 1} step {step}: the {exc} loss became NaN/inf; stopped. The last good checkpoint "
+                f"is kept in {state.where} (state.pt); resume with a lower --lr or --g-lr.") from None
+        sched.step()
+        state.kd_hist.append(kd)
+        if state.first_kd is None and len(state.kd_hist) == min(10, cfg.steps_per_stage):
+            state.first_kd = sum(state.kd_hist) / len(state.kd_hist)
+        state.step = step + 1
+        recent = state.kd_hist[-20:]
+        callbacks.call("step", idx, step, sum(recent) / len(recent), parts)
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps_per_stage:
+            save(step + 1, state.seconds + time.time() - t_start)
+    return state.seconds + time.time() - t_start
