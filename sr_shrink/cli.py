@@ -157,10 +157,13 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
             time_budget, scale, eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads,
             trust_pickle, value_range, res_scale, quiet) -> None:
     """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data."""
+    from pathlib import Path
+
     import torch
 
     from .distill import DistillConfig
     from .distill import distill as run_distill
+    from .distill.resume import nothing_to_resume, saved_progress
 
     if threads:
         torch.set_num_threads(threads)
@@ -174,9 +177,17 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
                         lr_patch=lr_patch, lr=lr, kd_loss=kd_loss, data_dir=data_dir, data_target=data_target,
                         seed=seed, save_every=save_every, teacher_dtype=teacher_dtype, pool=pool,
                         time_budget=time_budget or 0.0, **overrides)
-    run = run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
-                      trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp, channels_last=channels_last,
-                      value_range=float(value_range) if value_range else None, res_scale=res_scale)
+    if resume and nothing_to_resume(Path(run_dir)):
+        click.echo(f"note: {run_dir} holds nothing to resume (no run.json, stage_XX.pt or state.pt); starting a new "
+                   "run.", err=True)
+    try:
+        run = run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
+                          trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp,
+                          channels_last=channels_last, value_range=float(value_range) if value_range else None,
+                          res_scale=res_scale)
+    except KeyboardInterrupt:  # say what a --resume would find
+        click.echo(f"interrupted; {saved_progress(Path(run_dir))}", err=True)
+        sys.exit(130)
     if run.get("value_range_guessed"):
         _note(f"note: the teacher's value range [0, {run['teacher']['value_range']:g}] was a guess (the probe could "
               "not tell 1 from 255); pass --value-range to be sure. run.json records value_range_guessed.")

@@ -16,8 +16,10 @@ A lone ``stage_XX.pt`` opens as a run of that one stage, with the run.json and g
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ STAGE_RE = re.compile(r"^stage_(\d{2,})\.pt$")
 RUN_JSON = "run.json"
 GENERATOR = "generator.pt"
 STATE = "state.pt"
+LOCK = ".lock"
 EXPORTS = "exports"
 INDEX_NAME = "export.json"
 SUMMARY_KEYS = ("scale", "mode", "seed", "teacher_psnr_y", "bicubic_psnr_y")
@@ -135,6 +138,34 @@ class RunDir:
     def holds_run(self) -> bool:
         """Return True when the folder holds a run (run.json or a stage file)."""
         return self.run_path.exists() or any(self.root.glob("stage_*.pt"))
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold RUN_DIR/.lock (an exclusive ``flock``) while a writer fills the folder; a second writer gets an
+        SRShrinkError at once. The kernel drops the lock when the process ends, however it ends (SIGKILL too), so a
+        killed run leaves no stale lock. Where ``fcntl`` is missing (Windows) nothing is locked."""
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no advisory locks
+            yield
+            return
+        path = self.root / LOCK
+        f = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                pid = f.read().strip()
+                raise SRShrinkError(f"{self.root}: another sr-shrink process{f' (pid {pid})' if pid else ''} is "
+                                    "writing this run folder; wait for it to end or pass another --out.") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+        finally:
+            f.close()
 
     def clear(self) -> None:
         """Delete the run's files (stages, run.json, state.pt, generator.pt, exports/) for a fresh run."""

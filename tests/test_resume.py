@@ -192,3 +192,86 @@ def test_resume_refuses_other_teacher_overrides(tiny_teacher, tmp_path):
     with pytest.raises(SRShrinkError, match=r"--res-scale \(the default\), not 0.5"):
         distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
                 device="cpu", resume=True, res_scale=0.5)
+
+
+# ---------------------------------------------------------------- what an interrupted run leaves (issue 21 item 4)
+
+
+def test_interrupt_says_which_checkpoint_exists(tiny_teacher, tmp_path):
+    out = tmp_path / "r"
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(_cli(_args(tiny_teacher, out, 40)), env=ENV, stdout=subprocess.DEVNULL, stderr=log)
+        first = None  # state.pt's mtime once run.json lists stage 1; interrupt at the next save (mid stage 2)
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                if len(json.loads((out / "run.json").read_text())["stages"]) >= 1:
+                    m = (out / "state.pt").stat().st_mtime_ns
+                    first = m if first is None else first
+                    if m != first:
+                        break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        log.seek(0)
+        lines = log.read().decode().strip().splitlines()
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["step"] > 0
+    assert lines[-1] == (f"interrupted; {out} holds a checkpoint at stage {state['stage_idx'] + 1} step "
+                         f"{state['step']}; rerun with --resume to continue from it.")
+
+
+def test_saved_progress_names_what_is_there(tiny_teacher, tmp_path):
+    from sr_shrink.distill.resume import saved_progress
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert saved_progress(empty).startswith(f"nothing was saved in {empty} yet")
+    distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+            device="cpu")
+    assert saved_progress(tmp_path / "r") == f"{tmp_path / 'r'} holds stage_03.pt; rerun with --resume to continue " \
+                                              "after it."
+    (tmp_path / "r" / "state.pt").write_bytes(b"damaged")
+    assert "holds state.pt" in saved_progress(tmp_path / "r")
+
+
+def test_resume_with_nothing_to_resume_says_so(tiny_teacher, tmp_path):
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    args = [a for a in _args(tiny_teacher, tmp_path / "r", 2) if a != "--quiet"]
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if "nothing to resume" in line]
+    assert notes == [f"note: {tmp_path / 'r'} holds nothing to resume (no run.json, stage_XX.pt or state.pt); "
+                     "starting a new run."]
+    r = CliRunner().invoke(main, [*args, "--resume"])  # now there is a run: no note
+    assert r.exit_code == 0 and "nothing to resume" not in r.output
+
+
+def test_a_second_writer_is_refused_and_the_lock_is_not_stale(tiny_teacher, tmp_path):
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+    from sr_shrink.run import RunDir
+
+    out = tmp_path / "r"
+    with RunDir.create(out).lock():  # another process writing this folder (a second open file: flock conflicts)
+        r = CliRunner().invoke(main, _args(tiny_teacher, out, 2))
+        assert r.exit_code == 2
+        assert r.output.strip() == (f"error: {out}: another sr-shrink process (pid {os.getpid()}) is writing this "
+                                    "run folder; wait for it to end or pass another --out.")
+        assert not (out / "run.json").exists()
+    r = CliRunner().invoke(main, _args(tiny_teacher, out, 2))  # the holder is gone: the lock goes with it
+    assert r.exit_code == 0, r.output
+
+
+def test_a_killed_run_leaves_no_stale_lock(tiny_teacher, tmp_path):
+    out = tmp_path / "r"
+    _kill_when(_cli(_args(tiny_teacher, out, 40)), lambda: (out / "state.pt").exists())
+    assert (out / ".lock").exists()  # the file stays, the lock died with the process
+    _run(_cli(_args(tiny_teacher, out, 40) + ["--resume"]))
+    assert json.loads((out / "run.json").read_text())["complete"]

@@ -8,6 +8,7 @@ folder before the first step) and ``run`` (``run_stages``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -62,19 +63,21 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     cfg = fit_patch(cfg, teacher)
     rank, world, dev = init_distributed(dev)
     env = Env(dev, rank, world, quiet or rank != 0, amp, channels_last)
-    if env.main:
-        prepare_run_dir(run_dir, resume, force)
-    env.barrier()
-    pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
-    callbacks = callbacks or Callbacks()
-    job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks)
-    if env.quiet:
-        return run_stages(job, resume)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("kd {task.fields[kd]:.4f} {task.fields[g]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        job.callbacks = callbacks.then(progress_callbacks(progress))
-        run = run_stages(job, resume)
+    with contextlib.ExitStack() as held:
+        if env.main:  # the folder stays locked for this process until the run ends
+            held.enter_context(prepare_run_dir(run_dir, resume, force))
+        env.barrier()
+        pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
+        callbacks = callbacks or Callbacks()
+        job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks)
+        if env.quiet:
+            return run_stages(job, resume)
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("kd {task.fields[kd]:.4f} {task.fields[g]}"), TimeElapsedColumn(),
+                   TimeRemainingColumn()]
+        with Progress(*columns, console=Console(stderr=True)) as progress:
+            job.callbacks = callbacks.then(progress_callbacks(progress))
+            run = run_stages(job, resume)
     Console().print(summary_table(run))
     return run
 

@@ -7,6 +7,7 @@ pool. run.json records where it picked up in ``resumed_from``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from .config import RESUME_KEYS, DistillConfig, flag
 from .sources import resolve_teacher_dtype
 
 
-def prepare_run_dir(root: Path, resume: bool, force: bool) -> None:
-    """Create the run folder ``root`` and check it is writable and free (or resumable); empty it for ``force``;
-    a clear error if not."""
+@contextlib.contextmanager
+def prepare_run_dir(root: Path, resume: bool, force: bool):
+    """Create the run folder ``root``, check it is writable, lock it for this process (:meth:`RunDir.lock`: a
+    second writer is refused) and check it is free (or resumable); empty it for ``force``; a clear error if not.
+    The lock is held until the ``with`` block ends."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / ".write_test"
@@ -29,11 +32,41 @@ def prepare_run_dir(root: Path, resume: bool, force: bool) -> None:
     except OSError as exc:
         raise SRShrinkError(f"{root}: cannot write there ({exc.strerror}); pass a writable --out folder.") from None
     rundir = RunDir.create(root)
-    if rundir.holds_run() and not (resume or force):
-        raise SRShrinkError(f"{rundir.root}: already holds a run; pass --resume to continue it or --force to "
-                            "overwrite it.")
-    if force and not resume:
-        rundir.clear()
+    with rundir.lock():
+        if rundir.holds_run() and not (resume or force):
+            raise SRShrinkError(f"{rundir.root}: already holds a run; pass --resume to continue it or --force to "
+                                "overwrite it.")
+        if force and not resume:
+            rundir.clear()
+        yield rundir
+
+
+def nothing_to_resume(root: Path) -> bool:
+    """Return True when ``root`` holds nothing a --resume could continue (no run.json, stage file or state.pt)."""
+    if not root.is_dir():
+        return True
+    rundir = RunDir(root, {}, {})
+    return not (rundir.holds_run() or rundir.state_path.exists())
+
+
+def saved_progress(root: Path) -> str:
+    """Return one sentence saying what an interrupted run in ``root`` leaves to resume from: a checkpoint at
+    stage N step K, the finished stages, or nothing yet."""
+    rundir = RunDir(root, {}, {})
+    if rundir.state_path.exists():
+        try:
+            state = torch.load(rundir.state_path, map_location="cpu", weights_only=True, mmap=True)
+            stage, step = int(state["stage_idx"]) + 1, int(state["step"])
+        except Exception:  # unreadable: say what is there, not what it holds
+            return f"{root} holds state.pt; rerun with --resume to continue from it."
+        if step:
+            return f"{root} holds a checkpoint at stage {stage} step {step}; rerun with --resume to continue from it."
+        return (f"{root} holds stage {stage - 1}'s checkpoint (stage {stage} had not saved yet); rerun with --resume "
+                f"to start stage {stage}.")
+    stages = sorted(root.glob("stage_*.pt")) if root.is_dir() else []
+    if stages:
+        return f"{root} holds {stages[-1].name}; rerun with --resume to continue after it."
+    return f"nothing was saved in {root} yet (no checkpoint); rerun without --resume to start over."
 
 
 def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:
