@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -160,3 +161,16 @@ def test_resuming_a_run_from_before_the_pool_keeps_labelling_fresh_images(tiny_t
     run = distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=2, steps_per_stage=6), eval_dir="none",
                   quiet=True, device="cpu", resume=True)
     assert run["config"]["pool"] == 0 and "pool" not in run
+
+
+def test_time_budget_sizes_the_pool_to_its_share(tiny_teacher, tmp_path):
+    # a teacher slowed to >= 50 ms per labelled batch of 4: the pool's share of a 0.2-minute budget (10 %, 1.2 s)
+    # holds at most 1.2 / (0.05 / 4) = 96 of the 512 images asked for (the first chunk always)
+    slow = Callbacks(label=lambda x: time.sleep(0.05))
+    cfg = _cfg(stage_end=2, time_budget=0.2, pool=512, mode="deadleaves")
+    run = distill(str(tiny_teacher), tmp_path / "r", cfg, eval_dir="none", quiet=True, device="cpu", callbacks=slow)
+    images = run["pool"]["images"]
+    assert 4 <= images <= 96 and run["pool"]["side"] == 16
+    (tmp_path / "r" / "stage_02.pt").unlink()  # as if killed during stage 2: the resumed run rebuilds that pool
+    again = distill(str(tiny_teacher), tmp_path / "r", cfg, eval_dir="none", quiet=True, device="cpu", resume=True)
+    assert again["pool"]["images"] == images

@@ -8,15 +8,19 @@ stays fresh: its samples change as it trains). The crops' targets are the teache
 image, so near a crop's border they carry context the crop does not show, as crops of real photos do.
 
 The pool is rebuilt from its own random generator (seeded by the run's seed and rank) whenever a run starts
-or resumes, so it never needs to be stored and a resumed run sees the same pool.
+or resumes, so it never needs to be stored and a resumed run sees the same pool. Under ``--time-budget`` its size
+is what fits in a share of the budget (measured on its first chunk, rank 0's figure for every rank); run.json
+records it and a resumed run rebuilds that many images.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from .render import synthetic_mix
 
@@ -67,14 +71,23 @@ class LabelledPool:
 
     @classmethod
     def build(cls, plan: PoolPlan, kinds: list[str], label, g: torch.Generator, batch: int,
-              device: torch.device | str = "cpu") -> LabelledPool:
+              device: torch.device | str = "cpu", seconds: float | None = None) -> LabelledPool:
         """Return a pool of ``plan.images`` images drawn from the synthetic ``kinds`` in equal shares (by
-        ``g``), labelled by ``label(x) -> teacher output`` in chunks of ``batch`` images."""
+        ``g``), labelled by ``label(x) -> teacher output`` in chunks of ``batch`` images.
+
+        ``seconds`` (a time budget's share for the pool): the first chunk is timed and the pool stops at the images
+        that fit in ``seconds`` at that rate (at least the first chunk); the pool then equals the pool of a plan of
+        that many images, so a resumed run rebuilds it from its recorded size."""
         xs, ts = [], []
-        for start in range(0, plan.images, batch):
-            x = synthetic_mix(kinds, min(batch, plan.images - start), plan.side, g).to(device)
+        images, start, t0 = plan.images, 0, time.perf_counter()
+        while start < images:
+            x = synthetic_mix(kinds, min(batch, images - start), plan.side, g).to(device)
             xs.append(x)
             ts.append(label(x))
+            start += x.shape[0]
+            if seconds is not None and len(xs) == 1:
+                per_image = (time.perf_counter() - t0) / start
+                images = _rank0(max(start, min(images, int(seconds / max(per_image, 1e-9)))))
         return cls(torch.cat(xs), torch.cat(ts), plan.scale)
 
     def __len__(self) -> int:
@@ -97,6 +110,15 @@ class LabelledPool:
                 ts.append(_dihedral(self.t[i, :, a * s:(a + patch) * s, b * s:(b + patch) * s], d))
         x = torch.stack(xs)
         return (x, torch.stack(ts)) if with_targets else x
+
+
+def _rank0(n: int) -> int:
+    """Return rank 0's ``n`` on every rank of a distributed run (``n`` itself in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return n
+    box = [n]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _dihedral(img: torch.Tensor, d: int) -> torch.Tensor:

@@ -75,7 +75,8 @@ def run_stages(job: Job, resume: bool) -> dict:
     label = Labeller(job.teacher.to(env.device), env.device, dtype, env.channels_last, env.amp, cfg.batch,
                      cfg.lr_patch, cb.label)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + env.rank)
-    source = make_source(cfg, label, g, env.rank, env.world)
+    pool_images = old.get("pool", {}).get("images") if old is not None and "time_budget" in run else None
+    source = make_source(cfg, label, g, env.rank, env.world, pool_images)  # a budgeted run's pool: as recorded
     state = TrainState(cfg, g, ReplayBuffer(BUFFER_BATCHES * cfg.batch), source, label, rundir.root)
     write = (lambda: rundir.write_run(run)) if env.main else (lambda: None)
     blocks = cfg.stages()
