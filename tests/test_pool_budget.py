@@ -174,3 +174,12 @@ def test_time_budget_sizes_the_pool_to_its_share(tiny_teacher, tmp_path):
     (tmp_path / "r" / "stage_02.pt").unlink()  # as if killed during stage 2: the resumed run rebuilds that pool
     again = distill(str(tiny_teacher), tmp_path / "r", cfg, eval_dir="none", quiet=True, device="cpu", resume=True)
     assert again["pool"]["images"] == images
+
+
+def test_a_budget_that_cannot_fit_is_refused_before_any_setup(tiny_teacher, tmp_path):
+    seen, counting = _count_labels()
+    with pytest.raises(SRShrinkError, match=r"--time-budget 0.0001: .* give at least [0-9.]+ minutes"):
+        distill(str(tiny_teacher), tmp_path / "r", _cfg(stage_end=2, time_budget=0.0001), eval_dir="none", quiet=True,
+                device="cpu", callbacks=counting)
+    assert len(seen) == 1  # the one timed forward: no pool labelled, no probe run
+    assert not (tmp_path / "r" / "run.json").exists()

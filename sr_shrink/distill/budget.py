@@ -44,6 +44,37 @@ class Plan:
                 "steps_per_stage": self.steps_per_stage, "planned_seconds": round(self.planned_seconds, 1)}
 
 
+def minimum_minutes(cfg, label, eval_pairs, elapsed: float, game: bool) -> tuple[float, float]:
+    """Return (a lower estimate of the minutes the run needs, the seconds of one teacher forward), from one
+    timed teacher forward on a batch of uniform noise (its own random generator: the run's draws are untouched):
+    the time already spent, the eval references (teacher forwards over the eval images' pixels), the pool's first
+    chunk (4 batches' area), the step probe and one step per stage."""
+    x = torch.rand((cfg.batch, 3, cfg.lr_patch, cfg.lr_patch), generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    label(x.to(label.device))
+    forward = time.perf_counter() - t0
+    batch_pixels = cfg.batch * cfg.lr_patch**2
+    refs = sum(p.lr.shape[-1] * p.lr.shape[-2] for p in eval_pairs) / batch_pixels * forward
+    game_step = 3 * forward if game else 0.0  # forward and backward through the teacher
+    probe = 2 * (2 * PROBE_WARMUP * game_step + (PROBE_WARMUP + PROBE_STEPS) / cfg.reuse * forward)
+    stages = len(cfg.stages()) * (forward + game_step)
+    return (elapsed + refs + 4 * forward + probe + stages) / 60, forward
+
+
+def refuse_early(cfg, label, eval_pairs, started: float, game: bool, world: int = 1, main: bool = True) -> None:
+    """Raise an SRShrinkError with the minimum at once (before any setup) when ``cfg.time_budget`` cannot hold
+    :func:`minimum_minutes` (rank 0's estimate on every rank)."""
+    box = [minimum_minutes(cfg, label, eval_pairs, time.time() - started, game) if main else None]
+    if world > 1:
+        dist.broadcast_object_list(box, src=0)
+    need, forward = box[0]
+    if cfg.time_budget < need:
+        raise SRShrinkError(f"--time-budget {cfg.time_budget:g}: one teacher forward on a batch takes {forward:.2f} s "
+                            f"here, and setting up (eval references, pool, step probe) plus one step per stage needs "
+                            f"about {need:.2f} minutes; give at least {need:.2f} minutes (or fewer stages, a smaller "
+                            "--batch or --lr-patch).")
+
+
 def probe_cost(state: TrainState, student) -> float:
     """Return the measured seconds per student step of ``student`` (refills and generator steps included at
     their rates); runs a few real steps, so call it between a snapshot and a restore of ``state``."""

@@ -21,7 +21,7 @@ from ..evaluate import evaluate_bicubic, evaluate_model, fidelity, teacher_refer
 from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, collapse, grow, load_student, to_rep
 from ..run import RunDir
-from .budget import plan_time_budget
+from .budget import plan_time_budget, refuse_early
 from .buffer import ReplayBuffer
 from .config import DistillConfig
 from .env import Env
@@ -99,6 +99,8 @@ def run_stages(job: Job, resume: bool) -> dict:
         if cfg.block == "rep" and done and saved is None:
             picked_up["from_collapsed"] = True  # the training form was lost: see to_rep
         run["resumed_from"] = [*run.get("resumed_from", []), picked_up]
+    if cfg.time_budget and "time_budget" not in run and done < len(blocks):
+        refuse_early(cfg, label, job.eval_pairs, job.started, source.plays, env.world, env.main)
     fidelity_pairs: list[EvalPair] = []
     if job.eval_pairs and env.main:
         tr, fidelity_pairs = teacher_references(label.teacher, job.eval_pairs, cfg.scale)
