@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..data import EvalPair, load_eval_set
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 from ..evaluate import evaluate_bicubic, fidelity, teacher_references
 from ..models.student import load_student
 from ..run import RunDir
@@ -184,7 +184,7 @@ def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, 
                 try:
                     meta, runner = _export_row(run, stage, runtime, precision, cfg, threads, x, exporter)
                 except Exception as exc:  # noqa: BLE001 - one failed export/runtime must not sink the whole benchmark
-                    notes.append(f"skipped stage {stage} {runtime} {precision}: {_short(exc)}")
+                    notes.append(f"skipped stage {stage} {runtime} {precision}: {first_line(exc)}")
                     continue
                 meta = {**{k: base.meta[k] for k in ("stage", "n_blocks", "params", "macs")}, **meta,
                         "runtime": runtime, "precision": precision, "device": runner.device}
@@ -192,11 +192,6 @@ def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, 
     if not rows:
         raise SRShrinkError(f"{run.root}: no stage checkpoint could be benchmarked; {' '.join(notes)}")
     return rows, notes
-
-
-def _short(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 ROW_KEYS = ("stage", "n_blocks", "runtime", "precision", "params", "macs", "size_bytes", "latency_ms_median",

@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..data import load_eval_set
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 from ..mil_eval import UnsupportedOp
 from ..models.student import SRStudent, load_student
 from ..run import RunDir, now_iso
@@ -153,7 +153,7 @@ def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | 
     except SRShrinkError:
         raise
     except Exception as exc:
-        raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {_first_line(exc)}") from exc
+        raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {first_line(exc)}") from exc
 
 
 def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
@@ -232,7 +232,7 @@ def _verify(job: _Job, path: Path, student: SRStudent) -> dict:
     except SRShrinkError:
         raise
     except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the file is recorded, not hidden
-        return not_verified(f"{type(exc).__name__}: {_first_line(exc)}", runtime)
+        return not_verified(f"{type(exc).__name__}: {first_line(exc)}", runtime)
 
 
 def _metadata(run: RunDir, stage: int, student: SRStudent, cfg: ExportConfig, qat: bool = False) -> dict:
@@ -278,7 +278,3 @@ def path_size(path: Path) -> int:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
