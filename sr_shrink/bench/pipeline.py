@@ -8,7 +8,6 @@ quality, time all rows together in interleaved rounds, then pick.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..evaluate import evaluate_bicubic, fidelity, teacher_references
 from ..models.student import load_student
 from ..run import RunDir
 from ..runtimes import Runner, TorchRunner, open_runner
+from ..sizes import parse_size  # noqa: F401 - re-exported: sr_shrink.bench.parse_size
 from ..teachers import count_macs, load_teacher, sha256_file
 from .artifacts import Exporter, ensure_export
 from .machine import machine_info
@@ -74,15 +74,6 @@ class BenchConfig:
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise SRShrinkError(f"unknown --device {self.device!r}; use cpu or cuda.")
         return self
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Return (h, w) from 'HxW' (or a single number for a square)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*", text)
-    if not m:
-        raise SRShrinkError(f"cannot read input size {text!r}; write it as HxW, e.g. 256x256.")
-    h = int(m.group(1))
-    return h, int(m.group(2) or h)
 
 
 @dataclass
