@@ -30,6 +30,7 @@ from ..data import load_eval_set
 from ..errors import SRShrinkError, first_line
 from ..mil_eval import UnsupportedOp
 from ..models.student import SRStudent, load_student
+from ..progress import task
 from ..run import RunDir, now_iso
 from ..runtimes import open_runner, runtime_label
 from . import coreml as _coreml
@@ -163,7 +164,9 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     path = out_dir / cfg.file_name(stage)
     calib, calib_rec = job.calib(student.scale) if job.fmt.calibrated(cfg) else (None, None)
     t0 = time.perf_counter()
-    extra = _write(job, stage, student, path, calib, qat=qat_rec is not None)
+    calibrating = f" (int8, calibrating on {len(calib)} inputs)" if calib else ""
+    with task(f"stage {stage}: writing {path.name}{calibrating}"):
+        extra = _write(job, stage, student, path, calib, qat=qat_rec is not None)
     seconds = time.perf_counter() - t0
     graph = job.fmt.graph(path)
     checks = _checked(cfg.target, graph, path)
