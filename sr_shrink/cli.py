@@ -344,24 +344,29 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for NAME_x{s}.png.")
+@click.option("-o", "--out", type=click.Path(file_okay=False),
+              help="Folder for NAME_x{s}.png [default: next to each input image].")
 @click.option("--tile", type=click.IntRange(0, 65536), default=256, show_default=True,
               help="Tile size in input pixels (0: whole image).")
 @click.option("--overlap", type=click.IntRange(0, 4096), default=16, show_default=True,
               help="Tile overlap in input pixels (raised to the model's receptive field radius).")
-@click.option("--compare", is_flag=True, help="Also write NAME_x{s}_compare.png: bicubic | student | teacher.")
+@click.option("--compare", is_flag=True, help="Also write NAME_x{s}_compare.png: bicubic | student | teacher on the "
+              "windows where the teacher differs most from bicubic.")
+@click.option("--crops", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="--compare: how many windows (one row of 256 px panels each).")
 @click.option("--teacher", type=click.Path(), help="Teacher for --compare [default: the run's, else bundled].")
 @click.option("--scale", type=SCALE, help="Fail unless the model upscales by this factor.")
 @click.option("--threads", type=THREADS, help="Threads for the model [default: torch's].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @value_range_option
 @res_scale_option
-def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads, device, value_range,
+def upscale(model, images, out, tile, overlap, compare, crops, teacher, scale, threads, device, value_range,
             res_scale) -> None:
-    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx, .tflite or .mlpackage) into the OUT folder."""
+    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx, .tflite or .mlpackage) into NAME_x{s}.png files."""
     from .upscale import upscale_files
 
-    upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, teacher=teacher,
+    upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, crops=crops,
+                  teacher=teacher,
                   scale=scale, threads=threads, device=device, log=_note,
                   value_range=float(value_range) if value_range else None, res_scale=res_scale)
 
