@@ -25,7 +25,7 @@ from ..run import RunDir
 from ..runtimes import Runner, TorchRunner, open_runner
 from ..sizes import parse_size  # noqa: F401 - re-exported: sr_shrink.bench.parse_size
 from ..teachers import count_macs, load_teacher, sha256_file
-from .artifacts import Exporter, ensure_export
+from .artifacts import Exporter, ensure_export, export_command
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved, timing_steps
 from .pareto import PSNR, pick
@@ -268,6 +268,8 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
               "metric": metric, "definitions": DEFINITIONS}
     try:
         result["recommended"] = pick(out_rows, cfg.budget_ms, cfg.min_psnr, metric["key"])
+        rec = result["recommended"]
+        rec["export_command"] = export_command(run, Path(rec["path"])) if rec.get("runtime") != "torch" else None
     except SRShrinkError as exc:
         result["pick_error"] = str(exc)
     return result
