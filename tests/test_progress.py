@@ -58,3 +58,13 @@ def test_piped_export_lines_are_whole(tmp_path):
     title = [ln for ln in r.stdout.splitlines() if "sr-shrink export ->" in ln]
     assert len(title) == 1 and str(out) in title[0], r.stdout  # the long title on one line, not wrapped at 80
     assert max(len(ln) for ln in r.stdout.splitlines()) > 80
+
+
+def test_demo_phase_lines_say_elapsed_and_left():
+    from sr_shrink.demo import PHASE_SHARES, phase_line
+
+    assert phase_line(1, "distilling", 100.0, 100.0) == "[1/3] distilling (0:00 elapsed)"
+    line = phase_line(2, "exporting", 100.0, 100.0 + 110.0)  # distill took 110 s
+    left = 110.0 / PHASE_SHARES[0] * (1 - PHASE_SHARES[0])
+    assert line == f"[2/3] exporting (1:50 elapsed, about {clock(left)} left)"
+    assert "left" in phase_line(3, "benchmarking", 0.0, 150.0)
