@@ -9,11 +9,11 @@ import math
 import sys
 
 import click
-from rich.console import Console
 
-from .errors import SRShrinkError
+from . import progress
+from .errors import SRShrinkError, one_line
 
-console = Console(stderr=True)
+console = progress.stderr_console()  # notes and progress; remade per command for the streams it runs with
 
 
 class Group(click.Group):
@@ -40,10 +40,12 @@ class Group(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):
+        global console
+        console = progress.stderr_console()
         try:
             return super().invoke(ctx)
         except SRShrinkError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(2)
         except OSError as exc:  # a path the command cannot read or write (exists as a file, no permission, disk full)
             where = f"{exc.filename}: " if exc.filename else ""
@@ -52,6 +54,8 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
             sys.exit(130)
+        finally:
+            progress.disable()
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -233,7 +237,7 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
     table = Table(title=f"sr-shrink info: {d['path']}", show_header=False)
     for k, v in rows:
         table.add_row(k, str(v))
-    Console().print(table)
+    progress.stdout_console().print(table)
 
 
 @main.command("export")
@@ -273,6 +277,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
 
     from .export import export_run
 
+    progress.enable(console)
     entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io,
@@ -286,7 +291,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
         delta = f"{v['delta_psnr_y']:+.4f} (±{v['tolerance_db']:g})" if "delta_psnr_y" in v else "-"
         table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}",
                       f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", delta, ok)
-    Console().print(table)
+    progress.stdout_console().print(table)
     for e in entries:
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
@@ -337,10 +342,11 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
                       input_size=parse_size(input_size), threads=threads, eval_dir=eval_dir, max_images=max_images,
                       budget_ms=budget_ms, min_psnr=min_psnr, repeats=repeats, warmup=warmup, rounds=rounds,
                       metric=metric)
+    progress.enable(console)
     result = run_bench(run_dir, cfg, log=_note)
     json_out = write_json(result, json_path or Path(run_dir) / "bench.json")
     png_out = plot(result, plot_path or Path(run_dir) / "bench.png")
-    print_report(result, Console(width=None if sys.stdout.isatty() else 200))
+    print_report(result, progress.stdout_console())
     _note(f"wrote {json_out} and {png_out}")
     if result.get("pick_error"):
         raise SRShrinkError(f"{result['pick_error']} (measurements saved in {json_out})")
@@ -349,24 +355,29 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Folder for NAME_x{s}.png.")
+@click.option("-o", "--out", type=click.Path(file_okay=False),
+              help="Folder for NAME_x{s}.png [default: next to each input image].")
 @click.option("--tile", type=click.IntRange(0, 65536), default=256, show_default=True,
               help="Tile size in input pixels (0: whole image).")
 @click.option("--overlap", type=click.IntRange(0, 4096), default=16, show_default=True,
               help="Tile overlap in input pixels (raised to the model's receptive field radius).")
-@click.option("--compare", is_flag=True, help="Also write NAME_x{s}_compare.png: bicubic | student | teacher.")
+@click.option("--compare", is_flag=True, help="Also write NAME_x{s}_compare.png: bicubic | student | teacher on the "
+              "windows where the teacher differs most from bicubic.")
+@click.option("--crops", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="--compare: how many windows (one row of 256 px panels each).")
 @click.option("--teacher", type=click.Path(), help="Teacher for --compare [default: the run's, else bundled].")
 @click.option("--scale", type=SCALE, help="Fail unless the model upscales by this factor.")
 @click.option("--threads", type=THREADS, help="Threads for the model [default: torch's].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @value_range_option
 @res_scale_option
-def upscale(model, images, out, tile, overlap, compare, teacher, scale, threads, device, value_range,
+def upscale(model, images, out, tile, overlap, compare, crops, teacher, scale, threads, device, value_range,
             res_scale) -> None:
-    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx, .tflite or .mlpackage) into the OUT folder."""
+    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx, .tflite or .mlpackage) into NAME_x{s}.png files."""
     from .upscale import upscale_files
 
-    upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, teacher=teacher,
+    upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, crops=crops,
+                  teacher=teacher,
                   scale=scale, threads=threads, device=device, log=_note,
                   value_range=float(value_range) if value_range else None, res_scale=res_scale)
 
@@ -385,10 +396,11 @@ def demo(out: str, steps_per_stage: int, resume: bool, scale: str) -> None:
     from .bench.report import plot, print_report, write_json
     from .demo import run_demo
 
+    progress.enable(console)
     result = run_demo(out, steps_per_stage, log=_note, force=not resume, scale=int(scale))
     json_out = write_json(result, Path(out) / "bench.json")
     png_out = plot(result, Path(out) / "bench.png")
-    print_report(result, Console(width=None if sys.stdout.isatty() else 200))
+    print_report(result, progress.stdout_console())
     _note(f"wrote {json_out} and {png_out}")
 
 

@@ -1,9 +1,15 @@
-"""Side-by-side crops for ``sr-shrink upscale --compare``: bicubic | student | teacher, on the most detailed
-window of the image. The teacher runs only on that window (plus a margin), so it stays cheap on big images.
+"""Side-by-side crops for ``sr-shrink upscale --compare``: bicubic | student | teacher, one row per window.
+
+The windows are where the teacher's output differs most from bicubic, i.e. where super-resolution shows (not
+flat or dark areas where all three look alike). The teacher runs only on a few candidate windows (plus a
+margin), so it stays cheap on big images: the candidates are the windows where the student differs most from
+bicubic (the student imitates the teacher), taken without overlap; the teacher then ranks them. Panels are
+:data:`PANEL` output pixels wide and high (smaller only when the image is).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +23,8 @@ from .run import RunDir
 
 SRFn = Callable[[torch.Tensor], torch.Tensor]
 MARGIN = 24  # LR pixels of context around the crop for bicubic and the teacher
+PANEL = 256  # output pixels per panel side
+CANDIDATES = 3  # candidate windows per wanted crop that the teacher ranks
 
 
 def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
@@ -54,17 +62,65 @@ def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
     return fn
 
 
-def detail_window(lr: torch.Tensor, size: int) -> tuple[int, int]:
-    """Return the top-left (y, x) of the ``size`` x ``size`` window of ``lr`` (3,h,w) with the most edges."""
-    h, w = lr.shape[-2:]
-    if h <= size and w <= size:
-        return 0, 0
-    grey = lr.mean(dim=0, keepdim=True).unsqueeze(0)
-    edges = (grey[..., 1:, :-1] - grey[..., :-1, :-1]).abs() + (grey[..., :-1, 1:] - grey[..., :-1, :-1]).abs()
-    k = (min(size, h - 1), min(size, w - 1))
-    energy = F.avg_pool2d(edges, k, stride=1)[0, 0]
-    idx = int(torch.argmax(energy))
-    return idx // energy.shape[1], idx % energy.shape[1]
+def box_means(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Return the mean of ``m`` (H, W) over every h x w window, indexed by its top-left corner, (H-h+1, W-w+1);
+    from an integral image, so the cost does not grow with the window."""
+    s = F.pad(m.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+    return (s[h:, w:] - s[:-h, w:] - s[h:, :-w] + s[:-h, :-w]) / (h * w)
+
+
+def top_windows(score: torch.Tensor, h: int, w: int, n: int) -> list[tuple[int, int]]:
+    """Return the top-left (y, x) of up to ``n`` non-overlapping h x w windows of ``score`` (H, W), highest
+    window mean first."""
+    means = box_means(score, min(h, score.shape[0]), min(w, score.shape[1]))
+    picked = []
+    for _ in range(n):
+        idx = int(torch.argmax(means))
+        y, x = idx // means.shape[1], idx % means.shape[1]
+        if picked and means[y, x] == -math.inf:
+            break
+        picked.append((y, x))
+        means[max(0, y - h + 1): y + h, max(0, x - w + 1): x + w] = -math.inf  # no overlap with this one
+    return picked
+
+
+def _lr_difference(lr: torch.Tensor, sr: torch.Tensor, scale: int, band: int = 256) -> torch.Tensor:
+    """Return |sr - bicubic(lr)| averaged over channels and each scale x scale block, (h, w): computed in
+    bands of LR rows, so memory stays bounded on big images."""
+    h = lr.shape[-2]
+    rows = []
+    for y in range(0, h, band):
+        y0, y1 = max(0, y - 4), min(h, y + band + 4)
+        up = bicubic(lr[:, y0:y1].unsqueeze(0), scale)[0, :, (y - y0) * scale:(min(h, y + band) - y0) * scale]
+        diff = (sr[:, y * scale:min(h, y + band) * scale] - up).abs().mean(dim=0, keepdim=True)
+        rows.append(F.avg_pool2d(diff.unsqueeze(0), scale)[0, 0])
+    return torch.cat(rows)
+
+
+def _context(lr: torch.Tensor, y: int, x: int, h: int, w: int) -> tuple[torch.Tensor, int, int]:
+    """Return (the LR window with MARGIN pixels of context, (1,3,.,.), and the window's offset inside it)."""
+    y0, x0 = max(0, y - MARGIN), max(0, x - MARGIN)
+    return lr[:, y0: y + h + MARGIN, x0: x + w + MARGIN].unsqueeze(0), y - y0, x - x0
+
+
+def choose_windows(lr: torch.Tensor, sr: torch.Tensor, scale: int, teacher: SRFn | None, crops: int,
+                   size: int) -> list[tuple[int, int, torch.Tensor | None]]:
+    """Return up to ``crops`` windows (y, x, teacher output of the window or None) of ``size`` LR pixels: the
+    CANDIDATES x crops windows where the student differs most from bicubic, ranked by how much the teacher
+    differs from bicubic on them (by the student's difference when there is no teacher)."""
+    h, w = min(size, lr.shape[1]), min(size, lr.shape[2])
+    cands = top_windows(_lr_difference(lr, sr, scale), h, w, crops * (CANDIDATES if teacher else 1))
+    if teacher is None:
+        return [(y, x, None) for y, x in cands]
+    ranked = []
+    for y, x in cands:
+        ctx, oy, ox = _context(lr, y, x, h, w)
+        cut = (slice(oy * scale, (oy + h) * scale), slice(ox * scale, (ox + w) * scale))
+        t = teacher(ctx)[0][:, cut[0], cut[1]]
+        b = bicubic(ctx, scale)[0][:, cut[0], cut[1]]
+        ranked.append((float((t - b).abs().mean()), y, x, t))
+    ranked.sort(key=lambda r: -r[0])
+    return [(y, x, t) for _, y, x, t in ranked[:crops]]
 
 
 def _panel(img: torch.Tensor, label: str) -> Image.Image:
@@ -78,25 +134,28 @@ def _panel(img: torch.Tensor, label: str) -> Image.Image:
 
 
 def compare_strip(lr: torch.Tensor, sr: torch.Tensor, scale: int, teacher: SRFn | None = None,
-                  crop: int = 192) -> Image.Image:
-    """Return one image: bicubic | student | teacher crops (``crop`` output pixels, fewer on small images)."""
-    size = max(1, crop // scale)
-    y, x = detail_window(lr, size)
-    h, w = min(size, lr.shape[1] - y), min(size, lr.shape[2] - x)
-    y0, x0 = max(0, y - MARGIN), max(0, x - MARGIN)
-    ctx = lr[:, y0 : y + h + MARGIN, x0 : x + w + MARGIN].unsqueeze(0)
-    oy, ox = (y - y0) * scale, (x - x0) * scale
-
-    def cut(img: torch.Tensor) -> torch.Tensor:
-        return img[0, :, oy : oy + h * scale, ox : ox + w * scale]
-
-    panels = [_panel(cut(bicubic(ctx, scale)), "bicubic"),
-              _panel(sr[:, y * scale : (y + h) * scale, x * scale : (x + w) * scale], "student")]
-    if teacher is not None:
-        panels.append(_panel(cut(teacher(ctx)), "teacher"))
-    strip = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1), panels[0].height), "white")
-    for i, p in enumerate(panels):
-        strip.paste(p, (i * (p.width + 4), 0))
+                  crops: int = 1, panel: int = PANEL) -> Image.Image:
+    """Return one image with a row per window (see :func:`choose_windows`): bicubic | student | teacher
+    panels of ``panel`` output pixels (fewer on small images), the window's position in the label."""
+    size = max(1, math.ceil(panel / scale))
+    rows = []
+    for y, x, t in choose_windows(lr, sr, scale, teacher, crops, size):
+        h, w = min(size, lr.shape[1] - y), min(size, lr.shape[2] - x)
+        ctx, oy, ox = _context(lr, y, x, h, w)
+        where = f" ({x * scale},{y * scale})"
+        b = bicubic(ctx, scale)[0, :, oy * scale:(oy + h) * scale, ox * scale:(ox + w) * scale]
+        panels = [_panel(b, "bicubic" + where),
+                  _panel(sr[:, y * scale: (y + h) * scale, x * scale: (x + w) * scale], "student")]
+        if t is not None:
+            panels.append(_panel(t, "teacher"))
+        rows.append(panels)
+    width = max(sum(p.width for p in r) + 4 * (len(r) - 1) for r in rows)
+    strip = Image.new("RGB", (width, sum(r[0].height for r in rows) + 4 * (len(rows) - 1)), "white")
+    top = 0
+    for r in rows:
+        for i, p in enumerate(r):
+            strip.paste(p, (i * (p.width + 4), top))
+        top += r[0].height + 4
     return strip
 
 

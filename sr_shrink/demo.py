@@ -7,10 +7,12 @@ stage on the runtimes installed here, ending with the table, the plot and the re
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 from typing import Callable
 
 from .distill import DistillConfig, distill
+from .progress import clock
 
 TARGETS = {"onnx": ("onnxruntime", ("fp32", "int8")), "tflite": ("litert_torch", ("fp32", "int8")),
            "coreml": ("coremltools", ("fp16",))}
@@ -21,17 +23,34 @@ def installed_targets() -> list[str]:
     return [t for t, (mod, _) in TARGETS.items() if importlib.util.find_spec(mod) is not None]
 
 
+# Shares of the demo's time per phase (distill, export, bench), measured on 2 cores (BENCHMARKS.md, section
+# "A user's first hour"); they turn the time taken so far into an estimate of what is left.
+PHASE_SHARES = (0.55, 0.15, 0.30)
+
+
+def phase_line(n: int, what: str, started: float, now: float) -> str:
+    """Return ``[n/3] what (M:SS elapsed, about M:SS left)``; no estimate before the first phase has ended."""
+    elapsed = now - started
+    done = sum(PHASE_SHARES[: n - 1])
+    left = f", about {clock(elapsed / done * (1 - done))} left" if done and elapsed > 0 else ""
+    return f"[{n}/3] {what} ({clock(elapsed)} elapsed{left})"
+
+
 def run_demo(out: str | Path, steps_per_stage: int, log: Callable[[str], None], force: bool = True,
              input_size: str = "256x256", scale: int = 2) -> dict:
-    """Run distill -> export -> bench on the bundled x``scale`` teacher into ``out``; return the bench result."""
+    """Run distill -> export -> bench on the bundled x``scale`` teacher into ``out``, logging each phase with the
+    time so far and an estimate of what is left; return the bench result."""
     from .bench import BenchConfig, parse_size, run_bench
 
     out = Path(out)
-    log(f"[1/3] distilling the bundled x{scale} teacher into {out} (data-free, 4 stages x {steps_per_stage} steps)")
+    t0 = time.perf_counter()
+    log(phase_line(1, f"distilling the bundled x{scale} teacher into {out} (data-free, 4 stages x "
+                      f"{steps_per_stage} steps)", t0, time.perf_counter()))
     cfg = DistillConfig(scale=scale, stage_start=1, stage_end=4, steps_per_stage=steps_per_stage)
     distill(None, out, cfg, force=force, resume=not force, teacher_scale=scale)
     targets = installed_targets()
-    log(f"[2/3] exporting the last stage to: {', '.join(targets) or 'nothing (no export extra installed)'}")
+    log(phase_line(2, f"exporting the last stage to: {', '.join(targets) or 'nothing (no export extra installed)'}",
+                   t0, time.perf_counter()))
     from .export import export_run
 
     for target in targets:
@@ -40,7 +59,10 @@ def run_demo(out: str | Path, steps_per_stage: int, log: Callable[[str], None], 
                 v = e["verification"]
                 log(f"  {e['file']}: {e['size_bytes'] / 1024:.0f} KiB, verified={e['verified']}, "
                     f"Y-PSNR {v.get('psnr_y', '-')} (torch {v.get('torch_psnr_y', '-')})")
-    log("[3/3] benchmarking every stage (latency at 256x256, Y-PSNR on the eval split)")
+    log(phase_line(3, "benchmarking every stage (latency at 256x256, Y-PSNR on the eval split)", t0,
+                   time.perf_counter()))
     bcfg = BenchConfig(precisions=("fp32", "int8"), input_size=parse_size(input_size), repeats=10, warmup=2,
                        rounds=5)
-    return run_bench(out, bcfg, log=log)
+    result = run_bench(out, bcfg, log=log)
+    log(f"demo done in {clock(time.perf_counter() - t0)}")
+    return result

@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import Any
 
-from .errors import SRShrinkError
+from .errors import SRShrinkError, first_line
 
 
 def require(extra: str, *modules: str, purpose: str | None = None) -> list[Any]:
@@ -28,7 +28,7 @@ def require(extra: str, *modules: str, purpose: str | None = None) -> list[Any]:
         except ImportError as exc:
             raise SRShrinkError(f"{purpose or f'the {extra} export'} needs the Python package "
                                 f"'{name.split('.')[0]}', which is not importable "
-                                f"({str(exc).splitlines()[0][:80]}); pip install 'sr-shrink[{extra}]'") from None
+                                f"({first_line(exc)}); pip install 'sr-shrink[{extra}]'") from None
     return loaded
 
 

@@ -15,15 +15,23 @@ import torch
 
 from .data import EvalPair
 from .metrics import psnr_y, quantize, ssim_y
+from .progress import task
 from .resize import upscale
 
 SRFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def model_outputs(fn: SRFn, pairs: list[EvalPair]) -> dict[str, torch.Tensor]:
-    """Return ``{name: 8-bit-rounded output (3, sH, sW)}`` of ``fn`` on the LR image of each pair."""
-    return {p.name: quantize(fn(p.lr.unsqueeze(0)).float().cpu())[0] for p in pairs}
+def model_outputs(fn: SRFn, pairs: list[EvalPair],
+                  advance: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:
+    """Return ``{name: 8-bit-rounded output (3, sH, sW)}`` of ``fn`` on the LR image of each pair, calling
+    ``advance()`` (a progress callback) after each image."""
+    out = {}
+    for p in pairs:
+        out[p.name] = quantize(fn(p.lr.unsqueeze(0)).float().cpu())[0]
+        if advance is not None:
+            advance()
+    return out
 
 
 def score_outputs(outputs: dict[str, torch.Tensor], pairs: list[EvalPair], scale: int) -> dict:
@@ -70,7 +78,8 @@ def reference_pairs(outputs: dict[str, torch.Tensor], pairs: list[EvalPair]) -> 
 def teacher_references(teacher: torch.nn.Module, pairs: list[EvalPair], scale: int) -> tuple[dict, list[EvalPair]]:
     """Return (the teacher's Y-PSNR/SSIM on ``pairs``, the fidelity reference pairs), from one pass of the
     teacher over the eval images."""
-    outputs = model_outputs(_on_device(teacher), pairs)
+    with task(f"teacher references on {len(pairs)} eval images", total=len(pairs)) as advance:
+        outputs = model_outputs(_on_device(teacher), pairs, advance)
     return score_outputs(outputs, pairs, scale), reference_pairs(outputs, pairs)
 
 

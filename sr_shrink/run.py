@@ -25,7 +25,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SRShrinkError
+from .errors import SRShrinkError, first_line
 from .io import atomic_write_json
 
 STAGE_RE = re.compile(r"^stage_(\d{2,})\.pt$")
@@ -55,7 +55,7 @@ def _read_json_object(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SRShrinkError(f"{path}: unreadable {what} ({str(exc).splitlines()[0][:120]}).") from None
+        raise SRShrinkError(f"{path}: unreadable {what} ({first_line(exc)}).") from None
     if not isinstance(data, dict):
         raise SRShrinkError(f"{path}: {what} does not hold a JSON object.")
     return data

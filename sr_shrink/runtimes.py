@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .deps import quiet, require
-from .errors import SRShrinkError
+from .errors import SRShrinkError, first_line
 
 
 @dataclass(frozen=True)
@@ -121,11 +121,6 @@ def _decode(y: np.ndarray, quant: tuple[float, int] | None) -> np.ndarray:
         scale, zero = quant or (1.0, 0)
         return (y.astype(np.float32) - zero) * (scale or 1.0)
     return y.astype(np.float32, copy=False)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 class Runner:
@@ -258,7 +253,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception directly
-            raise SRShrinkError(f"{self.path}: onnxruntime cannot load it ({_first_line(exc)}).") from None
+            raise SRShrinkError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)}).") from None
         inp = self.session.get_inputs()[0]
         if inp.type not in _ORT_DTYPES:
             raise SRShrinkError(f"{self.path}: input type {inp.type} is not supported (sr-shrink runs float32 "
@@ -307,7 +302,7 @@ class LiteRTRunner(Runner):
                 self.interp.allocate_tensors()
             meta = tflite_metadata(self.path)
         except Exception as exc:  # noqa: BLE001 - LiteRT raises ValueError, RuntimeError or its own types
-            raise SRShrinkError(f"{self.path}: LiteRT cannot load it ({_first_line(exc)}).") from None
+            raise SRShrinkError(f"{self.path}: LiteRT cannot load it ({first_line(exc)}).") from None
         inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
         self.in_index, self.out_index = inp["index"], out["index"]
         sig = [int(d) for d in inp.get("shape_signature", inp["shape"])]
@@ -345,7 +340,7 @@ class MILRunner(Runner):
         try:
             self.program = load_program(self.path)
         except Exception as exc:  # noqa: BLE001 - coremltools raises many types for a damaged package
-            raise SRShrinkError(f"{self.path}: coremltools cannot read it ({_first_line(exc)}).") from None
+            raise SRShrinkError(f"{self.path}: coremltools cannot read it ({first_line(exc)}).") from None
         self.input_name, self.output_name = self.program.inputs[0], self.program.outputs[0]
         dtype, shape = self.program.input_specs[self.input_name]
         self.in_dtype = dtype

@@ -6,7 +6,8 @@ bench use), which handles the file's layout, fp16/int8 I/O and fixed input size.
 Images: RGB as is; grey (L, 16-bit) is processed as RGB and written back grey; an alpha channel (RGBA, LA,
 palette with transparency) is upscaled with bicubic while the model upscales the colours. Large images
 run in tiles of ``tile`` input pixels overlapping by at least the model's receptive field radius, so the
-result equals an untiled run (see :mod:`sr_shrink.tiling`). Results are written as ``NAME_x{scale}.png``.
+result equals an untiled run (see :mod:`sr_shrink.tiling`). Results are written as ``NAME_x{scale}.png`` into
+the output folder, or next to each input when none is given; a result never overwrites an input image.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import SRShrinkError
 from .resize import upscale as bicubic
 from .runtimes import SUFFIXES, TorchRunner, open_runner
+from .teachers.formats import image_kind
 from .tiling import tiled_apply
 
 GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -97,6 +99,10 @@ def load_upscaler(path: str | Path, scale: int | None = None, threads: int | Non
     exported = path.suffix.lower() in SUFFIXES
     if not (path.exists() if exported else path.is_file()):
         raise SRShrinkError(f"{path}: no such model file; pass a stage_XX.pt, .onnx, .tflite or .mlpackage.")
+    kind = image_kind(path) if path.is_file() else None
+    if kind is not None:
+        raise SRShrinkError(f"{path}: this is a {kind} image, not a model; the model comes first: sr-shrink upscale "
+                            "MODEL IMAGE...")
     threads = threads or torch.get_num_threads()
     up = _exported_upscaler(path, threads, device) if exported else _student_upscaler(path, threads, device)
     if scale is not None and scale != up.scale:
@@ -170,36 +176,52 @@ def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap:
     return Picture(sr, alpha, pic.grey)
 
 
-def output_path(out_dir: Path, image: Path, scale: int, suffix: str = "") -> Path:
-    """Return ``OUT/NAME_x{scale}{suffix}.png`` for an input image path."""
-    return out_dir / f"{image.stem}_x{scale}{suffix}.png"
+def output_path(out_dir: Path | None, image: Path, scale: int, suffix: str = "") -> Path:
+    """Return ``OUT/NAME_x{scale}{suffix}.png`` for an input image path (``out_dir`` None: the image's folder)."""
+    return (image.parent if out_dir is None else out_dir) / f"{image.stem}_x{scale}{suffix}.png"
 
 
-def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Path, tile: int | None = 256,
-                  overlap: int = 16, compare: bool = False, teacher: str | Path | None = None,
-                  scale: int | None = None, threads: int | None = None, device: str = "cpu",
-                  log: Log | None = None, value_range: float | None = None,
-                  res_scale: float | None = None) -> list[Path]:
-    """Upscale every image with ``model`` into ``out_dir``; return the paths written (results, then any
-    ``NAME_x{s}_compare.png`` side-by-side crops when ``compare``, whose teacher takes the ``value_range`` and
-    ``res_scale`` overrides)."""
+def _check_outputs(images: list[Path], out_dir: Path | None, scale: int, compare: bool) -> None:
+    """Raise a one-line SRShrinkError when two results would share a file or a result would replace an input."""
+    inputs = {p.resolve(): p for p in images}
+    seen: dict[Path, Path] = {}
+    for image in images:
+        for suffix in ("", "_compare") if compare else ("",):
+            out = output_path(out_dir, image, scale, suffix)
+            key = out.resolve()
+            if key in inputs:
+                raise SRShrinkError(f"the result for {image} would be written over the input {inputs[key]}; pass "
+                                    "-o FOLDER to write the results elsewhere.")
+            if key in seen:
+                raise SRShrinkError(f"{seen[key]} and {image} would both be written to {out}; pass them in two "
+                                    "runs or with -o to different folders.")
+            seen[key] = image
+
+
+def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Path | None = None,
+                  tile: int | None = 256, overlap: int = 16, compare: bool = False,
+                  teacher: str | Path | None = None, scale: int | None = None, threads: int | None = None,
+                  device: str = "cpu", log: Log | None = None, value_range: float | None = None,
+                  res_scale: float | None = None, crops: int = 1) -> list[Path]:
+    """Upscale every image with ``model`` into ``out_dir`` (None: next to each input) as ``NAME_x{s}.png``;
+    return the paths written (results, then any ``NAME_x{s}_compare.png`` strips of ``crops`` windows when
+    ``compare``, whose teacher takes the ``value_range`` and ``res_scale`` overrides). A result that would
+    replace an input, or two results sharing a file, is an error before anything is written."""
     log = log or (lambda _m: None)
     images = [Path(p) for p in images]
-    stems = [p.stem for p in images]
-    dup = next((s for s in stems if stems.count(s) > 1), None)
-    if dup:
-        raise SRShrinkError(f"two input images are named {dup!r}; their outputs would overwrite each other.")
+    out_dir = Path(out_dir) if out_dir is not None else None
     if threads:
         torch.set_num_threads(threads)
     up = load_upscaler(model, scale, threads, device)
+    _check_outputs(images, out_dir, up.scale, compare)
     pictures = [read_picture(p) for p in images]  # fail on a bad image before any work
     ref = None
     if compare:
         from .compare import reference_teacher
 
         ref = reference_teacher(up, teacher, device, log, value_range=value_range, res_scale=res_scale)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path, pic in zip(images, pictures):
         sr = upscale_picture(up, pic, tile, overlap)
@@ -210,6 +232,6 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
             from .compare import compare_strip
 
             written.append(output_path(out_dir, path, up.scale, "_compare"))
-            compare_strip(pic.rgb, sr.rgb, up.scale, ref).save(written[-1])
+            compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops).save(written[-1])
             log(f"wrote {written[-1]}")
     return written

@@ -248,6 +248,12 @@ def test_bench_writes_complete_json_and_plot(bench_run, eval_dir):
     assert any("taken from run.json" in n for n in data["notes"])
     png = (bench_run / "p.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    rec = data["recommended"]  # the file to ship and the command that made it, printed and in bench.json
+    assert f"file to ship: {rec['path']}" in res.output
+    assert "made by: " in res.output
+    if rec["export_command"]:
+        assert rec["export_command"].startswith(f"sr-shrink export {bench_run} --target ")
+        assert f"made by: {rec['export_command']}" in res.output
     with Image.open(bench_run / "p.png") as im:
         assert im.size[0] > 300 and im.size[1] > 200
     assert "recommended" in res.output
@@ -340,3 +346,51 @@ def test_bench_exports_missing_models_with_export_run(tiny_run, eval_dir):
         assert tuple(open_runner(tfl["path"]).input_hw) == (32, 32)
     again = run_bench(tiny_run, cfg)  # second time the exports are found, not redone
     assert not any(r["exported_now"] for r in again["rows"] if r["runtime"] != "torch")
+
+
+def test_export_command_rebuilds_the_file(tmp_path):
+    from sr_shrink.bench.artifacts import export_command
+    from sr_shrink.export import export_run
+
+    if not HAVE_ORT:
+        pytest.skip("onnxruntime is not installed")
+    run = make_tiny_run(tmp_path / "run")
+    e = export_run(run, "onnx", stage=2, precision="fp32", out=tmp_path / "mine", input_size="24x32",
+                   layout="nhwc", verify=False)[0]
+    cmd = export_command(RunDir.open(run), Path(e["path"]))
+    assert cmd == (f"sr-shrink export {run} --target onnx --stage 2 --precision fp32 --input-size 24x32 "
+                   f"--layout nhwc --out {tmp_path / 'mine'}")
+    assert export_command(RunDir.open(run), run / "stage_02.pt") is None
+
+
+def test_plot_uses_a_log_axis_and_labels_do_not_collide():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sr_shrink.bench.report import place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    pts = [(300.0, 31.0), (301.0, 31.0), (2.0, 30.5), (2.05, 30.52), (2.1, 30.5), (2.0, 30.49), (40.0, 29.0)]
+    ax.scatter(*zip(*pts))
+    ax.set_xscale("log")
+    anns = place_labels(ax, pts, [str(i) for i in range(len(pts))])
+    fig.canvas.draw()
+    boxes = [a.get_window_extent(fig.canvas.get_renderer()) for a in anns]
+    assert all(not boxes[i].overlaps(boxes[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes)))
+    plt.close(fig)
+
+
+def test_bench_plot_is_log_scaled(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from sr_shrink.bench.report import plot
+
+    rows = [{**_row(s, lat, 30 + s / 10, rt), "n_blocks": s} for s, lat, rt in
+            [(1, 3.0, "litert"), (2, 3.3, "litert"), (1, 150.0, "torch"), (2, 400.0, "torch")]]
+    scales, savefig = [], plt.Figure.savefig
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: (scales.append(fig.axes[0].get_xscale()),
+                                                                      savefig(fig, *a, **k)))
+    plot({"rows": rows, "recommended": None}, tmp_path / "b.png")
+    assert scales == ["log"] and (tmp_path / "b.png").stat().st_size > 0

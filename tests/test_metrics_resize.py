@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from sr_shrink.metrics import psnr_y, quantize, rgb_to_y, ssim_y
+from sr_shrink.metrics import _gaussian_window, _prepare, psnr_y, quantize, rgb_to_y, ssim_y
 from sr_shrink.resize import cubic, downscale, imresize, upscale
 
 
@@ -43,8 +44,35 @@ def test_ssim_y_identical_and_flat_hand_computed():
 
 def test_ssim_y_uses_valid_11x11_window():
     x, y = torch.rand(3, 10, 10), torch.rand(3, 10, 10)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="11x11"):
         ssim_y(x, y)  # smaller than the window: valid filtering has no output
+    assert 0 < ssim_y(torch.rand(3, 11, 11), torch.rand(3, 11, 11)) < 1  # exactly the window: one output pixel
+
+
+def _ssim_2d(img, ref, crop_border=0):
+    """The SSIM formula as it was first written: four 11x11 (121-tap) conv2d passes, kept as the reference."""
+    a, b = _prepare(img, crop_border), _prepare(ref, crop_border)
+    win = _gaussian_window()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = F.conv2d(a, win), F.conv2d(b, win)
+    var_a = F.conv2d(a * a, win) - mu_a**2
+    var_b = F.conv2d(b * b, win) - mu_b**2
+    cov = F.conv2d(a * b, win) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(ssim_map.mean(dim=(1, 2, 3)).mean())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ssim_y_separable_equals_the_2d_window(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n = 1 + seed % 3
+    h, w = 11 + int(torch.randint(0, 90, (1,), generator=gen)), 11 + int(torch.randint(0, 90, (1,), generator=gen))
+    ref = torch.rand(n, 3, h, w, generator=gen)
+    noise = (0.02 + 0.3 * seed / 8) * torch.randn(n, 3, h, w, generator=gen)
+    img = quantize(ref + noise)
+    border = seed % 3 if min(h, w) - 2 * (seed % 3) >= 11 else 0
+    assert ssim_y(img, ref, border) == pytest.approx(_ssim_2d(img, ref, border), abs=1e-6)
+    assert abs(ssim_y(img, ref, border) - _ssim_2d(img, ref, border)) < 1e-12  # in fact float64 rounding only
 
 
 def test_shape_mismatch_is_an_error():

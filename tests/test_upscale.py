@@ -145,7 +145,7 @@ def test_compare_writes_three_panels_with_a_teacher(tiny_run, tmp_path):
     res = _run(tiny_run / "stage_01.pt", src, "-o", tmp_path / "out", "--compare", "--teacher", t_path)
     assert res.exit_code == 0, res.output
     strip = Image.open(tmp_path / "out" / "scene_x2_compare.png")
-    assert strip.size == (3 * 192 + 8, 192 + 16)
+    assert strip.size == (3 * 240 + 8, 200 + 16)  # the whole 120x100 image (x2) is smaller than 256 px panels
     assert (tmp_path / "out" / "scene_x2.png").is_file()
 
 
@@ -176,3 +176,64 @@ def test_model_of_another_scale_is_a_clear_error(tiny_run, tmp_path):
     assert res.exit_code == 2 and "upscales x2, not x3" in res.output
     res = _run(tmp_path / "nope.pt", src, "-o", tmp_path / "out")
     assert res.exit_code == 2 and "no such model file" in res.output
+
+
+def test_without_out_writes_next_to_each_input(tiny_run, tmp_path):
+    a = _image((tmp_path / "one").mkdir() or tmp_path / "one" / "shot.png", "RGB")
+    b = _image((tmp_path / "two").mkdir() or tmp_path / "two" / "shot.png", "RGB", seed=1)
+    res = _run(tiny_run / "stage_01.pt", a, b)
+    assert res.exit_code == 0, res.output
+    for src in (a, b):
+        out = src.parent / "shot_x2.png"
+        assert out.is_file() and f"wrote {out}" in res.output
+        assert Image.open(out).size == (80, 60)
+    assert Image.open(a).size == (40, 30)  # the inputs are untouched
+
+
+def test_a_result_never_replaces_an_input(tiny_run, tmp_path):
+    src = _image(tmp_path / "cat.png", "RGB")
+    clash = _image(tmp_path / "cat_x2.png", "RGB", seed=3)  # the result of cat.png would land on this input
+    before = clash.read_bytes()
+    res = _run(tiny_run / "stage_01.pt", src, clash)
+    assert res.exit_code == 2 and "would be written over the input" in res.output and "-o" in res.output
+    assert clash.read_bytes() == before and not (tmp_path / "cat_x2_x2.png").exists()
+    with pytest.raises(SRShrinkError, match="both be written"):
+        upscale_files(tiny_run / "stage_01.pt", [src, src.parent / "." / "cat.png"], tmp_path / "out")
+
+
+def test_an_image_passed_as_the_model_is_named(tmp_path):
+    photo = _image(tmp_path / "photo.png", "RGB")
+    res = _run(photo, photo)
+    assert res.exit_code == 2 and "PNG image, not a model" in res.output
+
+
+def _bump(x: torch.Tensor) -> torch.Tensor:
+    """A fake teacher: bicubic plus a strong change wherever the (upscaled) input is very bright."""
+    up = bicubic(x, 2)
+    return (up + 0.5 * (up > 0.9).float()).clamp(0, 1)
+
+
+def test_compare_picks_where_teacher_and_bicubic_differ_most():
+    from sr_shrink.compare import choose_windows
+
+    lr = torch.full((3, 200, 300), 0.3)
+    lr[:, 150:190, 220:280] = 0.95  # bright: only here does the teacher differ from bicubic
+    sr = bicubic(lr.unsqueeze(0), 2)[0]
+    sr[:, 20:80, 20:80] += 0.3  # the student differs from bicubic most in a dark corner...
+    sr[:, 300:380, 440:560] += 0.1  # ...and somewhat on the bright patch
+    (y, x, t), = choose_windows(lr, sr, 2, _bump, crops=1, size=40)
+    assert 150 - 40 < y <= 190 and 220 - 40 < x <= 280, (y, x)  # the teacher's ranking wins
+    (y0, x0, t0), = choose_windows(lr, sr, 2, None, crops=1, size=40)
+    assert y0 < 40 and x0 < 40 and t0 is None  # without a teacher: the student's difference
+
+
+def test_compare_crops_give_rows_of_256_px_panels():
+    from sr_shrink.compare import compare_strip, top_windows
+
+    lr = torch.rand(3, 300, 400, generator=torch.Generator().manual_seed(0))
+    sr = bicubic(lr.unsqueeze(0), 2)[0]
+    strip = compare_strip(lr, sr, 2, _bump, crops=3)
+    assert strip.size == (3 * 256 + 8, 3 * (256 + 16) + 8)
+    wins = top_windows(torch.rand(100, 100), 30, 30, 3)
+    assert len(wins) == 3 and all(abs(a[0] - b[0]) >= 30 or abs(a[1] - b[1]) >= 30
+                                  for i, a in enumerate(wins) for b in wins[i + 1:])  # no two overlap

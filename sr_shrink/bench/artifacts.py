@@ -79,3 +79,37 @@ def ensure_export(run: RunDir, stage: int, runtime: str, precision: str, input_h
     if found is not None:
         return found, False
     return (exporter or export_with_api)(run, stage, runtime, precision, input_hw), True
+
+
+DEFAULT_LAYOUT = {"onnx": "nchw", "tflite": "nhwc"}
+
+
+def export_command(run: RunDir, path: Path) -> str | None:
+    """Return the ``sr-shrink export`` command line that writes the file at ``path`` (from its export.json entry:
+    target, precision, stage, input size, layout, native I/O, QAT, calibration seed and output folder), or
+    None when no export.json of its folder lists it (e.g. a torch row's stage_XX.pt)."""
+    path = Path(path)
+    entry = next((e for e, p in run.index_paths(path.parent) if Path(p).resolve() == path.resolve()), None)
+    if entry is None:
+        return None
+    target = entry.get("target")
+    parts = ["sr-shrink", "export", str(run.root), "--target", str(target), "--stage", str(entry.get("stage"))]
+    if entry.get("precision"):
+        parts += ["--precision", str(entry["precision"])]
+    tag = str(entry.get("tag") or "")
+    if "pal" in tag:
+        parts += ["--palettize", tag.rsplit("pal", 1)[1]]
+    if entry.get("input_size"):
+        parts += ["--input-size", "x".join(str(v) for v in entry["input_size"])]
+    if entry.get("layout") and entry["layout"] != DEFAULT_LAYOUT.get(target):
+        parts += ["--layout", str(entry["layout"])]
+    if entry.get("io_dtype") not in (None, "float32"):
+        parts.append("--native-io")
+    if entry.get("qat_steps"):
+        parts += ["--qat", str(entry["qat_steps"])]
+    seed = (entry.get("calibration") or {}).get("seed")
+    if seed:
+        parts += ["--seed", str(seed)]
+    if path.parent.resolve() != run.exports_dir.resolve():
+        parts += ["--out", str(path.parent)]
+    return " ".join(parts)

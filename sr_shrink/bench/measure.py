@@ -110,18 +110,28 @@ def round_plan(repeats: int, rounds: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(rounds)]
 
 
+def timing_steps(n_rows: int, repeats: int, rounds: int) -> int:
+    """Return how many times :func:`time_interleaved` calls ``advance``: once per row for the warm-up, then once
+    per row and round."""
+    return n_rows * (1 + len(round_plan(repeats, rounds)))
+
+
 def time_interleaved(fns: dict[Hashable, Callable[[np.ndarray], np.ndarray]], x: np.ndarray, repeats: int = 20,
-                     warmup: int = 3, rounds: int = 5) -> dict[Hashable, list[float]]:
+                     warmup: int = 3, rounds: int = 5,
+                     advance: Callable[[], None] | None = None) -> dict[Hashable, list[float]]:
     """Return per-row call times (s) of ``fns`` on the same input ``x``, timed round-robin with rotation.
 
     Every row first gets ``warmup`` untimed calls; then, for each round, each row in turn makes its share
     of the ``repeats`` timed calls, the order rotated by ``len(rows) / rounds`` places per round so that each
-    row runs early in some rounds and late in others.
+    row runs early in some rounds and late in others. ``advance()`` (progress) is called after each row's
+    warm-up and after each row's share of a round, outside the timed calls.
     """
+    advance = advance or (lambda: None)
     keys = list(fns)
     for k in keys:
         for _ in range(warmup):
             fns[k](x)
+        advance()
     times: dict[Hashable, list[float]] = {k: [] for k in keys}
     plan = round_plan(repeats, rounds)
     for r, n in enumerate(plan):
@@ -132,6 +142,7 @@ def time_interleaved(fns: dict[Hashable, Callable[[np.ndarray], np.ndarray]], x:
                 t0 = time.perf_counter()
                 fn(x)
                 times[k].append(time.perf_counter() - t0)
+            advance()
     return times
 
 
@@ -146,14 +157,16 @@ def bench_input(input_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 
 def quality(runner: Runner, pairs: list[EvalPair], scale: int, overlap: int = 16,
-            references: list[EvalPair] | None = None) -> tuple[dict, dict | None]:
+            references: list[EvalPair] | None = None,
+            advance: Callable[[], None] | None = None) -> tuple[dict, dict | None]:
     """Return (Y-PSNR/SSIM of ``runner`` on ``pairs``, the same against ``references`` (the teacher's outputs on
-    the same LR images: fidelity) or None), from one run over the images; fixed-size graphs run tiled."""
+    the same LR images: fidelity) or None), from one run over the images; fixed-size graphs run tiled.
+    ``advance()`` (progress) is called after each image."""
     fn = runner.torch_fn()
     if runner.input_hw:
         tile = tuple(runner.input_hw)
         overlap = min(overlap, (min(tile) - 1) // 2)
         run = fn
         fn = lambda x: tiled_apply(run, x, scale, tile, overlap, fixed=True)  # noqa: E731
-    outputs = model_outputs(fn, pairs)
+    outputs = model_outputs(fn, pairs, advance)
     return score_outputs(outputs, pairs, scale), score_outputs(outputs, references, scale) if references else None

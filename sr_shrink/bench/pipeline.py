@@ -8,7 +8,6 @@ quality, time all rows together in interleaved rounds, then pick.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,15 +16,18 @@ from typing import Any
 import torch
 
 from ..data import EvalPair, load_eval_set
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 from ..evaluate import evaluate_bicubic, fidelity, teacher_references
 from ..models.student import load_student
+from ..progress import enabled as progress_enabled
+from ..progress import task
 from ..run import RunDir
 from ..runtimes import Runner, TorchRunner, open_runner
+from ..sizes import parse_size  # noqa: F401 - re-exported: sr_shrink.bench.parse_size
 from ..teachers import count_macs, load_teacher, sha256_file
-from .artifacts import Exporter, ensure_export
+from .artifacts import Exporter, ensure_export, export_command
 from .machine import machine_info
-from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved
+from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved, timing_steps
 from .pareto import PSNR, pick
 from .report import row_order
 from .runtimes import PRECISIONS, settle_runtimes
@@ -74,15 +76,6 @@ class BenchConfig:
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise SRShrinkError(f"unknown --device {self.device!r}; use cpu or cuda.")
         return self
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Return (h, w) from 'HxW' (or a single number for a square)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*", text)
-    if not m:
-        raise SRShrinkError(f"cannot read input size {text!r}; write it as HxW, e.g. 256x256.")
-    h = int(m.group(1))
-    return h, int(m.group(2) or h)
 
 
 @dataclass
@@ -165,8 +158,9 @@ def _export_row(run: RunDir, stage: int, runtime: str, precision: str, cfg: Benc
 
 
 def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, x, exporter: Exporter | None,
-              log: Log) -> tuple[list[Row], list[str]]:
-    """Return (one Row per stage x runtime x precision that could be opened, notes on the ones skipped)."""
+              log: Log, advance: Callable[[], None] = lambda: None) -> tuple[list[Row], list[str]]:
+    """Return (one Row per stage x runtime x precision that could be opened, notes on the ones skipped), calling
+    ``advance()`` (progress) after each row tried."""
     rows = []
     notes = [f"skipped stage {n}: run.json records it but stage_{n:02d}.pt is missing." for n in run.missing_stages()
              if not cfg.stages or n in cfg.stages]
@@ -178,25 +172,23 @@ def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, 
         base.meta.update(stage=stage, runtime="torch", precision="fp32", device=base.runner.device,
                          macs=count_macs(base.extra["model"], tuple(cfg.input_size)))
         rows.append(base)
+        advance()
         for runtime in runtimes[1:]:
             for precision in cfg.precisions:
                 log(f"stage {stage}: {runtime} {precision}")
                 try:
                     meta, runner = _export_row(run, stage, runtime, precision, cfg, threads, x, exporter)
                 except Exception as exc:  # noqa: BLE001 - one failed export/runtime must not sink the whole benchmark
-                    notes.append(f"skipped stage {stage} {runtime} {precision}: {_short(exc)}")
+                    notes.append(f"skipped stage {stage} {runtime} {precision}: {first_line(exc)}")
                     continue
+                finally:
+                    advance()
                 meta = {**{k: base.meta[k] for k in ("stage", "n_blocks", "params", "macs")}, **meta,
                         "runtime": runtime, "precision": precision, "device": runner.device}
                 rows.append(Row(meta, runner, base.radius))
     if not rows:
         raise SRShrinkError(f"{run.root}: no stage checkpoint could be benchmarked; {' '.join(notes)}")
     return rows, notes
-
-
-def _short(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 ROW_KEYS = ("stage", "n_blocks", "runtime", "precision", "params", "macs", "size_bytes", "latency_ms_median",
@@ -235,6 +227,12 @@ def run_bench(run_dir: str | Path | RunDir, config: BenchConfig | None = None, e
         torch.set_num_threads(torch_threads)
 
 
+def _say(log: Log, what: str) -> None:
+    """Log the start of a phase, unless progress reporting is on: then its own lines or bar name it."""
+    if not progress_enabled():
+        log(what)
+
+
 def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Log) -> dict:
     run.require_run("scale")
     scale = run.scale
@@ -247,11 +245,20 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
     teacher, references, t_notes = teacher_score(run, pairs, cfg.device, log)
     metric = choose_metric(cfg.metric, teacher, bicubic, bool(references))
     x = bench_input(cfg.input_size)
-    rows, r_notes = open_rows(run, cfg, runtimes, threads, x, exporter, log)
-    log(f"scoring {len(rows)} rows on {len(pairs)} images" + (" (and against the teacher)" if references else ""))
-    scores, fids = zip(*[quality(r.runner, pairs, scale, overlap=r.radius, references=references) for r in rows])
-    log(f"timing {len(rows)} rows: {cfg.warmup} warm-up + {cfg.repeats} timed calls each, interleaved")
-    times = time_interleaved({i: r.runner for i, r in enumerate(rows)}, x, cfg.repeats, cfg.warmup, cfg.rounds)
+    n_rows = sum(1 for s in run.stages if not cfg.stages or s in cfg.stages) * (1 + (len(runtimes) - 1) *
+                                                                              len(cfg.precisions))
+    with task(f"opening {n_rows} rows (exporting the files not in exports/ yet)", total=n_rows) as advance:
+        rows, r_notes = open_rows(run, cfg, runtimes, threads, x, exporter, log, advance)
+    what = f"scoring {len(rows)} rows on {len(pairs)} images" + (" (and against the teacher)" if references else "")
+    _say(log, what)
+    with task(what, total=len(rows) * len(pairs)) as advance:
+        scores, fids = zip(*[quality(r.runner, pairs, scale, overlap=r.radius, references=references,
+                                     advance=advance) for r in rows])
+    what = f"timing {len(rows)} rows: {cfg.warmup} warm-up + {cfg.repeats} timed calls each, interleaved"
+    _say(log, what)
+    with task(what, total=timing_steps(len(rows), cfg.repeats, cfg.rounds)) as advance:
+        times = time_interleaved({i: r.runner for i, r in enumerate(rows)}, x, cfg.repeats, cfg.warmup, cfg.rounds,
+                                 advance)
     out_rows = [finish_row(r, times[i], scores[i], teacher, bicubic, threads, fids[i]) for i, r in enumerate(rows)]
     out_rows.sort(key=row_order)
     result = {"rows": out_rows, "recommended": None, "machine": machine_info(threads, cfg.input_size, cfg.device),
@@ -261,6 +268,8 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
               "metric": metric, "definitions": DEFINITIONS}
     try:
         result["recommended"] = pick(out_rows, cfg.budget_ms, cfg.min_psnr, metric["key"])
+        rec = result["recommended"]
+        rec["export_command"] = export_command(run, Path(rec["path"])) if rec.get("runtime") != "torch" else None
     except SRShrinkError as exc:
         result["pick_error"] = str(exc)
     return result

@@ -82,6 +82,16 @@ def print_report(result: dict, console: Console | None = None) -> None:
         console.print(f"recommended: stage {rec['stage']} ({rec['n_blocks']} blocks) {rec['runtime']} "
                       f"{rec['precision']}: {metric_label(key)} {rec[key]:.2f} dB at {rec['latency_ms_median']:.2f} "
                       f"ms; {rec['reason']}", markup=False, highlight=False)
+        console.print(f"file to ship: {rec.get('path')}", markup=False, highlight=False, soft_wrap=True)
+        if rec.get("export_command"):
+            console.print(f"made by: {rec['export_command']}", markup=False, highlight=False, soft_wrap=True)
+        elif rec.get("runtime") == "torch":
+            console.print("made by: sr-shrink distill (a PyTorch checkpoint; for a phone, export it with "
+                          "sr-shrink export RUN_DIR --target onnx|tflite|coreml --stage "
+                          f"{rec['stage']})", markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print("made by: not recorded (no export.json next to the file lists it)", markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 def write_json(result: dict, path: str | Path) -> Path:
@@ -103,8 +113,6 @@ def plot(result: dict, path: str | Path) -> Path:
     for r in rows:
         ax.scatter(r["latency_ms_median"], r[key], marker=MARKERS.get(r["runtime"], "o"),
                    color=COLOURS.get(r["precision"], "grey"), s=36, zorder=3)
-        ax.annotate(str(r["n_blocks"]), (r["latency_ms_median"], r[key]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7)
     front = pareto_front(rows, key)
     ax.plot([r["latency_ms_median"] for r in front], [r[key] for r in front], "k--", lw=1, zorder=2,
             label="Pareto front")
@@ -115,20 +123,43 @@ def plot(result: dict, path: str | Path) -> Path:
         ax.scatter(rec["latency_ms_median"], rec[key], s=220, facecolors="none", edgecolors="red", lw=1.5,
                    zorder=4, label=f"pick: stage {rec['stage']} {rec['runtime']} {rec['precision']}")
     _legend(ax, rows)
-    lats = [r["latency_ms_median"] for r in rows]
-    if lats and min(lats) > 0 and max(lats) / min(lats) > 20:
-        ax.set_xscale("log")
+    if rows and min(r["latency_ms_median"] for r in rows) > 0:
+        ax.set_xscale("log")  # torch rows are often 10x the exported ones: a linear axis squeezes those together
     m = result.get("machine", {})
     ylabel = "Y-PSNR (dB)" if key == PSNR else "fidelity to the teacher, Y-PSNR (dB)"
     ax.set(xlabel=f"median latency (ms), threads: {m.get('threads')}", ylabel=ylabel,
            title=f"{m.get('input_size')} input on {m.get('cpu', '?')}; labels = residual blocks")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    place_labels(ax, [(r["latency_ms_median"], r[key]) for r in rows], [str(r["n_blocks"]) for r in rows])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
+
+
+OFFSETS = [(4, 4), (4, -11), (-11, 4), (-11, -11), (9, -3), (-16, -3), (-3, 9), (-3, -16), (14, 9), (14, -16),
+           (-21, 9), (-21, -16), (4, 16), (4, -23), (20, -3), (-27, -3)]  # points, nearest first
+
+
+def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsize: int = 7) -> list:
+    """Annotate each point with its text at the first offset in OFFSETS whose label box overlaps no label
+    placed before it (the last offset when all collide); return the annotations."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed, boxes = [], []
+    for (x, y), text in zip(points, texts):
+        for dx, dy in OFFSETS:
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize)
+            box = ann.get_window_extent(renderer).expanded(1.1, 1.1)
+            if not any(box.overlaps(b) for b in boxes) or (dx, dy) == OFFSETS[-1]:
+                break
+            ann.remove()
+        placed.append(ann)
+        boxes.append(box)
+    return placed
 
 
 def _references(ax, result: dict) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..data import EVAL_DIR, list_images, make_lr, mod_crop, read_image
 from ..errors import SRShrinkError
+from ..progress import task
 from ..run import RunDir
 from .options import CALIB_CROP
 
@@ -72,10 +73,12 @@ def calib_inputs(src: CalibSource, scale: int, n: int, size: tuple[int, int] | N
     key = (src.kind, _fingerprint(src.path), scale, n, tuple(size) if size else None, seed)
     if key not in _MEMO:
         gen = torch.Generator().manual_seed(seed)
-        if src.kind == "generator":
-            inputs = _generator_inputs(src.path, n, size, gen)
-        else:
-            inputs = _image_inputs(src.path, scale, n, size, gen)
+        what = f"calibration inputs from {'generator.pt' if src.kind == 'generator' else 'photos'}"
+        with task(what, total=n) as advance:
+            if src.kind == "generator":
+                inputs = _generator_inputs(src.path, n, size, gen, advance)
+            else:
+                inputs = _image_inputs(src.path, scale, n, size, gen, advance)
         while len(_MEMO) >= _MEMO_MAX:
             _MEMO.pop(next(iter(_MEMO)))
         _MEMO[key] = inputs
@@ -99,17 +102,27 @@ def _load_generator(path: Path):
     return load_generator(path)
 
 
-def _generator_inputs(path: Path, n: int, size: tuple[int, int] | None, gen: torch.Generator) -> list[torch.Tensor]:
+def _generator_inputs(path: Path, n: int, size: tuple[int, int] | None, gen: torch.Generator,
+                      advance=lambda n=1: None) -> list[torch.Tensor]:
     g = _load_generator(path)
     if getattr(g, "any_size", False):  # a fully convolutional generator samples at the wanted size directly
         h, w = size or (CALIB_CROP, CALIB_CROP)
-        return [g.sample(1, generator=gen, size=max(h, w))[..., :h, :w].contiguous() for _ in range(n)]
+        return [_done(g.sample(1, generator=gen, size=max(h, w))[..., :h, :w].contiguous(), advance)
+                for _ in range(n)]
     p = int(g.sample(1, generator=torch.Generator().manual_seed(0)).shape[-1])
     if size is None:  # free-size graphs take the patches as they are: as many pixels as n photo crops
         count = math.ceil(n * CALIB_CROP * CALIB_CROP / (p * p))
-        return [x.unsqueeze(0) for x in _sample(g, count, gen)]
+        inputs = [x.unsqueeze(0) for x in _sample(g, count, gen)]
+        advance(n)
+        return inputs
     tiles = math.ceil(size[0] / p) * math.ceil(size[1] / p)
-    return [mosaic(_sample(g, tiles, gen), size) for _ in range(n)]
+    return [_done(mosaic(_sample(g, tiles, gen), size), advance) for _ in range(n)]
+
+
+def _done(x: torch.Tensor, advance) -> torch.Tensor:
+    """Return ``x`` after reporting one more input made."""
+    advance()
+    return x
 
 
 def _sample(g, count: int, gen: torch.Generator, chunk: int = 256) -> torch.Tensor:
@@ -129,10 +142,12 @@ def mosaic(patches: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _image_inputs(folder: Path, scale: int, n: int, size: tuple[int, int] | None,
-                  gen: torch.Generator) -> list[torch.Tensor]:
+                  gen: torch.Generator, advance=lambda n=1: None) -> list[torch.Tensor]:
     lrs = [make_lr(mod_crop(read_image(f), scale), scale) for f in list_images(folder)]
     crop = size or (CALIB_CROP, CALIB_CROP)
-    return [random_crop(lrs[i % len(lrs)], crop, gen).unsqueeze(0) for i in range(n)]
+    inputs = [random_crop(lrs[i % len(lrs)], crop, gen).unsqueeze(0) for i in range(n)]
+    advance(n)
+    return inputs
 
 
 def random_crop(img: torch.Tensor, size: tuple[int, int], gen: torch.Generator) -> torch.Tensor:

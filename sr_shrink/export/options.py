@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import sizes
 from ..errors import SRShrinkError
 
 TARGETS = ("onnx", "coreml", "tflite")
@@ -129,15 +129,6 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
 
 
 def parse_size(size: tuple[int, int] | list | str | None) -> tuple[int, int] | None:
-    """Return (h, w) from ``"HxW"`` (or a pair), ``None`` for ``None``; an error for anything else."""
-    if size is None:
-        return None
-    if isinstance(size, str):
-        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", size)
-        if not m:
-            raise SRShrinkError(f"--input-size {size!r}: expected HxW, e.g. 256x256.")
-        size = (int(m.group(1)), int(m.group(2)))
-    h, w = (int(v) for v in size)
-    if min(h, w) < 4 or max(h, w) > 8192:
-        raise SRShrinkError(f"--input-size {h}x{w}: height and width must be between 4 and 8192.")
-    return h, w
+    """Return (h, w) from ``"HxW"``, ``"N"`` (a square) or a pair (:func:`sr_shrink.sizes.parse_size`, the
+    parser bench uses too), ``None`` for ``None``; an error for anything else."""
+    return None if size is None else sizes.parse_size(size)

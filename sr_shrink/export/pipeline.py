@@ -27,9 +27,10 @@ import torch
 
 from .. import __version__
 from ..data import load_eval_set
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 from ..mil_eval import UnsupportedOp
 from ..models.student import SRStudent, load_student
+from ..progress import task
 from ..run import RunDir, now_iso
 from ..runtimes import open_runner, runtime_label
 from . import coreml as _coreml
@@ -153,7 +154,7 @@ def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | 
     except SRShrinkError:
         raise
     except Exception as exc:
-        raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {_first_line(exc)}") from exc
+        raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {first_line(exc)}") from exc
 
 
 def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
@@ -163,7 +164,9 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     path = out_dir / cfg.file_name(stage)
     calib, calib_rec = job.calib(student.scale) if job.fmt.calibrated(cfg) else (None, None)
     t0 = time.perf_counter()
-    extra = _write(job, stage, student, path, calib, qat=qat_rec is not None)
+    calibrating = f" (int8, calibrating on {len(calib)} inputs)" if calib else ""
+    with task(f"stage {stage}: writing {path.name}{calibrating}"):
+        extra = _write(job, stage, student, path, calib, qat=qat_rec is not None)
     seconds = time.perf_counter() - t0
     graph = job.fmt.graph(path)
     checks = _checked(cfg.target, graph, path)
@@ -232,7 +235,7 @@ def _verify(job: _Job, path: Path, student: SRStudent) -> dict:
     except SRShrinkError:
         raise
     except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the file is recorded, not hidden
-        return not_verified(f"{type(exc).__name__}: {_first_line(exc)}", runtime)
+        return not_verified(f"{type(exc).__name__}: {first_line(exc)}", runtime)
 
 
 def _metadata(run: RunDir, stage: int, student: SRStudent, cfg: ExportConfig, qat: bool = False) -> dict:
@@ -278,7 +281,3 @@ def path_size(path: Path) -> int:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]

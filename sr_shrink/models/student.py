@@ -247,7 +247,7 @@ def load_student(path) -> tuple[SRStudent, dict]:
     """
     from pathlib import Path
 
-    from ..errors import SRShrinkError
+    from ..errors import SRShrinkError, first_line
 
     path = Path(path)
     if not path.is_file():
@@ -255,7 +255,7 @@ def load_student(path) -> tuple[SRStudent, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SRShrinkError(f"{path}: not a readable sr-shrink checkpoint ({str(exc).splitlines()[0][:120]}).") \
+        raise SRShrinkError(f"{path}: not a readable sr-shrink checkpoint ({first_line(exc)}).") \
             from None
     if not (isinstance(ckpt, dict) and ckpt.get("arch") == "student" and "state_dict" in ckpt):
         raise SRShrinkError(f"{path}: not an sr-shrink student checkpoint; pass a stage_XX.pt from a distill run.")
@@ -263,5 +263,5 @@ def load_student(path) -> tuple[SRStudent, dict]:
         model = SRStudent(**ckpt["config"])
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except (TypeError, RuntimeError) as exc:
-        raise SRShrinkError(f"{path}: damaged student checkpoint ({str(exc).splitlines()[0][:120]}).") from None
+        raise SRShrinkError(f"{path}: damaged student checkpoint ({first_line(exc)}).") from None
     return model.eval(), ckpt

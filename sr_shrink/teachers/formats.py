@@ -26,8 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SRShrinkError
-from .probe import short
+from ..errors import SRShrinkError, first_line
 
 ZOO_INSTALL = "pip install 'sr-shrink[zoo]'"
 # Keys under which training code stores the weights, in the order they are preferred (EMA weights first).
@@ -53,6 +52,44 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def image_kind(path: str | Path) -> str | None:
+    """Return the image format the first bytes of ``path`` announce (PNG, JPEG, GIF, WebP, BMP, TIFF, AVIF,
+    HEIC), or None when they do not look like an image (or the file cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    # BMP: "BM", four reserved zero bytes at 6..9 and a known DIB header size at 14 (the two letters alone are
+    # too weak: a safetensors header length could start with them)
+    if head[:2] == b"BM" and len(head) >= 18 and head[6:10] == b"\0\0\0\0" and \
+            struct.unpack("<I", head[14:18])[0] in (12, 40, 52, 56, 64, 108, 124):
+        return "BMP"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1"):
+        return "AVIF" if head[8:11] == b"avi" else "HEIC"
+    return None
+
+
+def refuse_image(path: Path, what: str = "a teacher checkpoint") -> None:
+    """Raise a one-line SRShrinkError when ``path`` holds an image (see :func:`image_kind`) instead of
+    ``what``; return None otherwise."""
+    kind = image_kind(path)
+    if kind is not None:
+        raise SRShrinkError(f"{path}: this is a {kind} image, not {what}. Pass the teacher network's weights "
+                            "(.pt/.pth/.safetensors state_dict, TorchScript or torch.export .pt2); images go to "
+                            "'sr-shrink upscale MODEL IMAGE'.")
 
 
 def sniff(path: Path) -> str:
@@ -86,7 +123,9 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def read(path: Path, trust_pickle: bool = False) -> Loaded:
-    """Return the :class:`Loaded` contents of ``path``, never running pickled code unless ``trust_pickle``."""
+    """Return the :class:`Loaded` contents of ``path``, never running pickled code unless ``trust_pickle``;
+    an image file is named as one (never a hint to trust pickles)."""
+    refuse_image(path)
     kind = sniff(path)
     if kind in ("torchscript", "torch.export"):
         try:
@@ -94,7 +133,8 @@ def read(path: Path, trust_pickle: bool = False) -> Loaded:
                 return Loaded(kind, torch.jit.load(str(path), map_location="cpu"))
             return Loaded(kind, torch.export.load(str(path)).module())
         except Exception as exc:  # a damaged archive
-            raise SRShrinkError(f"{path}: cannot load this archive ({short(exc)}); re-export the teacher.") from None
+            raise SRShrinkError(f"{path}: cannot load this archive ({first_line(exc)}); re-export the teacher.") \
+                from None
     if kind == "safetensors":
         return Loaded(kind, _read_safetensors(path))
     try:
@@ -105,10 +145,10 @@ def read(path: Path, trust_pickle: bool = False) -> Loaded:
                 f"{path}: holds pickled Python objects (e.g. a whole nn.Module); loading it would run code from "
                 "the file. Pass --trust-pickle only if you trust its source, or save model.state_dict() instead."
             ) from None
-        raise SRShrinkError(f"{path}: not a readable PyTorch checkpoint ({short(exc)}).") from None
+        raise SRShrinkError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)}).") from None
     except Exception as exc:
         raise SRShrinkError(
-            f"{path}: truncated or not a PyTorch checkpoint ({short(exc)}); check the file or download it again."
+            f"{path}: truncated or not a PyTorch checkpoint ({first_line(exc)}); check the file or download it again."
         ) from None
     return Loaded("pickled nn.Module" if isinstance(obj, nn.Module) else "state_dict", obj)
 
@@ -123,7 +163,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as exc:
         raise SRShrinkError(
-            f"{path}: truncated or not a safetensors file ({short(exc)}); check the file or download it again."
+            f"{path}: truncated or not a safetensors file ({first_line(exc)}); check the file or download it again."
         ) from None
 
 

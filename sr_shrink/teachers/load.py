@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 from ..models.registry import build_model, is_sr_shrink_checkpoint
 from .detect import ARCH_NAMES, Detected, detect
 from .formats import ZOO_INSTALL, Loaded, describe, read, sha256_file, unwrap
-from .probe import PROBE_SIZES, SizeRequirements, guess_value_range, probe, short
+from .probe import PROBE_SIZES, SizeRequirements, guess_value_range, probe
 from .wrapper import Teacher, TeacherInfo, eval_mode
 from .zoo import load_zoo
 
@@ -147,8 +147,8 @@ def _build(det: Detected, path: Path, res_scale: float | None, fmt: str, damaged
         net.load_state_dict(det.state_dict, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         if damaged:
-            raise SRShrinkError(f"{path}: damaged sr-shrink checkpoint ({short(exc)}).") from None
-        raise SRShrinkError(f"{path}: weights do not fit the inferred {det.arch} ({short(exc)}).") from None
+            raise SRShrinkError(f"{path}: damaged sr-shrink checkpoint ({first_line(exc)}).") from None
+        raise SRShrinkError(f"{path}: weights do not fit the inferred {det.arch} ({first_line(exc)}).") from None
     return _Found(net, fmt, det.arch, det.arch_name, "sr-shrink", config=config, value_range=det.value_range,
                   y_only=det.y_only, pre_upsample=det.pre_upsample, channels=1 if det.y_only else 3,
                   tags=list(det.tags))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 from ..resize import upscale
 
 PROBE_SIZES = (32, 48, 64, 24)
@@ -106,14 +106,6 @@ def probe_image(size: int, channels: int) -> torch.Tensor:
     return torch.stack(chans).unsqueeze(0)
 
 
-def short(exc: BaseException | None) -> str:
-    """Return the first line of an exception's message (at most 160 characters)."""
-    if exc is None:
-        return "no error"
-    msg = str(exc).strip().splitlines()
-    return (msg[0] if msg else type(exc).__name__)[:160]
-
-
 def probe(net: nn.Module, path: Path, req: SizeRequirements = SizeRequirements(), channels: tuple[int, ...] = (3, 1),
           sizes: tuple[int, ...] = PROBE_SIZES) -> Probe:
     """Run ``net`` on a test image of each accepted size in turn; return the first :class:`Probe` that works.
@@ -141,7 +133,7 @@ def probe(net: nn.Module, path: Path, req: SizeRequirements = SizeRequirements()
                 raise SRShrinkError(f"{path}: output {tuple(y.shape)} for input {tuple(x.shape)} is not an integer "
                                     "upscaling; pass an SR network.")
             return Probe(c, int(rh), x, y)
-    raise SRShrinkError(f"{path}: could not run the network on a test image ({short(last_err)}); "
+    raise SRShrinkError(f"{path}: could not run the network on a test image ({first_line(last_err)}); "
                         "is it an image SR network taking (N,3,h,w) or (N,1,h,w)?")
 
 

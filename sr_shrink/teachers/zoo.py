@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 from .formats import ZOO_INSTALL
-from .probe import SizeRequirements, short
+from .probe import SizeRequirements
 
 SCALES = (2, 3, 4)
 _STAND_IN = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
@@ -112,7 +112,7 @@ def _import_with_stand_in() -> None:
         import spandrel  # noqa: F401
     except Exception as exc:
         _drop_modules("spandrel")
-        missing = f"{exc.name} is missing" if isinstance(exc, ModuleNotFoundError) else f"it fails: {short(exc)}"
+        missing = f"{exc.name} is missing" if isinstance(exc, ModuleNotFoundError) else f"it fails: {first_line(exc)}"
         raise SRShrinkError(f"spandrel is installed but does not import ({missing}); {ZOO_INSTALL}.") from None
     else:
         try:
@@ -178,7 +178,7 @@ def load_zoo(sd: dict, path: Path) -> ZooModel | None:
         ) from None
     except Exception as exc:
         raise SRShrinkError(f"{path}: spandrel recognised the keys but could not build the network "
-                            f"({type(exc).__name__}: {short(exc)}); the file may be damaged.") from None
+                            f"({type(exc).__name__}: {first_line(exc)}); the file may be damaged.") from None
     name, scale, purpose = desc.architecture.name, int(desc.scale), str(desc.purpose)
     what = f"{path}: a {name} model"
     if purpose == "Inpainting" or not isinstance(desc, spandrel.ImageModelDescriptor):

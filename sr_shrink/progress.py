@@ -1,0 +1,145 @@
+"""Progress of the phases that take more than a few seconds (calibration, verification, scoring, timing, eval
+references), shown only when a command turns it on with :func:`enable`.
+
+Library code wraps a phase in ``with task("verifying on 10 images", total=10) as advance: ...`` and calls
+``advance()`` after each item; with reporting off (the default: the Python API and tests) that costs nothing
+and prints nothing. On a terminal the phases are rich progress bars with elapsed and remaining time; nested
+phases show as extra lines. Elsewhere (output piped to a file, or while another rich display such as
+distill's owns the terminal) they are plain lines, written whole and never cut at a terminal width: a line
+when a phase starts, one every :data:`PLAIN_EVERY_S` seconds with the count, elapsed time and an estimate of
+what is left, and one when it ends.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.file_proxy import FileProxy
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+PLAIN_EVERY_S = 10.0  # seconds between plain progress lines of one phase
+Advance = Callable[..., None]
+
+_state: dict = {"console": None, "live": None, "depth": 0}
+
+
+def stderr_console() -> Console:
+    """Return a rich Console on stderr: the terminal's own width on a terminal; elsewhere no width limit and
+    no wrapping, so a piped line is written whole."""
+    if sys.stderr.isatty():
+        return Console(stderr=True)
+    return Console(stderr=True, width=100_000, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    """Return a rich Console on stdout for tables: the terminal's width on a terminal; elsewhere wide enough for
+    any table sr-shrink prints (250 columns), so that a table written to a file keeps its borders."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=250, soft_wrap=True)
+
+
+def enable(console: Console | None = None) -> None:
+    """Turn progress reporting on for this process, drawn on ``console`` (default: :func:`stderr_console`)."""
+    _state["console"] = console or stderr_console()
+
+
+def disable() -> None:
+    """Turn progress reporting off again (what the library starts with)."""
+    _state["console"] = None
+
+
+def enabled() -> bool:
+    """Return True when a command has turned progress reporting on."""
+    return _state["console"] is not None
+
+
+def clock(seconds: float) -> str:
+    """Return ``seconds`` as ``M:SS`` (or ``H:MM:SS`` from an hour on)."""
+    s = int(round(max(0.0, seconds)))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _foreign_live() -> bool:
+    """Return True while another rich live display (e.g. distill's bars) has taken over stdout/stderr."""
+    return isinstance(sys.stderr, FileProxy) or isinstance(sys.stdout, FileProxy)
+
+
+def _plain(console: Console, text: str) -> None:
+    """Write one progress line whole: through rich's proxy while another display is live, else to ``console``."""
+    if _foreign_live():
+        print(text, file=sys.stderr, flush=True)
+    else:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def task(description: str, total: int | None = None) -> Iterator[Advance]:
+    """Yield ``advance(n=1)`` for one phase of ``total`` items (None: unknown, elapsed time only); see the
+    module docstring for what is shown. Reporting off: ``advance`` does nothing."""
+    console = _state["console"]
+    if console is None:
+        yield lambda n=1: None
+        return
+    if console.is_terminal and (_state["live"] is not None or not _foreign_live()):
+        with _bar(console, description, total) as advance:
+            yield advance
+        return
+    with _lines(console, description, total) as advance:
+        yield advance
+
+
+@contextmanager
+def _bar(console: Console, description: str, total: int | None) -> Iterator[Advance]:
+    """A rich bar in the one Progress display shared by all open phases (started by the outermost)."""
+    if _state["live"] is None:
+        _state["live"] = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console)
+        _state["live"].start()
+    live: Progress = _state["live"]
+    _state["depth"] += 1
+    tid = live.add_task(("  " * (_state["depth"] - 1)) + description, total=total)
+    try:
+        yield lambda n=1: live.advance(tid, n)
+    finally:
+        live.remove_task(tid)
+        _state["depth"] -= 1
+        if _state["depth"] == 0:
+            live.stop()
+            _state["live"] = None
+
+
+@contextmanager
+def _lines(console: Console, description: str, total: int | None) -> Iterator[Advance]:
+    """Plain lines: at the start, every PLAIN_EVERY_S seconds, and at the end."""
+    t0 = time.perf_counter()
+    done = [0, t0]  # items done, time of the last line
+
+    def advance(n: int = 1) -> None:
+        done[0] += n
+        now = time.perf_counter()
+        if now - done[1] >= PLAIN_EVERY_S:
+            done[1] = now
+            _plain(console, f"{description}: {_status(done[0], total, now - t0)}")
+
+    _plain(console, f"{description}: started" + (f" ({total} items)" if total else ""))
+    try:
+        yield advance
+    finally:
+        _plain(console, f"{description}: done in {clock(time.perf_counter() - t0)}"
+               + (f" ({done[0]}/{total})" if total and done[0] != total else ""))
+
+
+def _status(done: int, total: int | None, elapsed: float) -> str:
+    """Return ``k/N, M:SS elapsed, about M:SS left`` (no estimate before the first item or without a total)."""
+    if not total:
+        return f"{done} done, {clock(elapsed)} elapsed"
+    text = f"{done}/{total}, {clock(elapsed)} elapsed"
+    if 0 < done < total:
+        text += f", about {clock(elapsed / done * (total - done))} left"
+    return text

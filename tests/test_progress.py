@@ -1,0 +1,70 @@
+"""Progress: plain whole lines when output is not a terminal (never cut at 80 columns), nothing when off."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_tiny_eval, make_tiny_run
+
+from sr_shrink import progress
+from sr_shrink.progress import clock, task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_reporting_off_prints_nothing(capsys):
+    progress.disable()
+    with task("a phase", total=3) as advance:
+        for _ in range(3):
+            advance()
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+
+
+def test_plain_lines_with_estimate(capsys, monkeypatch):
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # a line on every item
+    progress.enable(progress.stderr_console())
+    try:
+        with task("verifying " + "x" * 150, total=4) as advance:
+            for _ in range(4):
+                advance()
+    finally:
+        progress.disable()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "verifying " + "x" * 150 + ": started (4 items)"  # a 170-character line, whole
+    assert any(", about " in ln and ln.startswith("verifying " + "x" * 150 + ": 2/4, ") for ln in lines)
+    assert lines[-1].startswith("verifying " + "x" * 150 + ": done in 0:0")
+
+
+def test_clock():
+    assert clock(0) == "0:00" and clock(61.4) == "1:01" and clock(3725) == "1:02:05"
+
+
+def test_piped_export_lines_are_whole(tmp_path):
+    """`sr-shrink export` with stdout and stderr piped: the progress lines and the table keep long lines whole."""
+    run = make_tiny_run(tmp_path / "run")
+    out = tmp_path / ("exports_with_a_long_folder_name_" + "y" * 90)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+    cmd = [sys.executable, "-m", "sr_shrink.cli", "export", str(run), "--target", "onnx", "--stage", "last",
+           "--out", str(out), "--eval", str(make_tiny_eval(tmp_path / "eval", n=2))]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    err = r.stderr.splitlines()
+    assert any(ln.startswith("stage 2: writing stage_02_fp32.onnx: done in ") for ln in err), r.stderr
+    assert any(ln.startswith("verifying with onnxruntime") and ": started (2 items)" in ln for ln in err), r.stderr
+    title = [ln for ln in r.stdout.splitlines() if "sr-shrink export ->" in ln]
+    assert len(title) == 1 and str(out) in title[0], r.stdout  # the long title on one line, not wrapped at 80
+    assert max(len(ln) for ln in r.stdout.splitlines()) > 80
+
+
+def test_demo_phase_lines_say_elapsed_and_left():
+    from sr_shrink.demo import PHASE_SHARES, phase_line
+
+    assert phase_line(1, "distilling", 100.0, 100.0) == "[1/3] distilling (0:00 elapsed)"
+    line = phase_line(2, "exporting", 100.0, 100.0 + 110.0)  # distill took 110 s
+    left = 110.0 / PHASE_SHARES[0] * (1 - PHASE_SHARES[0])
+    assert line == f"[2/3] exporting (1:50 elapsed, about {clock(left)} left)"
+    assert "left" in phase_line(3, "benchmarking", 0.0, 150.0)
