@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 from ..io import atomic_torch_save
 from .render import synthetic
 
@@ -147,5 +147,5 @@ def load_generator(path: str | Path) -> nn.Module:
         gen = KINDS[ckpt.get("kind", "latent")](**ckpt["config"])
         gen.load_state_dict(ckpt["state_dict"])
     except Exception as exc:
-        raise SRShrinkError(f"{path}: damaged generator checkpoint ({str(exc).splitlines()[0][:120]}).") from None
+        raise SRShrinkError(f"{path}: damaged generator checkpoint ({first_line(exc)}).") from None
     return gen.eval()

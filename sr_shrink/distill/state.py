@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 from ..io import atomic_torch_save
 from .buffer import ReplayBuffer
 from .sources import Labeller, Source
@@ -110,7 +110,7 @@ class TrainState:
         try:
             state = torch.load(path, map_location=self.label.device, weights_only=True)
         except Exception as exc:
-            raise SRShrinkError(f"{path}: cannot read the saved state ({str(exc)[:100]}); rerun with --force.") \
+            raise SRShrinkError(f"{path}: cannot read the saved state ({first_line(exc)}); rerun with --force.") \
                 from None
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise SRShrinkError(f"{path}: saved by another sr-shrink version (state format "

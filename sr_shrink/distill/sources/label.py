@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from ...errors import SRShrinkError
+from ...errors import SRShrinkError, first_line
 
 TEACHER_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory")
@@ -95,7 +95,7 @@ class Labeller:
 
     def oom_error(self, exc: BaseException, n: int, what: str) -> SRShrinkError:
         """Return the one-line error for a teacher ``what`` (forward/backward) that ran out of memory."""
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         patch = self.lr_patch
         return SRShrinkError(
             f"the teacher's {what} ran out of memory at batch {n} with {patch} px LR patches ({first}); its "
