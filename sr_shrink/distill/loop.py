@@ -5,6 +5,11 @@ run's input source (the generator G, synthetic images, or real photos). In the g
 ``student_steps_per_g`` student steps G takes one step on L_G = -log(L_KD + 1) + w_R ||R(T(G(z))) - G(z)||_1
 (+ priors). Stage i+1 starts from stage i grown by ``grow`` (output-preserving); G carries over.
 
+KD targets (``targets="clamp"``, the default) are the teacher's output clamped to its value range [0, 1], as every
+image the teacher hands a user is; ``targets="raw"`` keeps them as the network gave them (a teacher such as SPAN
+answers noise with values far outside [0, 1]). L_G always sees the raw output: the clamp only touches what the
+student is trained on (``_label``, the pool, and the generator's batch put into the replay buffer).
+
 Files in RUN_DIR: ``stage_XX.pt`` per finished stage, ``generator.pt``, ``state.pt`` (the resumable state,
 saved every ``save_every`` steps) and ``run.json``; all written atomically.
 
@@ -227,14 +232,19 @@ class Distiller:
         return {"base": self.pool.crops(n, self.cfg.lr_patch, self.g, with_targets=False).to(self.env.device)}
 
     def _label(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the teacher's fp32 output for ``x`` (no gradient), or a clear error when memory runs out."""
+        """Return the KD target for ``x``: the teacher's fp32 output (no gradient), clamped to [0, 1] unless
+        ``targets="raw"``; or a clear error when memory runs out."""
         try:
             with torch.no_grad(), self._teacher_autocast():
-                return self.teacher(self._fmt(x)).float()
+                return self._target(self.teacher(self._fmt(x)).float())
         except RuntimeError as exc:
             if is_oom(exc):
                 raise self._oom_error(exc, x.shape[0], "forward") from None
             raise
+
+    def _target(self, t: torch.Tensor) -> torch.Tensor:
+        """Return teacher output ``t`` as a KD target: clamped to [0, 1] (``targets="clamp"``) or as it is (raw)."""
+        return t.clamp(0.0, 1.0) if self.cfg.targets == "clamp" else t
 
     def _oom_error(self, exc: BaseException, n: int, what: str) -> SRShrinkError:
         """Return the one-line error for a teacher ``what`` (forward/backward) that ran out of memory."""
@@ -348,7 +358,7 @@ class Distiller:
                 pe.lerp_(p, 1 - cfg.g_ema)
             for be, b in zip(self.gen_ema.buffers(), self.gen.buffers()):
                 be.copy_(b)
-            self.buffer.add(x.detach(), t.detach())  # this teacher output is reused for student steps
+            self.buffer.add(x.detach(), self._target(t.detach()))  # reused for student steps (L_G saw raw t)
         self.timing["generator"] += time.perf_counter() - t0
         return parts
 
@@ -553,6 +563,8 @@ class Distiller:
             self.run["time_budget"] = old["time_budget"]
         if old is not None and "pool" not in old.get("config", {"pool": 0}):  # a run from before the pool: it
             adopt["pool"] = 0  # labelled fresh images for every batch, and goes on doing so
+        if old is not None and "targets" not in old.get("config", {"targets": "raw"}):  # from before --targets:
+            adopt["targets"] = "raw"  # its KD targets were never clamped, and stay so
         if adopt:
             self.cfg = cfg = replace(cfg, **adopt)
             self.run.update(config=cfg.to_dict(), recipe=cfg.recipe())
