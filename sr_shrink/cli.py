@@ -142,6 +142,8 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--pool", default=512, type=click.IntRange(0, 10**7), show_default=True,
               help="Synthetic images labelled by the teacher once and shared by all stages (0: fresh ones for every "
                    "batch).")
+@click.option("--targets", type=click.Choice(["clamp", "raw"]), default="clamp", show_default=True,
+              help="KD targets: the teacher's output clamped to its value range [0, 1], or raw as the network gave it.")
 @click.option("--scale", type=SCALE, help="Upscaling factor (checked against the teacher).")
 @click.option("--eval", "eval_dir", help="Eval images folder (default: bundled split; 'none' to skip).")
 @click.option("--seed", default=0, type=SEED, show_default=True)
@@ -158,7 +160,7 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
 def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, block, batch,
             lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, teacher_dtype, pool,
-            time_budget, scale, eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads,
+            targets, time_budget, scale, eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads,
             trust_pickle, value_range, res_scale, quiet) -> None:
     """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data."""
     from pathlib import Path
@@ -180,7 +182,7 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
                         steps_per_stage=steps_per_stage or 500, channels=channels, block=block, batch=batch,
                         lr_patch=lr_patch, lr=lr, kd_loss=kd_loss, data_dir=data_dir, data_target=data_target,
                         seed=seed, save_every=save_every, teacher_dtype=teacher_dtype, pool=pool,
-                        time_budget=time_budget or 0.0, **overrides)
+                        targets=targets, time_budget=time_budget or 0.0, **overrides)
     if resume and nothing_to_resume(Path(run_dir)):
         click.echo(f"note: {run_dir} holds nothing to resume (no run.json, stage_XX.pt or state.pt); starting a new "
                    "run.", err=True)

@@ -10,7 +10,7 @@ from ..errors import SRShrinkError
 MODES = ("datafree", "generator", "noise", "pink", "deadleaves", "texleaves", "data")
 RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
                "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
-               "kd_loss", "reuse", "lr", "channels", "block", "lr_patch", "batch", "teacher_dtype", "pool")
+               "kd_loss", "reuse", "lr", "channels", "block", "lr_patch", "batch", "teacher_dtype", "pool", "targets")
 # What a resumed run must share with the run it continues (besides the teacher): anything else would make
 # run.json describe students that no single recipe produced.
 RESUME_KEYS = ("scale", "mode", "stage_start", "stage_end", "stage_step", "steps_per_stage", "time_budget", "channels",
@@ -18,6 +18,7 @@ RESUME_KEYS = ("scale", "mode", "stage_start", "stage_end", "stage_step", "steps
                *(k for k in RECIPE_KEYS if k not in ("mode", "channels")))
 TEACHER_DTYPES = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 on CUDA with bf16 support, else fp32
 BLOCKS = ("plain", "rep")  # sr_shrink.models.student.BLOCKS
+TARGETS = ("clamp", "raw")  # KD targets: the teacher's output clamped to its value range [0, 1], or as it came
 # The command-line flag of each field, for messages.
 FLAGS = {"stage_start": "--stages", "stage_end": "--stages", "student_steps_per_g": "--student-steps-per-g"}
 
@@ -80,6 +81,7 @@ class DistillConfig:
     teacher_dtype: str = "auto"  # precision of the teacher's forwards: fp32, bf16/fp16 autocast, or auto (see loop)
     pool: int = 512  # synthetic images labelled once and shared by all stages (distill.pool); 0: fresh every refill
     time_budget: float = 0.0  # minutes for the whole run; > 0 measures the step cost and sets steps_per_stage
+    targets: str = "clamp"  # KD targets clamped to [0, 1] (the teacher's value range) or raw (issue 18)
     lr_patch_auto: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +124,8 @@ class DistillConfig:
             raise SRShrinkError(f"--block {self.block!r}: choose plain or rep.")
         if self.kd_loss not in ("l1", "charbonnier"):
             raise SRShrinkError(f"--kd-loss {self.kd_loss!r}: choose l1 or charbonnier.")
+        if self.targets not in TARGETS:
+            raise SRShrinkError(f"--targets {self.targets!r}: choose clamp or raw.")
         if self.g_kind not in ("refine", "latent"):
             raise SRShrinkError(f"--g-kind {self.g_kind!r}: choose refine or latent.")
         return self

@@ -71,8 +71,9 @@ def saved_progress(root: Path) -> str:
 
 def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:
     """Return ``cfg`` with what a resumed run takes over from the run ``old`` it continues: the steps of a
-    ``--time-budget`` plan, and ``pool`` 0 for a run from before the pool (it labelled fresh images for every
-    batch, and goes on doing so)."""
+    ``--time-budget`` plan, ``pool`` 0 for a run from before the pool (it labelled fresh images for every
+    batch, and goes on doing so) and ``targets`` raw for a run from before ``--targets`` (its KD targets were
+    never clamped, and stay so)."""
     if old is None:
         return cfg
     take = {}
@@ -80,6 +81,8 @@ def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:
         take["steps_per_stage"] = old.get("config", {}).get("steps_per_stage", cfg.steps_per_stage)
     if "pool" not in old.get("config", {"pool": 0}):
         take["pool"] = 0
+    if "targets" not in old.get("config", {"targets": "raw"}):
+        take["targets"] = "raw"
     return replace(cfg, **take) if take else cfg
 
 

@@ -73,7 +73,7 @@ def run_stages(job: Job, resume: bool) -> dict:
     if old is not None and cfg.time_budget and "time_budget" in old:
         run["time_budget"] = old["time_budget"]
     label = Labeller(job.teacher.to(env.device), env.device, dtype, env.channels_last, env.amp, cfg.batch,
-                     cfg.lr_patch, cb.label)
+                     cfg.lr_patch, cb.label, cfg.targets)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + env.rank)
     pool_images = old.get("pool", {}).get("images") if old is not None and "time_budget" in run else None
     source = make_source(cfg, label, g, env.rank, env.world, pool_images)  # a budgeted run's pool: as recorded

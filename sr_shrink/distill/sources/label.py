@@ -40,13 +40,14 @@ def is_oom(exc: BaseException) -> bool:
 class Labeller:
     """Runs ``teacher`` on LR batches: ``labeller(x)`` is the (no-gradient) KD target of ``x``, ``forward(x)`` the
     differentiable output the generator game needs; ``amp`` (--amp) sets the student's autocast in that game and
-    in the student steps. ``seconds`` adds up the time spent labelling;
-    ``on_label(x)``, when given, sees every labelled batch (tests count the teacher's work with it)."""
+    in the student steps; ``targets`` (``clamp``/``raw``) is :meth:`target`'s rule. ``seconds`` adds up the time
+    spent labelling; ``on_label(x)``, when given, sees every labelled batch (tests count the teacher's work with it)."""
 
     def __init__(self, teacher: torch.nn.Module, device: torch.device, dtype: str = "fp32",
                  channels_last: bool = False, amp: bool = False, batch: int = 16, lr_patch: int = 16,
-                 on_label: Callable[[torch.Tensor], None] | None = None):
+                 on_label: Callable[[torch.Tensor], None] | None = None, targets: str = "raw"):
         self.teacher, self.device, self.dtype, self.channels_last = teacher, device, dtype, channels_last
+        self.clamp = targets == "clamp"
         self.amp, self.batch, self.lr_patch, self.on_label = amp, batch, lr_patch, on_label
         self.seconds = 0.0
 
@@ -67,11 +68,12 @@ class Labeller:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    @staticmethod
-    def target(t: torch.Tensor) -> torch.Tensor:
-        """Return the student target made of the teacher output ``t``; every teacher-labelled target (pool,
-        refills, the generator game's buffer pairs) passes through here."""
-        return t
+    def target(self, t: torch.Tensor) -> torch.Tensor:
+        """Return the student target made of the teacher output ``t``: clamped to the teacher's value range
+        [0, 1] with ``targets="clamp"`` (distill's default), as it came with ``"raw"``. Every teacher-labelled
+        target (pool, refills, the generator game's buffer pairs) passes through here; the generator's own loss
+        L_G sees the raw output (:meth:`forward`)."""
+        return t.clamp(0.0, 1.0) if self.clamp else t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the teacher's fp32 output for ``x`` with gradient (the generator game's forward)."""
