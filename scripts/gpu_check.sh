@@ -19,7 +19,7 @@ import torch, sys
 assert torch.cuda.is_available(), "torch.cuda.is_available() is False"
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "devices", torch.cuda.device_count(),
       torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
-from sr_shrink.distill.loop import resolve_teacher_dtype
+from sr_shrink.distill.sources import resolve_teacher_dtype
 print("--teacher-dtype auto ->", resolve_teacher_dtype("auto", torch.device("cuda")))
 from sr_shrink.teachers import default_teacher, load_teacher
 t = load_teacher(str(default_teacher(2))).cuda()
