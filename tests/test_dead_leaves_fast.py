@@ -5,7 +5,7 @@ by disc (the implementation it replaced, kept below as the reference), and leave
 import pytest
 import torch
 
-from sr_shrink.distill.sources import dead_leaves, pink_noise, texture_bank
+from sr_shrink.distill.render import dead_leaves, pink_noise, texture_bank
 from sr_shrink.resize import downscale
 
 
