@@ -23,8 +23,8 @@ def installed_targets() -> list[str]:
     return [t for t, (mod, _) in TARGETS.items() if importlib.util.find_spec(mod) is not None]
 
 
-# Shares of the demo's time per phase (distill, export, bench), measured on 2 cores (BENCHMARKS.md, section
-# "A user's first hour"); they turn the time taken so far into an estimate of what is left.
+# Rough shares of the demo's time per phase (distill, export, bench): an estimate, not a measurement (see the
+# demo's phase lines in BENCHMARKS.md for measured times); they turn the time so far into an estimate of what is left.
 PHASE_SHARES = (0.55, 0.15, 0.30)
 
 
