@@ -276,7 +276,12 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
         table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}",
                       f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", delta, ok)
     Console().print(table)
+    from .export.delegates import delegate_warning
+
     for e in entries:
+        warning = delegate_warning(e["file"], (e.get("delegates") or {}).get("gpu", {}))
+        if warning:
+            console.print(warning, style="yellow", markup=False, highlight=False)
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
             _note(f"{e['file']}: QAT {e['qat_steps']} steps; vs the original fp32 student: PTQ "

@@ -10,6 +10,10 @@ saved: 0.014 dB of the int8 loss on average over six students, BENCHMARKS.md sec
 int8 graphs with int8 I/O; unless ``native_io``, a QUANTIZE/DEQUANTIZE pair is added around them so the file
 takes and returns float32. The run facts
 (scale, stage, precision, layout, ...) are stored as JSON in the file's ``sr_shrink`` metadata entry.
+
+The output clamp is written as MUL with a fused RELU6 and a MUL (the converter makes ``clamp(0, 1)`` a
+RELU_0_TO_1, which the LiteRT GPU delegate refuses), and every file gets a GPU-delegate report in export.json
+(``delegates.gpu``, :func:`sr_shrink.export.delegates.gpu_report`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 from ..deps import quiet, require
+from .delegates import gpu_report
 from .graph import GraphInfo
 from .options import ExportConfig
 from .wrapper import MobileSR, example_input
@@ -41,6 +46,8 @@ def export_tflite(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[to
 
     x = example_input(cfg.input_size, cfg.layout)
     extra: dict = {"exporter": f"litert-torch {litert_torch.__version__}"}
+    model = copy.copy(model)
+    model.clamp_form = "relu6"  # not RELU_0_TO_1, which the GPU delegate refuses (export.delegates)
     if cfg.precision == "int8":
         extra["quantization"] = _export_int8(model, x, path, calib, float_io=not cfg.native_io)
     else:
@@ -48,6 +55,7 @@ def export_tflite(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[to
     if cfg.precision == "fp16":
         extra["quantization"] = _weights_to_fp16(path)
     set_metadata(path, meta)
+    extra["delegates"] = {"gpu": gpu_report(path)}
     return extra
 
 
