@@ -229,11 +229,15 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 @click.argument("run_dir", type=click.Path(path_type=str))
 @click.option("--target", required=True, type=click.Choice(["onnx", "coreml", "tflite"]), help="Output format.")
 @click.option("--stage", default="all", show_default=True, help="Stage number, 'last' or 'all'.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Weights/compute precision [default: fp16 for coreml, else fp32].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "w8a16"]),
+              help="Weights/compute precision; w8a16: int8 weights, 16-bit activations (onnx, tflite) "
+                   "[default: fp16 for coreml, else fp32].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str),
               help="Output folder [default: RUN_DIR/exports].")
 @click.option("--input-size", metavar="HxW", help="Fix the LR input size (TFLite default 256x256; else free).")
+@click.option("--shapes", metavar="HxW,...|default", help="Core ML: the LR sizes the model takes (EnumeratedShapes, "
+              "which the Neural Engine runs at every size; 'default': 256x256,512x512,360x640,540x960,720x1280) "
+              "[default: any size 8..2048, RangeDim].")
 @click.option("--layout", type=click.Choice(["nhwc", "nchw"]), help="I/O layout [default: nhwc for tflite].")
 @click.option("--palettize", type=click.Choice(["4", "6", "8"]), help="Core ML: n-bit palettized weights.")
 @click.option("--calib", metavar="generator|DIR", help="int8 calibration inputs [default: generator.pt if "
@@ -254,7 +258,7 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
            input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
            calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool, qat_steps: int,
-           qat_lr: float | None, teacher: str | None, trust_pickle: bool) -> None:
+           qat_lr: float | None, teacher: str | None, trust_pickle: bool, shapes: str | None) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
     from pathlib import Path
 
@@ -265,7 +269,8 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io,
-                         qat_steps=qat_steps, qat_lr=qat_lr, teacher=teacher, trust_pickle=trust_pickle)
+                         qat_steps=qat_steps, qat_lr=qat_lr, teacher=teacher, trust_pickle=trust_pickle,
+                         shapes=shapes)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
     for col in ("file", "KiB", "PSNR-Y (torch)", "Δ dB (tolerance)", "verified"):
         table.add_column(col)
@@ -281,7 +286,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     for e in entries:
         warning = delegate_warning(e["file"], (e.get("delegates") or {}).get("gpu", {}))
         if warning:
-            console.print(warning, style="yellow", markup=False, highlight=False)
+            console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
             _note(f"{e['file']}: QAT {e['qat_steps']} steps; vs the original fp32 student: PTQ "

@@ -28,7 +28,7 @@ from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved
 from .pareto import PSNR, pick
 from .report import row_order
-from .runtimes import PRECISIONS, settle_runtimes
+from .runtimes import ACCEPTED_PRECISIONS, PRECISIONS, settle_runtimes
 
 Log = Callable[[str], None]
 METRICS = ("auto", "psnr", "fidelity")
@@ -61,10 +61,10 @@ class BenchConfig:
             raise SRShrinkError(f"unknown --metric {self.metric!r}; choose from {', '.join(METRICS)}.")
         if self.budget_ms is not None and self.min_psnr is not None:
             raise SRShrinkError("pass either --budget-ms or --min-psnr, not both.")
-        bad = [p for p in self.precisions if p not in PRECISIONS]
+        bad = [p for p in self.precisions if p not in ACCEPTED_PRECISIONS]
         if bad or not self.precisions:
             raise SRShrinkError(f"unknown precision {', '.join(bad) or '(none)'}; "
-                                f"choose from {', '.join(PRECISIONS)}.")
+                                f"choose from {', '.join(ACCEPTED_PRECISIONS)}.")
         if min(self.input_size) < 8:
             raise SRShrinkError(f"--input-size {self.input_size[0]}x{self.input_size[1]} is too small; use >= 8x8.")
         if self.repeats < 1 or self.warmup < 0 or (self.threads is not None and self.threads < 1):

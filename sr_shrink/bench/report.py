@@ -9,10 +9,10 @@ from rich.table import Table
 
 from ..io import atomic_write_json
 from .pareto import PSNR, metric_label, pareto_front
-from .runtimes import PRECISIONS, RUNTIMES
+from .runtimes import ACCEPTED_PRECISIONS, RUNTIMES
 
 MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^"}
-COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green", "w8a16": "tab:purple"}
 
 
 def _key(row: dict) -> tuple:
@@ -21,7 +21,7 @@ def _key(row: dict) -> tuple:
 
 def row_order(row: dict) -> tuple:
     """Return the sort key of a row: stage, then runtime and precision in their canonical order."""
-    rank = {n: i for i, n in enumerate(RUNTIMES + PRECISIONS)}
+    rank = {n: i for i, n in enumerate(RUNTIMES + ACCEPTED_PRECISIONS)}
     return row["stage"], rank.get(row["runtime"], 99), rank.get(row["precision"], 99)
 
 

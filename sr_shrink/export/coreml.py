@@ -1,7 +1,10 @@
 """Core ML export: an ML Program (.mlpackage) via ``torch.jit.trace`` and ``coremltools.convert``.
 
-Input ``lr`` (1,3,H,W) float32 with H and W free in [8, 2048] (``ct.RangeDim``) unless a size is fixed;
-output ``sr``. fp16 (the default) computes in float16, fp32 in float32; ``int8`` stores int8 weights
+Input ``lr`` (1,3,H,W) float32 with H and W free in [8, 2048] (``ct.RangeDim``) unless a size is fixed
+or ``shapes`` lists the sizes it takes (``ct.EnumeratedShapes``, the first is the default: the Neural
+Engine runs a RangeDim model only at its default shape, coremltools #2370, and an enumerated one at every
+listed shape is verified, :func:`verify_shapes`); output ``sr``. fp16 (the default) computes in
+float16, fp32 in float32; ``int8`` stores int8 weights
 (linear symmetric, per channel; fp16 compute); ``palettize`` stores 4/6/8-bit palettes (k-means when
 scikit-learn is installed, else uniform). Core ML cannot run on Linux, so verification reads the program
 back and evaluates it in numpy (:mod:`sr_shrink.mil_eval`, run by :class:`sr_shrink.runtimes.MILRunner`).
@@ -55,6 +58,9 @@ def export_coreml(model: MobileSR, path: Path, cfg: ExportConfig, calib: None, m
 def _input_shape(cfg: ExportConfig):
     import coremltools as ct
 
+    if cfg.shapes:
+        shapes = [(1, h, w, 3) if cfg.layout == "nhwc" else (1, 3, h, w) for h, w in cfg.shapes]
+        return ct.EnumeratedShapes(shapes=shapes, default=shapes[0])
     if cfg.input_size:
         h, w = cfg.input_size
     else:
@@ -69,7 +75,8 @@ def _convert(model: MobileSR, cfg: ExportConfig):
     io_dtype = np.float16 if cfg.native_io and cfg.precision != "fp32" else np.float32
     precision = ct.precision.FLOAT32 if cfg.precision == "fp32" else ct.precision.FLOAT16
     with quiet(), torch.no_grad():
-        traced = torch.jit.trace(model, example_input(cfg.input_size or (64, 80), cfg.layout))
+        size = cfg.input_size or (cfg.shapes[0] if cfg.shapes else (64, 80))
+        traced = torch.jit.trace(model, example_input(size, cfg.layout))
         return ct.convert(traced, inputs=[ct.TensorType(name="lr", shape=_input_shape(cfg), dtype=io_dtype)],
                           outputs=[ct.TensorType(name="sr", dtype=io_dtype)], convert_to="mlprogram",
                           compute_precision=precision, minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
@@ -107,8 +114,10 @@ def _has_sklearn() -> bool:
 
 
 def _set_metadata(mlmodel, meta: dict) -> None:
-    mlmodel.author = "sr-shrink"
-    mlmodel.short_description = "sr-shrink student: RGB LR in [0,1] -> RGB SR in [0,1]"
+    mlmodel.author = meta.get("producer", "sr-shrink")
+    teacher = f", distilled from {meta['teacher']}" if meta.get("teacher") else ""
+    mlmodel.short_description = (f"sr-shrink x{meta.get('scale')} super-resolution student, stage {meta.get('stage')} "
+                                 f"({meta.get('n_blocks')} blocks){teacher}: RGB LR in [0,1] -> RGB SR in [0,1]")
     mlmodel.input_description["lr"] = "low-resolution RGB image, values in [0, 1]"
     mlmodel.output_description["sr"] = f"super-resolved RGB image (x{meta.get('scale')}), values in [0, 1]"
     for k, v in meta.items():
@@ -141,6 +150,8 @@ def _feature(f) -> dict:
          "dtype": ft.ArrayFeatureType.ArrayDataType.Name(arr.dataType).lower()}
     if arr.HasField("shapeRange"):
         d["ranges"] = [[r.lowerBound, r.upperBound] for r in arr.shapeRange.sizeRanges]
+    if arr.HasField("enumeratedShapes"):
+        d["enumerated"] = [list(s.shape) for s in arr.enumeratedShapes.shapes]
     return d
 
 
@@ -151,9 +162,31 @@ def check_coreml_io(path: Path, cfg: ExportConfig) -> None:
         raise ValueError(f"unexpected I/O names {[f['name'] for f in ins]} -> {[f['name'] for f in outs]}")
     lr = ins[0]
     hw_axes = (1, 2) if cfg.layout == "nhwc" else (2, 3)
-    if cfg.dynamic:
+    if cfg.shapes:
+        got = [tuple(s[a] for a in hw_axes) for s in lr.get("enumerated", [])]
+        if got != list(cfg.shapes):
+            raise ValueError(f"enumerated input shapes {got}, expected {list(cfg.shapes)}")
+    elif cfg.dynamic:
         ranges = [lr.get("ranges", [[0, 0]] * 4)[a] for a in hw_axes]
         if any(r != list(RANGE) for r in ranges):
             raise ValueError(f"input size ranges {ranges}, expected {list(RANGE)}")
     elif [lr["shape"][a] for a in hw_axes] != list(cfg.input_size):
         raise ValueError(f"input shape {lr['shape']} does not match {cfg.input_size}")
+
+
+def verify_shapes(runner, student, pairs: list, scale: int, shapes: tuple[tuple[int, int], ...], tolerance: str,
+                  label: str) -> dict:
+    """Return the verification record of an enumerated-shape package: :func:`~sr_shrink.export.verify.verify` at
+    every listed LR size (centred crops of the eval images, padded), ``verified`` only when every size is; the
+    headline numbers are those of the size farthest from the student, ``shapes`` holds each size's."""
+    from .verify import verify
+
+    recs = {f"{h}x{w}": verify(runner, student, pairs, scale, (h, w), tolerance, label) for h, w in shapes}
+    worst = max(recs.values(), key=lambda r: abs(r["delta_psnr_y"]))
+    out = {**worst, "verified": all(r["verified"] for r in recs.values()),
+           "inputs": f"centred LR crops (padded) at each of the {len(shapes)} enumerated shapes",
+           "shapes": {k: {f: r[f] for f in ("verified", "delta_psnr_y", "psnr_vs_torch", "max_abs_err")}
+                      for k, r in recs.items()}}
+    if out["verified"]:
+        out.pop("reason", None)
+    return out
