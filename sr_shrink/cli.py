@@ -317,6 +317,11 @@ def _note(msg: str) -> None:
 @click.option("--metric", type=click.Choice(["auto", "psnr", "fidelity"]), default="auto", show_default=True,
               help="What the pick and the Pareto plot rank by: Y-PSNR to the ground truth, or fidelity to the "
                    "teacher's output (auto: fidelity when the teacher is under 0.5 dB above bicubic).")
+@click.option("--latency-from", type=click.Path(dir_okay=False), help="Rank by latencies measured on a device: "
+              "LiteRT benchmark_model output, a 'file,ms' CSV or a JSON {file: ms}.")
+@click.option("--adb", "adb_tool", metavar="BENCHMARK_MODEL", help="Run LiteRT's benchmark_model (a file here, "
+              "pushed, or a path on the device) on the attached Android device via adb and rank by its latencies.")
+@click.option("--adb-args", default="", help="Extra benchmark_model flags for --adb, e.g. '--use_gpu=true'.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.json]")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.png]")
 @click.option("--repeats", type=click.IntRange(1, 100000), default=20, show_default=True, help="Timed calls per row.")
@@ -325,7 +330,7 @@ def _note(msg: str) -> None:
 @click.option("--rounds", type=click.IntRange(1, 100000), default=5, show_default=True,
               help="Interleaved rounds the repeats are split in.")
 def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, max_images, budget_ms, min_psnr,
-          metric, json_path, plot_path, repeats, warmup, rounds) -> None:
+          metric, json_path, plot_path, repeats, warmup, rounds, latency_from, adb_tool, adb_args) -> None:
     """Which stage to ship: latency, size, memory and Y-PSNR of every stage x runtime x precision."""
     from pathlib import Path
 
@@ -335,7 +340,7 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
     cfg = BenchConfig(device=device, runtimes=_csv(runtimes), precisions=_csv(precisions) or (),
                       input_size=parse_size(input_size), threads=threads, eval_dir=eval_dir, max_images=max_images,
                       budget_ms=budget_ms, min_psnr=min_psnr, repeats=repeats, warmup=warmup, rounds=rounds,
-                      metric=metric)
+                      metric=metric, latency_from=latency_from, adb=adb_tool, adb_args=adb_args)
     result = run_bench(run_dir, cfg, log=_note)
     json_out = write_json(result, json_path or Path(run_dir) / "bench.json")
     png_out = plot(result, plot_path or Path(run_dir) / "bench.png")
