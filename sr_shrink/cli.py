@@ -238,6 +238,9 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 @click.option("--shapes", metavar="HxW,...|default", help="Core ML: the LR sizes the model takes (EnumeratedShapes, "
               "which the Neural Engine runs at every size; 'default': 256x256,512x512,360x640,540x960,720x1280) "
               "[default: any size 8..2048, RangeDim].")
+@click.option("--io", "io_kind", type=click.Choice(["tensor", "image"]), default="tensor", show_default=True,
+              help="Core ML: 'image' gives an RGB image input and output (CVPixelBuffer), the 1/255 folded into "
+                   "the first conv.")
 @click.option("--layout", type=click.Choice(["nhwc", "nchw"]), help="I/O layout [default: nhwc for tflite].")
 @click.option("--palettize", type=click.Choice(["4", "6", "8"]), help="Core ML: n-bit palettized weights.")
 @click.option("--calib", metavar="generator|DIR", help="int8 calibration inputs [default: generator.pt if "
@@ -258,7 +261,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
            input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
            calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool, qat_steps: int,
-           qat_lr: float | None, teacher: str | None, trust_pickle: bool, shapes: str | None) -> None:
+           qat_lr: float | None, teacher: str | None, trust_pickle: bool, shapes: str | None,
+           io_kind: str) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
     from pathlib import Path
 
@@ -270,7 +274,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io,
                          qat_steps=qat_steps, qat_lr=qat_lr, teacher=teacher, trust_pickle=trust_pickle,
-                         shapes=shapes)
+                         shapes=shapes, io=io_kind)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
     for col in ("file", "KiB", "PSNR-Y (torch)", "Δ dB (tolerance)", "verified"):
         table.add_column(col)

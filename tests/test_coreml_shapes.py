@@ -58,6 +58,8 @@ def test_a_shape_that_fails_fails_the_export(export_run_dir, monkeypatch):
 
 def test_shapes_option_checks():
     assert ExportConfig("coreml", shapes="default").shapes == COREML_SHAPES
+    one = ExportConfig("coreml", shapes="96x128")
+    assert one.shapes is None and one.input_size == (96, 128)
     assert ExportConfig("coreml", shapes="256x256, 540x960,256x256").shapes == ((256, 256), (540, 960))
     with pytest.raises(SRShrinkError, match="Core ML only"):
         ExportConfig("onnx", shapes="256x256")
@@ -65,3 +67,26 @@ def test_shapes_option_checks():
         ExportConfig("coreml", shapes="256x256", input_size="64x64")
     with pytest.raises(SRShrinkError, match="HxW"):
         ExportConfig("coreml", shapes="big")
+
+
+def test_image_io_folds_the_scale_into_the_first_conv(export_run_dir):
+    """--io image: RGB image in and out, no mul op for 1/255 (it is in the head conv), verified at 8-bit I/O."""
+    import coremltools as ct
+
+    e = export_run(export_run_dir, "coreml", stage=2, out=export_run_dir / "ex_image", io="image",
+                   shapes="48x64", **FAST)[0]
+    assert e["inputs"][0]["dtype"].startswith("image") and e["outputs"][0]["dtype"].startswith("image")
+    assert "mul" not in e["ops"] and "real_div" not in e["ops"] and e["ops"]["conv"] >= 3
+    assert e["verified"] and abs(e["verification"]["delta_psnr_y"]) <= 0.01
+    spec = ct.models.MLModel(e["path"], skip_model_load=True).get_spec()
+    img = spec.description.input[0].type.imageType
+    assert img.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
+    assert spec.description.metadata.userDefined["io"] == "image"
+    run = open_runner(e["path"])
+    x = np.random.default_rng(1).random((1, 3, 48, 64), dtype=np.float32)
+    y = run(x)
+    assert y.shape == (1, 3, 96, 128) and np.allclose(y * 255, np.round(y * 255), atol=1e-3)  # 8-bit output
+    with pytest.raises(SRShrinkError, match="--io image is for Core ML"):
+        ExportConfig("tflite", io="image")
+    with pytest.raises(SRShrinkError, match="--io image is for Core ML"):
+        ExportConfig("coreml", io="image", layout="nhwc")

@@ -12,6 +12,7 @@ back and evaluates it in numpy (:mod:`sr_shrink.mil_eval`, run by :class:`sr_shr
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def export_coreml(model: MobileSR, path: Path, cfg: ExportConfig, calib: None, m
     """
     import coremltools as ct
 
+    if cfg.io == "image":
+        model, meta = image_io(model), {**meta, "io": "image", "value_range": "RGB 8-bit image (0-255)"}
     mlmodel = _convert(model, cfg)
     extra = {"deployment_target": DEPLOYMENT, "compute_precision": "fp32" if cfg.precision == "fp32" else "fp16",
              "exporter": f"coremltools {ct.__version__} (torch.jit.trace)"}
@@ -69,6 +72,31 @@ def _input_shape(cfg: ExportConfig):
     return ct.Shape(shape=(1, h, w, 3) if cfg.layout == "nhwc" else (1, 3, h, w))
 
 
+def image_io(model: MobileSR) -> MobileSR:
+    """Return a copy of ``model`` that takes and returns pixel values 0-255 with no extra op: the head conv's
+    weights divided by 255 (the 1/255 input scale folded in), the tail conv's weights and bias times 255, the
+    anchor conv unchanged (255 x in is 255 x out) and the clamp at 255 (coremltools #2213: an ImageType output
+    takes the model's values as they are)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.head.weight.div_(255.0)
+        model.tail.weight.mul_(255.0)
+        if model.tail.bias is not None:
+            model.tail.bias.mul_(255.0)
+    model.out_max = 255.0
+    return model
+
+
+def _io_types(cfg: ExportConfig, io_dtype):
+    import coremltools as ct
+
+    if cfg.io == "image":  # scale 1.0: the 1/255 is in the first conv (image_io), no mul op is added
+        return ([ct.ImageType(name="lr", shape=_input_shape(cfg), color_layout=ct.colorlayout.RGB, scale=1.0)],
+                [ct.ImageType(name="sr", color_layout=ct.colorlayout.RGB)])
+    return ([ct.TensorType(name="lr", shape=_input_shape(cfg), dtype=io_dtype)],
+            [ct.TensorType(name="sr", dtype=io_dtype)])
+
+
 def _convert(model: MobileSR, cfg: ExportConfig):
     import coremltools as ct
 
@@ -76,9 +104,9 @@ def _convert(model: MobileSR, cfg: ExportConfig):
     precision = ct.precision.FLOAT32 if cfg.precision == "fp32" else ct.precision.FLOAT16
     with quiet(), torch.no_grad():
         size = cfg.input_size or (cfg.shapes[0] if cfg.shapes else (64, 80))
-        traced = torch.jit.trace(model, example_input(size, cfg.layout))
-        return ct.convert(traced, inputs=[ct.TensorType(name="lr", shape=_input_shape(cfg), dtype=io_dtype)],
-                          outputs=[ct.TensorType(name="sr", dtype=io_dtype)], convert_to="mlprogram",
+        traced = torch.jit.trace(model, example_input(size, cfg.layout) * model.out_max)
+        inputs, outputs = _io_types(cfg, io_dtype)
+        return ct.convert(traced, inputs=inputs, outputs=outputs, convert_to="mlprogram",
                           compute_precision=precision, minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
                           skip_model_load=True)
 
@@ -118,8 +146,12 @@ def _set_metadata(mlmodel, meta: dict) -> None:
     teacher = f", distilled from {meta['teacher']}" if meta.get("teacher") else ""
     mlmodel.short_description = (f"sr-shrink x{meta.get('scale')} super-resolution student, stage {meta.get('stage')} "
                                  f"({meta.get('n_blocks')} blocks){teacher}: RGB LR in [0,1] -> RGB SR in [0,1]")
-    mlmodel.input_description["lr"] = "low-resolution RGB image, values in [0, 1]"
-    mlmodel.output_description["sr"] = f"super-resolved RGB image (x{meta.get('scale')}), values in [0, 1]"
+    values = "8-bit RGB image" if meta.get("io") == "image" else "values in [0, 1]"
+    if meta.get("io") == "image":
+        mlmodel.short_description = mlmodel.short_description.replace("RGB LR in [0,1] -> RGB SR in [0,1]",
+                                                                      "RGB image in -> RGB image out")
+    mlmodel.input_description["lr"] = f"low-resolution RGB image, {values}"
+    mlmodel.output_description["sr"] = f"super-resolved RGB image (x{meta.get('scale')}), {values}"
     for k, v in meta.items():
         mlmodel.user_defined_metadata[str(k)] = str(v)
 
@@ -145,6 +177,16 @@ def coreml_io(path: Path) -> tuple[list[dict], list[dict]]:
 def _feature(f) -> dict:
     from coremltools.proto import FeatureTypes_pb2 as ft
 
+    if f.type.WhichOneof("Type") == "imageType":
+        img = f.type.imageType
+        d = {"name": f.name, "shape": [1, 3, int(img.height), int(img.width)], "dtype": "image (RGB, 8-bit)"}
+        if img.HasField("enumeratedSizes"):
+            d["enumerated"] = [[1, 3, int(s.height), int(s.width)] for s in img.enumeratedSizes.sizes]
+        if img.HasField("imageSizeRange"):
+            r = img.imageSizeRange
+            d["ranges"] = [[1, 1], [3, 3], [r.heightRange.lowerBound, r.heightRange.upperBound],
+                           [r.widthRange.lowerBound, r.widthRange.upperBound]]
+        return d
     arr = f.type.multiArrayType
     d = {"name": f.name, "shape": list(arr.shape),
          "dtype": ft.ArrayFeatureType.ArrayDataType.Name(arr.dataType).lower()}

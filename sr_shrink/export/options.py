@@ -32,7 +32,8 @@ class ExportConfig:
     images); ``native_io`` gives the model I/O in its own precision (fp16 for ONNX/Core ML fp16, int8 for
     TFLite int8) instead of float32; ``shuffle`` picks the wrapper's pixel-shuffle form ("native"/"convt");
     ``eval_images`` caps the verification images (``None``: all); ``shapes`` (Core ML) lists the LR
-    sizes (h, w) of an ``EnumeratedShapes`` input, "default" for :data:`COREML_SHAPES`. ``qat_steps`` > 0
+    sizes (h, w) of an ``EnumeratedShapes`` input, "default" for :data:`COREML_SHAPES`; ``io`` "image" gives
+    a Core ML package RGB image input and output (pixel values 0-255). ``qat_steps`` > 0
     fine-tunes the student with
     fake quantization for that many steps before an int8 export (:mod:`~sr_shrink.export.qat`), at Adam rate
     ``qat_lr`` (default 1e-4), against ``teacher`` (default: the run's) loaded with ``trust_pickle``.
@@ -56,6 +57,7 @@ class ExportConfig:
     teacher: str | Path | None = None
     trust_pickle: bool = False
     shapes: tuple[tuple[int, int], ...] | str | None = None
+    io: str = "tensor"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -70,6 +72,10 @@ class ExportConfig:
             self.input_size = TFLITE_DEFAULT_SIZE
         self._check_palettize()
         self._check_shapes()
+        self.io = _choice("io", self.io or "tensor", ("tensor", "image"))
+        if self.io == "image" and (self.target != "coreml" or self.layout != "nchw" or self.native_io):
+            raise SRShrinkError("--io image is for Core ML with the default nchw layout and float I/O "
+                                "(drop --layout nhwc / --native-io, or use --target coreml).")
         if self.precision == "w8a16" and self.target == "coreml":
             raise SRShrinkError("--precision w8a16 is for onnx and tflite; Core ML quantises activations only on "
                                 "macOS (use --precision int8 or --palettize for Core ML).")
@@ -104,6 +110,8 @@ class ExportConfig:
         if self.input_size is not None:
             raise SRShrinkError("pass either --shapes or --input-size, not both.")
         self.shapes = parse_shapes(self.shapes)
+        if len(self.shapes) == 1:  # EnumeratedShapes needs two or more: one size is a fixed input size
+            self.input_size, self.shapes = self.shapes[0], None
 
     def _check_palettize(self) -> None:
         if self.palettize is None:

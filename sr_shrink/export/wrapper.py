@@ -65,6 +65,7 @@ class MobileSR(nn.Module):
         self.nhwc = layout == "nhwc"
         self.clamp = clamp
         self.clamp_form = "clamp"
+        self.out_max = 1.0  # 255 for Core ML image I/O (export.coreml.image_io)
         self.requires_grad_(False)
         self.eval()
 
@@ -72,7 +73,7 @@ class MobileSR(nn.Module):
         x = lr.permute(0, 3, 1, 2) if self.nhwc else lr
         y = self.tail(self.body(self.head(x))) + self.anchor(x)
         if self.clamp:
-            y = F.relu6(y * 6.0) * (1.0 / 6.0) if self.clamp_form == "relu6" else y.clamp(0.0, 1.0)
+            y = F.relu6(y * 6.0) * (1.0 / 6.0) if self.clamp_form == "relu6" else y.clamp(0.0, self.out_max)
         y = self.convt(y) if self.convt is not None else F.pixel_shuffle(y, self.scale)
         return y.permute(0, 2, 3, 1) if self.nhwc else y
 
