@@ -246,11 +246,18 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 @click.argument("run_dir", type=click.Path(path_type=str))
 @click.option("--target", required=True, type=click.Choice(["onnx", "coreml", "tflite"]), help="Output format.")
 @click.option("--stage", default="all", show_default=True, help="Stage number, 'last' or 'all'.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Weights/compute precision [default: fp16 for coreml, else fp32].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "w8a16"]),
+              help="Weights/compute precision; w8a16: int8 weights, 16-bit activations (onnx, tflite) "
+                   "[default: fp16 for coreml, else fp32].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str),
               help="Output folder [default: RUN_DIR/exports].")
 @click.option("--input-size", metavar="HxW", help="Fix the LR input size (TFLite default 256x256; else free).")
+@click.option("--shapes", metavar="HxW,...|default", help="Core ML: the LR sizes the model takes (EnumeratedShapes, "
+              "which the Neural Engine runs at every size; 'default': 256x256,512x512,360x640,540x960,720x1280) "
+              "[default: any size 8..2048, RangeDim].")
+@click.option("--io", "io_kind", type=click.Choice(["tensor", "image"]), default="tensor", show_default=True,
+              help="Core ML: 'image' gives an RGB image input and output (CVPixelBuffer), the 1/255 folded into "
+                   "the first conv.")
 @click.option("--layout", type=click.Choice(["nhwc", "nchw"]), help="I/O layout [default: nhwc for tflite].")
 @click.option("--palettize", type=click.Choice(["4", "6", "8"]), help="Core ML: n-bit palettized weights.")
 @click.option("--calib", metavar="generator|DIR", help="int8 calibration inputs [default: generator.pt if "
@@ -271,7 +278,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
            input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
            calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool, qat_steps: int,
-           qat_lr: float | None, teacher: str | None, trust_pickle: bool) -> None:
+           qat_lr: float | None, teacher: str | None, trust_pickle: bool, shapes: str | None,
+           io_kind: str) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
     from pathlib import Path
 
@@ -283,7 +291,8 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io,
-                         qat_steps=qat_steps, qat_lr=qat_lr, teacher=teacher, trust_pickle=trust_pickle)
+                         qat_steps=qat_steps, qat_lr=qat_lr, teacher=teacher, trust_pickle=trust_pickle,
+                         shapes=shapes, io=io_kind)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
     for col in ("file", "KiB", "PSNR-Y (torch)", "Δ dB (tolerance)", "verified"):
         table.add_column(col)
@@ -294,7 +303,12 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
         table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}",
                       f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", delta, ok)
     progress.stdout_console().print(table)
+    from .export.delegates import delegate_warning
+
     for e in entries:
+        warning = delegate_warning(e["file"], (e.get("delegates") or {}).get("gpu", {}))
+        if warning:
+            console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
             _note(f"{e['file']}: QAT {e['qat_steps']} steps; vs the original fp32 student: PTQ "
@@ -325,6 +339,11 @@ def _note(msg: str) -> None:
 @click.option("--metric", type=click.Choice(["auto", "psnr", "fidelity"]), default="auto", show_default=True,
               help="What the pick and the Pareto plot rank by: Y-PSNR to the ground truth, or fidelity to the "
                    "teacher's output (auto: fidelity when the teacher is under 0.5 dB above bicubic).")
+@click.option("--latency-from", type=click.Path(dir_okay=False), help="Rank by latencies measured on a device: "
+              "LiteRT benchmark_model output, a 'file,ms' CSV or a JSON {file: ms}.")
+@click.option("--adb", "adb_tool", metavar="BENCHMARK_MODEL", help="Run LiteRT's benchmark_model (a file here, "
+              "pushed, or a path on the device) on the attached Android device via adb and rank by its latencies.")
+@click.option("--adb-args", default="", help="Extra benchmark_model flags for --adb, e.g. '--use_gpu=true'.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.json]")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="[default: RUN_DIR/bench.png]")
 @click.option("--repeats", type=click.IntRange(1, 100000), default=20, show_default=True, help="Timed calls per row.")
@@ -333,7 +352,7 @@ def _note(msg: str) -> None:
 @click.option("--rounds", type=click.IntRange(1, 100000), default=5, show_default=True,
               help="Interleaved rounds the repeats are split in.")
 def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, max_images, budget_ms, min_psnr,
-          metric, json_path, plot_path, repeats, warmup, rounds) -> None:
+          metric, json_path, plot_path, repeats, warmup, rounds, latency_from, adb_tool, adb_args) -> None:
     """Which stage to ship: latency, size, memory and Y-PSNR of every stage x runtime x precision."""
     from pathlib import Path
 
@@ -343,7 +362,7 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
     cfg = BenchConfig(device=device, runtimes=_csv(runtimes), precisions=_csv(precisions) or (),
                       input_size=parse_size(input_size), threads=threads, eval_dir=eval_dir, max_images=max_images,
                       budget_ms=budget_ms, min_psnr=min_psnr, repeats=repeats, warmup=warmup, rounds=rounds,
-                      metric=metric)
+                      metric=metric, latency_from=latency_from, adb=adb_tool, adb_args=adb_args)
     progress.enable(console)
     result = run_bench(run_dir, cfg, log=_note)
     json_out = write_json(result, json_path or Path(run_dir) / "bench.json")

@@ -328,7 +328,10 @@ class LiteRTRunner(Runner):
 class MILRunner(Runner):
     """A Core ML .mlpackage evaluated op by op in numpy (:mod:`sr_shrink.mil_eval`); CPU, single thread.
 
-    Ops the evaluator does not implement raise :class:`sr_shrink.mil_eval.UnsupportedOp` when run.
+    Ops the evaluator does not implement raise :class:`sr_shrink.mil_eval.UnsupportedOp` when run. A package
+    with image I/O (metadata ``io: image``, ``sr-shrink export --io image``) is fed the 8-bit pixel values an
+    image buffer holds (the input times 255, rounded) and its output, pixel values, is rounded to 8 bits and
+    scaled back to [0, 1], as Core ML's image output would be.
     """
 
     runtime = "mil"
@@ -346,11 +349,15 @@ class MILRunner(Runner):
         self.in_dtype = dtype
         self.layout = _layout(self.program.metadata.get("layout"), shape)
         self.input_hw = _fixed_hw(shape, self.layout)
+        self.image_io = self.program.metadata.get("io") == "image"
 
     def _run(self, feed: np.ndarray) -> np.ndarray:
         from .mil_eval import run_program
 
-        return run_program(self.program, {self.input_name: feed})[self.output_name]
+        if self.image_io:
+            feed = np.clip(np.round(feed * 255.0), 0, 255).astype(feed.dtype)
+        out = run_program(self.program, {self.input_name: feed})[self.output_name]
+        return np.clip(np.round(out.astype(np.float32)), 0, 255) / 255.0 if self.image_io else out
 
 
 RUNNERS: dict[str, type[Runner]] = {"onnxruntime": OrtRunner, "litert": LiteRTRunner, "mil": MILRunner}

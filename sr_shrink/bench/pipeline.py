@@ -30,7 +30,7 @@ from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved, timing_steps
 from .pareto import PSNR, pick
 from .report import row_order
-from .runtimes import PRECISIONS, settle_runtimes
+from .runtimes import ACCEPTED_PRECISIONS, PRECISIONS, settle_runtimes
 
 Log = Callable[[str], None]
 METRICS = ("auto", "psnr", "fidelity")
@@ -56,6 +56,9 @@ class BenchConfig:
     rounds: int = 5
     stages: tuple[int, ...] | None = None
     metric: str = "auto"
+    latency_from: str | None = None  # device latencies to rank by (bench.device)
+    adb: str | None = None  # benchmark_model to run on the attached Android device (bench.device)
+    adb_args: str = ""
 
     def validate(self) -> BenchConfig:
         """Return self after checking the values, raising SRShrinkError with a one-line fix otherwise."""
@@ -63,10 +66,12 @@ class BenchConfig:
             raise SRShrinkError(f"unknown --metric {self.metric!r}; choose from {', '.join(METRICS)}.")
         if self.budget_ms is not None and self.min_psnr is not None:
             raise SRShrinkError("pass either --budget-ms or --min-psnr, not both.")
-        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if self.latency_from and self.adb:
+            raise SRShrinkError("pass either --latency-from or --adb, not both.")
+        bad = [p for p in self.precisions if p not in ACCEPTED_PRECISIONS]
         if bad or not self.precisions:
             raise SRShrinkError(f"unknown precision {', '.join(bad) or '(none)'}; "
-                                f"choose from {', '.join(PRECISIONS)}.")
+                                f"choose from {', '.join(ACCEPTED_PRECISIONS)}.")
         if min(self.input_size) < 8:
             raise SRShrinkError(f"--input-size {self.input_size[0]}x{self.input_size[1]} is too small; use >= 8x8.")
         if self.repeats < 1 or self.warmup < 0 or (self.threads is not None and self.threads < 1):
@@ -191,6 +196,18 @@ def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, 
     return rows, notes
 
 
+def _device_latency(rows: list[dict], cfg: BenchConfig, log: Log) -> list[str]:
+    from .device import apply_device_latency, read_latency_file, run_on_device
+
+    if cfg.latency_from:
+        return apply_device_latency(rows, read_latency_file(cfg.latency_from))
+    files = list(dict.fromkeys(Path(r["path"]) for r in rows if r["runtime"] == "litert"))
+    if not files:
+        raise SRShrinkError("--adb runs .tflite files, but no litert row was benchmarked; add --runtimes litert.")
+    log(f"running benchmark_model on the Android device for {len(files)} .tflite file(s)")
+    return apply_device_latency(rows, run_on_device(cfg.adb, files, cfg.adb_args))
+
+
 ROW_KEYS = ("stage", "n_blocks", "runtime", "precision", "params", "macs", "size_bytes", "latency_ms_median",
             "latency_ms_p90", "psnr_y", "ssim_y", "fidelity_psnr_y", "fidelity_ssim_y", "delta_teacher_db",
             "delta_bicubic_db")
@@ -261,6 +278,8 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
                                  advance)
     out_rows = [finish_row(r, times[i], scores[i], teacher, bicubic, threads, fids[i]) for i, r in enumerate(rows)]
     out_rows.sort(key=row_order)
+    if cfg.latency_from or cfg.adb:  # rank by latencies measured on the phone
+        notes += _device_latency(out_rows, cfg, log)
     result = {"rows": out_rows, "recommended": None, "machine": machine_info(threads, cfg.input_size, cfg.device),
               "teacher": teacher, "bicubic": {"psnr_y": bicubic["psnr_y"], "ssim_y": bicubic["ssim_y"]},
               "eval": {"folder": str(cfg.eval_dir or "bundled"), "images": len(pairs), "scale": scale},

@@ -9,10 +9,10 @@ from rich.table import Table
 
 from ..io import atomic_write_json
 from .pareto import PSNR, metric_label, pareto_front
-from .runtimes import PRECISIONS, RUNTIMES
+from .runtimes import ACCEPTED_PRECISIONS, RUNTIMES
 
 MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^"}
-COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green", "w8a16": "tab:purple"}
 
 
 def _key(row: dict) -> tuple:
@@ -21,7 +21,7 @@ def _key(row: dict) -> tuple:
 
 def row_order(row: dict) -> tuple:
     """Return the sort key of a row: stage, then runtime and precision in their canonical order."""
-    rank = {n: i for i, n in enumerate(RUNTIMES + PRECISIONS)}
+    rank = {n: i for i, n in enumerate(RUNTIMES + ACCEPTED_PRECISIONS)}
     return row["stage"], rank.get(row["runtime"], 99), rank.get(row["precision"], 99)
 
 
@@ -47,8 +47,8 @@ def bench_table(result: dict) -> Table:
     for r in sorted(result["rows"], key=row_order):
         mark = ("*" if _key(r) == pick else "") + ("+" if _key(r) in front else "")
         table.add_row(mark, str(r["stage"]), str(r["n_blocks"]), r["runtime"], r["precision"], f"{r['params']:,}",
-                      f"{r['macs'] / 1e9:.3f}", f"{r['size_bytes'] / 1024:.1f}", f"{r['latency_ms_median']:.3f}",
-                      f"{r['latency_ms_p90']:.3f}", _fmt(r.get("latency_spread_pct"), ".1f"),
+                      f"{r['macs'] / 1e9:.3f}", f"{r['size_bytes'] / 1024:.1f}", _fmt(r["latency_ms_median"], ".3f"),
+                      _fmt(r["latency_ms_p90"], ".3f"), _fmt(r.get("latency_spread_pct"), ".1f"),
                       _fmt(r.get("peak_rss_mib"), ".1f"), f"{r['psnr_y']:.3f}", f"{r['ssim_y']:.4f}",
                       _fmt(r.get("fidelity_psnr_y"), ".3f"), _fmt(r.get("delta_teacher_db"), "+.3f"),
                       f"{r['delta_bicubic_db']:+.3f}",
@@ -108,7 +108,7 @@ def plot(result: dict, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     key = metric_key(result)
-    rows = [r for r in result["rows"] if r.get(key) is not None]
+    rows = [r for r in result["rows"] if r.get(key) is not None and r.get("latency_ms_median") is not None]
     fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=110)
     for r in rows:
         ax.scatter(r["latency_ms_median"], r[key], marker=MARKERS.get(r["runtime"], "o"),

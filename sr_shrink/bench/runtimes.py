@@ -10,7 +10,8 @@ from ..errors import SRShrinkError
 from ..runtimes import missing_runtime_message, require_runtime, runtime_available
 
 RUNTIMES = ("torch", "onnxruntime", "litert")  # the Core ML MIL evaluator checks exports, it is not timed
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # the default set
+ACCEPTED_PRECISIONS = PRECISIONS + ("w8a16",)  # w8a16 (int8 weights, 16-bit activations) when asked for
 TARGETS = {"onnxruntime": "onnx", "litert": "tflite"}  # runtime -> export target whose files it runs
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 

@@ -1,7 +1,10 @@
 """Core ML export: an ML Program (.mlpackage) via ``torch.jit.trace`` and ``coremltools.convert``.
 
-Input ``lr`` (1,3,H,W) float32 with H and W free in [8, 2048] (``ct.RangeDim``) unless a size is fixed;
-output ``sr``. fp16 (the default) computes in float16, fp32 in float32; ``int8`` stores int8 weights
+Input ``lr`` (1,3,H,W) float32 with H and W free in [8, 2048] (``ct.RangeDim``) unless a size is fixed
+or ``shapes`` lists the sizes it takes (``ct.EnumeratedShapes``, the first is the default: the Neural
+Engine runs a RangeDim model only at its default shape, coremltools #2370, and an enumerated one at every
+listed shape is verified, :func:`verify_shapes`); output ``sr``. fp16 (the default) computes in
+float16, fp32 in float32; ``int8`` stores int8 weights
 (linear symmetric, per channel; fp16 compute); ``palettize`` stores 4/6/8-bit palettes (k-means when
 scikit-learn is installed, else uniform). Core ML cannot run on Linux, so verification reads the program
 back and evaluates it in numpy (:mod:`sr_shrink.mil_eval`, run by :class:`sr_shrink.runtimes.MILRunner`).
@@ -9,6 +12,7 @@ back and evaluates it in numpy (:mod:`sr_shrink.mil_eval`, run by :class:`sr_shr
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -37,6 +41,8 @@ def export_coreml(model: MobileSR, path: Path, cfg: ExportConfig, calib: None, m
     """
     import coremltools as ct
 
+    if cfg.io == "image":
+        model, meta = image_io(model), {**meta, "io": "image", "value_range": "RGB 8-bit image (0-255)"}
     mlmodel = _convert(model, cfg)
     extra = {"deployment_target": DEPLOYMENT, "compute_precision": "fp32" if cfg.precision == "fp32" else "fp16",
              "exporter": f"coremltools {ct.__version__} (torch.jit.trace)"}
@@ -55,6 +61,9 @@ def export_coreml(model: MobileSR, path: Path, cfg: ExportConfig, calib: None, m
 def _input_shape(cfg: ExportConfig):
     import coremltools as ct
 
+    if cfg.shapes:
+        shapes = [(1, h, w, 3) if cfg.layout == "nhwc" else (1, 3, h, w) for h, w in cfg.shapes]
+        return ct.EnumeratedShapes(shapes=shapes, default=shapes[0])
     if cfg.input_size:
         h, w = cfg.input_size
     else:
@@ -63,15 +72,41 @@ def _input_shape(cfg: ExportConfig):
     return ct.Shape(shape=(1, h, w, 3) if cfg.layout == "nhwc" else (1, 3, h, w))
 
 
+def image_io(model: MobileSR) -> MobileSR:
+    """Return a copy of ``model`` that takes and returns pixel values 0-255 with no extra op: the head conv's
+    weights divided by 255 (the 1/255 input scale folded in), the tail conv's weights and bias times 255, the
+    anchor conv unchanged (255 x in is 255 x out) and the clamp at 255 (coremltools #2213: an ImageType output
+    takes the model's values as they are)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.head.weight.div_(255.0)
+        model.tail.weight.mul_(255.0)
+        if model.tail.bias is not None:
+            model.tail.bias.mul_(255.0)
+    model.out_max = 255.0
+    return model
+
+
+def _io_types(cfg: ExportConfig, io_dtype):
+    import coremltools as ct
+
+    if cfg.io == "image":  # scale 1.0: the 1/255 is in the first conv (image_io), no mul op is added
+        return ([ct.ImageType(name="lr", shape=_input_shape(cfg), color_layout=ct.colorlayout.RGB, scale=1.0)],
+                [ct.ImageType(name="sr", color_layout=ct.colorlayout.RGB)])
+    return ([ct.TensorType(name="lr", shape=_input_shape(cfg), dtype=io_dtype)],
+            [ct.TensorType(name="sr", dtype=io_dtype)])
+
+
 def _convert(model: MobileSR, cfg: ExportConfig):
     import coremltools as ct
 
     io_dtype = np.float16 if cfg.native_io and cfg.precision != "fp32" else np.float32
     precision = ct.precision.FLOAT32 if cfg.precision == "fp32" else ct.precision.FLOAT16
     with quiet(), torch.no_grad():
-        traced = torch.jit.trace(model, example_input(cfg.input_size or (64, 80), cfg.layout))
-        return ct.convert(traced, inputs=[ct.TensorType(name="lr", shape=_input_shape(cfg), dtype=io_dtype)],
-                          outputs=[ct.TensorType(name="sr", dtype=io_dtype)], convert_to="mlprogram",
+        size = cfg.input_size or (cfg.shapes[0] if cfg.shapes else (64, 80))
+        traced = torch.jit.trace(model, example_input(size, cfg.layout) * model.out_max)
+        inputs, outputs = _io_types(cfg, io_dtype)
+        return ct.convert(traced, inputs=inputs, outputs=outputs, convert_to="mlprogram",
                           compute_precision=precision, minimum_deployment_target=getattr(ct.target, DEPLOYMENT),
                           skip_model_load=True)
 
@@ -107,10 +142,16 @@ def _has_sklearn() -> bool:
 
 
 def _set_metadata(mlmodel, meta: dict) -> None:
-    mlmodel.author = "sr-shrink"
-    mlmodel.short_description = "sr-shrink student: RGB LR in [0,1] -> RGB SR in [0,1]"
-    mlmodel.input_description["lr"] = "low-resolution RGB image, values in [0, 1]"
-    mlmodel.output_description["sr"] = f"super-resolved RGB image (x{meta.get('scale')}), values in [0, 1]"
+    mlmodel.author = meta.get("producer", "sr-shrink")
+    teacher = f", distilled from {meta['teacher']}" if meta.get("teacher") else ""
+    mlmodel.short_description = (f"sr-shrink x{meta.get('scale')} super-resolution student, stage {meta.get('stage')} "
+                                 f"({meta.get('n_blocks')} blocks){teacher}: RGB LR in [0,1] -> RGB SR in [0,1]")
+    values = "8-bit RGB image" if meta.get("io") == "image" else "values in [0, 1]"
+    if meta.get("io") == "image":
+        mlmodel.short_description = mlmodel.short_description.replace("RGB LR in [0,1] -> RGB SR in [0,1]",
+                                                                      "RGB image in -> RGB image out")
+    mlmodel.input_description["lr"] = f"low-resolution RGB image, {values}"
+    mlmodel.output_description["sr"] = f"super-resolved RGB image (x{meta.get('scale')}), {values}"
     for k, v in meta.items():
         mlmodel.user_defined_metadata[str(k)] = str(v)
 
@@ -136,11 +177,23 @@ def coreml_io(path: Path) -> tuple[list[dict], list[dict]]:
 def _feature(f) -> dict:
     from coremltools.proto import FeatureTypes_pb2 as ft
 
+    if f.type.WhichOneof("Type") == "imageType":
+        img = f.type.imageType
+        d = {"name": f.name, "shape": [1, 3, int(img.height), int(img.width)], "dtype": "image (RGB, 8-bit)"}
+        if img.HasField("enumeratedSizes"):
+            d["enumerated"] = [[1, 3, int(s.height), int(s.width)] for s in img.enumeratedSizes.sizes]
+        if img.HasField("imageSizeRange"):
+            r = img.imageSizeRange
+            d["ranges"] = [[1, 1], [3, 3], [r.heightRange.lowerBound, r.heightRange.upperBound],
+                           [r.widthRange.lowerBound, r.widthRange.upperBound]]
+        return d
     arr = f.type.multiArrayType
     d = {"name": f.name, "shape": list(arr.shape),
          "dtype": ft.ArrayFeatureType.ArrayDataType.Name(arr.dataType).lower()}
     if arr.HasField("shapeRange"):
         d["ranges"] = [[r.lowerBound, r.upperBound] for r in arr.shapeRange.sizeRanges]
+    if arr.HasField("enumeratedShapes"):
+        d["enumerated"] = [list(s.shape) for s in arr.enumeratedShapes.shapes]
     return d
 
 
@@ -151,9 +204,31 @@ def check_coreml_io(path: Path, cfg: ExportConfig) -> None:
         raise ValueError(f"unexpected I/O names {[f['name'] for f in ins]} -> {[f['name'] for f in outs]}")
     lr = ins[0]
     hw_axes = (1, 2) if cfg.layout == "nhwc" else (2, 3)
-    if cfg.dynamic:
+    if cfg.shapes:
+        got = [tuple(s[a] for a in hw_axes) for s in lr.get("enumerated", [])]
+        if got != list(cfg.shapes):
+            raise ValueError(f"enumerated input shapes {got}, expected {list(cfg.shapes)}")
+    elif cfg.dynamic:
         ranges = [lr.get("ranges", [[0, 0]] * 4)[a] for a in hw_axes]
         if any(r != list(RANGE) for r in ranges):
             raise ValueError(f"input size ranges {ranges}, expected {list(RANGE)}")
     elif [lr["shape"][a] for a in hw_axes] != list(cfg.input_size):
         raise ValueError(f"input shape {lr['shape']} does not match {cfg.input_size}")
+
+
+def verify_shapes(runner, student, pairs: list, scale: int, shapes: tuple[tuple[int, int], ...], tolerance: str,
+                  label: str) -> dict:
+    """Return the verification record of an enumerated-shape package: :func:`~sr_shrink.export.verify.verify` at
+    every listed LR size (centred crops of the eval images, padded), ``verified`` only when every size is; the
+    headline numbers are those of the size farthest from the student, ``shapes`` holds each size's."""
+    from .verify import verify
+
+    recs = {f"{h}x{w}": verify(runner, student, pairs, scale, (h, w), tolerance, label) for h, w in shapes}
+    worst = max(recs.values(), key=lambda r: abs(r["delta_psnr_y"]))
+    out = {**worst, "verified": all(r["verified"] for r in recs.values()),
+           "inputs": f"centred LR crops (padded) at each of the {len(shapes)} enumerated shapes",
+           "shapes": {k: {f: r[f] for f in ("verified", "delta_psnr_y", "psnr_vs_torch", "max_abs_err")}
+                      for k, r in recs.items()}}
+    if out["verified"]:
+        out.pop("reason", None)
+    return out

@@ -15,7 +15,7 @@ ALLOWED_OPS = {
     "coreml": {"const", "cast", "conv", "conv_transpose", "relu", "add", "clip", "pixel_shuffle", "depth_to_space",
                "transpose", "constexpr_affine_dequantize", "constexpr_lut_to_dense",
                "constexpr_blockwise_shift_scale"},
-    "tflite": {"CONV_2D", "TRANSPOSE_CONV", "ADD", "RELU_0_TO_1", "DEPTH_TO_SPACE", "RESHAPE", "TRANSPOSE",
+    "tflite": {"CONV_2D", "TRANSPOSE_CONV", "ADD", "MUL", "RELU_0_TO_1", "DEPTH_TO_SPACE", "RESHAPE", "TRANSPOSE",
                "QUANTIZE", "DEQUANTIZE"},
 }
 

@@ -13,6 +13,9 @@ AVX-VNNI-class int8 support: with int8 activations half the convs stayed float C
 Quantize/DequantizeLinear pairs, and int8 ran 1.4x *slower* than fp32. uint8 x int8 products are summed in
 pairs into int16 on AVX2 (``vpmaddubsw``), which saturates for full-range weights (255 * 127 * 2 > 32767; it
 cost 0.6 dB on a 300-step student); 7-bit weights (``reduce_range``) keep every pair sum in range on any CPU.
+
+w8a16 (:data:`W8A16_SCHEME`) is QDQ with uint16 activations and int8 weights, the A16W8 form NPU stacks
+(QNN's HTP, ...) take; ONNX Runtime's CPU provider runs it unfused, as its float simulation.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ MAX_SIDE = 8192
 def require_onnx(precision: str = "fp32") -> None:
     """Import what the ONNX export needs; a clear error naming the extra if something is missing."""
     mods = ["onnx", "onnxscript", "onnxslim", "onnxruntime"]
-    if precision == "int8":
+    if precision in ("int8", "w8a16"):
         mods.append("onnxruntime.quantization")
     require("onnx", *mods)
 
@@ -52,6 +55,8 @@ def export_onnx(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[torc
         proto = _to_fp16(proto, keep_io=not cfg.native_io)
     elif cfg.precision == "int8":
         proto, extra["quantization"] = to_int8(proto, calib, model.nhwc)
+    elif cfg.precision == "w8a16":
+        proto, extra["quantization"] = to_int8(proto, calib, model.nhwc, W8A16_SCHEME)
     _set_metadata(proto, meta)
     onnx.save(proto, str(path))
     return extra
@@ -155,24 +160,33 @@ class _Feed:
 
 @dataclass(frozen=True)
 class Int8Scheme:
-    """How :func:`to_int8` quantises: ``activations`` "uint8" or "int8" (asymmetric, per tensor, percentile
-    ranges); ``reduce_range`` 7-bit weights (int8 in [-64, 64], symmetric, per channel); ``float_tail`` keeps
-    the anchor conv, the last Add and DepthToSpace in float (:func:`float_tail_nodes`); ``float_end_convs``
-    the first and last 3x3 convs (:func:`float_end_convs`). The default is the export's scheme."""
+    """How :func:`to_int8` quantises: ``activations`` "uint8", "int8", "uint16" or "int16" (asymmetric, per
+    tensor; ranges from the ``percentile`` of the calibration values, or min/max when it is None);
+    ``reduce_range`` 7-bit weights (int8 in [-64, 64], symmetric, per channel); ``float_tail`` keeps the anchor
+    conv, the last Add and DepthToSpace in float (:func:`float_tail_nodes`); ``float_end_convs`` the first and
+    last 3x3 convs (:func:`float_end_convs`). The default is the int8 export's scheme; :data:`W8A16_SCHEME`
+    the w8a16 one."""
 
     activations: str = "uint8"
     reduce_range: bool = True
     float_tail: bool = True
     float_end_convs: bool = True
+    percentile: float | None = CALIB_PERCENTILE
 
     def record(self) -> dict:
         """Return the export.json description of the scheme."""
         bits = "7-bit range [-64, 64]" if self.reduce_range else "full range [-127, 127]"
-        return {"activations": f"{self.activations} (asymmetric, per tensor, {CALIB_PERCENTILE} percentile ranges)",
+        ranges = f"{self.percentile} percentile ranges" if self.percentile else "min/max ranges"
+        return {"activations": f"{self.activations} (asymmetric, per tensor, {ranges})",
                 "weights": f"int8 (symmetric, per channel, {bits})"}
 
 
 INT8_SCHEME = Int8Scheme()
+# w8a16: every conv and Add quantised (uint16 activations, as QNN's HTP and other NPU stacks take them); 16 bits
+# need no clipping of rare values (min/max ranges) and no 7-bit weights (no CPU int8 kernel runs them). The exact
+# anchor path stays float as in int8. ONNX Runtime's CPU provider has no 16-bit QLinearConv: it runs the file
+# as Dequantize -> float Conv -> Quantize, i.e. the exact simulation of the quantised graph.
+W8A16_SCHEME = Int8Scheme(activations="uint16", reduce_range=False, float_end_convs=False, percentile=None)
 
 
 def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = INT8_SCHEME):
@@ -183,16 +197,20 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
     arrays = [(c.permute(0, 2, 3, 1) if nhwc else c).numpy().astype(np.float32) for c in calib]
     keep_float = sorted((float_tail_nodes(proto) if scheme.float_tail else [])
                         + (float_end_convs(proto) if scheme.float_end_convs else []))
-    act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[scheme.activations]
+    act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16,
+           "int16": QuantType.QInt16}[scheme.activations]
+    calib_opts = ({"calibrate_method": CalibrationMethod.Percentile,
+                   "extra_options": {"CalibPercentile": scheme.percentile}} if scheme.percentile else
+                  {"calibrate_method": CalibrationMethod.MinMax, "extra_options": {}})
     with tempfile.TemporaryDirectory() as tmp, quiet():
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, str(src))
         quantize_static(str(src), str(dst), _Feed(proto.graph.input[0].name, arrays),
                         quant_format=QuantFormat.QDQ, activation_type=act, weight_type=QuantType.QInt8,
                         per_channel=True, reduce_range=scheme.reduce_range, nodes_to_exclude=keep_float,
-                        calibrate_method=CalibrationMethod.Percentile,
+                        calibrate_method=calib_opts["calibrate_method"],
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
-                                       "CalibPercentile": CALIB_PERCENTILE})
+                                       **calib_opts["extra_options"]})
         out = onnx.load(str(dst))
     info = {"method": "onnxruntime static QDQ", **scheme.record(), "float_nodes": keep_float,
             "calibration_inputs": len(arrays)}

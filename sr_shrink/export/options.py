@@ -10,13 +10,15 @@ from .. import sizes
 from ..errors import SRShrinkError
 
 TARGETS = ("onnx", "coreml", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "w8a16")  # w8a16: int8 weights, 16-bit activations
 SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "tflite": ".tflite"}
 DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16", "tflite": "fp32"}
 DEFAULT_LAYOUT = {"onnx": "nchw", "coreml": "nchw", "tflite": "nhwc"}
 DEFAULT_SHUFFLE = {"onnx": "native", "coreml": "native", "tflite": "native"}
 TFLITE_DEFAULT_SIZE = (256, 256)
 PALETTE_BITS = (4, 6, 8)
+# Core ML --shapes default: LR tiles (256, 512) and frames (360p, 540p, 720p: 720p/1080p/1440p out at x2)
+COREML_SHAPES = ((256, 256), (512, 512), (360, 640), (540, 960), (720, 1280))
 CALIB_CROP = 96  # LR crop side of calibration photos for exports with free input size
 CALIB_PIXELS = 128 * CALIB_CROP * CALIB_CROP
 
@@ -29,7 +31,10 @@ class ExportConfig:
     ``"generator"``, a folder of images or ``None`` (generator.pt when the run has one, else the bundled eval
     images); ``native_io`` gives the model I/O in its own precision (fp16 for ONNX/Core ML fp16, int8 for
     TFLite int8) instead of float32; ``shuffle`` picks the wrapper's pixel-shuffle form ("native"/"convt");
-    ``eval_images`` caps the verification images (``None``: all). ``qat_steps`` > 0 fine-tunes the student with
+    ``eval_images`` caps the verification images (``None``: all); ``shapes`` (Core ML) lists the LR
+    sizes (h, w) of an ``EnumeratedShapes`` input, "default" for :data:`COREML_SHAPES`; ``io`` "image" gives
+    a Core ML package RGB image input and output (pixel values 0-255). ``qat_steps`` > 0
+    fine-tunes the student with
     fake quantization for that many steps before an int8 export (:mod:`~sr_shrink.export.qat`), at Adam rate
     ``qat_lr`` (default 1e-4), against ``teacher`` (default: the run's) loaded with ``trust_pickle``.
     """
@@ -51,6 +56,8 @@ class ExportConfig:
     qat_lr: float | None = None
     teacher: str | Path | None = None
     trust_pickle: bool = False
+    shapes: tuple[tuple[int, int], ...] | str | None = None
+    io: str = "tensor"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -64,6 +71,14 @@ class ExportConfig:
         if self.input_size is None and self.target == "tflite":
             self.input_size = TFLITE_DEFAULT_SIZE
         self._check_palettize()
+        self._check_shapes()
+        self.io = _choice("io", self.io or "tensor", ("tensor", "image"))
+        if self.io == "image" and (self.target != "coreml" or self.layout != "nchw" or self.native_io):
+            raise SRShrinkError("--io image is for Core ML with the default nchw layout and float I/O "
+                                "(drop --layout nhwc / --native-io, or use --target coreml).")
+        if self.precision == "w8a16" and self.target == "coreml":
+            raise SRShrinkError("--precision w8a16 is for onnx and tflite; Core ML quantises activations only on "
+                                "macOS (use --precision int8 or --palettize for Core ML).")
         if self.calib_samples is None:
             self.calib_samples = auto_calib_samples(self.input_size)
         if self.calib_samples < 1:
@@ -87,6 +102,17 @@ class ExportConfig:
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and 0 < lr <= 1):
                 raise SRShrinkError(f"--qat-lr {lr!r}: must be a number in (0, 1], e.g. 1e-4.")
 
+    def _check_shapes(self) -> None:
+        if self.shapes is None:
+            return
+        if self.target != "coreml":
+            raise SRShrinkError("--shapes applies to Core ML only; use --input-size HxW for a fixed size.")
+        if self.input_size is not None:
+            raise SRShrinkError("pass either --shapes or --input-size, not both.")
+        self.shapes = parse_shapes(self.shapes)
+        if len(self.shapes) == 1:  # EnumeratedShapes needs two or more: one size is a fixed input size
+            self.input_size, self.shapes = self.shapes[0], None
+
     def _check_palettize(self) -> None:
         if self.palettize is None:
             return
@@ -100,15 +126,20 @@ class ExportConfig:
 
     @property
     def tag(self) -> str:
-        """Return the precision part of the file name: ``fp32``/``fp16``/``int8``, ``pal4`` etc."""
+        """Return the precision part of the file name: ``fp32``/``fp16``/``int8``/``w8a16``, ``pal4`` etc."""
         if self.palettize is None:
             return self.precision
         return f"pal{self.palettize}" if self.precision == "fp16" else f"{self.precision}_pal{self.palettize}"
 
     @property
+    def calibrated(self) -> bool:
+        """Return True when the export quantises activations (int8, w8a16) and so needs calibration inputs."""
+        return self.precision in ("int8", "w8a16") and self.target != "coreml"
+
+    @property
     def dynamic(self) -> bool:
-        """Return True when the exported input height/width are left free."""
-        return self.input_size is None
+        """Return True when the exported input height/width are left free (not fixed, not enumerated)."""
+        return self.input_size is None and self.shapes is None
 
     def file_name(self, stage: int) -> str:
         """Return ``stage_XX_<tag><suffix>`` for ``stage``."""
@@ -120,6 +151,18 @@ def auto_calib_samples(size: tuple[int, int] | None) -> int:
     if size is None:
         return CALIB_PIXELS // (CALIB_CROP * CALIB_CROP)
     return max(8, min(128, round(CALIB_PIXELS / (size[0] * size[1]))))
+
+
+def parse_shapes(shapes) -> tuple[tuple[int, int], ...]:
+    """Return the (h, w) sizes of ``"default"``, ``"HxW,HxW,..."`` or a list of sizes (duplicates dropped)."""
+    if isinstance(shapes, str):
+        if shapes.strip().lower() == "default":
+            return COREML_SHAPES
+        shapes = [s for s in shapes.split(",") if s.strip()]
+    out = tuple(dict.fromkeys(parse_size(s) for s in shapes))
+    if not out:
+        raise SRShrinkError("--shapes needs at least one HxW size, e.g. 256x256,540x960, or 'default'.")
+    return out
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:

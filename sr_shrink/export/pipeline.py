@@ -56,7 +56,7 @@ class Format:
 
 
 def _int8(cfg: ExportConfig) -> bool:
-    return cfg.precision == "int8"
+    return cfg.precision in ("int8", "w8a16")  # both quantise activations: calibrated
 
 
 FORMATS = {
@@ -228,6 +228,9 @@ def _verify(job: _Job, path: Path, student: SRStudent) -> dict:
         if cfg.target == "coreml":
             _coreml.check_coreml_io(path, cfg)
         runner = open_runner(path, threads=torch.get_num_threads())
+        if cfg.target == "coreml" and cfg.shapes:  # every enumerated size
+            return _coreml.verify_shapes(runner, student, job.pairs(student.scale), student.scale, cfg.shapes,
+                                         tolerance_key(cfg.precision, cfg.palettize), runner.label)
         return verify(runner, student, job.pairs(student.scale), student.scale, cfg.input_size,
                       tolerance_key(cfg.precision, cfg.palettize), runner.label)
     except UnsupportedOp as exc:
@@ -252,12 +255,17 @@ def _metadata(run: RunDir, stage: int, student: SRStudent, cfg: ExportConfig, qa
     for key in ("teacher_psnr_y", "bicubic_psnr_y", "mode"):
         if key in run.run:
             meta[key] = run.run[key]
+    teacher = run.run.get("teacher") or {}
+    if isinstance(teacher, dict) and (teacher.get("arch_name") or teacher.get("path")):
+        meta["teacher"] = teacher.get("arch_name") or Path(str(teacher["path"])).name
     return meta
 
 
 def _shape_policy(cfg: ExportConfig) -> str:
     if cfg.input_size:
         return f"fixed {cfg.input_size[0]}x{cfg.input_size[1]} LR input, batch 1"
+    if cfg.shapes:
+        return f"enumerated LR sizes {', '.join(f'{h}x{w}' for h, w in cfg.shapes)} (default first), batch 1"
     lo, hi = (_coreml.RANGE if cfg.target == "coreml" else (4, _onnx.MAX_SIDE))
     return f"free LR height and width ({lo}..{hi}), batch 1"
 
@@ -270,6 +278,7 @@ def _entry(job: _Job, stage: int, student: SRStudent, path: Path, graph: GraphIn
             "channels": student.channels, "params": sum(p.numel() for p in student.parameters()),
             "checkpoint": job.run.stages[stage].name, "layout": cfg.layout, "shape_policy": _shape_policy(cfg),
             "input_size": list(cfg.input_size) if cfg.input_size else None, "inputs": graph.inputs,
+            **({"shapes": [list(s) for s in cfg.shapes]} if cfg.shapes else {}),
             "outputs": graph.outputs, "io_dtype": graph.inputs[0]["dtype"] if graph.inputs else None,
             "pixel_shuffle": cfg.shuffle, "size_bytes": path_size(path), "ops": graph.ops, "graph_checks": checks,
             **extra, "export_seconds": round(seconds, 2), "created": now_iso(), "sr_shrink_version": __version__}

@@ -7,9 +7,15 @@ channel) calibrated at the export size, except the output: the anchor Add's int8
 [0, 1] (scale 1/255), so its saturation is the wrapper's output clamp and its 255 steps are the 8-bit image
 levels (:func:`pin_output_range`; a calibrated range rounds every pixel a second time when the image is
 saved: 0.014 dB of the int8 loss on average over six students, BENCHMARKS.md section 13). litert-torch makes
-int8 graphs with int8 I/O; unless ``native_io``, a QUANTIZE/DEQUANTIZE pair is added around them so the file
-takes and returns float32. The run facts
+int8 graphs with int8 I/O; w8a16 quantises the float file to int8 weights and int16 activations
+(TFLite's 16x8 scheme, ai-edge-quantizer; LiteRT runs it with its int16 kernels, not XNNPACK's: a format
+for NPUs and for checking, not for CPU speed). Unless ``native_io``, a QUANTIZE/DEQUANTIZE pair is added
+around the integer I/O so the file takes and returns float32. The run facts
 (scale, stage, precision, layout, ...) are stored as JSON in the file's ``sr_shrink`` metadata entry.
+
+The output clamp is written as MUL with a fused RELU6 and a MUL (the converter makes ``clamp(0, 1)`` a
+RELU_0_TO_1, which the LiteRT GPU delegate refuses), and every file gets a GPU-delegate report in export.json
+(``delegates.gpu``, :func:`sr_shrink.export.delegates.gpu_report`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 
 from ..deps import quiet, require
+from .delegates import gpu_report
 from .graph import GraphInfo
 from .options import ExportConfig
 from .wrapper import MobileSR, example_input
@@ -30,7 +37,8 @@ from .wrapper import MobileSR, example_input
 def require_tflite(precision: str = "fp32") -> None:
     """Import what the TFLite export needs; a clear error naming the extra if something is missing."""
     mods = ["litert_torch", "ai_edge_litert.interpreter"]
-    mods += {"fp16": ["ai_edge_quantizer"], "int8": ["torchao.quantization.pt2e"]}.get(precision, [])
+    mods += {"fp16": ["ai_edge_quantizer"], "int8": ["torchao.quantization.pt2e"],
+             "w8a16": ["ai_edge_quantizer"]}.get(precision, [])
     require("tflite", *mods)
 
 
@@ -41,13 +49,19 @@ def export_tflite(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[to
 
     x = example_input(cfg.input_size, cfg.layout)
     extra: dict = {"exporter": f"litert-torch {litert_torch.__version__}"}
+    model = copy.copy(model)
+    model.clamp_form = "relu6"  # not RELU_0_TO_1, which the GPU delegate refuses (export.delegates)
     if cfg.precision == "int8":
         extra["quantization"] = _export_int8(model, x, path, calib, float_io=not cfg.native_io)
+    elif cfg.precision == "w8a16":
+        _convert(model, x, path)
+        extra["quantization"] = _to_w8a16(path, calib, model.nhwc, float_io=not cfg.native_io)
     else:
         _convert(model, x, path)
     if cfg.precision == "fp16":
         extra["quantization"] = _weights_to_fp16(path)
     set_metadata(path, meta)
+    extra["delegates"] = {"gpu": gpu_report(path)}
     return extra
 
 
@@ -83,6 +97,24 @@ def _weights_to_fp16(path: Path) -> dict:
                                      op_config=op_cfg)
         q.quantize().export_model(str(path), overwrite=True)
     return {"method": "ai-edge-quantizer float_casting", "weights": "fp16", "activations": "fp32"}
+
+
+def _to_w8a16(path: Path, calib: list[torch.Tensor], nhwc: bool, float_io: bool) -> dict:
+    """Quantise the float .tflite at ``path`` in place to int8 weights and int16 activations (TFLite's 16x8
+    scheme, ai-edge-quantizer ``static_wi8_ai16``: symmetric int16 activations from calibrated min/max);
+    return its export.json record."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    feeds = [{"lr": (c.permute(0, 2, 3, 1) if nhwc else c).numpy().astype(np.float32)} for c in calib]
+    with quiet():
+        q = quantizer.Quantizer(str(path), recipe.static_wi8_ai16())
+        result = q.calibrate({"serving_default": feeds}, num_threads=1)
+        q.quantize(result).export_model(str(path), overwrite=True)
+    if float_io:
+        add_float_io(path)
+    return {"method": "ai-edge-quantizer static_wi8_ai16 (TFLite 16x8)", "activations": "int16 (symmetric, per "
+            "tensor, calibrated min/max)", "weights": "int8 (symmetric, per channel)",
+            "io": "float32" if float_io else "int16", "calibration_inputs": len(calib)}
 
 
 def _export_int8(model: MobileSR, x: torch.Tensor, path: Path, calib: list[torch.Tensor], float_io: bool) -> dict:
@@ -153,7 +185,7 @@ def _float_twin(model, sg, index: int) -> int:
     old = sg.tensors[index]
     t = schema.TensorT()
     t.shape, t.shapeSignature, t.type, t.name = old.shape, old.shapeSignature, schema.TensorType.FLOAT32, old.name
-    old.name = (old.name.decode() if isinstance(old.name, bytes) else str(old.name)) + "_int8"
+    old.name = _name(old) + ("_int16" if old.type == schema.TensorType.INT16 else "_int8")
     model.buffers.append(schema.BufferT())
     t.buffer = len(model.buffers) - 1
     sg.tensors.append(t)
@@ -169,7 +201,8 @@ def _op(opcode: int, inputs: list[int], outputs: list[int]):
 
 
 def add_float_io(path: Path) -> None:
-    """Rewrite the int8-I/O .tflite at ``path`` to take and return float32 (QUANTIZE in, DEQUANTIZE out)."""
+    """Rewrite the int8- (or int16-) I/O .tflite at ``path`` to take and return float32 (QUANTIZE in,
+    DEQUANTIZE out)."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils as fbu
 

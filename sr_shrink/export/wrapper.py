@@ -10,7 +10,9 @@ litert-torch's rank-4 reshape/transpose form) or a fixed one-hot stride-s ConvTr
 The output is clamped to [0, 1] before the pixel shuffle (``clamp``, on by default), as spandrel's and
 chaiNNer's runners clamp theirs: the images are the same once written as 8-bit, and an int8 output (TFLite
 full-int8) then spans exactly [0, 1] in 255 steps, the 8-bit image levels themselves, instead of a wider range
-whose steps the final 8-bit rounding would round a second time (BENCHMARKS.md, section 13).
+whose steps the final 8-bit rounding would round a second time (BENCHMARKS.md, section 13). ``clamp_form``
+"relu6" computes that clamp as ``relu6(6 y) / 6`` (the TFLite export: the converter turns ``clamp`` into
+RELU_0_TO_1, which the LiteRT GPU delegate refuses, and this into a MUL with a fused RELU6 and a MUL).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class MobileSR(nn.Module):
         self.convt = shuffle_convt(self.scale) if shuffle == "convt" else None
         self.nhwc = layout == "nhwc"
         self.clamp = clamp
+        self.clamp_form = "clamp"
+        self.out_max = 1.0  # 255 for Core ML image I/O (export.coreml.image_io)
         self.requires_grad_(False)
         self.eval()
 
@@ -69,7 +73,7 @@ class MobileSR(nn.Module):
         x = lr.permute(0, 3, 1, 2) if self.nhwc else lr
         y = self.tail(self.body(self.head(x))) + self.anchor(x)
         if self.clamp:
-            y = y.clamp(0.0, 1.0)
+            y = F.relu6(y * 6.0) * (1.0 / 6.0) if self.clamp_form == "relu6" else y.clamp(0.0, self.out_max)
         y = self.convt(y) if self.convt is not None else F.pixel_shuffle(y, self.scale)
         return y.permute(0, 2, 3, 1) if self.nhwc else y
 

@@ -1,0 +1,92 @@
+"""Core ML --shapes: EnumeratedShapes input verified at every listed size; metadata and description."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sr_shrink.errors import SRShrinkError
+from sr_shrink.export import export_run
+from sr_shrink.export.options import COREML_SHAPES, ExportConfig
+from sr_shrink.runtimes import open_runner
+
+FAST = {"eval_images": 2}
+
+
+def test_enumerated_shapes_are_written_and_verified_at_each(export_run_dir):
+    import coremltools as ct
+
+    e = export_run(export_run_dir, "coreml", stage=2, precision="fp32", out=export_run_dir / "ex_shapes",
+                   shapes="48x64,40x40", **FAST)[0]
+    assert e["inputs"][0]["enumerated"] == [[1, 3, 48, 64], [1, 3, 40, 40]] and "ranges" not in e["inputs"][0]
+    assert e["shapes"] == [[48, 64], [40, 40]] and e["shape_policy"].startswith("enumerated LR sizes 48x64, 40x40")
+    v = e["verification"]
+    assert set(v["shapes"]) == {"48x64", "40x40"} and all(s["verified"] for s in v["shapes"].values())
+    assert v["verified"] and e["verified"] and "enumerated shapes" in v["inputs"]
+    assert v["delta_psnr_y"] == max((s["delta_psnr_y"] for s in v["shapes"].values()), key=abs)
+    spec = ct.models.MLModel(e["path"], skip_model_load=True).get_spec()
+    shapes = spec.description.input[0].type.multiArrayType.enumeratedShapes.shapes
+    assert [list(s.shape) for s in shapes] == [[1, 3, 48, 64], [1, 3, 40, 40]]
+    meta = spec.description.metadata
+    assert meta.userDefined["teacher"] == "tiny" and meta.userDefined["producer"].startswith("sr-shrink ")
+    assert meta.userDefined["scale"] == "2" and meta.userDefined["stage"] == "2"
+    assert "x2" in meta.shortDescription and "stage 2" in meta.shortDescription
+    run = open_runner(e["path"])
+    x = np.random.default_rng(0).random((1, 3, 40, 40), dtype=np.float32)
+    assert run(x).shape == (1, 3, 80, 80)
+
+
+def test_a_shape_that_fails_fails_the_export(export_run_dir, monkeypatch):
+    """verified needs every enumerated size: a runner wrong at one size only is caught there."""
+    from sr_shrink.export import coreml
+
+    real = coreml.verify_shapes
+
+    def one_bad_size(runner, *args):
+        def run(x):
+            y = runner(x)
+            return y * 0.9 if x.shape[-1] == 40 else y
+        return real(run, *args)
+
+    monkeypatch.setattr(coreml, "verify_shapes", one_bad_size)
+    e = export_run(export_run_dir, "coreml", stage=1, precision="fp32", out=export_run_dir / "ex_shapes_bad",
+                   shapes="48x64,40x40", **FAST)[0]
+    v = e["verification"]
+    assert not e["verified"] and v["shapes"]["48x64"]["verified"] and not v["shapes"]["40x40"]["verified"]
+    assert "outside the fp32 tolerance" in v["reason"]
+
+
+def test_shapes_option_checks():
+    assert ExportConfig("coreml", shapes="default").shapes == COREML_SHAPES
+    one = ExportConfig("coreml", shapes="96x128")
+    assert one.shapes is None and one.input_size == (96, 128)
+    assert ExportConfig("coreml", shapes="256x256, 540x960,256x256").shapes == ((256, 256), (540, 960))
+    with pytest.raises(SRShrinkError, match="Core ML only"):
+        ExportConfig("onnx", shapes="256x256")
+    with pytest.raises(SRShrinkError, match="not both"):
+        ExportConfig("coreml", shapes="256x256", input_size="64x64")
+    with pytest.raises(SRShrinkError, match="HxW"):
+        ExportConfig("coreml", shapes="big")
+
+
+def test_image_io_folds_the_scale_into_the_first_conv(export_run_dir):
+    """--io image: RGB image in and out, no mul op for 1/255 (it is in the head conv), verified at 8-bit I/O."""
+    import coremltools as ct
+
+    e = export_run(export_run_dir, "coreml", stage=2, out=export_run_dir / "ex_image", io="image",
+                   shapes="48x64", **FAST)[0]
+    assert e["inputs"][0]["dtype"].startswith("image") and e["outputs"][0]["dtype"].startswith("image")
+    assert "mul" not in e["ops"] and "real_div" not in e["ops"] and e["ops"]["conv"] >= 3
+    assert e["verified"] and abs(e["verification"]["delta_psnr_y"]) <= 0.01
+    spec = ct.models.MLModel(e["path"], skip_model_load=True).get_spec()
+    img = spec.description.input[0].type.imageType
+    assert img.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
+    assert spec.description.metadata.userDefined["io"] == "image"
+    run = open_runner(e["path"])
+    x = np.random.default_rng(1).random((1, 3, 48, 64), dtype=np.float32)
+    y = run(x)
+    assert y.shape == (1, 3, 96, 128) and np.allclose(y * 255, np.round(y * 255), atol=1e-3)  # 8-bit output
+    with pytest.raises(SRShrinkError, match="--io image is for Core ML"):
+        ExportConfig("tflite", io="image")
+    with pytest.raises(SRShrinkError, match="--io image is for Core ML"):
+        ExportConfig("coreml", io="image", layout="nhwc")
