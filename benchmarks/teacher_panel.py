@@ -39,9 +39,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sr_shrink.data import list_images  # noqa: E402
+from sr_shrink.data import list_images, load_eval_set  # noqa: E402
 from sr_shrink.distill import DistillConfig, distill  # noqa: E402
 from sr_shrink.errors import SRShrinkError  # noqa: E402
+from sr_shrink.evaluate import evaluate_bicubic, teacher_references  # noqa: E402
+from sr_shrink.teachers import load_teacher  # noqa: E402
 
 ASSETS = REPO / "sr_shrink" / "assets"
 # name -> (file, in the panel folder unless bundled; judged by: psnr (Y-PSNR vs ground truth) or fidelity)
@@ -164,6 +166,20 @@ def run_one(teacher: Path, folder: Path, cfg: DistillConfig, eval_images: int | 
         (folder / ".lock").unlink(missing_ok=True)
 
 
+def bicubic_fidelity(teacher: Path, folder: Path, eval_images: int | None) -> float:
+    """Return the fidelity of bicubic upscaling to ``teacher`` (Y-PSNR of bicubic against the teacher's output on
+    the eval split), the floor a student's fidelity should clear; cached in ``folder/bicubic_fidelity.json``."""
+    f = folder / "bicubic_fidelity.json"
+    if f.exists():
+        return json.loads(f.read_text())["fidelity_psnr_y"]
+    t = load_teacher(str(teacher))
+    _, refs = teacher_references(t, load_eval_set(t.scale, None, eval_images), t.scale)
+    value = evaluate_bicubic(refs, t.scale)["psnr_y"]
+    folder.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps({"fidelity_psnr_y": value}))
+    return value
+
+
 # ---------------------------------------------------------------- summary
 def _mean(v: list[float]) -> float | None:
     return statistics.mean(v) if v else None
@@ -201,15 +217,17 @@ def _parse_folder(name: str) -> tuple[str, str | None, int, int]:
     return "_".join(parts[:-3]), mode if mode in MODES else None, steps, seed
 
 
-def summarize(found: dict) -> list[str]:
-    """Markdown lines: the table of every (teacher, variant, mode, budget) and the issue's goals per teacher."""
+def summarize(found: dict, bicubic_fid: dict[str, float]) -> list[str]:
+    """Markdown lines: the table of every (teacher, variant, mode, budget) and the issue's goals per teacher
+    (``bicubic_fid``: teacher -> fidelity of bicubic upscaling to it, where measured)."""
     lines = ["Final stage (4 blocks, 16 ch), mean over seeds (range). Y-PSNR against the ground truth and fidelity"
              " (Y-PSNR against the teacher's output) in dB on the bundled eval split; the judged metric is in bold"
              " (fidelity for GAN-trained teachers). Stages: the judged metric of each stage (2 -> 4 blocks)."
              " Seconds: wall time per run, two runs at once at 1 thread each on a shared 2-core machine (not a"
              " speed figure).", "",
-             "| teacher | variant | mode | steps/stage | Y-PSNR | fidelity | stages | teacher | bicubic | s/run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| teacher | variant | mode | steps/stage | Y-PSNR | fidelity | stages | teacher | bicubic | bicubic "
+             "fidelity | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (teacher, variant, mode, steps), runs in sorted(found.items(), key=lambda kv: (
             list(TEACHERS).index(kv[0][0]), kv[0][1] != "default", kv[0][1], kv[0][3], MODES.index(kv[0][2]))):
         judged = TEACHERS[teacher][1]
@@ -220,8 +238,10 @@ def summarize(found: dict) -> list[str]:
         p, f = _cell(psnr), _cell(fid)
         p, f = (f"**{p}**", f) if judged == "psnr" else (p, f"**{f}**")
         secs = _mean([r.get("wall_seconds", 0.0) for r in runs])
+        bf = bicubic_fid.get(teacher)
         lines.append(f"| {teacher} | {variant} | {mode} | {steps} | {p} | {f} | {stages} | "
-                     f"{runs[0]['teacher_psnr_y']:.2f} | {runs[0]['bicubic_psnr_y']:.2f} | {secs:.0f} |")
+                     f"{runs[0]['teacher_psnr_y']:.2f} | {runs[0]['bicubic_psnr_y']:.2f} | "
+                     f"{'-' if bf is None else f'{bf:.2f}'} | {secs:.0f} |")
     lines += ["", "Goals of issue 18 per teacher (default recipe; judged metric; n = seeds behind each mean):", "",
               "| teacher | budget | datafree - data (>= -0.1) | datafree - noise (>= +0.5) | stage gains of datafree "
               "(each >= +0.05) | teacher - datafree | teacher - data (capacity) |", "|---|---|---|---|---|---|---|"]
@@ -303,7 +323,13 @@ def main() -> None:
     found = collect(args.out)
     if not found:
         sys.exit(f"error: no finished runs in {args.out}")
-    lines = summarize(found)
+    bicubic_fid = {}
+    for teacher in sorted({k[0] for k in found}):
+        cached = args.out / teacher / "bicubic_fidelity.json"
+        if cached.exists() or not args.summarize_only:
+            bicubic_fid[teacher] = bicubic_fidelity(teacher_path(teacher, args.panel), args.out / teacher,
+                                                    args.eval_images)
+    lines = summarize(found, bicubic_fid)
     print("\n".join(lines))
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     if args.md:
