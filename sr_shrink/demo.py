@@ -14,13 +14,19 @@ from typing import Callable
 from .distill import DistillConfig, distill
 from .progress import clock
 
-TARGETS = {"onnx": ("onnxruntime", ("fp32", "int8")), "tflite": ("litert_torch", ("fp32", "int8")),
-           "coreml": ("coremltools", ("fp16",))}
+DEMO_ORDER = ("onnx", "tflite", "coreml")  # the order the demo exports in
+
+
+def demo_targets() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Return {target: (converter module, precisions the demo exports)} from the export target registry."""
+    from .export.targets import TARGETS as REGISTRY
+
+    return {n: (REGISTRY[n].converter, REGISTRY[n].demo_precisions) for n in DEMO_ORDER}
 
 
 def installed_targets() -> list[str]:
     """Return the export targets whose converter package is importable here."""
-    return [t for t, (mod, _) in TARGETS.items() if importlib.util.find_spec(mod) is not None]
+    return [t for t, (mod, _) in demo_targets().items() if importlib.util.find_spec(mod) is not None]
 
 
 # Rough shares of the demo's time per phase (distill, export, bench): an estimate, not a measurement (see the
@@ -54,7 +60,7 @@ def run_demo(out: str | Path, steps_per_stage: int, log: Callable[[str], None], 
     from .export import export_run
 
     for target in targets:
-        for precision in TARGETS[target][1]:
+        for precision in demo_targets()[target][1]:
             for e in export_run(out, target, stage="last", precision=precision):
                 v = e["verification"]
                 log(f"  {e['file']}: {e['size_bytes'] / 1024:.0f} KiB, verified={e['verified']}, "

@@ -17,7 +17,6 @@ from PIL import Image
 
 from sr_shrink import runtimes
 from sr_shrink.bench import BenchConfig, parse_size, pipeline, run_bench
-from sr_shrink.bench import runtimes as bench_runtimes
 from sr_shrink.bench.artifacts import find_export
 from sr_shrink.bench.measure import PeakMemory, latency_stats, round_plan, time_interleaved
 from sr_shrink.bench.pareto import knee, pareto_front, pick
@@ -157,7 +156,7 @@ def test_open_runner_rejects_unknown_and_missing(tmp_path):
 
 def test_missing_runtime_is_a_note_unless_asked_for(monkeypatch):
     monkeypatch.setattr(runtimes, "runtime_available", lambda name: name != "litert")
-    monkeypatch.setattr(bench_runtimes, "runtime_available", lambda name: name != "litert")
+    monkeypatch.setattr(pipeline, "runtime_available", lambda name: name != "litert")
     names, notes = pipeline.settle_runtimes(None)
     assert "litert" not in names and names[0] == "torch"
     assert len(notes) == 1 and "sr-shrink[tflite]" in notes[0]

@@ -38,9 +38,11 @@ def test_enumerated_shapes_are_written_and_verified_at_each(export_run_dir):
 
 def test_a_shape_that_fails_fails_the_export(export_run_dir, monkeypatch):
     """verified needs every enumerated size: a runner wrong at one size only is caught there."""
-    from sr_shrink.export import coreml
+    import dataclasses
 
-    real = coreml.verify_shapes
+    from sr_shrink.export import targets
+
+    real = targets.TARGETS["coreml"].verify_shapes
 
     def one_bad_size(runner, *args):
         def run(x):
@@ -48,7 +50,8 @@ def test_a_shape_that_fails_fails_the_export(export_run_dir, monkeypatch):
             return y * 0.9 if x.shape[-1] == 40 else y
         return real(run, *args)
 
-    monkeypatch.setattr(coreml, "verify_shapes", one_bad_size)
+    monkeypatch.setitem(targets.TARGETS, "coreml", dataclasses.replace(targets.TARGETS["coreml"],
+                                                                     verify_shapes=one_bad_size))
     e = export_run(export_run_dir, "coreml", stage=1, precision="fp32", out=export_run_dir / "ex_shapes_bad",
                    shapes="48x64,40x40", **FAST)[0]
     v = e["verification"]

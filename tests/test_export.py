@@ -330,9 +330,9 @@ def test_export_of_a_perturbed_model_is_not_verified(run, monkeypatch):
     conversion) is exported, checked, and recorded as not verified, with the measured delta."""
     import dataclasses
 
-    from sr_shrink.export import pipeline
+    from sr_shrink.export import targets
 
-    fmt = pipeline.FORMATS["onnx"]
+    fmt = targets.TARGETS["onnx"]
 
     def perturbed_export(model, path, cfg, calib, meta):
         gen = torch.Generator().manual_seed(0)
@@ -340,7 +340,7 @@ def test_export_of_a_perturbed_model_is_not_verified(run, monkeypatch):
             model.tail.weight.add_(torch.randn(model.tail.weight.shape, generator=gen) * 0.05)
         return fmt.export(model, path, cfg, calib, meta)
 
-    monkeypatch.setitem(pipeline.FORMATS, "onnx", dataclasses.replace(fmt, export=perturbed_export))
+    monkeypatch.setitem(targets.TARGETS, "onnx", dataclasses.replace(fmt, export=perturbed_export))
     out = run / "ex_perturbed"
     e = export_run(run, "onnx", stage=2, precision="int8", out=out, **FAST)[0]
     v = e["verification"]
@@ -384,9 +384,12 @@ def test_check_graph_rejects_foreign_op(exported):
 
 
 def test_export_refuses_and_removes_a_graph_that_fails_checks(run, monkeypatch):
-    from sr_shrink.export import graph
+    import dataclasses
 
-    monkeypatch.setitem(graph.ALLOWED_OPS, "onnx", {"Conv", "Relu", "Add"})
+    from sr_shrink.export import targets
+
+    narrow = dataclasses.replace(targets.TARGETS["onnx"], allowed_ops=frozenset({"Conv", "Relu", "Add"}))
+    monkeypatch.setitem(targets.TARGETS, "onnx", narrow)
     with pytest.raises(SRShrinkError, match="DepthToSpace"):
         export_run(run, "onnx", stage=1, out=run / "ex_refused", **FAST)
     assert not (run / "ex_refused" / "stage_01_fp32.onnx").exists()

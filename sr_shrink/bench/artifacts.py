@@ -1,7 +1,8 @@
 """Find the exported model a benchmark row needs in ``RUN_DIR/exports``, or make it with ``sr_shrink.export``.
 
-Runtime "onnxruntime" runs target "onnx" files, "litert" runs target "tflite" files. TFLite graphs have a
-static input size, so a .tflite is reused only when its input is the bench input size; otherwise one is
+The export target each runtime runs comes from :mod:`sr_shrink.export.targets` ("onnxruntime" runs "onnx"
+files, "litert" runs "tflite" files). Targets with a fixed input size (TFLite) are reused only when their
+input is the bench input size; otherwise one is
 exported at that size into ``RUN_DIR/exports/bench_<h>x<w>/`` (the user's own exports are left untouched).
 """
 
@@ -11,9 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SRShrinkError
+from ..export.targets import TARGETS as REGISTRY
+from ..export.targets import benched_targets
 from ..run import RunDir
 from ..runtimes import open_runner
-from .runtimes import SUFFIX, TARGETS
+
+TARGETS = benched_targets()  # runtime -> export target whose files it runs
+SUFFIX = {t: REGISTRY[t].suffix for t in TARGETS.values()}
 
 Exporter = Callable[[RunDir, int, str, str, tuple[int, int]], Path]
 
@@ -52,17 +57,13 @@ def find_export(run: RunDir, stage: int, runtime: str, precision: str, input_hw:
 
 def export_with_api(run: RunDir, stage: int, runtime: str, precision: str, input_hw: tuple[int, int]) -> Path:
     """Export one stage with ``sr_shrink.export.export_run`` and return the written file's path."""
-    try:
-        from ..export import export_run
-    except ImportError:
-        raise SRShrinkError("sr_shrink.export is not available in this install; cannot export models to "
-                            "benchmark.") from None
+    from ..export import export_run
     target = TARGETS[runtime]
     out = run.exports_dir
     if (out / export_name(stage, runtime, precision)).exists():
         out = out / f"bench_{input_hw[0]}x{input_hw[1]}"  # keep the user's export of another size
     opts = {"verify": False}  # bench scores every row itself
-    if target == "tflite":
+    if REGISTRY[target].fixed_size is not None:  # a fixed-size target is exported at the bench size
         opts["input_size"] = tuple(input_hw)
     entries = export_run(run, target, stage=stage, precision=precision, out=out, **opts)
     for e in entries:
@@ -79,9 +80,6 @@ def ensure_export(run: RunDir, stage: int, runtime: str, precision: str, input_h
     if found is not None:
         return found, False
     return (exporter or export_with_api)(run, stage, runtime, precision, input_hw), True
-
-
-DEFAULT_LAYOUT = {"onnx": "nchw", "tflite": "nhwc"}
 
 
 def export_command(run: RunDir, path: Path) -> str | None:
@@ -101,7 +99,8 @@ def export_command(run: RunDir, path: Path) -> str | None:
         parts += ["--palettize", tag.rsplit("pal", 1)[1]]
     if entry.get("input_size"):
         parts += ["--input-size", "x".join(str(v) for v in entry["input_size"])]
-    if entry.get("layout") and entry["layout"] != DEFAULT_LAYOUT.get(target):
+    default_layout = REGISTRY[target].default_layout if target in TARGETS.values() else None  # benched targets
+    if entry.get("layout") and entry["layout"] != default_layout:
         parts += ["--layout", str(entry["layout"])]
     if entry.get("io_dtype") not in (None, "float32"):
         parts.append("--native-io")

@@ -3,7 +3,10 @@
 Order of work: open the run (:class:`~sr_shrink.run.RunDir`, which must hold run.json), settle the runtimes,
 score bicubic and the teacher on the eval images, open one runner per row (:mod:`sr_shrink.runtimes`;
 exporting models that are not in RUN_DIR/exports yet) while measuring its peak memory, score every row's
-quality, time all rows together in interleaved rounds, then pick.
+quality, time all rows together in interleaved rounds, then pick. What bench compares lives here too:
+:data:`RUNTIMES` (torch, onnxruntime, litert; the runners are :mod:`sr_shrink.runtimes`), the default
+:data:`PRECISIONS` and :func:`settle_runtimes`; the export target each runtime runs is the registry's
+(:func:`sr_shrink.export.targets.benched_targets`).
 """
 
 from __future__ import annotations
@@ -22,20 +25,41 @@ from ..models.student import load_student
 from ..progress import enabled as progress_enabled
 from ..progress import task
 from ..run import RunDir
-from ..runtimes import Runner, TorchRunner, open_runner
+from ..runtimes import Runner, TorchRunner, missing_runtime_message, open_runner, require_runtime, runtime_available
 from ..sizes import parse_size  # noqa: F401 - re-exported: sr_shrink.bench.parse_size
 from ..teachers import count_macs, load_teacher, sha256_file
 from .artifacts import Exporter, ensure_export, export_command
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved, timing_steps
 from .pareto import PSNR, pick
-from .report import row_order
-from .runtimes import ACCEPTED_PRECISIONS, PRECISIONS, settle_runtimes
 
 Log = Callable[[str], None]
 METRICS = ("auto", "psnr", "fidelity")
 METRIC_KEYS = {"psnr": PSNR, "fidelity": "fidelity_psnr_y"}
 PERCEPTUAL_MARGIN_DB = 0.5  # a teacher less than this above bicubic is judged by fidelity, not by PSNR
+
+
+RUNTIMES = ("torch", "onnxruntime", "litert")  # the Core ML MIL evaluator checks exports, it is not timed
+PRECISIONS = ("fp32", "fp16", "int8")  # the default set
+ACCEPTED_PRECISIONS = PRECISIONS + ("w8a16",)  # w8a16 (int8 weights, 16-bit activations) when asked for
+
+
+def settle_runtimes(requested: tuple[str, ...] | None) -> tuple[list[str], list[str]]:
+    """Return (runtimes to bench, notes): torch always; missing packages noted, or an error if asked for."""
+    if requested:
+        for name in requested:
+            if name not in RUNTIMES:
+                raise SRShrinkError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}.")
+            require_runtime(name)
+        return ["torch"] + [r for r in dict.fromkeys(requested) if r != "torch"], []
+    ok = [r for r in RUNTIMES if runtime_available(r)]
+    return ok, [f"skipped {r}: {missing_runtime_message(r)}" for r in RUNTIMES if r not in ok]
+
+
+def row_order(row: dict) -> tuple:
+    """Return the sort key of a row: stage, then runtime and precision in their canonical order."""
+    rank = {n: i for i, n in enumerate(RUNTIMES + ACCEPTED_PRECISIONS)}
+    return row["stage"], rank.get(row["runtime"], 99), rank.get(row["precision"], 99)
 
 
 @dataclass

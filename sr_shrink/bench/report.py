@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..io import atomic_write_json
 from .pareto import PSNR, metric_label, pareto_front
-from .runtimes import ACCEPTED_PRECISIONS, RUNTIMES
+from .pipeline import row_order
 
 MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^"}
 COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green", "w8a16": "tab:purple"}
@@ -17,12 +17,6 @@ COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green", "w8a16
 
 def _key(row: dict) -> tuple:
     return row.get("stage"), row.get("runtime"), row.get("precision")
-
-
-def row_order(row: dict) -> tuple:
-    """Return the sort key of a row: stage, then runtime and precision in their canonical order."""
-    rank = {n: i for i, n in enumerate(RUNTIMES + ACCEPTED_PRECISIONS)}
-    return row["stage"], rank.get(row["runtime"], 99), rank.get(row["precision"], 99)
 
 
 def metric_key(result: dict) -> str:

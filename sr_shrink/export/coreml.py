@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,8 +23,11 @@ import torch
 from ..deps import quiet, require
 from ..mil_eval import load_program, program_ops, program_ranks
 from .graph import GraphInfo
-from .options import ExportConfig
+from .targets import Target
 from .wrapper import MobileSR, example_input
+
+if TYPE_CHECKING:
+    from .options import ExportConfig
 
 RANGE = (8, 2048)
 DEPLOYMENT = "iOS16"
@@ -232,3 +236,13 @@ def verify_shapes(runner, student, pairs: list, scale: int, shapes: tuple[tuple[
     if out["verified"]:
         out.pop("reason", None)
     return out
+
+
+TARGET = Target(
+    name="coreml", suffix=".mlpackage", default_precision="fp16", default_layout="nchw",
+    allowed_ops=frozenset({"const", "cast", "conv", "conv_transpose", "relu", "add", "clip", "pixel_shuffle",
+                           "depth_to_space", "transpose", "constexpr_affine_dequantize", "constexpr_lut_to_dense",
+                           "constexpr_blockwise_shift_scale"}),
+    runtime="mil", converter="coremltools", require=require_coreml, export=export_coreml, graph=coreml_graph,
+    size_range=RANGE, demo_precisions=("fp16",), quantizes_activations=False,
+    options=frozenset({"shapes", "palettize", "image_io"}), check_io=check_coreml_io, verify_shapes=verify_shapes)

@@ -8,18 +8,6 @@ from ..errors import SRShrinkError
 
 MAX_RANK = 4
 
-# Ops each target's graph may hold; anything else means the wrapper leaked an op a phone runtime may lack.
-ALLOWED_OPS = {
-    "onnx": {"Conv", "ConvTranspose", "Relu", "Add", "Clip", "DepthToSpace", "Transpose", "Cast", "QuantizeLinear",
-             "DequantizeLinear"},
-    "coreml": {"const", "cast", "conv", "conv_transpose", "relu", "add", "clip", "pixel_shuffle", "depth_to_space",
-               "transpose", "constexpr_affine_dequantize", "constexpr_lut_to_dense",
-               "constexpr_blockwise_shift_scale"},
-    "tflite": {"CONV_2D", "TRANSPOSE_CONV", "ADD", "MUL", "RELU_0_TO_1", "DEPTH_TO_SPACE", "RESHAPE", "TRANSPOSE",
-               "QUANTIZE", "DEQUANTIZE"},
-}
-
-
 @dataclass
 class GraphInfo:
     """What an exported graph holds: op counts, the highest tensor rank, tensors above rank 4, I/O specs."""
@@ -33,11 +21,13 @@ class GraphInfo:
 
 def check_graph(target: str, graph: GraphInfo) -> dict:
     """Return the check record for ``graph``; raise SRShrinkError if a tensor has rank > 4 or an op is not
-    on the ``target``'s allow-list."""
+    on the ``target``'s allow-list (:attr:`Target.allowed_ops <sr_shrink.export.targets.Target.allowed_ops>`)."""
     if graph.high_rank:
         raise SRShrinkError(f"{target} graph has tensors of rank > {MAX_RANK} (max {graph.max_rank}): "
                             f"{', '.join(graph.high_rank[:5])}; phone delegates reject them.")
-    extra = sorted(set(graph.ops) - ALLOWED_OPS[target])
+    from .targets import get_target  # targets imports the format modules, which import this module
+
+    extra = sorted(set(graph.ops) - get_target(target).allowed_ops)
     if extra:
         raise SRShrinkError(f"{target} graph uses ops outside the mobile allow-list: {', '.join(extra)}.")
     return {"max_rank": graph.max_rank, "rank_ok": True, "ops_allowed": True}

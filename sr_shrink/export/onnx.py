@@ -23,14 +23,18 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..deps import quiet, require
 from .graph import GraphInfo
-from .options import ExportConfig
+from .targets import Target
 from .wrapper import MobileSR, example_input
+
+if TYPE_CHECKING:
+    from .options import ExportConfig
 
 OPSET = 18
 MAX_SIDE = 8192
@@ -265,3 +269,11 @@ def _io(v) -> dict:
     t = v.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
     return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+
+TARGET = Target(
+    name="onnx", suffix=".onnx", default_precision="fp32", default_layout="nchw",
+    allowed_ops=frozenset({"Conv", "ConvTranspose", "Relu", "Add", "Clip", "DepthToSpace", "Transpose", "Cast",
+                           "QuantizeLinear", "DequantizeLinear"}),
+    runtime="onnxruntime", converter="onnxruntime", require=require_onnx, export=export_onnx, graph=onnx_graph,
+    size_range=(4, MAX_SIDE), demo_precisions=("fp32", "int8"), int8_scheme=INT8_SCHEME, benched=True)

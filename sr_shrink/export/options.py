@@ -8,14 +8,17 @@ from pathlib import Path
 
 from .. import sizes
 from ..errors import SRShrinkError
+from .targets import TARGETS as REGISTRY
+from .targets import get_target
 
-TARGETS = ("onnx", "coreml", "tflite")
+# Views of the target registry (sr_shrink.export.targets), kept for existing importers.
+TARGETS = tuple(REGISTRY)
 PRECISIONS = ("fp32", "fp16", "int8", "w8a16")  # w8a16: int8 weights, 16-bit activations
-SUFFIX = {"onnx": ".onnx", "coreml": ".mlpackage", "tflite": ".tflite"}
-DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16", "tflite": "fp32"}
-DEFAULT_LAYOUT = {"onnx": "nchw", "coreml": "nchw", "tflite": "nhwc"}
-DEFAULT_SHUFFLE = {"onnx": "native", "coreml": "native", "tflite": "native"}
-TFLITE_DEFAULT_SIZE = (256, 256)
+SUFFIX = {n: t.suffix for n, t in REGISTRY.items()}
+DEFAULT_PRECISION = {n: t.default_precision for n, t in REGISTRY.items()}
+DEFAULT_LAYOUT = {n: t.default_layout for n, t in REGISTRY.items()}
+DEFAULT_SHUFFLE = {n: t.default_shuffle for n, t in REGISTRY.items()}
+TFLITE_DEFAULT_SIZE = REGISTRY["tflite"].fixed_size
 PALETTE_BITS = (4, 6, 8)
 # Core ML --shapes default: LR tiles (256, 512) and frames (360p, 540p, 720p: 720p/1080p/1440p out at x2)
 COREML_SHAPES = ((256, 256), (512, 512), (360, 640), (540, 960), (720, 1280))
@@ -60,23 +63,22 @@ class ExportConfig:
     io: str = "tensor"
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise SRShrinkError(f"unknown export target {self.target!r}; choose one of {', '.join(TARGETS)}.")
-        self.precision = self.precision or DEFAULT_PRECISION[self.target]
+        rec = get_target(self.target)
+        self.precision = self.precision or rec.default_precision
         if self.precision not in PRECISIONS:
             raise SRShrinkError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}.")
-        self.layout = _choice("layout", self.layout or DEFAULT_LAYOUT[self.target], ("nchw", "nhwc"))
-        self.shuffle = _choice("shuffle", self.shuffle or DEFAULT_SHUFFLE[self.target], ("native", "convt"))
+        self.layout = _choice("layout", self.layout or rec.default_layout, ("nchw", "nhwc"))
+        self.shuffle = _choice("shuffle", self.shuffle or rec.default_shuffle, ("native", "convt"))
         self.input_size = parse_size(self.input_size)
-        if self.input_size is None and self.target == "tflite":
-            self.input_size = TFLITE_DEFAULT_SIZE
+        if self.input_size is None:
+            self.input_size = rec.fixed_size
         self._check_palettize()
         self._check_shapes()
         self.io = _choice("io", self.io or "tensor", ("tensor", "image"))
-        if self.io == "image" and (self.target != "coreml" or self.layout != "nchw" or self.native_io):
+        if self.io == "image" and ("image_io" not in rec.options or self.layout != "nchw" or self.native_io):
             raise SRShrinkError("--io image is for Core ML with the default nchw layout and float I/O "
                                 "(drop --layout nhwc / --native-io, or use --target coreml).")
-        if self.precision == "w8a16" and self.target == "coreml":
+        if self.precision == "w8a16" and "w8a16" not in rec.options:
             raise SRShrinkError("--precision w8a16 is for onnx and tflite; Core ML quantises activations only on "
                                 "macOS (use --precision int8 or --palettize for Core ML).")
         if self.calib_samples is None:
@@ -105,7 +107,7 @@ class ExportConfig:
     def _check_shapes(self) -> None:
         if self.shapes is None:
             return
-        if self.target != "coreml":
+        if "shapes" not in get_target(self.target).options:
             raise SRShrinkError("--shapes applies to Core ML only; use --input-size HxW for a fixed size.")
         if self.input_size is not None:
             raise SRShrinkError("pass either --shapes or --input-size, not both.")
@@ -117,7 +119,7 @@ class ExportConfig:
         if self.palettize is None:
             return
         self.palettize = int(self.palettize)
-        if self.target != "coreml":
+        if "palettize" not in get_target(self.target).options:
             raise SRShrinkError("--palettize applies to Core ML only; use --precision int8 for other targets.")
         if self.palettize not in PALETTE_BITS:
             raise SRShrinkError(f"--palettize must be 4, 6 or 8 bits, not {self.palettize}.")
@@ -134,7 +136,7 @@ class ExportConfig:
     @property
     def calibrated(self) -> bool:
         """Return True when the export quantises activations (int8, w8a16) and so needs calibration inputs."""
-        return self.precision in ("int8", "w8a16") and self.target != "coreml"
+        return get_target(self.target).calibrated(self.precision)
 
     @property
     def dynamic(self) -> bool:
@@ -143,7 +145,7 @@ class ExportConfig:
 
     def file_name(self, stage: int) -> str:
         """Return ``stage_XX_<tag><suffix>`` for ``stage``."""
-        return f"stage_{stage:02d}_{self.tag}{SUFFIX[self.target]}"
+        return f"stage_{stage:02d}_{self.tag}{get_target(self.target).suffix}"
 
 
 def auto_calib_samples(size: tuple[int, int] | None) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,38 +32,13 @@ from ..models.student import SRStudent, load_student
 from ..progress import task
 from ..run import RunDir, now_iso
 from ..runtimes import open_runner, runtime_label
-from . import coreml as _coreml
-from . import onnx as _onnx
-from . import tflite as _tflite
 from .calib import calib_inputs, calib_source
 from .graph import GraphInfo, check_graph
 from .options import ExportConfig
 from .qat import DEFAULT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
+from .targets import Target, get_target
 from .verify import not_verified, tolerance_key, verify
-from .wrapper import MobileSR, build_wrapper
-
-
-@dataclass(frozen=True)
-class Format:
-    """How one target is exported and read back, and which runtime of :mod:`sr_shrink.runtimes` runs it."""
-
-    require: Callable[[str], None]
-    export: Callable[[MobileSR, Path, ExportConfig, list | None, dict], dict]
-    graph: Callable[[Path], GraphInfo]
-    runtime: str
-    calibrated: Callable[[ExportConfig], bool]
-
-
-def _int8(cfg: ExportConfig) -> bool:
-    return cfg.precision in ("int8", "w8a16")  # both quantise activations: calibrated
-
-
-FORMATS = {
-    "onnx": Format(_onnx.require_onnx, _onnx.export_onnx, _onnx.onnx_graph, "onnxruntime", _int8),
-    "coreml": Format(_coreml.require_coreml, _coreml.export_coreml, _coreml.coreml_graph, "mil",
-                     lambda cfg: False),
-    "tflite": Format(_tflite.require_tflite, _tflite.export_tflite, _tflite.tflite_graph, "litert", _int8),
-}
+from .wrapper import build_wrapper
 
 
 def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "all", precision: str | None = None,
@@ -81,8 +55,9 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     cfg = _config(target, precision, opts)
     run = RunDir.open(run_dir)
     stages = run.select(stage)
-    FORMATS[cfg.target].require(cfg.precision)
-    job = _Job(run, cfg, FORMATS[cfg.target])
+    fmt = get_target(cfg.target)
+    fmt.require(cfg.precision)
+    job = _Job(run, cfg, fmt)
     if cfg.qat_steps:  # a missing or unloadable teacher is an error before anything is written
         job.teacher(load_student(run.stages[stages[0]])[0].scale)
     out_dir = Path(out) if out is not None else run.exports_dir
@@ -101,11 +76,11 @@ def _config(target: str, precision: str | None, opts: dict) -> ExportConfig:
 
 @dataclass
 class _Job:
-    """One export_run call: the run, the options, the format, and inputs shared by its stages."""
+    """One export_run call: the run, the options, the target's record, and inputs shared by its stages."""
 
     run: RunDir
     cfg: ExportConfig
-    fmt: Format
+    fmt: Target
     _pairs: dict = field(default_factory=dict)
     _calib: dict = field(default_factory=dict)
     _teacher: dict = field(default_factory=dict)
@@ -137,9 +112,9 @@ class _Job:
         cfg = self.cfg
         teacher, teacher_rec = self.teacher(student.scale)
         inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
-        scheme = _onnx.INT8_SCHEME if cfg.target == "onnx" else None  # mirror what the exporter quantizes
+        scheme = self.fmt.int8_scheme  # mirror what the exporter quantizes
         qcfg = QATConfig(cfg.qat_steps, lr=cfg.qat_lr or DEFAULT_LR, seed=cfg.seed,
-                         activations=self.fmt.calibrated(cfg),  # Core ML int8: int8 weights, float activations
+                         activations=self.fmt.calibrated(cfg.precision),  # Core ML int8: float activations
                          weight_max=64 if scheme is not None and scheme.reduce_range else 127,
                          float_ends=bool(scheme is not None and scheme.float_end_convs))
         tuned, rec = finetune(student, teacher, inputs, qcfg)
@@ -162,7 +137,7 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     original, _ = load_student(job.run.stages[stage])
     student, qat_rec = job.finetune(original) if cfg.qat_steps else (original, None)
     path = out_dir / cfg.file_name(stage)
-    calib, calib_rec = job.calib(student.scale) if job.fmt.calibrated(cfg) else (None, None)
+    calib, calib_rec = job.calib(student.scale) if job.fmt.calibrated(cfg.precision) else (None, None)
     t0 = time.perf_counter()
     calibrating = f" (int8, calibrating on {len(calib)} inputs)" if calib else ""
     with task(f"stage {stage}: writing {path.name}{calibrating}"):
@@ -225,11 +200,11 @@ def _verify(job: _Job, path: Path, student: SRStudent) -> dict:
     cfg = job.cfg
     runtime = runtime_label(job.fmt.runtime)
     try:
-        if cfg.target == "coreml":
-            _coreml.check_coreml_io(path, cfg)
+        if job.fmt.check_io is not None:
+            job.fmt.check_io(path, cfg)
         runner = open_runner(path, threads=torch.get_num_threads())
-        if cfg.target == "coreml" and cfg.shapes:  # every enumerated size
-            return _coreml.verify_shapes(runner, student, job.pairs(student.scale), student.scale, cfg.shapes,
+        if job.fmt.verify_shapes is not None and cfg.shapes:  # every enumerated size
+            return job.fmt.verify_shapes(runner, student, job.pairs(student.scale), student.scale, cfg.shapes,
                                          tolerance_key(cfg.precision, cfg.palettize), runner.label)
         return verify(runner, student, job.pairs(student.scale), student.scale, cfg.input_size,
                       tolerance_key(cfg.precision, cfg.palettize), runner.label)
@@ -266,7 +241,7 @@ def _shape_policy(cfg: ExportConfig) -> str:
         return f"fixed {cfg.input_size[0]}x{cfg.input_size[1]} LR input, batch 1"
     if cfg.shapes:
         return f"enumerated LR sizes {', '.join(f'{h}x{w}' for h, w in cfg.shapes)} (default first), batch 1"
-    lo, hi = (_coreml.RANGE if cfg.target == "coreml" else (4, _onnx.MAX_SIDE))
+    lo, hi = get_target(cfg.target).size_range
     return f"free LR height and width ({lo}..{hi}), batch 1"
 
 

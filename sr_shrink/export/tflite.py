@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,8 +31,11 @@ import torch
 from ..deps import quiet, require
 from .delegates import gpu_report
 from .graph import GraphInfo
-from .options import ExportConfig
+from .targets import Target
 from .wrapper import MobileSR, example_input
+
+if TYPE_CHECKING:
+    from .options import ExportConfig
 
 
 def require_tflite(precision: str = "fp32") -> None:
@@ -263,3 +267,11 @@ def tflite_graph(path: Path) -> GraphInfo:
 
 def _name(t) -> str:
     return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+
+
+TARGET = Target(
+    name="tflite", suffix=".tflite", default_precision="fp32", default_layout="nhwc",
+    allowed_ops=frozenset({"CONV_2D", "TRANSPOSE_CONV", "ADD", "MUL", "RELU_0_TO_1", "DEPTH_TO_SPACE", "RESHAPE",
+                           "TRANSPOSE", "QUANTIZE", "DEQUANTIZE"}),
+    runtime="litert", converter="litert_torch", require=require_tflite, export=export_tflite, graph=tflite_graph,
+    size_range=(4, 8192), demo_precisions=("fp32", "int8"), fixed_size=(256, 256), benched=True)
