@@ -29,9 +29,9 @@ def installed_targets() -> list[str]:
     return [t for t, (mod, _) in demo_targets().items() if importlib.util.find_spec(mod) is not None]
 
 
-# Rough shares of the demo's time per phase (distill, export, bench): an estimate, not a measurement (see the
-# demo's phase lines in BENCHMARKS.md for measured times); they turn the time so far into an estimate of what is left.
-PHASE_SHARES = (0.55, 0.15, 0.30)
+# Shares of the demo's time per phase (distill, export, bench), from one quiet run on 2 cores (48 s, 48 s, 101 s;
+# BENCHMARKS.md section 15); they turn the time so far into an estimate of what is left.
+PHASE_SHARES = (0.25, 0.25, 0.50)
 
 
 def phase_line(n: int, what: str, started: float, now: float) -> str:
