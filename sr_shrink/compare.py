@@ -45,12 +45,10 @@ def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
         if path is None:
             log("no teacher found (pass --teacher); the comparison shows bicubic | student only.")
             return None
-        if run_teacher is not None:  # reload the run's teacher as it was distilled
-            saved = run.teacher_overrides()
-            value_range = value_range if value_range is not None else saved["value_range"]
-            res_scale = res_scale if res_scale is not None else saved["res_scale"]
-        try:
-            net = load_teacher(path, scale=up.scale, device=device, value_range=value_range, res_scale=res_scale)
+        try:  # the run's teacher reloads as it was distilled (run.json's value range and res_scale)
+            net = (run.load_teacher(up.scale, device, value_range=value_range, res_scale=res_scale).net
+                   if run_teacher is not None else
+                   load_teacher(path, scale=up.scale, device=device, value_range=value_range, res_scale=res_scale))
         except SRShrinkError as exc:
             log(f"teacher {path} not usable here ({exc}); comparison without it.")
             return None

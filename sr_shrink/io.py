@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed run never leaves a half-written checkpoint or JSON file behind."""
+"""Atomic file writes (a killed run never leaves a half-written checkpoint or JSON file behind) and the
+exclusive lock of a folder a writer fills."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .errors import SRShrinkError, first_line
 
 
 @contextmanager
@@ -75,3 +78,45 @@ def atomic_write_json(obj: Any, path: str | Path) -> Path:
         json.dump(obj, f, indent=2)
         f.write("\n")
     return Path(path)
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """Return the JSON object in ``path`` ({} if the file is absent); an SRShrinkError naming ``what`` if it cannot
+    be read or is not one."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SRShrinkError(f"{path}: unreadable {what} ({first_line(exc)}).") from None
+    if not isinstance(data, dict):
+        raise SRShrinkError(f"{path}: {what} does not hold a JSON object.")
+    return data
+
+
+@contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[str | None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing, this process's pid written in it) for the
+    ``with`` block and yield None; when another process holds it, yield at once what that one wrote there (its
+    pid, "" if nothing) without locking, so the caller can refuse. The kernel drops the lock when the process ends,
+    however it ends (SIGKILL too). Where ``fcntl`` is missing (Windows) nothing is locked (None is yielded)."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no advisory locks
+        yield None
+        return
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            yield f.read().strip()
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield None
+    finally:
+        f.close()

@@ -3,8 +3,9 @@
 What ``sr-shrink distill --out RUN_DIR`` leaves there, and the rules every command reads it by:
 
 - ``stage_XX.pt``: one student per finished stage; the stages of a run are the files of that name present;
-- ``run.json``: the run's record (scale, teacher, mode, ``stages`` records, teacher/bicubic PSNR); optional
-  for export (``{}`` when absent), required by bench; unreadable JSON is an error, never guessed around;
+- ``run.json``: the run's record (scale, teacher, mode, ``stages`` records, teacher/bicubic PSNR), typed as
+  :class:`~sr_shrink.record.RunRecord` (``RunDir.record``); optional for export (``{}`` when absent), required by
+  bench; unreadable JSON is an error, never guessed around;
 - ``generator.pt``: the data-free generator, when the mode trained one;
 - ``state.pt``: distill's resumable state while a run is unfinished (removed when it completes);
 - ``exports/``: the default export folder, with its ``export.json`` index:
@@ -18,15 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
-import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SRShrinkError, first_line
-from .io import atomic_write_json
+from .errors import SRShrinkError
+from .io import atomic_write_json, exclusive_lock, read_json_object
+from .record import RunRecord
+from .run_teacher import TeacherOfRun
 
 STAGE_RE = re.compile(r"^stage_(\d{2,})\.pt$")
 RUN_JSON = "run.json"
@@ -48,28 +49,16 @@ def stage_file(stage: int) -> str:
     return f"stage_{stage:02d}.pt"
 
 
-def _read_json_object(path: Path, what: str) -> dict:
-    """Return the JSON object in ``path`` ({} if the file is absent); an error if it is not one."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SRShrinkError(f"{path}: unreadable {what} ({first_line(exc)}).") from None
-    if not isinstance(data, dict):
-        raise SRShrinkError(f"{path}: {what} does not hold a JSON object.")
-    return data
-
-
 @dataclass
-class RunDir:
-    """A distill run folder (or a lone stage file): ``root``, its ``run`` (run.json, {} if absent),
-    ``stages`` {stage number: checkpoint path} and ``generator`` (generator.pt or None)."""
+class RunDir(TeacherOfRun):
+    """A distill run folder (or a lone stage file): ``root``, its ``run`` (run.json, {} if absent; typed:
+    :attr:`record`), ``stages`` {stage number: checkpoint path} and ``generator`` (generator.pt or None)."""
 
     root: Path
     run: dict
     stages: dict[int, Path]
     generator: Path | None = None
+    _teachers: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, path: str | Path | RunDir) -> RunDir:
@@ -80,7 +69,7 @@ class RunDir:
         if path.is_file():
             m = STAGE_RE.match(path.name)
             stage = int(m.group(1)) if m else _stage_from_ckpt(path)
-            return cls(path.parent, _read_json_object(path.parent / RUN_JSON, RUN_JSON), {stage: path},
+            return cls(path.parent, read_json_object(path.parent / RUN_JSON, RUN_JSON), {stage: path},
                        _generator(path.parent))
         if not path.is_dir():
             raise SRShrinkError(f"{path}: no such run directory or stage_XX.pt file.")
@@ -88,7 +77,7 @@ class RunDir:
         if not stages:
             raise SRShrinkError(f"{path}: not a distill run (no stage_XX.pt files); pass the folder "
                                 "'sr-shrink distill' wrote, or one stage_XX.pt.")
-        return cls(path, _read_json_object(path / RUN_JSON, RUN_JSON), dict(sorted(stages.items())),
+        return cls(path, read_json_object(path / RUN_JSON, RUN_JSON), dict(sorted(stages.items())),
                    _generator(path))
 
     @classmethod
@@ -100,7 +89,7 @@ class RunDir:
             raise SRShrinkError(f"{root}: exists and is not a folder; pass a folder for the run.")
         root.mkdir(parents=True, exist_ok=True)
         stages = {int(m.group(1)): p for p in root.iterdir() if (m := STAGE_RE.match(p.name)) and p.is_file()}
-        return cls(root, _read_json_object(root / RUN_JSON, RUN_JSON), dict(sorted(stages.items())), _generator(root))
+        return cls(root, read_json_object(root / RUN_JSON, RUN_JSON), dict(sorted(stages.items())), _generator(root))
 
     @classmethod
     def find(cls, model_path: str | Path, levels: int = 3) -> RunDir | None:
@@ -141,31 +130,13 @@ class RunDir:
 
     @contextlib.contextmanager
     def lock(self):
-        """Hold RUN_DIR/.lock (an exclusive ``flock``) while a writer fills the folder; a second writer gets an
-        SRShrinkError at once. The kernel drops the lock when the process ends, however it ends (SIGKILL too), so a
-        killed run leaves no stale lock. Where ``fcntl`` is missing (Windows) nothing is locked."""
-        try:
-            import fcntl
-        except ImportError:  # not a POSIX system: no advisory locks
+        """Hold RUN_DIR/.lock (:func:`~sr_shrink.io.exclusive_lock`) while a writer fills the folder; a second
+        writer gets an SRShrinkError at once. A killed run (SIGKILL too) leaves no stale lock."""
+        with exclusive_lock(self.root / LOCK) as holder:
+            if holder is not None:
+                raise SRShrinkError(f"{self.root}: another sr-shrink process{f' (pid {holder})' if holder else ''} "
+                                    "is writing this run folder; wait for it to end or pass another --out.")
             yield
-            return
-        path = self.root / LOCK
-        f = open(path, "a+")
-        try:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.seek(0)
-                pid = f.read().strip()
-                raise SRShrinkError(f"{self.root}: another sr-shrink process{f' (pid {pid})' if pid else ''} is "
-                                    "writing this run folder; wait for it to end or pass another --out.") from None
-            f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
-            yield
-        finally:
-            f.close()
 
     def clear(self) -> None:
         """Delete the run's files (stages, run.json, state.pt, generator.pt, exports/) for a fresh run."""
@@ -173,8 +144,14 @@ class RunDir:
             p.unlink(missing_ok=True)
         shutil.rmtree(self.exports_dir, ignore_errors=True)
         self.run, self.stages, self.generator = {}, {}, None
+        self._teachers.clear()
 
     # ---- run.json
+
+    @property
+    def record(self) -> RunRecord:
+        """Return run.json as a :class:`~sr_shrink.record.RunRecord` (every field None when there is none)."""
+        return RunRecord.from_dict(self.run)
 
     @property
     def scale(self) -> int | None:
@@ -193,27 +170,25 @@ class RunDir:
         return self.run
 
     def stage_record(self, stage: int) -> dict:
-        """Return run.json's record of ``stage`` (empty when run.json has none)."""
-        for rec in self.run.get("stages", []) or []:
-            if isinstance(rec, dict) and rec.get("stage") == stage:
-                return rec
-        return {}
+        """Return run.json's record of ``stage`` as a dict (empty when run.json has none)."""
+        rec = self.record.stage(stage)
+        return rec.to_dict() if rec is not None else {}
 
     def missing_stages(self) -> list[int]:
         """Return the stages run.json records whose checkpoint file is not in the folder."""
-        recorded = [r.get("stage") for r in self.run.get("stages", []) or [] if isinstance(r, dict)]
-        return sorted(s for s in recorded if isinstance(s, int) and s not in self.stages)
+        return sorted(r.stage for r in self.record.stages or [] if r.stage is not None and r.stage not in self.stages)
 
-    def write_run(self, run: dict) -> Path:
-        """Write ``run`` as RUN_DIR/run.json atomically, keep it as ``self.run``; return the path."""
-        self.run = run
-        return atomic_write_json(run, self.run_path)
+    def write_run(self, run: RunRecord | dict) -> Path:
+        """Write ``run`` (a record or its dict) as RUN_DIR/run.json atomically, keep its dict as ``self.run``;
+        return the path."""
+        self.run = run.to_dict() if isinstance(run, RunRecord) else run
+        return atomic_write_json(self.run, self.run_path)
 
     def summary(self) -> dict:
         """Return the run-level facts export.json repeats: path, scale, mode, seed, teacher/bicubic PSNR."""
         return {"path": str(self.root), **{k: self.run[k] for k in SUMMARY_KEYS if k in self.run}}
 
-    # ---- stages, teacher, generator
+    # ---- stages (the teacher: :class:`~sr_shrink.run_teacher.TeacherOfRun`)
 
     def select(self, stage: int | str) -> list[int]:
         """Return the stage numbers ``stage`` ("all", "last" or a number) names; an error if one is missing."""
@@ -228,28 +203,6 @@ class RunDir:
             raise SRShrinkError(f"{self.root}: no stage {n}; this run has stage(s) {', '.join(map(str, have))}.")
         return [n]
 
-    def teacher_path(self) -> Path | None:
-        """Return the teacher file run.json names: as given (absolute or relative to the current folder),
-        else relative to the run folder; None when run.json names none or the file is not there."""
-        teacher = self.run.get("teacher")
-        raw = teacher.get("path") if isinstance(teacher, dict) else None
-        if not raw or not isinstance(raw, str):
-            return None
-        for p in (Path(raw), self.root / raw):
-            if p.is_file():
-                return p
-        return None
-
-    def teacher_overrides(self) -> dict:
-        """Return the ``load_teacher`` overrides the run was distilled with: ``value_range`` and, for an EDSR
-        teacher, ``res_scale`` (None where run.json does not say), so the teacher reloads as it was used."""
-        teacher = self.run.get("teacher") if isinstance(self.run.get("teacher"), dict) else {}
-        config = teacher.get("config") if isinstance(teacher.get("config"), dict) else {}
-        res_scale = config.get("res_scale") if teacher.get("arch") == "edsr" else None
-        value_range = teacher.get("value_range")
-        return {"value_range": value_range if isinstance(value_range, (int, float)) else None,
-                "res_scale": res_scale if isinstance(res_scale, (int, float)) else None}
-
     # ---- exports and export.json
 
     @property
@@ -262,7 +215,7 @@ class RunDir:
         or damaged index reads as ``{"exports": []}`` (it is rebuilt by the next update)."""
         path = Path(out_dir or self.exports_dir) / INDEX_NAME
         try:
-            data = _read_json_object(path, INDEX_NAME)
+            data = read_json_object(path, INDEX_NAME)
         except SRShrinkError:
             data = {}
         entries = data.get("exports")

@@ -27,7 +27,7 @@ from ..progress import task
 from ..run import RunDir
 from ..runtimes import Runner, TorchRunner, missing_runtime_message, open_runner, require_runtime, runtime_available
 from ..sizes import parse_size  # noqa: F401 - re-exported: sr_shrink.bench.parse_size
-from ..teachers import count_macs, load_teacher, sha256_file
+from ..teachers import count_macs
 from .artifacts import Exporter, ensure_export, export_command
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved, timing_steps
@@ -120,26 +120,22 @@ class Row:
 def teacher_score(rd: RunDir, pairs: list[EvalPair], device: str, log: Log) -> tuple[dict, list, list]:
     """Return (teacher metrics dict with a ``source``, the fidelity reference pairs (empty when the teacher is
     not at hand), notes); the metrics are measured here or, without the teacher file, taken from run.json."""
-    run = rd.run
-    path = rd.teacher_path()
-    stored = run.get("teacher_psnr_y")
-    fallback = {"psnr_y": stored, "ssim_y": run.get("teacher_ssim_y"), "source": "run.json"}
-    if path is None:
-        raw = (run.get("teacher") or {}).get("path")
-        note = (f"teacher file {raw!r} not found; teacher PSNR {stored} dB taken from run.json "
-                "(measured by distill, possibly on other images); no fidelity to the teacher.")
+    run = rd.record
+    stored = run.teacher_psnr_y
+    fallback = {"psnr_y": stored, "ssim_y": run.teacher_ssim_y, "source": "run.json"}
+    if rd.teacher_path() is None:
+        note = (f"teacher file {(run.teacher or {}).get('path')!r} not found; teacher PSNR {stored} dB taken from "
+                "run.json (measured by distill, possibly on other images); no fidelity to the teacher.")
         return fallback, [], [note]
-    notes = []
-    want = (run.get("teacher") or {}).get("sha256")
-    if want and want != sha256_file(path):
-        notes.append(f"teacher {path} differs from the one distilled from (sha256 mismatch).")
+    notes = [f"teacher {rd.teacher_path()} differs from the one distilled from (sha256 mismatch)."] \
+        if rd.same_teacher() is False else []
     try:
-        teacher = load_teacher(path, scale=rd.scale, device=device, **rd.teacher_overrides())
+        teacher = rd.load_teacher(device=device)
     except SRShrinkError as exc:
         return fallback, [], notes + [f"teacher not loadable ({exc}); teacher PSNR taken from run.json."]
-    log(f"scoring the teacher {path.name}")
-    scores, references = teacher_references(teacher, pairs, rd.scale)
-    return {"psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"], "source": str(path)}, references, notes
+    log(f"scoring the teacher {teacher.path.name}")
+    scores, references = teacher_references(teacher.net, pairs, rd.scale)
+    return {"psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"], "source": str(teacher.path)}, references, notes
 
 
 def choose_metric(requested: str, teacher: dict, bicubic: dict, have_fidelity: bool) -> dict:

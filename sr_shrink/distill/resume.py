@@ -86,11 +86,12 @@ def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:
     return replace(cfg, **take) if take else cfg
 
 
-def check_same_run(where: str, old: dict, run: dict, cfg: DistillConfig, device: torch.device) -> None:
-    """Raise an SRShrinkError naming the first difference between ``old`` run.json and this ``run``."""
+def check_same_run(where: str, old: dict, new_teacher: dict, cfg: DistillConfig, device: torch.device) -> None:
+    """Raise an SRShrinkError naming the first difference between ``old`` run.json and this run (its teacher
+    record ``new_teacher`` and ``cfg``)."""
     where = f"{where}: "
     tip = "resume with the same options or pass --force to start over."
-    old_teacher, new_teacher = old.get("teacher", {}), run["teacher"]
+    old_teacher = old.get("teacher", {})
     if old_teacher.get("sha256") != new_teacher["sha256"]:
         raise SRShrinkError(f"{where}was distilled from another teacher ({old_teacher.get('path')}, sha256 "
                             f"{str(old_teacher.get('sha256'))[:12]}...), not {new_teacher['path']} (sha256 "

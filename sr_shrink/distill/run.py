@@ -20,6 +20,7 @@ from ..data import EvalPair
 from ..evaluate import evaluate_bicubic, evaluate_model, fidelity, teacher_references
 from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, collapse, grow, load_student, to_rep
+from ..record import RunRecord, StageRecord
 from ..run import RunDir
 from .budget import plan_time_budget, refuse_early
 from .buffer import ReplayBuffer
@@ -50,16 +51,16 @@ class Job:
     callbacks: Callbacks
 
 
-def new_record(job: Job, cfg: DistillConfig, dtype: str) -> dict:
-    """Return the run.json dict of a run of ``cfg`` that has not trained yet."""
+def new_record(job: Job, cfg: DistillConfig, dtype: str) -> RunRecord:
+    """Return the run.json record of a run of ``cfg`` that has not trained yet."""
     info = job.teacher.info
     d = info.to_dict()
-    run = {"scale": cfg.scale, "teacher": {"path": info.path, "sha256": info.sha256,
-                                           **{k: d[k] for k in TEACHER_KEYS if k in d}},
-           "mode": cfg.mode, "seed": cfg.seed, "recipe": cfg.recipe(), "config": cfg.to_dict(),
-           "world_size": job.env.world, "teacher_dtype": dtype, "stages": [], "complete": False}
+    run = RunRecord(scale=cfg.scale, teacher={"path": info.path, "sha256": info.sha256,
+                                              **{k: d[k] for k in TEACHER_KEYS if k in d}},
+                    mode=cfg.mode, seed=cfg.seed, recipe=cfg.recipe(), config=cfg.to_dict(), world_size=job.env.world,
+                    teacher_dtype=dtype, stages=[], complete=False)
     if getattr(info, "value_range_guessed", False):
-        run["value_range_guessed"] = True
+        run.value_range_guessed = True
     return run
 
 
@@ -70,27 +71,27 @@ def run_stages(job: Job, resume: bool) -> dict:
     cfg = adopt(job.cfg, old)
     dtype = resolve_teacher_dtype(cfg.teacher_dtype, env.device)
     run = new_record(job, cfg, dtype)
-    if old is not None and cfg.time_budget and "time_budget" in old:
-        run["time_budget"] = old["time_budget"]
+    was = RunRecord.from_dict(old) if old is not None else None
+    if was is not None and cfg.time_budget and was.time_budget is not None:
+        run.time_budget = was.time_budget
     label = Labeller(job.teacher.to(env.device), env.device, dtype, env.channels_last, env.amp, cfg.batch,
                      cfg.lr_patch, cb.label, cfg.targets)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + env.rank)
-    pool_images = old.get("pool", {}).get("images") if old is not None and "time_budget" in run else None
+    pool_images = (was.pool or {}).get("images") if was is not None and run.time_budget is not None else None
     source = make_source(cfg, label, g, env.rank, env.world, pool_images)  # a budgeted run's pool: as recorded
     state = TrainState(cfg, g, ReplayBuffer(BUFFER_BATCHES * cfg.batch), source, label, rundir.root)
     write = (lambda: rundir.write_run(run)) if env.main else (lambda: None)
     blocks = cfg.stages()
     torch.manual_seed(cfg.seed)
     student = SRStudent(cfg.scale, blocks[0], cfg.channels, cfg.block).to(env.device)  # before the state loads
-    if old is not None:
-        check_same_run(str(rundir.root), old, run, cfg, env.device)
-        run["stages"] = old.get("stages", [])
-        if "resumed_from" in old:
-            run["resumed_from"] = old["resumed_from"]
+    if was is not None:
+        check_same_run(str(rundir.root), old, run.teacher, cfg, env.device)
+        run.stages = was.stages or []
+        run.resumed_from = was.resumed_from
     saved = state.load(rundir.state_path, env.rank, env.world) if resume else None
     if saved is not None:  # the state's list of finished stages is the authority on where to go on
-        run["stages"] = saved["stages"]
-    run["stages"] = state.stages = [s for s in run["stages"] if (rundir.root / s["checkpoint"]).exists()]
+        run.stages = [StageRecord.from_dict(s) for s in saved["stages"]]
+    run.stages = state.stages = [s for s in run.stages if (rundir.root / str(s.checkpoint)).exists()]
     done = len(state.stages)
     if saved is not None and saved["stage_idx"] != done:
         saved = None  # a stale state (its stage's checkpoint is gone): start that stage afresh
@@ -98,31 +99,31 @@ def run_stages(job: Job, resume: bool) -> dict:
         picked_up = {"stage": done + 1, "step": saved["step"] if saved is not None else 0}
         if cfg.block == "rep" and done and saved is None:
             picked_up["from_collapsed"] = True  # the training form was lost: see to_rep
-        run["resumed_from"] = [*run.get("resumed_from", []), picked_up]
-    if cfg.time_budget and "time_budget" not in run and done < len(blocks):
+        run.resumed_from = [*(run.resumed_from or []), picked_up]
+    if cfg.time_budget and run.time_budget is None and done < len(blocks):
         refuse_early(cfg, label, job.eval_pairs, job.started, source.plays, env.world, env.main)
     fidelity_pairs: list[EvalPair] = []
     if job.eval_pairs and env.main:
         tr, fidelity_pairs = teacher_references(label.teacher, job.eval_pairs, cfg.scale)
         br = evaluate_bicubic(job.eval_pairs, cfg.scale)
-        run.update(teacher_psnr_y=tr["psnr_y"], teacher_ssim_y=tr["ssim_y"], bicubic_psnr_y=br["psnr_y"],
-                   bicubic_ssim_y=br["ssim_y"])
+        run.teacher_psnr_y, run.teacher_ssim_y = tr["psnr_y"], tr["ssim_y"]
+        run.bicubic_psnr_y, run.bicubic_ssim_y = br["psnr_y"], br["ssim_y"]
     if done < len(blocks):
         t0 = time.perf_counter()
         pool = source.prepare()
         if pool is not None:
             state.timing["pool"] += time.perf_counter() - t0
-            run["pool"] = pool
-        if cfg.time_budget and "time_budget" not in run:
+            run.pool = pool
+        if cfg.time_budget and run.time_budget is None:
             plan = plan_time_budget(state, student, blocks, job.started, job.eval_pairs, fidelity_pairs, env.world,
                                     env.main)
             cfg = state.cfg = replace(cfg, steps_per_stage=plan.steps_per_stage)
-            run["config"], run["time_budget"] = cfg.to_dict(), plan.to_dict()
+            run.config, run.time_budget = cfg.to_dict(), plan.to_dict()
     write()
     if done and cfg.block == "rep" and saved is not None:  # stage checkpoints are collapsed: the training
         student = _restored(saved, env)  # form of the last stage is in state.pt
     elif done:
-        student, _ = load_student(rundir.root / state.stages[-1]["checkpoint"])
+        student, _ = load_student(rundir.root / state.stages[-1].checkpoint)
         student = (to_rep(student) if cfg.block == "rep" else student).to(env.device)
 
     def save(step: int, seconds: float) -> None:
@@ -149,17 +150,17 @@ def run_stages(job: Job, resume: bool) -> dict:
         seconds = train_stage(state, student, save, cb, env.world)
         student = student.to(memory_format=torch.contiguous_format)
         cb.call("stage_end", idx, student)
-        run["stages"].append(finish_stage(job, state, student, blocks[idx], seconds, fidelity_pairs))
+        run.stages.append(finish_stage(job, state, student, blocks[idx], seconds, fidelity_pairs))
         state.stage_idx, state.step, state.seconds, state.kd_hist = idx + 1, 0, 0.0, []
         save(0, 0.0)  # before run.json: the state lists this stage as done
         write()
         env.barrier()
-    run["complete"] = True
-    run["timing_seconds"] = {k: round(v, 2) for k, v in state.timing.items()}
+    run.complete = True
+    run.timing_seconds = {k: round(v, 2) for k, v in state.timing.items()}
     write()
     if env.main:
         rundir.state_path.unlink(missing_ok=True)
-    return run
+    return run.to_dict()
 
 
 def _restored(saved: dict, env: Env) -> SRStudent:
@@ -169,25 +170,26 @@ def _restored(saved: dict, env: Env) -> SRStudent:
 
 
 def finish_stage(job: Job, state: TrainState, student: SRStudent, n_blocks: int, seconds: float,
-                 fidelity_pairs: list[EvalPair]) -> dict:
-    """Evaluate and save the stage's (collapsed) student and the generator; return the stage's run.json entry."""
+                 fidelity_pairs: list[EvalPair]) -> StageRecord:
+    """Evaluate and save the stage's (collapsed) student and the generator; return the stage's run.json record."""
     cfg, env, idx = state.cfg, job.env, state.stage_idx
     shipped = collapse(student) if student.block == "rep" else student  # what stage_XX.pt holds
     path = job.rundir.stage_path(idx + 1)
     recent = state.kd_hist[-20:]
-    entry = {"stage": idx + 1, "n_blocks": n_blocks, "channels": cfg.channels,
-             "params": sum(p.numel() for p in shipped.parameters()), "checkpoint": path.name,
-             "steps": cfg.steps_per_stage, "first_kd_loss": round(state.first_kd or float("nan"), 6),
-             "final_kd_loss": round(sum(recent) / max(1, len(recent)), 6), "seconds": round(seconds, 2)}
+    entry = StageRecord(stage=idx + 1, n_blocks=n_blocks, channels=cfg.channels,
+                        params=sum(p.numel() for p in shipped.parameters()), checkpoint=path.name,
+                        steps=cfg.steps_per_stage, first_kd_loss=round(state.first_kd or float("nan"), 6),
+                        final_kd_loss=round(sum(recent) / max(1, len(recent)), 6), seconds=round(seconds, 2))
     if shipped is not student:
-        entry["train_params"] = sum(p.numel() for p in student.parameters())
+        entry.train_params = sum(p.numel() for p in student.parameters())
     if job.eval_pairs and env.main:
         res = evaluate_model(shipped, job.eval_pairs, cfg.scale)
-        entry.update(val_psnr_y=res["psnr_y"], val_ssim_y=res["ssim_y"],
-                     **fidelity(evaluate_model(shipped, fidelity_pairs, cfg.scale)))
+        entry.val_psnr_y, entry.val_ssim_y = res["psnr_y"], res["ssim_y"]
+        fid = fidelity(evaluate_model(shipped, fidelity_pairs, cfg.scale))
+        entry.fidelity_psnr_y, entry.fidelity_ssim_y = fid["fidelity_psnr_y"], fid["fidelity_ssim_y"]
         student.train()
     if env.main:
-        extra = {"stage": idx + 1, "n_blocks": n_blocks, "scale": cfg.scale, "val_psnr_y": entry.get("val_psnr_y"),
+        extra = {"stage": idx + 1, "n_blocks": n_blocks, "scale": cfg.scale, "val_psnr_y": entry.val_psnr_y,
                  "mode": cfg.mode}
         if shipped is not student:
             extra["train_block"] = student.block

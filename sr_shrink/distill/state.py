@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from ..errors import SRShrinkError, first_line
 from ..io import atomic_torch_save
+from ..record import StageRecord
 from .buffer import ReplayBuffer
 from .sources import Labeller, Source
 
@@ -39,7 +40,7 @@ class TrainState:
     source: Source
     label: Labeller
     where: Path
-    stages: list = field(default_factory=list)
+    stages: list[StageRecord] = field(default_factory=list)
     stage_idx: int = 0
     step: int = 0
     seconds: float = 0.0
@@ -57,7 +58,7 @@ class TrainState:
         """Return the state every rank has alike: the stage's progress, the finished stages, the timing and the
         source's game (references: copy before changing anything)."""
         return {"stage_idx": self.stage_idx, "step": self.step, "seconds": self.seconds,
-                "kd_hist": self.kd_hist[-50:], "first_kd": self.first_kd, "stages": self.stages,
+                "kd_hist": self.kd_hist[-50:], "first_kd": self.first_kd, "stages": [s.to_dict() for s in self.stages],
                 "timing": self.timing, "opt": None if self.opt is None else self.opt.state_dict(),
                 **self.source.state_dict()}
 
@@ -73,7 +74,7 @@ class TrainState:
         """Restore what :meth:`shared` returned (the optimiser is restored by whoever builds the stage's)."""
         self.stage_idx, self.step, self.seconds = state["stage_idx"], state["step"], state["seconds"]
         self.kd_hist, self.first_kd = list(state["kd_hist"]), state.get("first_kd")
-        self.stages[:] = state["stages"]  # the same list as run.json's: it appends the finished stages
+        self.stages[:] = [StageRecord.from_dict(s) for s in state["stages"]]  # the list run.json's record holds
         self.timing = {**self.timing, **state.get("timing", {})}
         self.source.load_state_dict(state)
 
@@ -98,7 +99,7 @@ class TrainState:
         if not main:
             return
         state = {"version": STATE_VERSION, **self.shared(), "student": student.state_dict(),
-                 "student_config": student.config(), "ranks": ranks, "stages": copy.deepcopy(self.stages),
+                 "student_config": student.config(), "ranks": ranks,
                  "timing": dict(self.timing)}
         atomic_torch_save(state, path)
 

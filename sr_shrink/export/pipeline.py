@@ -217,7 +217,8 @@ def _verify(job: _Job, path: Path, student: SRStudent) -> dict:
 
 
 def _metadata(run: RunDir, stage: int, student: SRStudent, cfg: ExportConfig, qat: bool = False) -> dict:
-    rec = run.stage_record(stage)
+    record = run.record
+    rec = record.stage(stage)
     meta = {"producer": f"sr-shrink {__version__}", "scale": student.scale, "stage": stage,
             "n_blocks": student.n_blocks, "channels": student.channels,
             "params": sum(p.numel() for p in student.parameters()), "precision": cfg.tag, "layout": cfg.layout,
@@ -225,13 +226,13 @@ def _metadata(run: RunDir, stage: int, student: SRStudent, cfg: ExportConfig, qa
     if qat:
         meta["qat_steps"] = cfg.qat_steps
     for key in ("val_psnr_y", "val_ssim_y"):
-        if key in rec:
-            meta[key] = rec[key]
+        if rec is not None and rec.get(key) is not None:
+            meta[key] = rec.get(key)
     for key in ("teacher_psnr_y", "bicubic_psnr_y", "mode"):
-        if key in run.run:
-            meta[key] = run.run[key]
-    teacher = run.run.get("teacher") or {}
-    if isinstance(teacher, dict) and (teacher.get("arch_name") or teacher.get("path")):
+        if record.get(key) is not None:
+            meta[key] = record.get(key)
+    teacher = record.teacher or {}
+    if teacher.get("arch_name") or teacher.get("path"):
         meta["teacher"] = teacher.get("arch_name") or Path(str(teacher["path"])).name
     return meta
 

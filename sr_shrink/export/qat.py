@@ -178,7 +178,7 @@ class DataFreeInputs:
     alone when the run has no generator; fresh images for every batch (no pool)."""
 
     def __init__(self, run: RunDir, scale: int, patch: int | None, seed: int):
-        config = run.run.get("config") if isinstance(run.run.get("config"), dict) else {}
+        config = run.record.config or {}
         kinds = [k for k in str(config.get("synthetic") or "deadleaves").split(",") if k in SYNTHETIC]
         self.kinds = kinds or ["deadleaves"]
         mix = config.get("mix", 0.5)
@@ -205,27 +205,21 @@ def run_teacher(run: RunDir, scale: int, teacher: str | Path | None = None, trus
     """Return (the :class:`~sr_shrink.teachers.Teacher` to fine-tune against, its export.json record).
 
     ``teacher`` (a path) wins; else the file run.json names, reloaded with the run's value_range/res_scale
-    overrides. One-line errors when there is none or it cannot be loaded."""
-    from ..teachers import load_teacher, sha256_file
-
+    overrides (:meth:`RunDir.load_teacher`). One-line errors when there is none or it cannot be loaded."""
     if teacher is not None:
-        net = load_teacher(teacher, scale=scale, trust_pickle=trust_pickle)
-        return net, {"path": str(teacher), "source": "--teacher"}
+        return run.load_teacher(scale, trust_pickle=trust_pickle, path=teacher).net, {"path": str(teacher),
+                                                                                      "source": "--teacher"}
     if not run.run:
         raise SRShrinkError(f"{run.root}: --qat needs the run's teacher, but there is no run.json here; export the "
                             "run folder `sr-shrink distill` wrote, or pass --teacher PATH.")
-    path = run.teacher_path()
-    if path is None:
-        raw = (run.run.get("teacher") or {}).get("path") if isinstance(run.run.get("teacher"), dict) else None
-        what = f"names teacher {raw!r}, which is not there" if raw else "names no teacher file"
-        raise SRShrinkError(f"{run.root / 'run.json'} {what}; --qat fine-tunes against the teacher: put the file "
-                            "back or pass --teacher PATH.")
-    net = load_teacher(path, scale=scale, trust_pickle=trust_pickle, **run.teacher_overrides())
-    rec = {"path": str(path), "source": "run.json"}
-    want = run.run["teacher"].get("sha256")
-    if want and want != sha256_file(path):
+    if run.teacher_path() is None:
+        raise SRShrinkError(f"{run.run_path} {run.teacher_missing()}; --qat fine-tunes against the teacher: put the "
+                            "file back or pass --teacher PATH.")
+    loaded = run.load_teacher(scale, trust_pickle=trust_pickle)
+    rec = {"path": str(loaded.path), "source": "run.json"}
+    if run.same_teacher() is False:
         rec["note"] = "sha256 differs from the teacher the run was distilled from"
-    return net, rec
+    return loaded.net, rec
 
 
 def finetune(student: SRStudent, teacher: nn.Module, inputs: DataFreeInputs, cfg: QATConfig) -> tuple[SRStudent, dict]:
