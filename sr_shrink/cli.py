@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from . import progress
+from . import choices, progress
 from .errors import SRShrinkError, one_line
 
 console = progress.stderr_console()  # notes and progress; remade per command for the streams it runs with
@@ -103,11 +103,10 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @main.command()
 @click.argument("teacher", required=False)
 @click.option("--out", "run_dir", default="runs/distill", show_default=True, help="Run folder (RUN_DIR).")
-@click.option("--mode", type=click.Choice(["datafree", "generator", "noise", "pink", "deadleaves", "texleaves",
-                                           "data"]),
-              default="datafree", show_default=True, help="Input source for the students.")
+@click.option("--mode", type=click.Choice(choices.MODES), default="datafree", show_default=True,
+              help="Input source for the students.")
 @click.option("--data", "data_dir", help="Folder of training images (for --mode data).")
-@click.option("--data-target", type=click.Choice(["teacher", "hr"]), default="teacher", show_default=True,
+@click.option("--data-target", type=click.Choice(choices.DATA_TARGETS), default="teacher", show_default=True,
               help="--mode data: distill the teacher's output on real photos, or train on their HR ground truth.")
 @click.option("--stages", default="1:4", show_default=True, help="Block counts A:B of the first and last stage.")
 @click.option("--stage-step", default=1, type=click.IntRange(1, 256), show_default=True, help="Blocks added per stage.")
@@ -117,7 +116,7 @@ def _parse_stages(text: str) -> tuple[int, int]:
               help="Fit the whole run into MINUTES: the step cost is measured first and the steps per stage are "
                    "set from it (instead of --steps-per-stage); run.json records the plan.")
 @click.option("--channels", default=16, type=click.IntRange(1, 1024), show_default=True, help="Student width.")
-@click.option("--block", type=click.Choice(["plain", "rep"]), default="rep", show_default=True,
+@click.option("--block", type=click.Choice(choices.BLOCKS), default="rep", show_default=True,
               help="Student blocks while training: plain 3x3 convs, or rep (3x3 + 1x1 + identity + expand-squeeze "
                    "branches, collapsed exactly into plain 3x3 convs in every stage_XX.pt).")
 @click.option("--batch", default=16, type=click.IntRange(1, 4096), show_default=True)
@@ -132,17 +131,17 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--mix", default=None, type=Finite(0, 1), help="datafree: share of synthetic images per batch.")
 @click.option("--synthetic", default=None, help="datafree: synthetic sources, e.g. deadleaves, texleaves or "
               "deadleaves,pink.")
-@click.option("--g-kind", type=click.Choice(["refine", "latent"]), default=None,
+@click.option("--g-kind", type=click.Choice(choices.G_KINDS), default=None,
               help="Generator: refine (perturbs synthetic images, default) or latent (the paper's G(z)).")
-@click.option("--kd-loss", type=click.Choice(["l1", "charbonnier"]), default="l1", show_default=True)
+@click.option("--kd-loss", type=click.Choice(choices.KD_LOSSES), default="l1", show_default=True)
 @click.option("--reuse", default=None, type=click.IntRange(1, 10**6), help="Student steps per fresh teacher batch.")
-@click.option("--teacher-dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--teacher-dtype", type=click.Choice(choices.TEACHER_DTYPES), default="auto", show_default=True,
               help="Precision of the teacher's forwards (autocast); auto: bf16 on CUDA GPUs that support it, fp32 "
                    "elsewhere. --amp leaves the teacher alone.")
 @click.option("--pool", default=512, type=click.IntRange(0, 10**7), show_default=True,
               help="Synthetic images labelled by the teacher once and shared by all stages (0: fresh ones for every "
                    "batch).")
-@click.option("--targets", type=click.Choice(["clamp", "raw"]), default="clamp", show_default=True,
+@click.option("--targets", type=click.Choice(choices.KD_TARGETS), default="clamp", show_default=True,
               help="KD targets: the teacher's output clamped to its value range [0, 1], or raw as the network gave it.")
 @click.option("--scale", type=SCALE, help="Upscaling factor (checked against the teacher).")
 @click.option("--eval", "eval_dir", help="Eval images folder (default: bundled split; 'none' to skip).")

@@ -162,3 +162,25 @@ def test_upscale_fuzzed_options_never_traceback(files, tile, overlap, scale):
         assert (files["out"] / f"{img.stem}_x2.png").exists(), args
     else:
         _assert_one_error_line(result, args)
+
+
+def test_the_cli_offers_the_config_choices_without_importing_torch():
+    """sr_shrink.choices is the one home of the distill option names: the CLI reads it without torch, and
+    DistillConfig refuses what the CLI does not offer."""
+    import subprocess
+    import sys
+
+    from sr_shrink import choices
+    from sr_shrink.distill.config import DistillConfig
+    from sr_shrink.errors import SRShrinkError
+
+    code = "import sys, sr_shrink.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing sr_shrink.cli imports torch"
+    params = {p.name: p for p in main.commands["distill"].params}
+    for option, names in (("mode", choices.MODES), ("block", choices.BLOCKS), ("kd_loss", choices.KD_LOSSES),
+                          ("g_kind", choices.G_KINDS), ("teacher_dtype", choices.TEACHER_DTYPES),
+                          ("targets", choices.KD_TARGETS), ("data_target", choices.DATA_TARGETS)):
+        assert tuple(params[option].type.choices) == names, option
+        if option != "data_target":
+            with pytest.raises(SRShrinkError, match="choose"):
+                DistillConfig(**{option: "nope"}).validate()

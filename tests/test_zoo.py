@@ -49,7 +49,7 @@ def test_info_fields_from_spandrel(tmp_path):
     assert d["arch_name"] == "ESRGAN" and "unshuffle" in d["tags"] and "16nf" in d["tags"]
     assert d["size_requirements"] == {"minimum": 4, "multiple_of": 4, "square": False}
     assert d["config"]["num_filters"] == 16 and d["config"]["shuffle_factor"] == 2
-    assert (t.size_multiple, t.size_minimum, t.fit_size(13)) == (4, 4, 16)
+    assert (t.size_requirements.multiple_of, t.size_requirements.minimum, t.fit_size(13)) == (4, 4, 16)
     json.dumps(d)  # run.json-ready
 
 
@@ -62,7 +62,7 @@ def test_size_requirements_pad_and_crop(tmp_path):
     """
     case = swinir(tmp_path)
     t = load_teacher(case.path)
-    assert t.size_minimum == 16
+    assert t.size_requirements.minimum == 16
     x = torch.rand(1, 3, 12, 10)
     with torch.no_grad():
         y = t(x)

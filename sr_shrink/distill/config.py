@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+from ..choices import BLOCKS, G_KINDS, KD_LOSSES, MODES, TEACHER_DTYPES
+from ..choices import KD_TARGETS as TARGETS
 from ..errors import SRShrinkError
 
-MODES = ("datafree", "generator", "noise", "pink", "deadleaves", "texleaves", "data")
+__all__ = ["BLOCKS", "MODES", "RECIPE_KEYS", "RESUME_KEYS", "TARGETS", "TEACHER_DTYPES", "DistillConfig",
+           "default_lr_patch", "flag"]
 RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
                "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
                "kd_loss", "reuse", "lr", "channels", "block", "lr_patch", "batch", "teacher_dtype", "pool", "targets")
@@ -16,9 +19,6 @@ RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
 RESUME_KEYS = ("scale", "mode", "stage_start", "stage_end", "stage_step", "steps_per_stage", "time_budget", "channels",
                "seed",
                *(k for k in RECIPE_KEYS if k not in ("mode", "channels")))
-TEACHER_DTYPES = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 on CUDA with bf16 support, else fp32
-BLOCKS = ("plain", "rep")  # sr_shrink.models.student.BLOCKS
-TARGETS = ("clamp", "raw")  # KD targets: the teacher's output clamped to its value range [0, 1], or as it came
 # The command-line flag of each field, for messages.
 FLAGS = {"stage_start": "--stages", "stage_end": "--stages", "student_steps_per_g": "--student-steps-per-g"}
 
@@ -121,13 +121,13 @@ class DistillConfig:
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise SRShrinkError(f"--teacher-dtype {self.teacher_dtype!r}: choose one of {', '.join(TEACHER_DTYPES)}.")
         if self.block not in BLOCKS:
-            raise SRShrinkError(f"--block {self.block!r}: choose plain or rep.")
-        if self.kd_loss not in ("l1", "charbonnier"):
-            raise SRShrinkError(f"--kd-loss {self.kd_loss!r}: choose l1 or charbonnier.")
+            raise SRShrinkError(f"--block {self.block!r}: choose {' or '.join(BLOCKS)}.")
+        if self.kd_loss not in KD_LOSSES:
+            raise SRShrinkError(f"--kd-loss {self.kd_loss!r}: choose {' or '.join(KD_LOSSES)}.")
         if self.targets not in TARGETS:
-            raise SRShrinkError(f"--targets {self.targets!r}: choose clamp or raw.")
-        if self.g_kind not in ("refine", "latent"):
-            raise SRShrinkError(f"--g-kind {self.g_kind!r}: choose refine or latent.")
+            raise SRShrinkError(f"--targets {self.targets!r}: choose {' or '.join(TARGETS)}.")
+        if self.g_kind not in G_KINDS:
+            raise SRShrinkError(f"--g-kind {self.g_kind!r}: choose {' or '.join(G_KINDS)}.")
         return self
 
     def stages(self) -> list[int]:

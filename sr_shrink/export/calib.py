@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import EVAL_DIR, list_images, make_lr, mod_crop, read_image
+from ..distill.generator import load_generator
 from ..errors import SRShrinkError
 from ..progress import task
 from ..run import RunDir
@@ -93,18 +94,9 @@ def _fingerprint(path: Path) -> tuple:
     return tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in list_images(path))
 
 
-def _load_generator(path: Path):
-    try:
-        from ..distill.generator import load_generator
-    except ImportError:
-        raise SRShrinkError(f"{path}: this install cannot load data-free generators "
-                            "(sr_shrink.distill.generator is missing); pass --calib DIR instead.") from None
-    return load_generator(path)
-
-
 def _generator_inputs(path: Path, n: int, size: tuple[int, int] | None, gen: torch.Generator,
                       advance=lambda n=1: None) -> list[torch.Tensor]:
-    g = _load_generator(path)
+    g = load_generator(path)
     if getattr(g, "any_size", False):  # a fully convolutional generator samples at the wanted size directly
         h, w = size or (CALIB_CROP, CALIB_CROP)
         return [_done(g.sample(1, generator=gen, size=max(h, w))[..., :h, :w].contiguous(), advance)

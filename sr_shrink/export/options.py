@@ -17,7 +17,6 @@ PRECISIONS = ("fp32", "fp16", "int8", "w8a16")  # w8a16: int8 weights, 16-bit ac
 SUFFIX = {n: t.suffix for n, t in REGISTRY.items()}
 DEFAULT_PRECISION = {n: t.default_precision for n, t in REGISTRY.items()}
 DEFAULT_LAYOUT = {n: t.default_layout for n, t in REGISTRY.items()}
-DEFAULT_SHUFFLE = {n: t.default_shuffle for n, t in REGISTRY.items()}
 TFLITE_DEFAULT_SIZE = REGISTRY["tflite"].fixed_size
 PALETTE_BITS = (4, 6, 8)
 # Core ML --shapes default: LR tiles (256, 512) and frames (360p, 540p, 720p: 720p/1080p/1440p out at x2)

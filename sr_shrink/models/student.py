@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BLOCKS = ("plain", "rep")
+from ..choices import BLOCKS
+
 REP_EXPAND = 2  # width multiplier of RepConv's expand-squeeze branch (ECBSR's depth multiplier)
 
 

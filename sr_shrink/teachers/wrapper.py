@@ -71,7 +71,7 @@ class Teacher(nn.Module):
 
     Inputs whose size the network does not accept (``size_requirements``) are padded at the bottom and
     right (reflect, then replicate) and the output is cropped back, so any input size works. Callers that
-    want to avoid padding pick sizes with :meth:`fit_size` (or from ``size_multiple`` and ``size_minimum``).
+    want to avoid padding pick sizes with :meth:`fit_size` (or from ``size_requirements``).
     """
 
     def __init__(self, net: nn.Module, info: TeacherInfo):
@@ -81,16 +81,6 @@ class Teacher(nn.Module):
         eval_mode(self.net)
         for p in self.net.parameters():
             p.requires_grad_(False)
-
-    @property
-    def size_multiple(self) -> int:
-        """Return the multiple each input side must be to need no padding (1: any size)."""
-        return self.size_requirements.multiple_of
-
-    @property
-    def size_minimum(self) -> int:
-        """Return the smallest input side that needs no padding (0: no minimum)."""
-        return self.size_requirements.minimum
 
     def fit_size(self, size: int) -> int:
         """Return the smallest LR side length >= ``size`` that the network takes without padding."""
