@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import SRShrinkError
+from .errors import SRShrinkError, first_line
 from .metrics import quantize
 from .resize import downscale
 
@@ -27,7 +27,7 @@ def read_image(path: str | Path) -> torch.Tensor:
     except FileNotFoundError:
         raise SRShrinkError(f"{path}: no such image file; check the path.") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise SRShrinkError(f"{path}: cannot read this image ({exc}); pass a PNG or JPEG file.") from None
+        raise SRShrinkError(f"{path}: cannot read this image ({first_line(exc)}); pass a PNG or JPEG file.") from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 

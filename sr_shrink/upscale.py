@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import SRShrinkError
+from .errors import SRShrinkError, first_line
 from .resize import upscale as bicubic
 from .runtimes import SUFFIXES, TorchRunner, open_runner
 from .teachers.formats import image_kind
@@ -151,7 +151,7 @@ def read_picture(path: str | Path) -> Picture:
     except FileNotFoundError:
         raise SRShrinkError(f"{path}: no such image file; check the path.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise SRShrinkError(f"{path}: cannot read this image ({exc}); pass a PNG or JPEG file.") from None
+        raise SRShrinkError(f"{path}: cannot read this image ({first_line(exc)}); pass a PNG or JPEG file.") from None
 
 
 def _bytes(t: torch.Tensor) -> np.ndarray:

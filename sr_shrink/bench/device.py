@@ -36,7 +36,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import SRShrinkError
+from ..errors import SRShrinkError, first_line
 
 DEVICE_DIR = "/data/local/tmp/sr_shrink"
 _NUM = r"([0-9.]+(?:[eE][+-]?[0-9]+)?)"
@@ -117,7 +117,7 @@ def read_latency_file(path: str | Path) -> list[DeviceLatency]:
             data = json.loads(text)
             found = [DeviceLatency(Path(k).name, float(v), "given", path.name) for k, v in data.items()]
         except (ValueError, TypeError, AttributeError) as exc:
-            raise SRShrinkError(f"--latency-from {path}: not a JSON object of file: ms ({exc}).") from None
+            raise SRShrinkError(f"--latency-from {path}: not a JSON object of file: ms ({first_line(exc)}).") from None
     else:
         found = _parse_csv(text, path.name)
     if not found:
@@ -141,7 +141,7 @@ def _adb(exe: str, *args: str, timeout: float = 600) -> str:
     try:
         res = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SRShrinkError(f"adb {' '.join(args[:2])} failed: {exc}") from None
+        raise SRShrinkError(f"adb {' '.join(args[:2])} failed: {first_line(exc)}") from None
     if res.returncode != 0:
         msg = (res.stderr or res.stdout).strip().splitlines()
         raise SRShrinkError(f"adb {' '.join(args[:2])} failed (exit {res.returncode}): "

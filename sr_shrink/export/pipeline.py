@@ -71,7 +71,7 @@ def _config(target: str, precision: str | None, opts: dict) -> ExportConfig:
     try:
         return ExportConfig(target=target, precision=precision, **opts)
     except TypeError as exc:
-        raise SRShrinkError(f"export option error: {exc}") from None
+        raise SRShrinkError(f"export option error: {first_line(exc)}") from None
 
 
 @dataclass
