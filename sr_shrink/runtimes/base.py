@@ -1,0 +1,107 @@
+"""The base of every runner (:class:`Runner`): float32 NCHW in [0, 1] in, float32 NCHW out, whatever layout, dtype
+and size the model file takes (see :mod:`sr_shrink.runtimes`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SRShrinkError
+
+LAYOUTS = ("nchw", "nhwc")
+
+
+def io_layout(declared: str | None, shape) -> str:
+    """Return the layout the metadata declares, else the one the input shape implies."""
+    if declared in LAYOUTS:
+        return declared
+    return "nhwc" if len(shape) == 4 and shape[-1] == 3 and shape[1] != 3 else "nchw"
+
+
+def fixed_hw(shape, layout: str) -> tuple[int, int] | None:
+    """Return the (h, w) an input shape fixes, or None when either is free (a name, None, or <= 0)."""
+    if len(shape) != 4:
+        return None
+    dims = [shape[a] for a in ((1, 2) if layout == "nhwc" else (2, 3))]
+    if all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims):
+        return int(dims[0]), int(dims[1])
+    return None
+
+
+def _encode(x: np.ndarray, dtype, quant: tuple[float, int] | None) -> np.ndarray:
+    """Return ``x`` in the input tensor's dtype, quantised with its (scale, zero_point) if it is an integer."""
+    if np.issubdtype(dtype, np.integer):
+        scale, zero = quant or (1.0, 0)
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / (scale or 1.0) + zero), info.min, info.max).astype(dtype)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _decode(y: np.ndarray, quant: tuple[float, int] | None) -> np.ndarray:
+    """Return float32 values of an output tensor, dequantised with its (scale, zero_point) if integer."""
+    if np.issubdtype(y.dtype, np.integer):
+        scale, zero = quant or (1.0, 0)
+        return (y.astype(np.float32) - zero) * (scale or 1.0)
+    return y.astype(np.float32, copy=False)
+
+
+class Runner:
+    """``runner(x)`` maps float32 NCHW (N,3,h,w) in [0, 1] to float32 NCHW (N,3,s*h,s*w); see the module.
+
+    Attributes: ``runtime`` (a key of RUNTIMES), ``path``, ``threads``, ``device``, ``layout`` (of the
+    model's I/O), ``io_dtype`` (its input dtype name), ``input_hw`` (None when free) and ``precision``
+    (a label callers may set, e.g. bench's row precision).
+    """
+
+    runtime = "?"
+
+    def __init__(self, path: str | Path | None, threads: int, device: str = "cpu"):
+        self.path = Path(path) if path is not None else None
+        self.threads = max(1, int(threads))
+        self.device = "cpu"
+        self.layout = "nchw"
+        self.input_hw: tuple[int, int] | None = None
+        self.in_dtype: type = np.float32
+        self.in_quant: tuple[float, int] | None = None
+        self.out_quant: tuple[float, int] | None = None
+        self.precision: str | None = None
+
+    @property
+    def io_dtype(self) -> str:
+        """Return the name of the dtype the model's input takes (float32, float16, int8, ...)."""
+        return np.dtype(self.in_dtype).name
+
+    @property
+    def label(self) -> str:
+        """Return the runtime and its version, as verification and bench records name it."""
+        from . import runtime_label  # the registry, in the package
+
+        return runtime_label(self.runtime)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise SRShrinkError(f"{self.path}: runners take float32 (N, 3, h, w) arrays, got {x.shape}.")
+        if self.input_hw is not None and tuple(x.shape[-2:]) != self.input_hw:
+            raise SRShrinkError(f"{self.path}: the model takes {self.input_hw[0]}x{self.input_hw[1]} inputs "
+                                f"only (a fixed-size graph), got {x.shape[2]}x{x.shape[3]}; tile the image.")
+        if x.shape[0] != 1:  # exported graphs take batch 1
+            return np.concatenate([self(x[i : i + 1]) for i in range(x.shape[0])])
+        nhwc = self.layout == "nhwc"
+        y = _decode(self._run(_encode(x.transpose(0, 2, 3, 1) if nhwc else x, self.in_dtype, self.in_quant)),
+                    self.out_quant)
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2) if nhwc else y, dtype=np.float32)
+
+    def _run(self, feed: np.ndarray) -> np.ndarray:
+        """Return the model's raw output for ``feed``, already in the model's layout and input dtype."""
+        raise NotImplementedError
+
+    def torch_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Return a function tensor (N,3,h,w) -> tensor (N,3,sh,sw) that calls this runner on the CPU."""
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
+            return torch.from_numpy(np.ascontiguousarray(self(arr), dtype=np.float32))
+        return fn
