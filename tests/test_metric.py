@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sr_shrink.bench.pareto import pareto_front, pick
-from sr_shrink.bench.pipeline import choose_metric
+from sr_shrink.bench.references import choose_metric
 from sr_shrink.errors import SRShrinkError
 
 BICUBIC = {"psnr_y": 25.0}
