@@ -41,6 +41,8 @@ def test_setup_estimates_scale_with_the_forward():
     assert _setup(2.0, game=False).game_step() == 0.0
     # a crop of an eval image gives the eval references' own cost per pixel (small patches cost more per pixel)
     assert _setup(2.0, eval_pixel_seconds=1e-4).eval_references() == pytest.approx(92160 * 1e-4)
+    # never dearer per pixel than the batch (the crop is one forward of a new shape: a slow one is noise)
+    assert _setup(2.0, eval_pixel_seconds=1.0).eval_references() == pytest.approx(90 * 2.0)
     # every estimate doubles with the forward; the minimum adds what is already spent
     fast, slow = _setup(1.0), _setup(2.0)
     assert minimum_seconds(slow, 0) == pytest.approx(2 * minimum_seconds(fast, 0) - 4 * (WRITE_S) - FINAL_S)

@@ -59,7 +59,9 @@ class Setup:
 
     def eval_references(self) -> float:
         """Return the estimated seconds of the teacher's pass over the eval images."""
-        per_pixel = self.forward / self.batch_pixels if self.eval_pixel_seconds is None else self.eval_pixel_seconds
+        per_pixel = self.forward / self.batch_pixels  # small patches cost no less per pixel than whole images
+        if self.eval_pixel_seconds is not None:  # the crop's one forward (a new shape) may be slow once
+            per_pixel = min(per_pixel, self.eval_pixel_seconds)
         return self.eval_pixels * per_pixel
 
     def game_step(self) -> float:
