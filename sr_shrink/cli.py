@@ -162,7 +162,10 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
             targets, time_budget, scale, eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads,
             trust_pickle, value_range, res_scale, quiet) -> None:
     """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data."""
+    import time
     from pathlib import Path
+
+    started = time.time()  # --time-budget counts from here: before torch and the teacher load
 
     import torch
 
@@ -185,11 +188,13 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
     if resume and nothing_to_resume(Path(run_dir)):
         click.echo(f"note: {run_dir} holds nothing to resume (no run.json, stage_XX.pt or state.pt); starting a new "
                    "run.", err=True)
+    if not quiet:  # the phases before and between the stages' bars (eval references, pool, step probe)
+        progress.enable(console)
     try:
         run = run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
                           trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp,
                           channels_last=channels_last, value_range=float(value_range) if value_range else None,
-                          res_scale=res_scale)
+                          res_scale=res_scale, started=started)
     except KeyboardInterrupt:  # say what a --resume would find
         click.echo(f"interrupted; {saved_progress(Path(run_dir))}", err=True)
         sys.exit(130)

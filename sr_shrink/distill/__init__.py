@@ -42,15 +42,15 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
             resume: bool = False, force: bool = False, device: str = "auto", trust_pickle: bool = False,
             teacher_scale: int | None = None, quiet: bool = False, amp: bool = False,
             channels_last: bool = False, eval_images: int | None = None, value_range: float | None = None,
-            res_scale: float | None = None, callbacks: Callbacks | None = None) -> dict:
+            res_scale: float | None = None, callbacks: Callbacks | None = None, started: float | None = None) -> dict:
     """Run a progressive distillation of ``teacher_path`` into ``run_dir``; return the run.json dict.
 
     ``eval_dir`` (default: the bundled eval split; "none" to skip) gives each stage's Y-PSNR/SSIM and its
     fidelity to the teacher; ``value_range`` / ``res_scale`` override what is inferred from the teacher file.
-    With ``cfg.time_budget`` (minutes) the budget counts from this call. ``callbacks`` watch the run
-    (:class:`~.train.Callbacks`).
+    With ``cfg.time_budget`` (minutes) the budget counts from ``started`` (a ``time.time()``; default: this call;
+    the CLI passes its process's start). ``callbacks`` watch the run (:class:`~.train.Callbacks`).
     """
-    started = time.time()
+    started = time.time() if started is None else started
     cfg.validate()
     run_dir = Path(run_dir)
     dev = resolve_device(device)

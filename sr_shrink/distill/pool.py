@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..progress import task
 from .render import synthetic_mix
 
 MAX_POOL_BYTES = 512 * 2**20  # the pool's images and targets together stay below this
@@ -80,14 +81,17 @@ class LabelledPool:
         that many images, so a resumed run rebuilds it from its recorded size."""
         xs, ts = [], []
         images, start, t0 = plan.images, 0, time.perf_counter()
-        while start < images:
-            x = synthetic_mix(kinds, min(batch, images - start), plan.side, g).to(device)
-            xs.append(x)
-            ts.append(label(x))
-            start += x.shape[0]
-            if seconds is not None and len(xs) == 1:
-                per_image = (time.perf_counter() - t0) / start
-                images = _rank0(max(start, min(images, int(seconds / max(per_image, 1e-9)))))
+        what = f"labelling the pool ({plan.images} images{', as many as fit' if seconds is not None else ''})"
+        with task(what, total=None if seconds is not None else images) as advance:
+            while start < images:
+                x = synthetic_mix(kinds, min(batch, images - start), plan.side, g).to(device)
+                xs.append(x)
+                ts.append(label(x))
+                start += x.shape[0]
+                advance(x.shape[0])
+                if seconds is not None and len(xs) == 1:
+                    per_image = (time.perf_counter() - t0) / start
+                    images = _rank0(max(start, min(images, int(seconds / max(per_image, 1e-9)))))
         return cls(torch.cat(xs), torch.cat(ts), plan.scale)
 
     def __len__(self) -> int:

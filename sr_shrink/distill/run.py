@@ -22,11 +22,12 @@ from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, collapse, grow, load_student, to_rep
 from ..record import RunRecord, StageRecord
 from ..run import RunDir
-from .budget import plan_time_budget, refuse_early
+from .budget import eval_images_that_fit, first_plan, pool_seconds, refuse_if_short, replan
 from .buffer import ReplayBuffer
 from .config import DistillConfig
 from .env import Env
 from .generator import save_generator
+from .probe import probe_steps, rank0, setup_of, timed_forward
 from .resume import adopt, check_same_run
 from .sources import Labeller, make_source, resolve_teacher_dtype
 from .state import TrainState
@@ -74,6 +75,7 @@ def run_stages(job: Job, resume: bool) -> dict:
     was = RunRecord.from_dict(old) if old is not None else None
     if was is not None and cfg.time_budget and was.time_budget is not None:
         run.time_budget = was.time_budget
+        job.eval_pairs = job.eval_pairs[:was.time_budget.get("eval_images", len(job.eval_pairs))]
     label = Labeller(job.teacher.to(env.device), env.device, dtype, env.channels_last, env.amp, cfg.batch,
                      cfg.lr_patch, cb.label, cfg.targets)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + env.rank)
@@ -100,23 +102,48 @@ def run_stages(job: Job, resume: bool) -> dict:
         if cfg.block == "rep" and done and saved is None:
             picked_up["from_collapsed"] = True  # the training form was lost: see to_rep
         run.resumed_from = [*(run.resumed_from or []), picked_up]
-    if cfg.time_budget and run.time_budget is None and done < len(blocks):
-        refuse_early(cfg, label, job.eval_pairs, job.started, source.plays, env.world, env.main)
+    budgeted = bool(cfg.time_budget) and run.time_budget is None and done < len(blocks)  # planned here
+
+    def spent() -> float:  # the budget's clock
+        return time.time() - job.started
+
+    phases: dict[str, list] = {}  # name -> [planned, spent] until the plan exists
+    if budgeted:  # refused at once (before the long setup) when even one step per stage cannot fit
+        phases["startup"] = [None, spent()]
+        t0 = time.time()
+        forward = rank0(timed_forward(cfg, label, job.eval_pairs if env.main else []), env.world)
+        setup = setup_of(cfg, forward, job.eval_pairs, source.plays, job.teacher.info.params)
+        phases["forward_probe"] = [None, time.time() - t0]
+        pixels = [p.lr.shape[-1] * p.lr.shape[-2] for p in job.eval_pairs]
+        kept = rank0(eval_images_that_fit(pixels, setup, cfg.time_budget * 60), env.world)
+        if kept < len(pixels):  # the eval references would eat the budget: score the first images only
+            job.eval_pairs = job.eval_pairs[:kept]
+            setup = replace(setup, eval_pixels=sum(pixels[:kept]))
+        refuse_if_short(cfg.time_budget, setup, spent())
     fidelity_pairs: list[EvalPair] = []
     if job.eval_pairs and env.main:
+        t0 = time.time()
         tr, fidelity_pairs = teacher_references(label.teacher, job.eval_pairs, cfg.scale)
         br = evaluate_bicubic(job.eval_pairs, cfg.scale)
         run.teacher_psnr_y, run.teacher_ssim_y = tr["psnr_y"], tr["ssim_y"]
         run.bicubic_psnr_y, run.bicubic_ssim_y = br["psnr_y"], br["ssim_y"]
+        if budgeted:
+            phases["eval_references"] = [setup.eval_references(), time.time() - t0]
     if done < len(blocks):
         t0 = time.perf_counter()
-        pool = source.prepare()
+        share = rank0(pool_seconds(cfg.time_budget * 60, spent(), setup), env.world) if budgeted else None
+        pool = source.prepare(share)
         if pool is not None:
             state.timing["pool"] += time.perf_counter() - t0
             run.pool = pool
-        if cfg.time_budget and run.time_budget is None:
-            plan = plan_time_budget(state, student, blocks, job.started, job.eval_pairs, fidelity_pairs, env.world,
-                                    env.main)
+            if budgeted:
+                phases["pool"] = [share, time.perf_counter() - t0]
+        if budgeted:
+            t0 = time.time()
+            costs, eval_s = probe_steps(state, student, blocks, job.eval_pairs, fidelity_pairs, env.world, env.main)
+            phases["step_probe"] = [setup.step_probe(), time.time() - t0]
+            plan = first_plan(cfg.time_budget, rank0(spent(), env.world), costs, eval_s, len(blocks), phases)
+            plan.eval_images = len(job.eval_pairs) if kept < len(pixels) else None
             cfg = state.cfg = replace(cfg, steps_per_stage=plan.steps_per_stage)
             run.config, run.time_budget = cfg.to_dict(), plan.to_dict()
     write()
@@ -132,6 +159,7 @@ def run_stages(job: Job, resume: bool) -> dict:
         cb.call("saved", state.stage_idx, step)
 
     for idx in range(done, len(blocks)):
+        t_stage = time.time()
         mid_stage = saved is not None and saved["step"] > 0
         if mid_stage:  # the saved student, no growth (no random draw)
             student = _restored(saved, env)
@@ -151,12 +179,23 @@ def run_stages(job: Job, resume: bool) -> dict:
         student = student.to(memory_format=torch.contiguous_format)
         cb.call("stage_end", idx, student)
         run.stages.append(finish_stage(job, state, student, blocks[idx], seconds, fidelity_pairs))
+        if budgeted and idx + 1 < len(blocks):  # the next stages' steps, from the pace this one kept
+            steps = rank0(replan(plan, idx + 1, spent(), seconds, time.time() - t_stage - seconds + 1.0), env.world)
+            cfg = state.cfg = replace(cfg, steps_per_stage=steps)
+            run.config = cfg.to_dict()
         state.stage_idx, state.step, state.seconds, state.kd_hist = idx + 1, 0, 0.0, []
         save(0, 0.0)  # before run.json: the state lists this stage as done
+        if budgeted:
+            plan.spent(f"stage_{idx + 1}", time.time() - t_stage)
+            run.time_budget = plan.to_dict()
         write()
         env.barrier()
     run.complete = True
     run.timing_seconds = {k: round(v, 2) for k, v in state.timing.items()}
+    if budgeted:
+        plan.spent("final", time.time() - t_stage - plan.phases[f"stage_{len(blocks)}"][1])
+        plan.spent_seconds = spent()
+        run.time_budget = plan.to_dict()
     write()
     if env.main:
         rundir.state_path.unlink(missing_ok=True)

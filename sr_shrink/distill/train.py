@@ -122,7 +122,7 @@ def train_stage(state: TrainState, student, save: Callable[[int, float], None], 
     idx, start = state.stage_idx, state.step
     sched = schedule(state.opt, cfg.steps_per_stage, start)
     model = DDP(student) if world > 1 else student
-    t_start, parts = time.time(), {}
+    t_start, before, parts = time.time(), state.seconds, {}  # before: a resumed stage's earlier seconds
     if start == 0:  # a resumed stage goes on with its saved buffer, as the uninterrupted run did
         refill(state)
     for step in range(start, cfg.steps_per_stage):
@@ -144,5 +144,5 @@ def train_stage(state: TrainState, student, save: Callable[[int, float], None], 
         recent = state.kd_hist[-20:]
         callbacks.call("step", idx, step, sum(recent) / len(recent), parts)
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps_per_stage:
-            save(step + 1, state.seconds + time.time() - t_start)
-    return state.seconds + time.time() - t_start
+            save(step + 1, before + time.time() - t_start)
+    return before + time.time() - t_start

@@ -19,7 +19,7 @@ from .generator import GeneratorGame, GeneratorSource
 from .label import Labeller, is_oom, resolve_teacher_dtype
 from .mixed import MixedSource
 from .photos import RealPatches
-from .synthetic import POOL_SHARE, SyntheticPool, SyntheticSource, pool_labels
+from .synthetic import SyntheticPool, SyntheticSource, pool_labels
 
 __all__ = ["Labeller", "MixedSource", "Pair", "PhotoSource", "Source", "check_config", "is_oom", "make_source",
            "resolve_teacher_dtype", "synthetic_kinds", "FAMILIES"]
@@ -76,9 +76,9 @@ def make_source(cfg, label: Labeller, g: torch.Generator, rank: int = 0, world: 
                 pool_images: int | None = None) -> Source:
     """Return the input source of ``cfg``: its family's class (``FAMILIES``), drawing from the run's random
     generator ``g``, labelling with ``label``; the pool, when the source has a synthetic share, is built by
-    ``prepare()`` (under a time budget within ``POOL_SHARE`` of it, or of ``pool_images``, the size a resumed
-    budgeted run recorded). Seeds the global random generator with ``cfg.seed`` (the generator's initial
-    weights)."""
+    ``prepare(seconds)`` (under a time budget within the seconds its plan gives the pool, or of ``pool_images``,
+    the size a resumed budgeted run recorded). Seeds the global random generator with ``cfg.seed`` (the
+    generator's initial weights)."""
     check_config(cfg)
     photos = RealPatches(cfg.data_dir, cfg.scale, cfg.lr_patch) if cfg.mode == "data" else None
     torch.manual_seed(cfg.seed)
@@ -86,10 +86,9 @@ def make_source(cfg, label: Labeller, g: torch.Generator, rank: int = 0, world: 
         return PhotoSource(photos, cfg.data_target == "hr", g, label)
     kinds = synthetic_kinds(cfg)
     share = cfg.batch if cfg.mode in SYNTHETIC else int(round(cfg.batch * cfg.mix))
-    seconds = cfg.time_budget * 60 * POOL_SHARE if cfg.time_budget and pool_images is None else None
     pool = SyntheticPool(kinds, cfg.pool if pool_images is None else pool_images, cfg.lr_patch, cfg.scale,
                          pool_labels(cfg.steps_per_stage, cfg.reuse, share, bool(cfg.time_budget)), label,
-                         cfg.seed * 1000 + rank, cfg.batch, label.device, seconds)
+                         cfg.seed * 1000 + rank, cfg.batch, label.device)
     if cfg.mode in SYNTHETIC:
         return SyntheticSource(kinds, cfg.lr_patch, g, label, pool)
     game = GeneratorGame(cfg, g, label, world, pool)

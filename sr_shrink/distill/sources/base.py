@@ -29,8 +29,9 @@ class Source(Protocol):
     plays: bool  # has a step() of its own
     generator: nn.Module | None
 
-    def prepare(self) -> dict | None:
-        """Do one-off setup; return its run.json record (or None)."""
+    def prepare(self, seconds: float | None = None) -> dict | None:
+        """Do one-off setup (the pool: within ``seconds`` if given, a time budget's share); return its run.json
+        record (or None)."""
 
     def refill(self, n: int) -> Pair:
         """Return ``n`` fresh (inputs, targets) pairs."""
@@ -50,7 +51,7 @@ class Plain:
 
     patch_multiple, min_batch, refills, plays, generator = 1, 1, True, False, None
 
-    def prepare(self) -> dict | None:
+    def prepare(self, seconds: float | None = None) -> dict | None:
         """Return None: nothing to set up."""
         return None
 

@@ -30,9 +30,9 @@ class MixedSource(GamePlayer):
         """Return how many of a batch of ``n`` inputs are synthetic images (the rest come from G)."""
         return int(round(n * self.mix))
 
-    def prepare(self) -> dict | None:
-        """Build the pool (if any); return its run.json record."""
-        return self.pool.prepare() if self.pool is not None else None
+    def prepare(self, seconds: float | None = None) -> dict | None:
+        """Build the pool (if any, within ``seconds`` if given); return its run.json record."""
+        return self.pool.prepare(seconds) if self.pool is not None else None
 
     def _samples(self, n: int) -> torch.Tensor:
         if self.game is not None:

@@ -15,19 +15,18 @@ from .base import Pair, Plain
 from .label import Labeller
 
 POOL_SEED = 7_000_003  # offset of the pool's own random generator from the run's (seed * 1000 + rank)
-POOL_SHARE = 0.1  # --time-budget: the share of the budget the pool's labelling may take
 
 
 class SyntheticPool:
     """Builds and holds the shared labelled pool of a run's synthetic ``kinds`` (None without one)."""
 
     def __init__(self, kinds: list[str], requested: int, lr_patch: int, scale: int, labels: int | None,
-                 label: Labeller, seed: int, batch: int, device: torch.device, seconds: float | None = None):
+                 label: Labeller, seed: int, batch: int, device: torch.device):
         self.kinds, self.requested, self.lr_patch, self.scale, self.labels = kinds, requested, lr_patch, scale, labels
-        self.label, self.seed, self.batch, self.device, self.seconds = label, seed, batch, device, seconds
+        self.label, self.seed, self.batch, self.device = label, seed, batch, device
         self.pool: LabelledPool | None = None
 
-    def prepare(self) -> dict | None:
+    def prepare(self, seconds: float | None = None) -> dict | None:
         """Render and label the pool from its own seeded generator (within ``seconds`` when a time budget gives
         the pool a share); return run.json's ``pool`` record (None when the run has no pool)."""
         plan = plan_pool(self.requested, self.lr_patch, self.scale, self.labels) if self.kinds else None
@@ -35,7 +34,7 @@ class SyntheticPool:
             return None
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(self.seed + POOL_SEED)
-        self.pool = LabelledPool.build(plan, self.kinds, self.label, g, self.batch, self.device, self.seconds)
+        self.pool = LabelledPool.build(plan, self.kinds, self.label, g, self.batch, self.device, seconds)
         built = PoolPlan(len(self.pool), plan.side, plan.scale)
         return {**built.to_dict(), "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -52,9 +51,9 @@ class SyntheticSource(Plain):
     def __init__(self, kinds: list[str], patch: int, g: torch.Generator, label: Labeller, pool: SyntheticPool):
         self.kinds, self.patch, self.g, self.label, self.pool = kinds, patch, g, label, pool
 
-    def prepare(self) -> dict | None:
-        """Build the pool; return its run.json record."""
-        return self.pool.prepare()
+    def prepare(self, seconds: float | None = None) -> dict | None:
+        """Build the pool (within ``seconds`` if given); return its run.json record."""
+        return self.pool.prepare(seconds)
 
     def refill(self, n: int) -> Pair:
         """Return ``n`` labelled synthetic pairs."""

@@ -1,0 +1,143 @@
+"""--time-budget covers the whole wall time (issue 21 item 3): the planner on given phase seconds, the refusal
+at once, and the phase accounting of a real run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from sr_shrink.cli import main
+from sr_shrink.distill import Callbacks, DistillConfig, distill
+from sr_shrink.distill.budget import (
+    FINAL_S,
+    SAFETY,
+    WRITE_S,
+    Setup,
+    eval_images_that_fit,
+    first_plan,
+    minimum_seconds,
+    pool_seconds,
+    refuse_if_short,
+    replan,
+    steps_that_fit,
+)
+from sr_shrink.errors import SRShrinkError
+
+
+def _setup(forward: float = 2.0, **kw) -> Setup:
+    base = dict(forward=forward, batch_pixels=16 * 8 * 8, eval_pixels=10 * 96 * 96, stages=4, game=True, reuse=4,
+                steps_per_g=10, pool=True, student_share=0.001)
+    return Setup(**{**base, **kw})
+
+
+def test_setup_estimates_scale_with_the_forward():
+    s = _setup(2.0)
+    assert s.eval_references() == pytest.approx(90 * 2.0)  # 92160 eval pixels / 1024 per batch
+    assert s.game_step() == 6.0 and s.step() == pytest.approx(0.6)  # pool crops: no teacher in refills
+    assert _setup(2.0, pool=False).step() == pytest.approx(0.6 + 0.5)
+    assert _setup(2.0, game=False).game_step() == 0.0
+    # a crop of an eval image gives the eval references' own cost per pixel (small patches cost more per pixel)
+    assert _setup(2.0, eval_pixel_seconds=1e-4).eval_references() == pytest.approx(92160 * 1e-4)
+    # never dearer per pixel than the batch (the crop is one forward of a new shape: a slow one is noise)
+    assert _setup(2.0, eval_pixel_seconds=1.0).eval_references() == pytest.approx(90 * 2.0)
+    # every estimate doubles with the forward; the minimum adds what is already spent
+    fast, slow = _setup(1.0), _setup(2.0)
+    assert minimum_seconds(slow, 0) == pytest.approx(2 * minimum_seconds(fast, 0) - 4 * (WRITE_S) - FINAL_S)
+    assert minimum_seconds(slow, 30) == pytest.approx(minimum_seconds(slow, 0) + 30)
+
+
+def test_refusal_names_the_minimum_and_the_minimum_is_enough():
+    s = _setup(2.0)
+    need = minimum_seconds(s, 12.0)
+    assert refuse_if_short(need / 60 + 0.01, s, 12.0) == need  # just above: accepted
+    with pytest.raises(SRShrinkError) as exc:  # negative control: just below is refused
+        refuse_if_short(need / 60 - 0.01, s, 12.0)
+    msg = str(exc.value)
+    shown = float(re.search(r"give at least (\d+\.\d\d) minutes", msg).group(1))
+    assert "\n" not in msg and need / 60 <= shown < need / 60 + 0.011 and "takes 2.00 s" in msg
+
+
+def test_eval_references_take_at_most_their_share():
+    s = _setup(2.0, eval_pixel_seconds=1e-3)  # 10 images of 9216 px: 9.2 s each
+    pixels = [96 * 96] * 10
+    assert eval_images_that_fit(pixels, s, 1000.0) == 10  # 92 s of a 150 s share: all of them
+    assert eval_images_that_fit(pixels, s, 480.0) == 7  # a 72 s share: the first 7
+    assert eval_images_that_fit(pixels, s, 10.0) == 1  # never none
+    assert eval_images_that_fit([], s, 480.0) == 0
+
+
+def test_pool_gets_a_share_of_what_is_left():
+    s = _setup(2.0)
+    budget = 480.0
+    early, late = pool_seconds(budget, 10.0, s), pool_seconds(budget, 200.0, s)
+    assert early == pytest.approx(0.1 * (budget - 10.0 - s.fixed_after_pool()))
+    assert late < early  # a slow setup leaves the pool less
+    assert pool_seconds(budget, budget, s) == 0.0  # nothing left: the first chunk only
+
+
+def test_steps_fill_what_is_left():
+    steps = steps_that_fit(100.0, [1.0, 1.0], [5.0, 5.0], final=1.0)
+    assert steps == int((100 - 11) * SAFETY / 2)
+    assert steps * 2 + 11 <= 100 and (steps + 1) * 2 > (100 - 11) * SAFETY  # fills the safety share of it
+    assert steps_that_fit(10.0, [1.0], [10.0]) < 1  # nothing fits
+
+
+def test_first_plan_and_replan_follow_the_measured_pace():
+    costs = {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8}
+    plan = first_plan(8.0, 120.0, costs, 3.0, 4, {"startup": [None, 10.0]})
+    assert plan.stage_steps == [plan.steps_per_stage] * 4
+    planned_total = 120.0 + sum(plan.phases[f"stage_{i}"][0] for i in range(1, 5)) + FINAL_S
+    assert planned_total <= 480.0 and planned_total == pytest.approx(plan.planned_seconds)
+    assert plan.phases["startup"] == [None, 10.0] and list(plan.phases)[0] == "startup"
+    n = plan.steps_per_stage
+    spent = 120.0 + n * 0.5 + 5.0  # stage 1 ran at the planned pace
+    same = replan(first_plan(8.0, 120.0, costs, 3.0, 4), 1, spent, n * 0.5, 5.0)
+    slow = replan(first_plan(8.0, 120.0, costs, 3.0, 4), 1, spent, n * 1.0, 5.0)  # twice as slow as planned
+    assert same == pytest.approx(n, abs=2)
+    assert slow < 0.6 * same  # the next stages expect the slower pace (and have less time left)
+    assert plan.to_dict()["phases"]["startup"] == {"planned": None, "spent": 10.0}
+    with pytest.raises(SRShrinkError, match="give at least"):
+        first_plan(8.0, 479.0, costs, 3.0, 4)
+    late = first_plan(8.0, 120.0, costs, 3.0, 4)
+    assert replan(late, 3, 480.0, 1.0, 5.0) == 1  # over time already: one step, never none
+
+
+def test_impossible_budget_is_refused_before_the_setup(tiny_teacher, tmp_path):
+    seen: list = []
+    cfg = DistillConfig(stage_start=1, stage_end=4, channels=4, batch=4, time_budget=0.001)
+    with pytest.raises(SRShrinkError, match=r"--time-budget 0.001: .*give at least \d+\.\d\d minutes"):
+        distill(str(tiny_teacher), tmp_path / "r", cfg, quiet=True, device="cpu",
+                callbacks=Callbacks(label=lambda x: seen.append(x.shape)))
+    assert len(seen) == 2  # the two timed forwards: no pool, no probe (the eval references come after)
+    assert not (tmp_path / "r" / "run.json").exists() and not list((tmp_path / "r").glob("stage_*.pt"))
+    r = CliRunner().invoke(main, ["distill", str(tiny_teacher), "--out", str(tmp_path / "c"), "--time-budget",
+                                  "0.001", "--channels", "4", "--batch", "4"])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --time-budget 0.001:") and "minutes" in lines[0]
+
+
+def test_real_run_accounts_for_every_phase(tiny_teacher, tmp_path):
+    cfg = DistillConfig(stage_start=1, stage_end=2, channels=4, batch=4, lr_patch=8, seed=1, reuse=2,
+                        student_steps_per_g=5, time_budget=0.5)
+    run = distill(str(tiny_teacher), tmp_path / "r", cfg, quiet=True, device="cpu", eval_images=2)
+    rec = json.loads((tmp_path / "r" / "run.json").read_text())["time_budget"]
+    assert rec == run["time_budget"]
+    phases = rec["phases"]
+    assert list(phases) == ["startup", "forward_probe", "eval_references", "pool", "step_probe", "stage_1",
+                            "stage_2", "final"]
+    assert all(p["spent"] is not None and p["spent"] >= 0 for p in phases.values())
+    assert all(phases[k]["planned"] is not None for k in ("eval_references", "pool", "step_probe", "stage_1",
+                                                          "stage_2", "final"))
+    total = rec["spent_seconds"]
+    covered = sum(p["spent"] for p in phases.values())
+    assert covered <= total + 0.1 and covered >= 0.9 * total  # the phases cover the wall time
+    assert rec["stage_steps"] == [s["steps"] for s in run["stages"]]
+    # without a budget nothing of this is recorded
+    plain = distill(str(tiny_teacher), tmp_path / "p", DistillConfig(stage_start=1, stage_end=1, channels=4, batch=4,
+                                                                   steps_per_stage=3), quiet=True, device="cpu",
+                    eval_dir="none")
+    assert "time_budget" not in plain
