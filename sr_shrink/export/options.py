@@ -40,6 +40,8 @@ class ExportConfig:
     fine-tunes the student with
     fake quantization for that many steps before an int8 export (:mod:`~sr_shrink.export.qat`), at Adam rate
     ``qat_lr`` (default 1e-4), against ``teacher`` (default: the run's) loaded with ``trust_pickle``.
+    ``equalize`` rescales the student's stream and hidden channels towards equal ranges before an int8 export
+    (:mod:`~sr_shrink.export.equalize`; the same function, off by default).
     """
 
     target: str
@@ -61,6 +63,7 @@ class ExportConfig:
     trust_pickle: bool = False
     shapes: tuple[tuple[int, int], ...] | str | None = None
     io: str = "tensor"
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         rec = get_target(self.target)

@@ -33,6 +33,7 @@ from ..progress import task
 from ..run import RunDir, now_iso
 from ..runtimes import open_runner, runtime_label
 from .calib import calib_inputs, calib_source
+from .equalize import equalize
 from .graph import GraphInfo, check_graph
 from .options import ExportConfig
 from .qat import DEFAULT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
@@ -123,9 +124,13 @@ class _Job:
 
 def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | None, qat: bool = False) -> dict:
     cfg = job.cfg
+    eq_rec = None
+    if cfg.equalize and calib and cfg.precision == "int8":  # same function, int8-friendlier ranges
+        student, eq_rec = equalize(student, calib)
     try:
-        return job.fmt.export(build_wrapper(student, cfg.layout, cfg.shuffle), path, cfg, calib,
-                              _metadata(job.run, stage, student, cfg, qat))
+        extra = job.fmt.export(build_wrapper(student, cfg.layout, cfg.shuffle), path, cfg, calib,
+                               _metadata(job.run, stage, student, cfg, qat))
+        return {**extra, "equalization": eq_rec} if eq_rec else extra
     except SRShrinkError:
         raise
     except Exception as exc:
