@@ -2,7 +2,8 @@
 
 For each teacher's data-free run under PANEL (``PANEL/TEACHER/RUN/stage_XX.pt``, made by
 ``benchmarks/teacher_panel.py``) and each stage, exports ONNX and TFLite files at int8 (the default scheme),
-int8 with range equalization (``equalize=True``, :mod:`sr_shrink.export.equalize`) and w8a16, and reads
+int8 with range equalization (``equalize=True``, :mod:`sr_shrink.export.equalize`; exponent 1 and 0.5) and
+w8a16, and reads
 ``verification.delta_psnr_y`` (file minus the fp32 student, Y-PSNR on the bundled eval split, 8-bit outputs)
 and ``psnr_vs_torch``. The runs are read only: each is exported from a copy in a temporary folder. Results are
 appended to ``--out`` (JSON lines) as they come, and a rerun skips what is there; the table is printed at the end.
@@ -13,6 +14,7 @@ appended to ``--out`` (JSON lines) as they come, and a rerun skips what is there
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -26,12 +28,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import sr_shrink.export.pipeline as pipeline  # noqa: E402
 from sr_shrink.export import export_run  # noqa: E402
+from sr_shrink.export.equalize import EqualizeConfig, equalize  # noqa: E402
 from sr_shrink.run import RunDir  # noqa: E402
 
 TEACHERS = ("edsr_x2", "edsr_x4", "span_x2", "span_x4", "realcugan_x4", "realesrgan_anime_x4")
 VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", equalize=True),
-            "w8a16": dict(precision="w8a16")}
+            "int8 eq0.5": dict(precision="int8", equalize=True), "w8a16": dict(precision="w8a16"),
+            "int8 bc": dict(precision="int8", bias_correction=True),
+            "w8a16 bc": dict(precision="w8a16", bias_correction=True)}
+ALPHA = {"int8 eq0.5": 0.5}  # equalization exponent of a variant (default 1: equal ranges)
 
 
 def measure(run: Path, stage: int, target: str, variant: str) -> dict:
@@ -43,15 +50,20 @@ def measure(run: Path, stage: int, target: str, variant: str) -> dict:
             if f.is_file() and not f.name.startswith("."):
                 shutil.copy(f, copy / f.name)
         t0 = time.perf_counter()
-        e = export_run(copy, target, stage=stage, out=Path(tmp) / "ex", **VARIANTS[variant])[0]
+        cfg = EqualizeConfig(alpha=ALPHA.get(variant, 1.0))
+        pipeline.equalize = functools.partial(equalize, cfg=cfg)
+        try:
+            e = export_run(copy, target, stage=stage, out=Path(tmp) / "ex", **VARIANTS[variant])[0]
+        finally:
+            pipeline.equalize = equalize
         v = e["verification"]
         return {"delta": v["delta_psnr_y"], "fp32": v["torch_psnr_y"], "psnr_vs_torch": v["psnr_vs_torch"],
                 "verified": v["verified"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def table(rows: list[dict], targets: list[str]) -> str:
+def table(rows: list[dict], targets: list[str], variants: list[str]) -> str:
     """Return the markdown table of ``rows``: one line per teacher and stage, one column per target x variant."""
-    cols = [(t, v) for t in targets for v in VARIANTS]
+    cols = [(t, v) for t in targets for v in variants]
     head = "| teacher | stage (blocks) | fp32 Y-PSNR | " + " | ".join(f"{t} {v}" for t, v in cols) + " |"
     lines = [head, "|---|---|---:|" + "---:|" * len(cols)]
     keys = sorted({(r["teacher"], r["blocks"]) for r in rows}, key=lambda k: (TEACHERS.index(k[0])
@@ -74,7 +86,9 @@ def main() -> None:
     ap.add_argument("--teachers", nargs="+", default=list(TEACHERS))
     ap.add_argument("--targets", nargs="+", default=["onnx", "tflite"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--columns", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="of the table")
     ap.add_argument("--out", type=Path, required=True, help="JSON lines file of results (appended, resumable)")
+    ap.add_argument("--blocks", nargs="+", type=int, default=None, help="only the stages with these block counts")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summarize-only", action="store_true")
     args = ap.parse_args()
@@ -89,6 +103,8 @@ def main() -> None:
         run = RunDir.open(run_dir)
         for stage in sorted(run.stages):
             blocks = run.stage_record(stage).get("n_blocks", stage)
+            if args.blocks and blocks not in args.blocks:
+                continue
             for target in args.targets:
                 for variant in args.variants:
                     if (teacher, stage, target, variant) in done:
@@ -99,7 +115,7 @@ def main() -> None:
                     with args.out.open("a") as f:
                         f.write(json.dumps(r) + "\n")
                     print(json.dumps(r), flush=True)
-    print(table(rows, args.targets))
+    print(table(rows, args.targets, args.columns))
 
 
 if __name__ == "__main__":
