@@ -55,3 +55,23 @@ def test_bias_corrected_exports_record_it_and_leave_fp32_alone(tmp_path):
     assert w["bias_correction"]["weights"] == "per channel, [-127, 127]" and w["bias_correction"]["convs"] == 4
     f = export_run(run, "onnx", precision="fp32", bias_correction=True, out=tmp_path / "c", **FAST)[0]
     assert "bias_correction" not in f and f["verification"]["delta_psnr_y"] == 0
+
+
+def test_cli_export_takes_bias_correction_and_equalize(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    out = tmp_path / "x"
+    res = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--precision", "int8", "--out", str(out),
+                                    "--calib-samples", "2", "--bias-correction", "--equalize"])
+    assert res.exit_code == 0, res.output
+    entry = json.loads((out / "export.json").read_text())["exports"][0]
+    assert entry["bias_correction"]["convs"] == 2 and "stream_gain_spread" in entry["equalization"]
+    res = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--precision", "int8", "--out",
+                                    str(tmp_path / "y"), "--calib-samples", "2"])
+    entry = json.loads((tmp_path / "y" / "export.json").read_text())["exports"][0]
+    assert res.exit_code == 0 and "bias_correction" not in entry and "equalization" not in entry
