@@ -73,9 +73,12 @@ def table(rows: list[dict], targets: list[str], variants: list[str]) -> str:
         fp32 = next(iter(got.values()))["fp32"]
         cells = [f"{got[c]['delta']:+.3f}" if c in got else "-" for c in cols]
         lines.append(f"| {teacher} | {blocks} | {fp32:.3f} | " + " | ".join(cells) + " |")
-    means = [statistics.mean([r["delta"] for r in rows if (r["target"], r["variant"]) == c]) if any(
-        (r["target"], r["variant"]) == c for r in rows) else None for c in cols]
-    lines.append("| **mean** | | | " + " | ".join(f"**{m:+.3f}**" if m is not None else "-" for m in means) + " |")
+    means: list[str] = []
+    for t, v in cols:  # the mean over the students that have this column, and how many
+        got = [r["delta"] for r in rows if (r["target"], r["variant"]) == (t, v)]
+        cols_mean = f"**{statistics.mean(got):+.3f}** (n={len(got)})" if got else "-"
+        means.append(cols_mean)
+    lines.append("| **mean** | | | " + " | ".join(means) + " |")
     return "\n".join(lines)
 
 
