@@ -79,7 +79,6 @@ def quantize(src: str, dst: Path, proto, calib: list[torch.Tensor], act: str = "
 
 
 def main() -> None:
-    import onnx
 
     torch.set_num_threads(1)
     stage, wanted = Path(sys.argv[1]), sys.argv[2:]

@@ -4,12 +4,11 @@ out the mean error of the rounded weights, and exports record it."""
 from __future__ import annotations
 
 import torch
+from conftest import make_tiny_run
 
 from sr_shrink.export import export_run
 from sr_shrink.export.biascorr import correct_bias, quantized_convs, round_weight
 from sr_shrink.models.student import load_student
-
-from conftest import make_tiny_run
 
 FAST = {"eval_images": 2, "calib_samples": 4, "input_size": "48x48"}
 

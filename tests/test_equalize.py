@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from conftest import make_tiny_run
 
 from sr_shrink.export import export_run
 from sr_shrink.export.equalize import channel_ranges, equalize
 from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import load_student
-
-from conftest import make_tiny_run
 
 FAST = {"eval_images": 2, "calib_samples": 4, "input_size": "48x48"}
 

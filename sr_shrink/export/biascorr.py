@@ -50,7 +50,7 @@ def correct_bias(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127,
     shifts = []
     for conv in convs:
         seen: list[torch.Tensor] = []
-        hook = conv.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+        hook = conv.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
         for x in batches:
             out(x)
         hook.remove()

@@ -32,8 +32,8 @@ from ..models.student import SRStudent, load_student
 from ..progress import task
 from ..run import RunDir, now_iso
 from ..runtimes import open_runner, runtime_label
-from .calib import calib_inputs, calib_source
 from .biascorr import correct_bias
+from .calib import calib_inputs, calib_source
 from .equalize import equalize
 from .graph import GraphInfo, check_graph
 from .options import ExportConfig
