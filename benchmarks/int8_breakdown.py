@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from sr_shrink.data import load_eval_set  # noqa: E402
 from sr_shrink.evaluate import evaluate_fn  # noqa: E402
 from sr_shrink.export.calib import calib_inputs, calib_source  # noqa: E402
+from sr_shrink.export.equalize import equalize  # noqa: E402
 from sr_shrink.export.qat import fake_quant_weight  # noqa: E402
 from sr_shrink.models.student import SRStudent, load_student  # noqa: E402
 from sr_shrink.run import RunDir  # noqa: E402
@@ -49,11 +50,19 @@ def _q(x: torch.Tensor, lo: float, hi: float, levels: int = 256) -> torch.Tensor
     return (torch.clamp(torch.round(x / scale) + zero, 0, levels - 1) - zero) * scale
 
 
+def _per_tensor(w: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Symmetric per-tensor rounding of ``w`` to [-qmax, qmax] and back."""
+    scale = float(w.abs().max().clamp_min(1e-8)) / qmax
+    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+
+
 class Probe:
     """Runs a plain student, recording each activation point's values or rounding the chosen ones."""
 
-    def __init__(self, student: SRStudent, quant: set[str], ranges: dict | None, weight_max: int = 127):
+    def __init__(self, student: SRStudent, quant: set[str], ranges: dict | None, weight_max: int = 127,
+                 per_tensor: bool = False):
         self.s, self.quant, self.ranges, self.weight_max = student, quant, ranges, weight_max
+        self.per_tensor = per_tensor
         self.seen: dict[str, list[torch.Tensor]] = {}
 
     def _point(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +74,9 @@ class Probe:
 
     def _conv(self, conv, x, end: bool = False):
         group = "end weights" if end else "weights"
-        w = fake_quant_weight(conv.weight, self.weight_max) if group in self.quant else conv.weight
+        w = conv.weight
+        if group in self.quant:
+            w = _per_tensor(w, self.weight_max) if self.per_tensor else fake_quant_weight(w, self.weight_max)
         return F.conv2d(x, w, conv.bias, padding=1)
 
     @torch.no_grad()
@@ -106,6 +117,9 @@ def main() -> None:
     ap.add_argument("stages", nargs="+", type=Path, help="stage_XX.pt files of distill runs (with generator.pt)")
     ap.add_argument("--percentile", type=float, default=99.99, help="activation ranges; 100 = min/max")
     ap.add_argument("--weight-max", type=int, default=127, help="127: int8 weights; 64: the ONNX 7-bit weights")
+    ap.add_argument("--per-tensor", action="store_true", help="per-tensor weights instead of per channel")
+    ap.add_argument("--equalize", action="store_true",
+                    help="equalize the stream and hidden ranges first (sr_shrink.export.equalize)")
     ap.add_argument("--calib-samples", type=int, default=16)
     ap.add_argument("--eval-images", type=int, default=None)
     args = ap.parse_args()
@@ -115,6 +129,8 @@ def main() -> None:
         student, _ = load_student(path)
         run = RunDir.open(path.parent)
         calib = calib_inputs(calib_source(run, None), student.scale, args.calib_samples, None, 0)
+        if args.equalize:
+            student = equalize(student, calib)[0]
         ranges = calibrate(student, calib, args.percentile)
         pairs = load_eval_set(student.scale, max_images=args.eval_images)
         fp32 = evaluate_fn(Probe(student, set(), ranges), pairs, student.scale)["psnr_y"]
@@ -123,11 +139,13 @@ def main() -> None:
         rows["all, output clamped"] = set(GROUPS) - {"output"}
         rows["body only (ONNX-like)"] = {"weights", "relu", "conv2", "add"}
         for label, groups in rows.items():
-            d = evaluate_fn(Probe(student, groups, ranges, args.weight_max), pairs, student.scale)["psnr_y"] - fp32
+            probe = Probe(student, groups, ranges, args.weight_max, args.per_tensor)
+            d = evaluate_fn(probe, pairs, student.scale)["psnr_y"] - fp32
             deltas.setdefault(label, []).append(d)
         print(f"{path}: fp32 {fp32:.3f} dB; ranges " + ", ".join(f"{k} [{lo:.2f}, {hi:.2f}]"
                                                                   for k, (lo, hi) in ranges.items()), flush=True)
-    print(f"\n| int8 at (weights in [-{args.weight_max}, {args.weight_max}], activation ranges "
+    print(f"\n| int8 at (weights {'per tensor' if args.per_tensor else 'per channel'} in [-{args.weight_max}, "
+          f"{args.weight_max}], {'equalized, ' if args.equalize else ''}activation ranges "
           f"{'min/max' if args.percentile >= 100 else f'{args.percentile} percentile'}) | mean delta Y-PSNR dB "
           f"({len(args.stages)} students) | min-max |")
     print("|---|---:|---|")

@@ -94,3 +94,51 @@ def test_bench_takes_w8a16_like_the_other_precisions(tiny_run, tmp_path):
     assert Path(rows["w8a16"]["path"]).name == "stage_02_w8a16.onnx"
     assert abs(rows["w8a16"]["psnr_y"] - rows["fp32"]["psnr_y"]) < 0.1
     assert result["recommended"]["precision"] in rows
+
+
+def _nudged_runner(student, pairs, scale: int, toward_hr: float):
+    """Return a runner whose output is the student's moved ``toward_hr`` of the way to the ground truth: a file
+    that is better than the student by a controlled amount and at a controlled distance from it."""
+    import torch
+
+    from sr_shrink.export.verify import make_sample
+
+    targets = {}
+    for pair in pairs:
+        s = make_sample(pair, scale, None)
+        targets[s.lr.numpy().tobytes()] = s.hr.unsqueeze(0)
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            ref = student(torch.from_numpy(lr)).clamp(0, 1)
+        return (ref + toward_hr * (targets[lr.tobytes()] - ref)).numpy()
+
+    return run
+
+
+def test_w8a16_verifies_against_a_loss_bound_not_a_band():
+    import torch
+
+    from sr_shrink.data import load_eval_set
+    from sr_shrink.export.verify import LOSS_BOUND, verify, within_tolerance
+    from sr_shrink.models.student import SRStudent
+
+    assert within_tolerance(+0.015, 69.6, "w8a16") == (True, "")  # section 16's real student: a gain, not a loss
+    assert within_tolerance(-0.009, 69.6, "w8a16")[0] and not within_tolerance(-0.011, 69.6, "w8a16")[0]
+    ok, why = within_tolerance(+0.015, 45.0, "w8a16")  # a gain from a file far from the student: not the student
+    assert not ok and "45.0 dB PSNR from it" in why
+    assert not within_tolerance(float("nan"), 70.0, "w8a16")[0]
+    # negative controls: the other precisions keep their two-sided band
+    assert not within_tolerance(+0.015, 69.6, "fp16")[0] and not within_tolerance(+0.31, 69.6, "int8")[0]
+    assert within_tolerance(+0.009, 69.6, "fp16")[0] and set(LOSS_BOUND) == {"w8a16"}
+
+    torch.manual_seed(0)
+    student = SRStudent(scale=2, n_blocks=1, channels=4).eval()
+    pairs = load_eval_set(2, max_images=2)
+    gain = verify(_nudged_runner(student, pairs, 2, 0.02), student, pairs, 2, None, "w8a16", "stand-in")
+    assert gain["delta_psnr_y"] > 0.01 and gain["psnr_vs_torch"] >= 50, gain
+    assert gain["verified"] and gain["rule"] == "loss bound" and gain["min_psnr_vs_torch"] == 50.0
+    as_fp16 = verify(_nudged_runner(student, pairs, 2, 0.02), student, pairs, 2, None, "fp16", "stand-in")
+    assert not as_fp16["verified"] and "rule" not in as_fp16  # the same file fails fp16's band
+    loss = verify(_nudged_runner(student, pairs, 2, -0.05), student, pairs, 2, None, "w8a16", "stand-in")
+    assert loss["delta_psnr_y"] < -0.01 and not loss["verified"] and "outside" in loss["reason"]

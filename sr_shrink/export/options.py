@@ -39,6 +39,9 @@ class ExportConfig:
     fine-tunes the student with
     fake quantization for that many steps before an int8 export (:mod:`~sr_shrink.export.qat`), at Adam rate
     ``qat_lr`` (default 1e-4), against ``teacher`` (default: the run's) loaded with ``trust_pickle``.
+    ``equalize`` rescales the student's stream and hidden channels towards equal ranges before an int8 export
+    (:mod:`~sr_shrink.export.equalize`; the same function, off by default); ``bias_correction`` corrects the
+    int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`).
     """
 
     target: str
@@ -60,6 +63,8 @@ class ExportConfig:
     trust_pickle: bool = False
     shapes: tuple[tuple[int, int], ...] | str | None = None
     io: str = "tensor"
+    equalize: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         rec = get_target(self.target)

@@ -32,7 +32,9 @@ from ..models.student import SRStudent, load_student
 from ..progress import task
 from ..run import RunDir, now_iso
 from ..runtimes import open_runner, runtime_label
+from .biascorr import correct_bias
 from .calib import calib_inputs, calib_source
+from .equalize import equalize
 from .graph import GraphInfo, check_graph
 from .options import ExportConfig
 from .qat import DEFAULT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
@@ -123,13 +125,29 @@ class _Job:
 
 def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | None, qat: bool = False) -> dict:
     cfg = job.cfg
+    recs = {}
+    if cfg.equalize and calib and cfg.precision == "int8":  # same function, int8-friendlier ranges
+        student, recs["equalization"] = equalize(student, calib)
+    if cfg.bias_correction and calib:  # int8 / w8a16: biases corrected for the weights' rounding
+        student, recs["bias_correction"] = correct_bias(student, calib, *_weight_scheme(job.fmt, cfg.precision))
     try:
-        return job.fmt.export(build_wrapper(student, cfg.layout, cfg.shuffle), path, cfg, calib,
-                              _metadata(job.run, stage, student, cfg, qat))
+        extra = job.fmt.export(build_wrapper(student, cfg.layout, cfg.shuffle), path, cfg, calib,
+                               _metadata(job.run, stage, student, cfg, qat))
+        return {**extra, **recs}
     except SRShrinkError:
         raise
     except Exception as exc:
         raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {first_line(exc)}") from exc
+
+
+def _weight_scheme(fmt: Target, precision: str) -> tuple[int, bool]:
+    """Return (the int8 weights' largest level, whether head and tail convs are quantized) of ``fmt``'s
+    ``precision`` export: ONNX int8 has 7-bit weights and float head/tail (``Int8Scheme``); w8a16 and TFLite
+    int8 quantize every conv to [-127, 127]."""
+    scheme = fmt.int8_scheme if precision == "int8" else None
+    if scheme is None:
+        return 127, True
+    return (64 if scheme.reduce_range else 127), not scheme.float_end_convs
 
 
 def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:

@@ -8,7 +8,10 @@ of both (``psnr_y``, ``torch_psnr_y``; outputs rounded to 8 bits, ``crop_border 
 
 An export is **verified** when ``delta_psnr_y`` (its Y-PSNR minus the student's) is within ``tolerance_db``
 of zero, the tolerance of its weight precision in :data:`TOLERANCE_DB`: the quality the user measured on
-the student is the quality the file delivers, to that precision.
+the student is the quality the file delivers, to that precision. w8a16 is held to a **loss bound** instead
+(:data:`LOSS_BOUND`): it may lose at most ``tolerance_db``, and a higher Y-PSNR than the student's counts only
+when the file is also close to the student (``psnr_vs_torch`` >= ``min_psnr_vs_torch``), so a gain is the
+rounding noise of an almost exact file, not a different model.
 """
 
 from __future__ import annotations
@@ -34,8 +37,13 @@ Runner = Callable[[np.ndarray], np.ndarray]  # float32 NCHW (1,3,h,w) in [0,1] -
 # int8 (ONNX static QDQ, TFLite full integer) measured 0.05-0.2 dB below; palettes (Core ML, 4 to 8 bits)
 # measured 0.003-0.07 dB for 6/8 bits and 0.7-1.4 dB for uniform 4-bit ones, which therefore fail
 # (BENCHMARKS.md, section 4).
-# w8a16 (int8 weights, 16-bit activations) is held to fp16's 0.01 dB.
+# w8a16 (int8 weights, 16-bit activations) may lose at most 0.01 dB (a loss bound, :data:`LOSS_BOUND`).
 TOLERANCE_DB = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.3, "w8a16": 0.01, "palettized": 0.5}
+# Precisions verified by a one-sided loss bound, with the RGB PSNR against the student (dB) the file must reach
+# for a gain to count. w8a16: 16-bit activations leave only the int8 weights' rounding, 69-70 dB from a real
+# student and >= 55 dB from the tests' tiny one, where its Y-PSNR came out 0.014-0.015 dB *above* the student's
+# (BENCHMARKS.md, section 16): rounding flips at that closeness, not a loss. Two-sided for everything else.
+LOSS_BOUND = {"w8a16": 50.0}
 
 
 def tolerance_key(precision: str, palettize: int | None = None) -> str:
@@ -145,16 +153,40 @@ def _record(max_err: float, psnrs: list[float], ys: list[float], ts: list[float]
     y, t = sum(ys) / len(ys), sum(ts) / len(ts)
     tol = TOLERANCE_DB[tolerance]
     delta = y - t
-    ok = bool(abs(delta) <= tol)  # False for NaN
+    ok, why = within_tolerance(delta, psnr_t, tolerance)
     rec = {"verified": ok, "runtime": runtime, "images": len(psnrs),
            "inputs": "whole LR images" if size is None else f"{size[0]}x{size[1]} centred LR crops (padded)",
            "max_abs_err": round(max_err, 7), "psnr_vs_torch": round(min(psnr_t, 999.0), 3),
            "psnr_y": round(y, 4), "torch_psnr_y": round(t, 4), "delta_psnr_y": round(delta, 6),
            "tolerance_db": tol, "tolerance_for": tolerance}
+    if tolerance in LOSS_BOUND:
+        rec["rule"] = "loss bound"
+        rec["min_psnr_vs_torch"] = LOSS_BOUND[tolerance]
     if not ok:
-        rec["reason"] = (f"Y-PSNR {delta:+.4f} dB from the PyTorch student's, outside the {tolerance} tolerance "
-                         f"of {tol:g} dB")
+        rec["reason"] = why
     return rec
+
+
+def within_tolerance(delta: float, psnr_vs_torch: float, tolerance: str) -> tuple[bool, str]:
+    """Return (whether a Y-PSNR ``delta`` (export minus student, dB) at RGB closeness ``psnr_vs_torch`` (dB)
+    verifies under the :data:`TOLERANCE_DB` entry ``tolerance``, the reason when it does not).
+
+    Two-sided (``|delta| <= tol``) except for the :data:`LOSS_BOUND` precisions: ``delta >= -tol``, and a
+    ``delta > tol`` only when ``psnr_vs_torch`` reaches the bound's closeness. NaN never verifies."""
+    tol = TOLERANCE_DB[tolerance]
+    if not delta >= -tol:  # also NaN
+        return False, (f"Y-PSNR {delta:+.4f} dB from the PyTorch student's, outside the {tolerance} tolerance "
+                       f"of {tol:g} dB")
+    if delta <= tol:
+        return True, ""
+    if tolerance in LOSS_BOUND:
+        floor = LOSS_BOUND[tolerance]
+        if psnr_vs_torch >= floor:
+            return True, ""
+        return False, (f"Y-PSNR {delta:+.4f} dB above the PyTorch student's, but only {psnr_vs_torch:.1f} dB "
+                       f"PSNR from it (a {tolerance} gain counts at >= {floor:g} dB)")
+    return False, (f"Y-PSNR {delta:+.4f} dB from the PyTorch student's, outside the {tolerance} tolerance "
+                   f"of {tol:g} dB")
 
 
 def not_verified(reason: str, runtime: str) -> dict:

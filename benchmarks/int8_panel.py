@@ -1,0 +1,125 @@
+"""int8 and w8a16 deltas per panel teacher and stage, from the real exporters (issue 20 item 4).
+
+For each teacher's data-free run under PANEL (``PANEL/TEACHER/RUN/stage_XX.pt``, made by
+``benchmarks/teacher_panel.py``) and each stage, exports ONNX and TFLite files at int8 (the default scheme),
+int8 with range equalization (``equalize=True``, :mod:`sr_shrink.export.equalize`; exponent 1 and 0.5) and
+w8a16, and reads
+``verification.delta_psnr_y`` (file minus the fp32 student, Y-PSNR on the bundled eval split, 8-bit outputs)
+and ``psnr_vs_torch``. The runs are read only: each is exported from a copy in a temporary folder. Results are
+appended to ``--out`` (JSON lines) as they come, and a rerun skips what is there; the table is printed at the end.
+
+    OMP_NUM_THREADS=1 python benchmarks/int8_panel.py --panel ../panel_runs/panel --out runs/int8_panel.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import sr_shrink.export.pipeline as pipeline  # noqa: E402
+from sr_shrink.export import export_run  # noqa: E402
+from sr_shrink.export.equalize import EqualizeConfig, equalize  # noqa: E402
+from sr_shrink.run import RunDir  # noqa: E402
+
+TEACHERS = ("edsr_x2", "edsr_x4", "span_x2", "span_x4", "realcugan_x4", "realesrgan_anime_x4")
+VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", equalize=True),
+            "int8 eq0.5": dict(precision="int8", equalize=True), "w8a16": dict(precision="w8a16"),
+            "int8 bc": dict(precision="int8", bias_correction=True),
+            "w8a16 bc": dict(precision="w8a16", bias_correction=True)}
+ALPHA = {"int8 eq0.5": 0.5}  # equalization exponent of a variant (default 1: equal ranges)
+
+
+def measure(run: Path, stage: int, target: str, variant: str) -> dict:
+    """Return the verification figures of ``run``'s ``stage`` exported to ``target`` as ``variant``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "run"
+        copy.mkdir()
+        for f in run.iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                shutil.copy(f, copy / f.name)
+        t0 = time.perf_counter()
+        cfg = EqualizeConfig(alpha=ALPHA.get(variant, 1.0))
+        pipeline.equalize = functools.partial(equalize, cfg=cfg)
+        try:
+            e = export_run(copy, target, stage=stage, out=Path(tmp) / "ex", **VARIANTS[variant])[0]
+        finally:
+            pipeline.equalize = equalize
+        v = e["verification"]
+        return {"delta": v["delta_psnr_y"], "fp32": v["torch_psnr_y"], "psnr_vs_torch": v["psnr_vs_torch"],
+                "verified": v["verified"], "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def table(rows: list[dict], targets: list[str], variants: list[str]) -> str:
+    """Return the markdown table of ``rows``: one line per teacher and stage, one column per target x variant."""
+    cols = [(t, v) for t in targets for v in variants]
+    head = "| teacher | stage (blocks) | fp32 Y-PSNR | " + " | ".join(f"{t} {v}" for t, v in cols) + " |"
+    lines = [head, "|---|---|---:|" + "---:|" * len(cols)]
+    keys = sorted({(r["teacher"], r["blocks"]) for r in rows}, key=lambda k: (TEACHERS.index(k[0])
+                                                                               if k[0] in TEACHERS else 99, k[1]))
+    for teacher, blocks in keys:
+        got = {(r["target"], r["variant"]): r for r in rows if (r["teacher"], r["blocks"]) == (teacher, blocks)}
+        fp32 = next(iter(got.values()))["fp32"]
+        cells = [f"{got[c]['delta']:+.3f}" if c in got else "-" for c in cols]
+        lines.append(f"| {teacher} | {blocks} | {fp32:.3f} | " + " | ".join(cells) + " |")
+    means: list[str] = []
+    for t, v in cols:  # the mean over the students that have this column, and how many
+        got = [r["delta"] for r in rows if (r["target"], r["variant"]) == (t, v)]
+        cols_mean = f"**{statistics.mean(got):+.3f}** (n={len(got)})" if got else "-"
+        means.append(cols_mean)
+    lines.append("| **mean** | | | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--panel", type=Path, required=True, help="folder of TEACHER/RUN distill runs")
+    ap.add_argument("--run-name", default="default_datafree_300_s0")
+    ap.add_argument("--teachers", nargs="+", default=list(TEACHERS))
+    ap.add_argument("--targets", nargs="+", default=["onnx", "tflite"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--columns", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="of the table")
+    ap.add_argument("--out", type=Path, required=True, help="JSON lines file of results (appended, resumable)")
+    ap.add_argument("--blocks", nargs="+", type=int, default=None, help="only the stages with these block counts")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summarize-only", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [json.loads(ln) for ln in args.out.read_text().splitlines()] if args.out.exists() else []
+    done = {(r["teacher"], r["stage"], r["target"], r["variant"]) for r in rows}
+    for teacher in [] if args.summarize_only else args.teachers:
+        run_dir = args.panel / teacher / args.run_name
+        if not (run_dir / "run.json").exists():
+            print(f"{teacher}: no run at {run_dir}", flush=True)
+            continue
+        run = RunDir.open(run_dir)
+        for stage in sorted(run.stages):
+            blocks = run.stage_record(stage).get("n_blocks", stage)
+            if args.blocks and blocks not in args.blocks:
+                continue
+            for target in args.targets:
+                for variant in args.variants:
+                    if (teacher, stage, target, variant) in done:
+                        continue
+                    r = {"teacher": teacher, "stage": stage, "blocks": blocks, "target": target, "variant": variant,
+                         **measure(run_dir, stage, target, variant)}
+                    rows.append(r)
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    print(json.dumps(r), flush=True)
+    print(table(rows, args.targets, args.columns))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Bias correction for int8 weights: the mean error each conv's weight rounding adds, taken out of its bias.
+
+Rounding a conv's weights to per-channel int8 (symmetric, max |w| / qmax per output channel, as the exporters do)
+adds an error ``conv(x, W_q - W)`` whose mean over the image is not zero per output channel; in an SR network a
+mean shift reaches the output pixels directly. Empirical bias correction (Nagel et al. 2019, "Data-free
+quantization", section 4.2; Finkelstein et al. 2019) measures it on calibration inputs and subtracts it from the
+bias, conv by conv in network order, each conv seeing the inputs the already rounded and corrected convs before
+it give. The weights themselves are not changed, so the exporter rounds them exactly as before (same per-channel
+scales); only the float biases it then quantizes (int32) move. The calibration inputs are the export's own (the
+run's data-free generator samples by default): no photos.
+
+The fp32 student is never modified: :func:`correct_bias` returns a corrected copy for the int8 file only.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from ..models.student import SRStudent
+from .equalize import _batches
+
+
+def round_weight(w: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Return ``w`` (O, I, kh, kw) rounded to symmetric per-output-channel integers in [-qmax, qmax] and back."""
+    scale = (w.abs().amax(dim=(1, 2, 3), keepdim=True) / qmax).clamp_min(1e-12)
+    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+
+
+def quantized_convs(student: SRStudent, ends: bool) -> list[torch.nn.Conv2d]:
+    """Return the student's convs in network order: head, each block's two, tail; without head and tail when
+    ``ends`` is False (the ONNX int8 scheme keeps them float)."""
+    body = [c for blk in student.body for c in (blk.conv1, blk.conv2)]
+    return [student.head, *body, student.tail] if ends else body
+
+
+@torch.no_grad()
+def correct_bias(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127, ends: bool = True,
+                 max_inputs: int = 256) -> tuple[SRStudent, dict]:
+    """Return (a copy of the plain ``student`` whose quantized convs' biases are corrected for the mean error of
+    rounding their weights to [-qmax, qmax] per channel, its export.json record). ``calib``: NCHW inputs (up to
+    ``max_inputs`` used); ``ends``: whether the head and tail convs are quantized too."""
+    if student.block != "plain":
+        raise ValueError("correct_bias takes a collapsed (plain) student")
+    out = copy.deepcopy(student).float().eval()
+    batches = _batches(calib[:max_inputs])
+    convs = quantized_convs(out, ends)
+    shifts = []
+    for conv in convs:
+        seen: list[torch.Tensor] = []
+        hook = conv.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
+        for x in batches:
+            out(x)
+        hook.remove()
+        wq = round_weight(conv.weight, qmax)
+        total = sum(F.conv2d(x, wq - conv.weight, None, padding=conv.padding).sum(dim=(0, 2, 3)) for x in seen)
+        count = sum(x.shape[0] * x.shape[2] * x.shape[3] for x in seen)
+        err = total / count
+        conv.bias -= err
+        conv.weight.copy_(wq)  # later convs see this conv as the int8 file computes it
+        shifts.append(round(float(err.abs().max()), 6))
+    for conv, src in zip(convs, quantized_convs(student, ends)):  # hand back the float weights, corrected biases
+        conv.weight.copy_(src.weight)
+    rec = {"method": "empirical bias correction of int8 weight rounding", "weights": f"per channel, [-{qmax}, {qmax}]",
+           "convs": len(convs), "inputs": sum(x.shape[0] for x in batches), "max_bias_shift": max(shifts, default=0.0)}
+    return out, rec
