@@ -26,7 +26,7 @@ def test_compact_x4_distill_export_int8_bench(tmp_path):
          "--batch", "4", "--eval", str(eval_dir), "--quiet", "--threads", "1", "--device", "cpu"])
     run_json = json.loads((run / "run.json").read_text())
     assert run_json["scale"] == 4 and run_json["teacher"]["arch"] == "Compact"
-    assert run_json["config"]["lr_patch"] == 8  # the x4 default (BENCHMARKS section 7), not the x2 one
+    assert run_json["config"]["lr_patch"] == 12  # the x4 default (BENCHMARKS section 17), not the x2 one
     for stage in run_json["stages"]:
         assert 5 < stage["fidelity_psnr_y"] < 99 and 0 < stage["fidelity_ssim_y"] <= 1
     _ok(["export", str(run), "--target", "onnx", "--precision", "int8", "--stage", "last", "--eval", str(eval_dir),

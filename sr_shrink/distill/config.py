@@ -28,9 +28,10 @@ def flag(name: str) -> str:
     return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
-# The LR patch side that gave the best student per minute of distillation (BENCHMARKS.md section 7: x2 and x4
-# measured over 3 seeds; x3 lies between them, not measured).
-DEFAULT_LR_PATCH = {2: 16, 3: 12, 4: 8}
+# The default LR patch side per scale. x2: the best student per minute on the bundled teacher (BENCHMARKS.md
+# section 7, 3 seeds); 32 px lost on the teacher panel (section 17). x4: 12 px, which beat section 7's 8 px on
+# every x4 teacher of the panel at the same steps (section 17, 3 seeds). x3: 12 px, between them, not measured.
+DEFAULT_LR_PATCH = {2: 16, 3: 12, 4: 12}
 
 
 def default_lr_patch(scale: int) -> int:
