@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import load_student
 
 
@@ -37,3 +38,24 @@ def export_stage(run_dir: Path, stage: int, runtime: str, hw: tuple[int, int]) -
     if runtime == "onnxruntime":
         return export_onnx(model, run_dir / "exports" / f"stage_{stage:02d}_fp32.onnx", hw)
     return export_tflite(model, run_dir / "exports" / f"stage_{stage:02d}_fp32.tflite", hw)
+
+
+def widen_channel(run: Path, k: float = 4.0) -> Path:
+    """Rescale channel 0 of the run's stage-1 residual stream by ``k`` (and its readers by 1/k): the fp32
+    function is unchanged (ReLU is positively homogeneous) but one channel now sets every per-tensor activation
+    range of the stream, so int8 PTQ loses measurable Y-PSNR. Returns the stage file, also the teacher."""
+    path = run / "stage_01.pt"
+    st, _ = load_student(path)
+    x = torch.rand(1, 3, 20, 20)
+    before = st(x)
+    with torch.no_grad():
+        st.head.weight[0] *= k
+        st.head.bias[0] *= k
+        for b in st.body:
+            b.conv1.weight[:, 0] /= k
+            b.conv2.weight[0] *= k
+            b.conv2.bias[0] *= k
+        st.tail.weight[:, 0] /= k
+    assert torch.allclose(st(x), before, atol=1e-5)
+    save_model_checkpoint(st, "student", st.config(), path, extra={"stage": 1, "n_blocks": 1, "scale": 2})
+    return path

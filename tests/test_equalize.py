@@ -3,40 +3,21 @@ int8 file that recovers what an uneven stream cost."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import torch
 from conftest import make_tiny_run
+from export_helpers import widen_channel
 
 from sr_shrink.export import export_run
 from sr_shrink.export.equalize import channel_ranges, equalize
-from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import load_student
 
 FAST = {"eval_images": 2, "calib_samples": 4, "input_size": "48x48"}
 
 
-def _widen(run: Path, k: float) -> Path:
-    """Scale channel 0 of stage 1's residual stream by ``k`` and its readers by 1/k (same fp32 function, one
-    channel now sets every per-tensor range of the stream); return the stage file."""
-    path = run / "stage_01.pt"
-    st, _ = load_student(path)
-    with torch.no_grad():
-        st.head.weight[0] *= k
-        st.head.bias[0] *= k
-        for b in st.body:
-            b.conv1.weight[:, 0] /= k
-            b.conv2.weight[0] *= k
-            b.conv2.bias[0] *= k
-        st.tail.weight[:, 0] /= k
-    save_model_checkpoint(st, "student", st.config(), path, extra={"stage": 1, "n_blocks": 1, "scale": 2})
-    return path
-
-
 def test_equalize_keeps_the_function_and_evens_the_stream(tmp_path):
-    student, _ = load_student(_widen(make_tiny_run(tmp_path / "r", n_stages=2), 8.0))
+    student, _ = load_student(widen_channel(make_tiny_run(tmp_path / "r", n_stages=2), 8.0))
     calib = [torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     eq, rec = equalize(student, calib)
     x = torch.rand(1, 3, 30, 20)
@@ -53,7 +34,7 @@ def test_equalize_keeps_the_function_and_evens_the_stream(tmp_path):
 
 def test_equalized_int8_export_recovers_the_uneven_stream(tmp_path):
     run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
-    _widen(run, 4.0)
+    widen_channel(run, 4.0)
     plain = export_run(run, "tflite", precision="int8", out=tmp_path / "a", **FAST)[0]
     eq = export_run(run, "tflite", precision="int8", equalize=True, out=tmp_path / "b", **FAST)[0]
     assert "equalization" not in plain and eq["equalization"]["stream_gain_spread"] > 4

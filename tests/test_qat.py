@@ -4,43 +4,21 @@ brings the real int8 export closer to the fp32 student than plain PTQ, the expor
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 from conftest import make_tiny_run
+from export_helpers import widen_channel
 
 from sr_shrink.cli import main
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.export import export_run
 from sr_shrink.export.qat import DataFreeInputs, QATConfig, QATStudent, fake_quant_weight, finetune
-from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import load_student
 from sr_shrink.run import RunDir
 
 FAST = {"eval_images": 2, "calib_samples": 4, "input_size": "48x48"}
-
-
-def _widen_channel(run: Path, k: float = 4.0) -> Path:
-    """Rescale channel 0 of the run's stage-1 residual stream by ``k`` (and its readers by 1/k): the fp32
-    function is unchanged (ReLU is positively homogeneous) but one channel now sets every per-tensor activation
-    range of the stream, so int8 PTQ loses measurable Y-PSNR. Returns the stage file, also the teacher."""
-    path = run / "stage_01.pt"
-    st, _ = load_student(path)
-    x = torch.rand(1, 3, 20, 20)
-    before = st(x)
-    with torch.no_grad():
-        st.head.weight[0] *= k
-        st.head.bias[0] *= k
-        for b in st.body:
-            b.conv1.weight[:, 0] /= k
-            b.conv2.weight[0] *= k
-            b.conv2.bias[0] *= k
-        st.tail.weight[:, 0] /= k
-    assert torch.allclose(st(x), before, atol=1e-5)
-    save_model_checkpoint(st, "student", st.config(), path, extra={"stage": 1, "n_blocks": 1, "scale": 2})
-    return path
 
 
 def test_fake_quant_weight_is_per_channel_int8_with_straight_through_gradient():
@@ -75,7 +53,7 @@ def test_qat_beats_ptq_on_a_student_that_int8_hurts(tmp_path):
     """The comparison that could fail: the TFLite full-int8 export of a QAT student is closer to the original
     fp32 student (RGB PSNR and Y-PSNR delta) than the plain PTQ export of that student."""
     run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
-    teacher = _widen_channel(run)  # self-distillation: the target is the fp32 student itself
+    teacher = widen_channel(run)  # self-distillation: the target is the fp32 student itself
     e = export_run(run, "tflite", precision="int8", qat_steps=60, qat_lr=1e-3, teacher=str(teacher), **FAST)[0]
     ptq, qat = e["qat"]["ptq_verification"], e["qat"]["fp32_verification"]
     assert e["ptq_delta_psnr_y"] == ptq["delta_psnr_y"] and e["qat_delta_psnr_y"] == qat["delta_psnr_y"]
