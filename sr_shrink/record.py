@@ -8,6 +8,7 @@ is the same file. A field that was never set (None) is not written.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 
 _NUMBER = (int, float)
@@ -24,13 +25,17 @@ def _fits(value, kind) -> bool:
 class _Ordered:
     """The shared part of the records: remembers the order fields are first set to a value, and reads/writes dicts."""
 
-    KINDS: dict[str, str] = {}  # field name -> the JSON type it holds
 
     def __setattr__(self, name, value):
         order = self.__dict__.setdefault("_order", [])
         if value is not None and name != "extra" and name not in order:
             order.append(name)
         object.__setattr__(self, name, value)
+
+    @classmethod
+    def _kinds(cls) -> dict[str, str]:
+        """Return field name -> the JSON type it holds, read off the annotation (``int | None`` -> "int")."""
+        return {f.name: re.match(r"\w+", str(f.type)).group() for f in fields(cls) if f.name != "extra"}
 
     @classmethod
     def _names(cls) -> list[str]:
@@ -41,9 +46,9 @@ class _Ordered:
         """Return a record of ``data`` (see the module docstring); ``convert`` maps a field to how its value is
         read (e.g. the stage records)."""
         rec = cls()
-        names = set(cls._names())
+        names, kinds = set(cls._names()), cls._kinds()
         for key, value in data.items():
-            if key in names and value is not None and _fits(value, cls.KINDS[key]):
+            if key in names and value is not None and _fits(value, kinds[key]):
                 setattr(rec, key, (convert or {}).get(key, lambda v: v)(value))
             else:
                 rec.extra[key] = value
@@ -73,10 +78,6 @@ class StageRecord(_Ordered):
     """run.json's record of one finished stage: its number, size, checkpoint file, steps, KD losses and seconds;
     ``train_params`` when it trained in another form (rep blocks); the eval scores when there were eval images."""
 
-    KINDS = {"stage": "int", "n_blocks": "int", "channels": "int", "params": "int", "checkpoint": "str",
-             "steps": "int", "first_kd_loss": "float", "final_kd_loss": "float", "seconds": "float",
-             "train_params": "int", "val_psnr_y": "float", "val_ssim_y": "float", "fidelity_psnr_y": "float",
-             "fidelity_ssim_y": "float"}
 
     stage: int | None = None
     n_blocks: int | None = None
@@ -107,11 +108,6 @@ class RunRecord(_Ordered):
     ``complete``, where it was ``resumed_from``, the teacher's and bicubic's eval scores, the ``pool`` and
     ``time_budget`` records and the ``timing_seconds`` of its parts."""
 
-    KINDS = {"scale": "int", "teacher": "dict", "mode": "str", "seed": "int", "recipe": "dict", "config": "dict",
-             "world_size": "int", "teacher_dtype": "str", "stages": "list", "complete": "bool",
-             "value_range_guessed": "bool", "time_budget": "dict", "resumed_from": "list",
-             "teacher_psnr_y": "float", "teacher_ssim_y": "float", "bicubic_psnr_y": "float",
-             "bicubic_ssim_y": "float", "pool": "dict", "timing_seconds": "dict"}
 
     scale: int | None = None
     teacher: dict | None = None
