@@ -61,3 +61,13 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     return rank, world, device
+
+
+def rank0(value, world: int | None = None):
+    """Return rank 0's ``value`` on every rank of a distributed run (``value`` itself in one process: ``world``
+    <= 1, or no process group)."""
+    if (world is not None and world <= 1) or not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from ..progress import task
+from .env import rank0
 from .render import synthetic_mix
 
 MAX_POOL_BYTES = 512 * 2**20  # the pool's images and targets together stay below this
@@ -91,7 +91,7 @@ class LabelledPool:
                 advance(x.shape[0])
                 if seconds is not None and len(xs) == 1:
                     per_image = (time.perf_counter() - t0) / start
-                    images = _rank0(max(start, min(images, int(seconds / max(per_image, 1e-9)))))
+                    images = rank0(max(start, min(images, int(seconds / max(per_image, 1e-9)))))
         return cls(torch.cat(xs), torch.cat(ts), plan.scale)
 
     def __len__(self) -> int:
@@ -114,15 +114,6 @@ class LabelledPool:
                 ts.append(_dihedral(self.t[i, :, a * s:(a + patch) * s, b * s:(b + patch) * s], d))
         x = torch.stack(xs)
         return (x, torch.stack(ts)) if with_targets else x
-
-
-def _rank0(n: int) -> int:
-    """Return rank 0's ``n`` on every rank of a distributed run (``n`` itself in one process)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return n
-    box = [n]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _dihedral(img: torch.Tensor, d: int) -> torch.Tensor:

@@ -11,24 +11,14 @@ import copy
 import time
 
 import torch
-import torch.distributed as dist
 
 from ..evaluate import evaluate_model
 from ..models.student import SRStudent, collapse, grow
 from ..progress import task
 from .budget import PROBE_GAME_STEPS, PROBE_GAME_WARMUP, PROBE_STEPS, PROBE_WARMUP, Setup
+from .env import rank0
 from .state import TrainState
 from .train import game_step, refill, student_step
-
-
-def rank0(value, world: int):
-    """Return rank 0's ``value`` on every rank of a distributed run (``value`` itself in one process)."""
-    if world <= 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
 
 EVAL_CROP = 48  # side of the crop of an eval image timed for the eval references' estimate
 

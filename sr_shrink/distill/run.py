@@ -25,9 +25,9 @@ from ..run import RunDir
 from .budget import eval_images_that_fit, first_plan, pool_seconds, refuse_if_short, replan
 from .buffer import ReplayBuffer
 from .config import DistillConfig
-from .env import Env
+from .env import Env, rank0
 from .generator import save_generator
-from .probe import probe_steps, rank0, setup_of, timed_forward
+from .probe import probe_steps, setup_of, timed_forward
 from .resume import adopt, check_same_run
 from .sources import Labeller, make_source, resolve_teacher_dtype
 from .state import TrainState
