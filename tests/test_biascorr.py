@@ -7,7 +7,8 @@ import torch
 from conftest import make_tiny_run
 
 from sr_shrink.export import export_run
-from sr_shrink.export.biascorr import correct_bias, quantized_convs, round_weight
+from sr_shrink.export.biascorr import correct_bias, quantized_convs
+from sr_shrink.export.qat import fake_quant_weight
 from sr_shrink.models.student import load_student
 
 FAST = {"eval_images": 2, "calib_samples": 4, "input_size": "48x48"}
@@ -20,7 +21,7 @@ def _rounded(student, qmax: int, ends: bool):
     q = copy.deepcopy(student)
     with torch.no_grad():
         for c in quantized_convs(q, ends):
-            c.weight.copy_(round_weight(c.weight, qmax))
+            c.weight.copy_(fake_quant_weight(c.weight, qmax))
     return q
 
 

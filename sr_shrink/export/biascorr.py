@@ -21,12 +21,7 @@ import torch.nn.functional as F
 
 from ..models.student import SRStudent
 from .equalize import _batches
-
-
-def round_weight(w: torch.Tensor, qmax: int) -> torch.Tensor:
-    """Return ``w`` (O, I, kh, kw) rounded to symmetric per-output-channel integers in [-qmax, qmax] and back."""
-    scale = (w.abs().amax(dim=(1, 2, 3), keepdim=True) / qmax).clamp_min(1e-12)
-    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+from .qat import fake_quant_weight
 
 
 def quantized_convs(student: SRStudent, ends: bool) -> list[torch.nn.Conv2d]:
@@ -54,7 +49,7 @@ def correct_bias(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127,
         for x in batches:
             out(x)
         hook.remove()
-        wq = round_weight(conv.weight, qmax)
+        wq = fake_quant_weight(conv.weight, qmax)
         total = sum(F.conv2d(x, wq - conv.weight, None, padding=conv.padding).sum(dim=(0, 2, 3)) for x in seen)
         count = sum(x.shape[0] * x.shape[2] * x.shape[3] for x in seen)
         err = total / count
