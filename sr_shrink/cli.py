@@ -283,11 +283,17 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
               help="int8/w8a16: correct the biases for the mean error of the weights' rounding (calibration inputs).")
 @click.option("--equalize", is_flag=True, help="int8: rescale the residual stream and hidden channels towards equal "
               "ranges first (the same function).")
+@click.option("--reduce-range/--no-reduce-range", default=None,
+              help="ONNX int8: 7-bit weights, safe on every CPU [default], or full 8-bit weights, more accurate, for "
+                   "ARM, x86 with VNNI and NPUs (on AVX2-only x86 they saturate).")
+@click.option("--float-stream", is_flag=True, help="ONNX int8: keep the residual stream float between the int8 convs "
+              "(more accurate, slower: BENCHMARKS.md section 19).")
 def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
            input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
            calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool, qat_steps: int,
            qat_lr: float | None, teacher: str | None, trust_pickle: bool, shapes: str | None,
-           io_kind: str, bias_correction: bool, equalize: bool) -> None:
+           io_kind: str, bias_correction: bool, equalize: bool, reduce_range: bool | None,
+           float_stream: bool) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
     from pathlib import Path
 
@@ -300,7 +306,8 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io,
                          qat_steps=qat_steps, qat_lr=qat_lr, teacher=teacher, trust_pickle=trust_pickle,
-                         shapes=shapes, io=io_kind, bias_correction=bias_correction, equalize=equalize)
+                         shapes=shapes, io=io_kind, bias_correction=bias_correction, equalize=equalize,
+                         reduce_range=reduce_range, float_stream=float_stream)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
     for col in ("file", "KiB", "PSNR-Y (torch)", "Δ dB (tolerance)", "verified"):
         table.add_column(col)

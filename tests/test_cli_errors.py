@@ -63,7 +63,9 @@ def test_distill_missing_or_bad_teacher(files, tmp_path):
 
 @pytest.mark.parametrize("bad", ["--target bogus", "--precision int4", "--stage 7", "--stage x", "--input-size 0x0",
                                  "--input-size big", "--layout nhcw", "--palettize 5", "--calib-samples 0",
-                                 "--seed -3", "--calib /no/such/dir --precision int8", "--eval /no/such/dir"])
+                                 "--seed -3", "--calib /no/such/dir --precision int8", "--eval /no/such/dir",
+                                 "--float-stream", "--no-reduce-range --precision w8a16",
+                                 "--target tflite --precision int8 --float-stream"])
 def test_export_bad_values(files, bad):
     args = ["export", str(files["run"]), *shlex.split(bad)]
     if "--target" not in bad:

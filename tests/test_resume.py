@@ -200,7 +200,9 @@ def test_resume_refuses_other_teacher_overrides(tiny_teacher, tmp_path):
 def test_interrupt_says_which_checkpoint_exists(tiny_teacher, tmp_path):
     out = tmp_path / "r"
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(_cli(_args(tiny_teacher, out, 40)), env=ENV, stdout=subprocess.DEVNULL, stderr=log)
+        # stages 1:8 leave the run going long after stage 2 even when a loaded machine slows this watcher down
+        proc = subprocess.Popen(_cli(_args(tiny_teacher, out, 40, "1:8")), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=log)
         first = None  # state.pt's mtime once run.json lists stage 1; interrupt at the next save (mid stage 2)
         deadline = time.time() + 240
         while proc.poll() is None and time.time() < deadline:

@@ -28,11 +28,12 @@ from ..data import load_eval_set
 from ..errors import SRShrinkError
 from ..run import RunDir
 from ..teachers import load_teacher
+from .answers import answer_warning, far_answers
 from .config import MODES, DistillConfig
 from .env import Env, init_distributed, resolve_device
 from .resume import prepare_run_dir
 from .run import Job, run_stages
-from .sources import FAMILIES
+from .sources import FAMILIES, synthetic_kinds
 from .train import Callbacks
 
 __all__ = ["Callbacks", "DistillConfig", "MODES", "distill", "summary_table"]
@@ -63,6 +64,12 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     cfg = fit_patch(cfg, teacher)
     rank, world, dev = init_distributed(dev)
     env = Env(dev, rank, world, quiet or rank != 0, amp, channels_last)
+    if not env.quiet:
+        kinds = synthetic_kinds(cfg)
+        answers = far_answers(teacher, kinds, cfg.lr_patch, cfg.seed) if kinds else {}
+        for warning in (padded_patch_warning(cfg, teacher), answer_warning(answers, cfg.mode)):
+            if warning:
+                Console(stderr=True).print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
     with contextlib.ExitStack() as held:
         if env.main:  # the folder stays locked for this process until the run ends
             held.enter_context(prepare_run_dir(run_dir, resume, force))
@@ -105,6 +112,22 @@ def fit_patch(cfg: DistillConfig, teacher) -> DistillConfig:
     while patch % multiple:
         patch = teacher.fit_size(patch + 1)
     return replace(cfg, lr_patch=patch) if patch != cfg.lr_patch else cfg
+
+
+def padded_patch_warning(cfg: DistillConfig, teacher) -> str | None:
+    """Return a one-line ``warning:`` when an explicit ``--lr-patch`` is a size the teacher does not take (below its
+    minimum input or off its multiple), so every patch is padded before the teacher sees it; else None.
+
+    The run goes on as asked (an automatic patch is raised by :func:`fit_patch` instead): on Real-CUGAN (minimum
+    32 px) a 12 px patch cost 1.1 dB of fidelity (BENCHMARKS.md, section 17)."""
+    if cfg.lr_patch_auto:
+        return None
+    fit = teacher.fit_size(cfg.lr_patch)
+    if fit == cfg.lr_patch:
+        return None
+    return (f"warning: --lr-patch {cfg.lr_patch}: the teacher takes inputs of {teacher.size_requirements.describe()}, "
+            f"so every {cfg.lr_patch} px patch is padded to {fit} px and most of what the student learns from is "
+            f"padding; use --lr-patch {fit} or leave --lr-patch out.")
 
 
 def summary_table(run: dict) -> Table:

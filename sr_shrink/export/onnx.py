@@ -13,6 +13,10 @@ AVX-VNNI-class int8 support: with int8 activations half the convs stayed float C
 Quantize/DequantizeLinear pairs, and int8 ran 1.4x *slower* than fp32. uint8 x int8 products are summed in
 pairs into int16 on AVX2 (``vpmaddubsw``), which saturates for full-range weights (255 * 127 * 2 > 32767; it
 cost 0.6 dB on a 300-step student); 7-bit weights (``reduce_range``) keep every pair sum in range on any CPU.
+Two opt-in changes trade that for accuracy (BENCHMARKS.md, section 19): ``--no-reduce-range`` writes full
+[-127, 127] weights, for CPUs and NPUs that sum int8 products without saturating (ARM dot-product
+instructions, x86 with VNNI, QNN), and ``--float-stream`` keeps the residual stream float between the int8
+convs (:func:`float_stream_skips`), which costs latency where the Adds would have run in int8.
 
 w8a16 (:data:`W8A16_SCHEME`) is QDQ with uint16 activations and int8 weights, the A16W8 form NPU stacks
 (QNN's HTP, ...) take; ONNX Runtime's CPU provider runs it unfused, as its float simulation.
@@ -21,7 +25,7 @@ w8a16 (:data:`W8A16_SCHEME`) is QDQ with uint16 activations and int8 weights, th
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,7 +62,8 @@ def export_onnx(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[torc
     if cfg.precision == "fp16":
         proto = _to_fp16(proto, keep_io=not cfg.native_io)
     elif cfg.precision == "int8":
-        proto, extra["quantization"] = to_int8(proto, calib, model.nhwc)
+        scheme = INT8_SCHEME.with_options(cfg.reduce_range, cfg.float_stream)
+        proto, extra["quantization"] = to_int8(proto, calib, model.nhwc, scheme)
     elif cfg.precision == "w8a16":
         proto, extra["quantization"] = to_int8(proto, calib, model.nhwc, W8A16_SCHEME)
     _set_metadata(proto, meta)
@@ -166,23 +171,34 @@ class _Feed:
 class Int8Scheme:
     """How :func:`to_int8` quantises: ``activations`` "uint8", "int8", "uint16" or "int16" (asymmetric, per
     tensor; ranges from the ``percentile`` of the calibration values, or min/max when it is None);
-    ``reduce_range`` 7-bit weights (int8 in [-64, 64], symmetric, per channel); ``float_tail`` keeps the anchor
-    conv, the last Add and DepthToSpace in float (:func:`float_tail_nodes`); ``float_end_convs`` the first and
-    last 3x3 convs (:func:`float_end_convs`). The default is the int8 export's scheme; :data:`W8A16_SCHEME`
-    the w8a16 one."""
+    ``reduce_range`` 7-bit weights (int8 in [-64, 64], symmetric, per channel; False: [-127, 127]);
+    ``float_tail`` keeps the anchor conv, the last Add and DepthToSpace in float (:func:`float_tail_nodes`);
+    ``float_end_convs`` the first and last 3x3 convs (:func:`float_end_convs`); ``float_stream`` keeps the
+    residual stream float (every Add float, reading its float inputs, :func:`float_stream_skips`), so only the
+    convs see a rounded copy of it. The default is the int8 export's scheme (``sr-shrink export --no-reduce-range
+    / --float-stream`` change it, :meth:`with_options`); :data:`W8A16_SCHEME` the w8a16 one."""
 
     activations: str = "uint8"
     reduce_range: bool = True
     float_tail: bool = True
     float_end_convs: bool = True
     percentile: float | None = CALIB_PERCENTILE
+    float_stream: bool = False
+
+    def with_options(self, reduce_range: bool | None = None, float_stream: bool = False) -> Int8Scheme:
+        """Return this scheme with an export's ``--[no-]reduce-range`` (None: keep) and ``--float-stream``."""
+        return replace(self, reduce_range=self.reduce_range if reduce_range is None else reduce_range,
+                       float_stream=self.float_stream or float_stream)
 
     def record(self) -> dict:
         """Return the export.json description of the scheme."""
         bits = "7-bit range [-64, 64]" if self.reduce_range else "full range [-127, 127]"
         ranges = f"{self.percentile} percentile ranges" if self.percentile else "min/max ranges"
-        return {"activations": f"{self.activations} (asymmetric, per tensor, {ranges})",
-                "weights": f"int8 (symmetric, per channel, {bits})"}
+        rec = {"activations": f"{self.activations} (asymmetric, per tensor, {ranges})",
+               "weights": f"int8 (symmetric, per channel, {bits})"}
+        if self.float_stream:
+            rec["residual_stream"] = "float (the Adds run in float; each conv reads a rounded copy)"
+        return rec
 
 
 INT8_SCHEME = Int8Scheme()
@@ -199,8 +215,10 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     arrays = [(c.permute(0, 2, 3, 1) if nhwc else c).numpy().astype(np.float32) for c in calib]
-    keep_float = sorted((float_tail_nodes(proto) if scheme.float_tail else [])
-                        + (float_end_convs(proto) if scheme.float_end_convs else []))
+    adds = [n.name for n in proto.graph.node if n.op_type == "Add"]
+    keep_float = sorted(set((float_tail_nodes(proto) if scheme.float_tail else [])
+                            + (float_end_convs(proto) if scheme.float_end_convs else [])
+                            + (adds if scheme.float_stream else [])))
     act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16,
            "int16": QuantType.QInt16}[scheme.activations]
     calib_opts = ({"calibrate_method": CalibrationMethod.Percentile,
@@ -216,9 +234,40 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                        **calib_opts["extra_options"]})
         out = onnx.load(str(dst))
+    if scheme.float_stream:
+        float_stream_skips(out)
     info = {"method": "onnxruntime static QDQ", **scheme.record(), "float_nodes": keep_float,
             "calibration_inputs": len(arrays)}
     return out, info
+
+
+def float_stream_skips(proto) -> int:
+    """Rewire, in place, each Add of the QDQ model ``proto`` that reads the residual stream through
+    DequantizeLinear(QuantizeLinear(x)) to read ``x`` itself; return how many inputs were rewired.
+
+    onnxruntime's quantizer gives every consumer of a quantized tensor its rounded copy, so an Add left float
+    (``nodes_to_exclude``) still sums the rounded stream. The stream is what an Add or a float conv (the head)
+    wrote; a quantized conv's output (the block's second conv) keeps its Q/DQ pair, which onnxruntime fuses
+    into QLinearConv."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+
+    def dq_of_q(name: str):
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        return q if q is not None and q.op_type == "QuantizeLinear" else None
+
+    rewired = 0
+    for n in proto.graph.node:
+        if n.op_type != "Add":
+            continue
+        for k, name in enumerate(n.input):
+            q = dq_of_q(name)
+            src = producer.get(q.input[0]) if q is not None else None
+            quantized_conv = src is not None and src.op_type == "Conv" and dq_of_q(src.input[0]) is not None
+            if src is not None and not quantized_conv and src.op_type in ("Add", "Conv"):
+                n.input[k] = q.input[0]
+                rewired += 1
+    return rewired
 
 
 def ort_optimized_ops(path: Path, level: str = "all") -> dict[str, int]:

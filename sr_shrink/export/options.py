@@ -41,7 +41,9 @@ class ExportConfig:
     ``qat_lr`` (default 1e-4), against ``teacher`` (default: the run's) loaded with ``trust_pickle``.
     ``equalize`` rescales the student's stream and hidden channels towards equal ranges before an int8 export
     (:mod:`~sr_shrink.export.equalize`; the same function, off by default); ``bias_correction`` corrects the
-    int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`).
+    int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`). ONNX int8 only:
+    ``reduce_range`` False writes full-range [-127, 127] weights instead of 7-bit ones (None: the scheme's
+    default, 7-bit), ``float_stream`` keeps the residual stream float (:class:`~sr_shrink.export.onnx.Int8Scheme`).
     """
 
     target: str
@@ -65,6 +67,8 @@ class ExportConfig:
     io: str = "tensor"
     equalize: bool = False
     bias_correction: bool = False
+    reduce_range: bool | None = None
+    float_stream: bool = False
 
     def __post_init__(self) -> None:
         rec = get_target(self.target)
@@ -90,6 +94,14 @@ class ExportConfig:
         if self.calib_samples < 1:
             raise SRShrinkError(f"--calib-samples must be at least 1, not {self.calib_samples}.")
         self._check_qat()
+        self._check_int8_scheme()
+
+    def _check_int8_scheme(self) -> None:
+        given = [f for f, v in (("--reduce-range" if self.reduce_range else "--no-reduce-range",
+                                 self.reduce_range is not None), ("--float-stream", self.float_stream)) if v]
+        if given and (get_target(self.target).int8_scheme is None or self.precision != "int8"):
+            raise SRShrinkError(f"{', '.join(given)} changes the ONNX int8 scheme; use it with --target onnx "
+                                f"--precision int8 (not {self.target} {self.precision}).")
 
     def _check_qat(self) -> None:
         steps = self.qat_steps

@@ -114,11 +114,12 @@ class _Job:
         cfg = self.cfg
         teacher, teacher_rec = self.teacher(student.scale)
         inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
-        scheme = self.fmt.int8_scheme  # mirror what the exporter quantizes
+        scheme = int8_scheme(self.fmt, cfg)  # mirror what the exporter quantizes
         qcfg = QATConfig(cfg.qat_steps, lr=cfg.qat_lr or DEFAULT_LR, seed=cfg.seed,
                          activations=self.fmt.calibrated(cfg.precision),  # Core ML int8: float activations
                          weight_max=64 if scheme is not None and scheme.reduce_range else 127,
-                         float_ends=bool(scheme is not None and scheme.float_end_convs))
+                         float_ends=bool(scheme is not None and scheme.float_end_convs),
+                         float_stream=bool(scheme is not None and scheme.float_stream))
         tuned, rec = finetune(student, teacher, inputs, qcfg)
         return tuned, {**rec, "teacher": teacher_rec}
 
@@ -129,7 +130,7 @@ def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | 
     if cfg.equalize and calib and cfg.precision == "int8":  # same function, int8-friendlier ranges
         student, recs["equalization"] = equalize(student, calib)
     if cfg.bias_correction and calib:  # int8 / w8a16: biases corrected for the weights' rounding
-        student, recs["bias_correction"] = correct_bias(student, calib, *_weight_scheme(job.fmt, cfg.precision))
+        student, recs["bias_correction"] = correct_bias(student, calib, *_weight_scheme(job.fmt, cfg))
     try:
         extra = job.fmt.export(build_wrapper(student, cfg.layout, cfg.shuffle), path, cfg, calib,
                                _metadata(job.run, stage, student, cfg, qat))
@@ -140,11 +141,18 @@ def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | 
         raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {first_line(exc)}") from exc
 
 
-def _weight_scheme(fmt: Target, precision: str) -> tuple[int, bool]:
+def int8_scheme(fmt: Target, cfg: ExportConfig):
+    """Return the :class:`~sr_shrink.export.onnx.Int8Scheme` ``fmt``'s int8 exporter uses with ``cfg``'s
+    ``--[no-]reduce-range`` / ``--float-stream``, or None when the target has none (TFLite, Core ML)."""
+    scheme = fmt.int8_scheme
+    return None if scheme is None else scheme.with_options(cfg.reduce_range, cfg.float_stream)
+
+
+def _weight_scheme(fmt: Target, cfg: ExportConfig) -> tuple[int, bool]:
     """Return (the int8 weights' largest level, whether head and tail convs are quantized) of ``fmt``'s
-    ``precision`` export: ONNX int8 has 7-bit weights and float head/tail (``Int8Scheme``); w8a16 and TFLite
-    int8 quantize every conv to [-127, 127]."""
-    scheme = fmt.int8_scheme if precision == "int8" else None
+    ``cfg.precision`` export: ONNX int8 has 7-bit weights (unless ``--no-reduce-range``) and float head/tail
+    (``Int8Scheme``); w8a16 and TFLite int8 quantize every conv to [-127, 127]."""
+    scheme = int8_scheme(fmt, cfg) if cfg.precision == "int8" else None
     if scheme is None:
         return 127, True
     return (64 if scheme.reduce_range else 127), not scheme.float_end_convs

@@ -114,12 +114,14 @@ class QATStudent(nn.Module):
     ``activations=False`` fake-quantizes the weights only (Core ML int8: int8 weights, fp16 compute).
     ``weight_max``: the weights' integer range [-weight_max, weight_max] (127, or 64 for ONNX's 7-bit weights);
     ``float_ends``: the head and tail convs stay float, as the ONNX export keeps them (so the input and the
-    tail's output are not quantized either). :meth:`student` returns the float student with the current
-    weights."""
+    tail's output are not quantized either); ``float_stream``: the residual stream stays float and each block's
+    first conv reads a rounded copy of it (ONNX ``--float-stream``). :meth:`student` returns the float student
+    with the current weights."""
 
     def __init__(self, student: SRStudent, activations: bool = True, weight_max: int = INT8_W[1],
-                 float_ends: bool = False):
+                 float_ends: bool = False, float_stream: bool = False):
         super().__init__()
+        self.float_stream = float_stream
         if student.block != "plain":
             raise SRShrinkError("--qat needs a collapsed (plain) student; stage_XX.pt files hold one.")
         self.net = copy.deepcopy(student).float()
@@ -134,10 +136,16 @@ class QATStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.net.scale
         xq = self.q_in(x)
-        feat = self.q_head(_conv(self.net.head, xq, self.end_max))
+        feat = _conv(self.net.head, xq, self.end_max)
+        stream_q = [self.q_head, *self.q_add]  # the stream's rounding after the head and after each Add
+        if not self.float_stream:
+            feat = self.q_head(feat)
         for i, blk in enumerate(self.net.body):
-            mid = self.q_mid[i](F.relu(_conv(blk.conv1, feat, self.weight_max)))
-            feat = self.q_add[i](feat + self.q_conv2[i](_conv(blk.conv2, mid, self.weight_max)))
+            inp = stream_q[i](feat) if self.float_stream else feat  # float stream: only the conv's copy is rounded
+            mid = self.q_mid[i](F.relu(_conv(blk.conv1, inp, self.weight_max)))
+            feat = feat + self.q_conv2[i](_conv(blk.conv2, mid, self.weight_max))
+            if not self.float_stream:
+                feat = self.q_add[i](feat)
         out = self.q_tail(_conv(self.net.tail, feat, self.end_max)) + xq.repeat_interleave(s * s, dim=1)
         return F.pixel_shuffle(out, s)
 
@@ -170,6 +178,7 @@ class QATConfig:
     reuse: int = 2
     weight_max: int = INT8_W[1]  # 64: ONNX's 7-bit weights
     float_ends: bool = False  # ONNX keeps the head and tail convs float
+    float_stream: bool = False  # ONNX --float-stream: the residual Adds float, only conv inputs rounded
 
 
 class DataFreeInputs:
@@ -230,7 +239,7 @@ def finetune(student: SRStudent, teacher: nn.Module, inputs: DataFreeInputs, cfg
     ``reuse`` steps as it comes (no replay buffer). ``student`` itself is left untouched. Deterministic for a given
     seed and thread count."""
     torch.manual_seed(cfg.seed)
-    model = QATStudent(student, cfg.activations, cfg.weight_max, cfg.float_ends).train()
+    model = QATStudent(student, cfg.activations, cfg.weight_max, cfg.float_ends, cfg.float_stream).train()
     teacher.eval()
     source = inputs.source(Labeller(teacher, torch.device("cpu")))
     opt = torch.optim.Adam(model.net.parameters(), lr=cfg.lr)
@@ -251,7 +260,8 @@ def finetune(student: SRStudent, teacher: nn.Module, inputs: DataFreeInputs, cfg
            "fake_quant": (f"weights in [-{cfg.weight_max}, {cfg.weight_max}] (symmetric, per channel)"
                           + (" + 8-bit activations (per tensor, EMA min/max)" if cfg.activations else
                              "; activations float")
-                          + ("; head and tail convs float" if cfg.float_ends else "")),
+                          + ("; head and tail convs float" if cfg.float_ends else "")
+                          + ("; residual stream float" if cfg.float_stream else "")),
            "first_loss": round(sum(head) / len(head), 6) if head else None,
            "final_loss": round(sum(tail) / len(tail), 6) if tail else None,
            "seconds": round(time.perf_counter() - t0, 2)}

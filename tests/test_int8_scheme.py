@@ -1,0 +1,72 @@
+"""The ONNX int8 scheme's opt-in changes: ``--no-reduce-range`` (full-range weights) and ``--float-stream`` (the
+residual stream float between the int8 convs), in the file, in export.json and in QAT's mirror of the scheme."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from conftest import make_tiny_run
+from onnx import numpy_helper
+
+from sr_shrink.export.onnx import ort_optimized_ops
+from sr_shrink.export.qat import QATStudent
+from sr_shrink.models.student import load_student
+
+
+def _weight_levels(path: str) -> list[int]:
+    """Return the largest |level| of each 4-D int8 weight initializer (one per quantized conv)."""
+    m = onnx.load(path)
+    return [int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max()) for t in m.graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+
+
+def _stream_reads(path: str) -> int:
+    """Return how many Add inputs read a rounded copy (DequantizeLinear of QuantizeLinear) of what another Add
+    or a float conv wrote, i.e. how often the residual stream is summed rounded."""
+    g = onnx.load(path).graph
+    producer = {o: n for n in g.node for o in n.output}
+    count = 0
+    for n in g.node:
+        for name in n.input if n.op_type == "Add" else ():
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in producer:
+                continue
+            src = producer.get(producer[dq.input[0]].input[0])
+            float_conv = src is not None and src.op_type == "Conv" and (
+                src.input[0] not in producer or producer[src.input[0]].op_type != "DequantizeLinear")
+            if src is not None and (src.op_type == "Add" or float_conv):
+                count += 1
+    return count
+
+
+def test_full_range_weights_use_all_127_levels(exported):
+    default, full = exported("onnx", "int8"), exported("onnx", "int8", reduce_range=False)
+    assert _weight_levels(default["path"]) and max(_weight_levels(default["path"])) <= 64  # 7-bit by default
+    assert set(_weight_levels(full["path"])) == {127}  # symmetric per channel: each conv's top channel hits 127
+    assert "full range [-127, 127]" in full["quantization"]["weights"] and full["verified"]
+    assert "7-bit" in default["quantization"]["weights"]
+
+
+def test_float_stream_sums_the_stream_in_float_and_keeps_every_int8_conv(exported):
+    default, fs = exported("onnx", "int8"), exported("onnx", "int8", float_stream=True)
+    assert _stream_reads(default["path"]) > 0  # negative control: by default the Adds sum the rounded stream
+    assert _stream_reads(fs["path"]) == 0
+    assert "residual_stream" in fs["quantization"] and "residual_stream" not in default["quantization"]
+    adds = [n.name for n in onnx.load(fs["path"]).graph.node if n.op_type == "Add"]
+    assert set(adds) <= set(fs["quantization"]["float_nodes"])
+    ops_default, ops_fs = ort_optimized_ops(default["path"]), ort_optimized_ops(fs["path"])
+    assert ops_fs.get("QLinearConv", 0) == ops_default.get("QLinearConv", 0) > 0  # no conv fell back to float
+    assert fs["verified"]
+
+
+def test_qat_mirrors_the_float_stream(tmp_path):
+    st, _ = load_student(make_tiny_run(tmp_path / "r", n_stages=2) / "stage_02.pt")
+    x = torch.rand(2, 3, 12, 12)
+    rounded, floating = QATStudent(st).train(), QATStudent(st, float_stream=True).train()
+    rounded(x), floating(x)
+    assert all(bool(q.seen) for q in rounded.q_add)
+    # float stream: the last block's sum feeds only the float tail, so nothing rounds it; earlier sums are
+    # rounded once, as the next block's conv input
+    assert [bool(q.seen) for q in floating.q_add] == [True] * (st.n_blocks - 1) + [False]
+    assert not torch.equal(rounded.eval()(x), floating.eval()(x))
