@@ -19,6 +19,9 @@ from .progress import task
 from .resize import upscale
 
 SRFn = Callable[[torch.Tensor], torch.Tensor]
+# A teacher scoring less than this Y-PSNR above bicubic on photos is perceptual (GAN-trained): bench judges its
+# students by fidelity, and distill's --synthetic auto feeds its students smooth fields too (distill.perceptual).
+PERCEPTUAL_MARGIN_DB = 0.5
 
 
 @torch.no_grad()

@@ -106,7 +106,8 @@ class RunRecord(_Ordered):
     """run.json: the run's ``scale``, its ``teacher`` (path, sha256 and what the loader found), ``mode``,
     ``seed``, ``recipe`` and ``config``, ``world_size``, ``teacher_dtype``, the finished ``stages``, whether it is
     ``complete``, where it was ``resumed_from``, the teacher's and bicubic's eval scores, the ``pool`` and
-    ``time_budget`` records and the ``timing_seconds`` of its parts."""
+    ``time_budget`` records, the ``timing_seconds`` of its parts and ``teacher_kind``, the measurement that resolved
+    ``--synthetic auto`` (:mod:`sr_shrink.distill.perceptual`)."""
 
 
     scale: int | None = None
@@ -128,6 +129,7 @@ class RunRecord(_Ordered):
     bicubic_ssim_y: float | None = None
     pool: dict | None = None
     timing_seconds: dict | None = None
+    teacher_kind: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod

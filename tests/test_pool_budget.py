@@ -139,11 +139,27 @@ def test_teacher_out_of_memory_is_one_line(tiny_teacher, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(Teacher, "forward", oom)
     r = CliRunner().invoke(main, ["distill", str(tiny_teacher), "--out", str(tmp_path / "r"), "--eval", "none",
-                                  "--quiet", "--steps-per-stage", "3", "--batch", "8", "--lr-patch", "16"])
+                                  "--quiet", "--steps-per-stage", "3", "--batch", "8", "--lr-patch", "16",
+                                  "--synthetic", "deadleaves"])  # not auto, which scores the teacher first (below)
     assert r.exit_code == 2, r.output
     line = r.output.strip()
     assert "\n" not in line and line.startswith("error: the teacher's") and "ran out of memory" in line
     assert "--batch 4" in line and "--lr-patch 8" in line
+
+
+def test_teacher_out_of_memory_while_auto_scores_it_is_one_line(tiny_teacher, tmp_path, monkeypatch):
+    from sr_shrink.teachers import Teacher
+
+    def oom(self, x):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes.")
+
+    monkeypatch.setattr(Teacher, "forward", oom)
+    r = CliRunner().invoke(main, ["distill", str(tiny_teacher), "--out", str(tmp_path / "r"), "--eval", "none",
+                                  "--quiet", "--steps-per-stage", "3"])
+    assert r.exit_code == 2, r.output
+    line = r.output.strip()
+    assert "\n" not in line and line.startswith("error: the teacher ran out of memory on 48 px crops")
+    assert "--synthetic deadleaves" in line
 
 
 def test_teacher_dtype_auto_is_fp32_on_cpu():

@@ -8,13 +8,12 @@ from collections.abc import Callable
 
 from ..data import EvalPair
 from ..errors import SRShrinkError
-from ..evaluate import teacher_references
+from ..evaluate import PERCEPTUAL_MARGIN_DB, teacher_references
 from ..run import RunDir
 from .pareto import PSNR
 
 METRICS = ("auto", "psnr", "fidelity")
 METRIC_KEYS = {"psnr": PSNR, "fidelity": "fidelity_psnr_y"}
-PERCEPTUAL_MARGIN_DB = 0.5  # a teacher less than this above bicubic is judged by fidelity, not by PSNR
 
 
 def teacher_score(rd: RunDir, pairs: list[EvalPair], device: str,

@@ -29,8 +29,9 @@ from ..errors import SRShrinkError
 from ..run import RunDir
 from ..teachers import load_teacher
 from .answers import answer_warning, far_answers
-from .config import MODES, DistillConfig
+from .config import AUTO_SYNTHETIC, MODES, DistillConfig
 from .env import Env, init_distributed, resolve_device
+from .perceptual import PERCEPTUAL_SOURCES
 from .resume import prepare_run_dir
 from .run import Job, run_stages
 from .sources import FAMILIES, synthetic_kinds
@@ -65,7 +66,8 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     rank, world, dev = init_distributed(dev)
     env = Env(dev, rank, world, quiet or rank != 0, amp, channels_last)
     if not env.quiet:
-        kinds = synthetic_kinds(cfg)
+        auto = cfg.synthetic == AUTO_SYNTHETIC  # not resolved yet: check every source auto may pick
+        kinds = synthetic_kinds(replace(cfg, synthetic=PERCEPTUAL_SOURCES) if auto else cfg)
         answers = far_answers(teacher, kinds, cfg.lr_patch, cfg.seed) if kinds else {}
         for warning in (padded_patch_warning(cfg, teacher), answer_warning(answers, cfg.mode)):
             if warning:

@@ -9,8 +9,8 @@ from ..choices import BLOCKS, G_KINDS, KD_LOSSES, MODES, TEACHER_DTYPES
 from ..choices import KD_TARGETS as TARGETS
 from ..errors import SRShrinkError
 
-__all__ = ["BLOCKS", "MODES", "RECIPE_KEYS", "RESUME_KEYS", "TARGETS", "TEACHER_DTYPES", "DistillConfig",
-           "default_lr_patch", "flag"]
+__all__ = ["AUTO_SYNTHETIC", "BLOCKS", "MODES", "RECIPE_KEYS", "RESUME_KEYS", "TARGETS", "TEACHER_DTYPES",
+           "DistillConfig", "default_lr_patch", "flag"]
 RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
                "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
                "kd_loss", "reuse", "lr", "channels", "block", "lr_patch", "batch", "teacher_dtype", "pool", "targets")
@@ -34,6 +34,9 @@ def flag(name: str) -> str:
 DEFAULT_LR_PATCH = {2: 16, 3: 12, 4: 12}
 
 
+AUTO_SYNTHETIC = "auto"  # --synthetic auto: dead leaves, plus smooth fields for a perceptual teacher (.perceptual)
+
+
 def default_lr_patch(scale: int) -> int:
     """Return the default LR patch side for ``scale`` (``DEFAULT_LR_PATCH``; else 32 // scale, a multiple of 4,
     at least 4)."""
@@ -44,7 +47,8 @@ def default_lr_patch(scale: int) -> int:
 class DistillConfig:
     """Everything that defines a run: the stages, the input source (mode) and the training recipe.
 
-    ``mode``: ``datafree`` (the default recipe: generator samples mixed with dead-leaves images),
+    ``mode``: ``datafree`` (the default recipe: generator samples mixed with dead-leaves images; ``synthetic``
+    ``auto`` adds smooth fields for a perceptual teacher, :mod:`~sr_shrink.distill.perceptual`),
     ``generator`` (the paper's loop alone), ``noise`` / ``pink`` / ``deadleaves`` / ``texleaves`` (synthetic inputs, no
     generator) or ``data`` (real LR patches from ``data_dir``, with the teacher's output as target, or the
     HR ground truth when ``data_target="hr"``).
@@ -74,7 +78,7 @@ class DistillConfig:
     w_nat: float = 1.0
     g_ema: float = 0.99
     mix: float = 0.5  # datafree: share of each batch drawn from the synthetic sources, the rest from G
-    synthetic: str = "deadleaves"  # datafree: comma-separated synthetic sources sharing the mix equally
+    synthetic: str = "auto"  # datafree: comma-separated synthetic sources sharing the mix equally; auto: by teacher
     data_dir: str | None = None
     data_target: str = "teacher"  # data mode: KD on the teacher's output (teacher) or ground truth (hr)
     seed: int = 0

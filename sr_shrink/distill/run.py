@@ -27,6 +27,7 @@ from .buffer import ReplayBuffer
 from .config import DistillConfig
 from .env import Env, rank0
 from .generator import save_generator
+from .perceptual import resolve_synthetic
 from .probe import probe_steps, setup_of, timed_forward
 from .resume import adopt, check_same_run
 from .sources import Labeller, make_source, resolve_teacher_dtype
@@ -71,13 +72,16 @@ def run_stages(job: Job, resume: bool) -> dict:
     old = rundir.run if resume and rundir.run else None
     cfg = adopt(job.cfg, old)
     dtype = resolve_teacher_dtype(cfg.teacher_dtype, env.device)
+    teacher = job.teacher.to(env.device)
+    cfg, kind = rank0(resolve_synthetic(cfg, teacher, old), env.world)  # --synthetic auto, before the source
     run = new_record(job, cfg, dtype)
     was = RunRecord.from_dict(old) if old is not None else None
+    run.teacher_kind = kind.to_dict() if kind is not None else (was.teacher_kind if was is not None else None)
     if was is not None and cfg.time_budget and was.time_budget is not None:
         run.time_budget = was.time_budget
         job.eval_pairs = job.eval_pairs[:was.time_budget.get("eval_images", len(job.eval_pairs))]
-    label = Labeller(job.teacher.to(env.device), env.device, dtype, env.channels_last, env.amp, cfg.batch,
-                     cfg.lr_patch, cb.label, cfg.targets)
+    label = Labeller(teacher, env.device, dtype, env.channels_last, env.amp, cfg.batch, cfg.lr_patch, cb.label,
+                     cfg.targets)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + env.rank)
     pool_images = (was.pool or {}).get("images") if was is not None and run.time_budget is not None else None
     source = make_source(cfg, label, g, env.rank, env.world, pool_images)  # a budgeted run's pool: as recorded

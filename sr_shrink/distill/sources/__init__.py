@@ -63,7 +63,7 @@ def check_config(cfg) -> None:
     if cfg.batch < family.min_batch:
         raise SRShrinkError(f"--batch {cfg.batch}: the generator's loss compares samples within a batch; use "
                             f"--batch {family.min_batch} or more (16 is the default) with --mode {cfg.mode}.")
-    bad = [s for s in cfg.synthetic.split(",") if s not in SYNTHETIC]
+    bad = [s for s in cfg.synthetic.split(",") if s not in SYNTHETIC]  # "auto" is resolved before (distill.perceptual)
     if bad:
         raise SRShrinkError(f"unknown synthetic source {bad[0]!r}; choose from {', '.join(SYNTHETIC)}.")
     if cfg.data_target not in ("teacher", "hr"):
