@@ -130,7 +130,8 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--w-r", default=None, type=Finite(0, 1e6), help="Weight of the bicubic-consistency term of L_G.")
 @click.option("--mix", default=None, type=Finite(0, 1), help="datafree: share of synthetic images per batch.")
 @click.option("--synthetic", default=None, help="datafree: synthetic sources, e.g. deadleaves, texleaves or "
-              "deadleaves,pink [default: auto: deadleaves, plus smooth for a perceptual (GAN-trained) teacher].")
+              "deadleaves,pink; grown-NAME: NAME's images upscaled by the teacher and downscaled back "
+              "[default: auto: by the teacher's kind, see README].")
 @click.option("--g-kind", type=click.Choice(choices.G_KINDS), default=None,
               help="Generator: refine (perturbs synthetic images, default) or latent (the paper's G(z)).")
 @click.option("--kd-loss", type=click.Choice(choices.KD_LOSSES), default="l1", show_default=True)

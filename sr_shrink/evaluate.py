@@ -20,7 +20,7 @@ from .resize import upscale
 
 SRFn = Callable[[torch.Tensor], torch.Tensor]
 # A teacher scoring less than this Y-PSNR above bicubic on photos is perceptual (GAN-trained): bench judges its
-# students by fidelity, and distill's --synthetic auto feeds its students smooth fields too (distill.perceptual).
+# students by fidelity, and distill's --synthetic auto feeds its students teacher-grown images (distill.perceptual).
 PERCEPTUAL_MARGIN_DB = 0.5
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..resize import upscale
-from .render import synthetic
+from .grown import render_mix
 
 FAR = 0.03  # mean-square distance (RGB, [0, 1]) above which a source's answers are called no upscale
 PATCHES = 8
@@ -32,10 +32,12 @@ def answer_distance(teacher: torch.nn.Module, x: torch.Tensor) -> float:
 
 def far_answers(teacher: torch.nn.Module, kinds: list[str], patch: int, seed: int = 0) -> dict[str, float]:
     """Return {source: distance} (:func:`answer_distance`) for each synthetic source in ``kinds``, on
-    :data:`PATCHES` patches of side ``patch`` drawn with ``seed`` (the teacher on the CPU, in float32)."""
+    :data:`PATCHES` patches of side ``patch`` drawn with ``seed`` (the teacher on the CPU, in float32; a
+    teacher-grown source's patches grown by the same teacher, :mod:`.grown`)."""
     out = {}
     for kind in kinds:
-        x = synthetic(kind, PATCHES, patch, torch.Generator().manual_seed(seed))
+        x = render_mix([kind], PATCHES, patch, torch.Generator().manual_seed(seed),
+                       lambda z: teacher(z).float().clamp(0, 1), teacher.scale)
         out[kind] = round(answer_distance(teacher, x), 4)
     return out
 

@@ -34,7 +34,7 @@ def flag(name: str) -> str:
 DEFAULT_LR_PATCH = {2: 16, 3: 12, 4: 12}
 
 
-AUTO_SYNTHETIC = "auto"  # --synthetic auto: dead leaves, plus smooth fields for a perceptual teacher (.perceptual)
+AUTO_SYNTHETIC = "auto"  # --synthetic auto: dead leaves; teacher-grown ones and smooth fields for a perceptual teacher
 
 
 def default_lr_patch(scale: int) -> int:
@@ -48,7 +48,8 @@ class DistillConfig:
     """Everything that defines a run: the stages, the input source (mode) and the training recipe.
 
     ``mode``: ``datafree`` (the default recipe: generator samples mixed with dead-leaves images; ``synthetic``
-    ``auto`` adds smooth fields for a perceptual teacher, :mod:`~sr_shrink.distill.perceptual`),
+    ``auto`` takes teacher-grown dead leaves and smooth fields for a perceptual teacher,
+    :mod:`~sr_shrink.distill.perceptual`),
     ``generator`` (the paper's loop alone), ``noise`` / ``pink`` / ``deadleaves`` / ``texleaves`` (synthetic inputs, no
     generator) or ``data`` (real LR patches from ``data_dir``, with the teacher's output as target, or the
     HR ground truth when ``data_target="hr"``).

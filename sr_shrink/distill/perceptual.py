@@ -2,9 +2,10 @@
 
 A teacher that scores less than :data:`~sr_shrink.evaluate.PERCEPTUAL_MARGIN_DB` Y-PSNR above bicubic on photos
 is perceptual (GAN-trained), the rule ``bench`` uses to judge students by fidelity. Its students learn it better
-from dead leaves plus smooth colour fields (:data:`PERCEPTUAL_SOURCES`); on teachers trained for PSNR smooth fields
-cost Y-PSNR, so they keep dead leaves alone (:data:`PSNR_SOURCES`). The panel figures behind both are in
-BENCHMARKS.md, section 19.
+from dead leaves and smooth colour fields that the teacher itself upscaled, downscaled back to the LR size
+(:data:`PERCEPTUAL_SOURCES`, :mod:`.grown`); on teachers trained for PSNR neither smooth fields nor teacher-grown
+images paid, so they keep dead leaves alone (:data:`PSNR_SOURCES`). The panel figures behind both are in
+BENCHMARKS.md, sections 19 and 20.
 
 :func:`teacher_kind` scores the teacher and bicubic on centre crops (:data:`CROP` px LR) of the bundled eval photos,
 whatever ``--eval`` says (so ``--eval none`` and ``--time-budget`` runs decide alike, at the cost of a few small
@@ -27,7 +28,7 @@ from .sources.label import is_oom
 
 CROP = 48  # LR side of the centre crops the teacher is scored on
 PSNR_SOURCES = "deadleaves"
-PERCEPTUAL_SOURCES = "deadleaves,smooth"
+PERCEPTUAL_SOURCES = "grown-deadleaves,grown-smooth"  # BENCHMARKS.md section 20
 
 
 @dataclass

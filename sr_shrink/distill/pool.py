@@ -23,7 +23,7 @@ import torch
 
 from ..progress import task
 from .env import rank0
-from .render import synthetic_mix
+from .grown import render_mix
 
 MAX_POOL_BYTES = 512 * 2**20  # the pool's images and targets together stay below this
 
@@ -74,7 +74,8 @@ class LabelledPool:
     def build(cls, plan: PoolPlan, kinds: list[str], label, g: torch.Generator, batch: int,
               device: torch.device | str = "cpu", seconds: float | None = None) -> LabelledPool:
         """Return a pool of ``plan.images`` images drawn from the synthetic ``kinds`` in equal shares (by
-        ``g``), labelled by ``label(x) -> teacher output`` in chunks of ``batch`` images.
+        ``g``; teacher-grown kinds grown by ``label``, :mod:`.grown`), labelled by ``label(x) -> teacher output``
+        in chunks of ``batch`` images.
 
         ``seconds`` (a time budget's share for the pool): the first chunk is timed and the pool stops at the images
         that fit in ``seconds`` at that rate (at least the first chunk); the pool then equals the pool of a plan of
@@ -84,7 +85,7 @@ class LabelledPool:
         what = f"labelling the pool ({plan.images} images{', as many as fit' if seconds is not None else ''})"
         with task(what, total=None if seconds is not None else images) as advance:
             while start < images:
-                x = synthetic_mix(kinds, min(batch, images - start), plan.side, g).to(device)
+                x = render_mix(kinds, min(batch, images - start), plan.side, g, label, plan.scale, device)
                 xs.append(x)
                 ts.append(label(x))
                 start += x.shape[0]

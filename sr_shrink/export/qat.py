@@ -46,7 +46,7 @@ from torch import nn
 
 from ..distill.config import default_lr_patch
 from ..distill.generator import load_generator
-from ..distill.render import SYNTHETIC
+from ..distill.grown import KINDS
 from ..distill.sources import Labeller, MixedSource
 from ..distill.train import kd_step, schedule
 from ..errors import SRShrinkError
@@ -188,7 +188,7 @@ class DataFreeInputs:
 
     def __init__(self, run: RunDir, scale: int, patch: int | None, seed: int):
         config = run.record.config or {}
-        kinds = [k for k in str(config.get("synthetic") or "deadleaves").split(",") if k in SYNTHETIC]
+        kinds = [k for k in str(config.get("synthetic") or "deadleaves").split(",") if k in KINDS]
         self.kinds = kinds or ["deadleaves"]
         mix = config.get("mix", 0.5)
         self.gen = load_generator(run.generator) if run.generator is not None else None

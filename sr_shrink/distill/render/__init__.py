@@ -15,8 +15,8 @@ from .noise import pink_noise, smooth_fields, uniform_noise
 SYNTHETIC = {"noise": uniform_noise, "pink": pink_noise, "smooth": smooth_fields, "deadleaves": dead_leaves,
              "texleaves": textured_leaves}
 
-__all__ = ["SYNTHETIC", "dead_leaves", "pink_noise", "smooth_fields", "synthetic", "synthetic_mix", "texture_bank",
-           "textured_leaves", "uniform_noise"]
+__all__ = ["SYNTHETIC", "dead_leaves", "mix_counts", "pink_noise", "smooth_fields", "synthetic", "synthetic_mix",
+           "texture_bank", "textured_leaves", "uniform_noise"]
 
 
 def synthetic(kind: str, n: int, patch: int, g: torch.Generator) -> torch.Tensor:
@@ -24,9 +24,15 @@ def synthetic(kind: str, n: int, patch: int, g: torch.Generator) -> torch.Tensor
     return SYNTHETIC[kind](n, patch, g)
 
 
+def mix_counts(k: int, n: int) -> list[int]:
+    """Return how many of ``n`` images each of ``k`` kinds gets in a mix: equal parts, the first kinds taking the
+    remainder."""
+    return [n // k + (i < n % k) for i in range(k)]
+
+
 def synthetic_mix(kinds: list[str], n: int, patch: int, g: torch.Generator) -> torch.Tensor:
-    """Return ``n`` patches shared out among the synthetic ``kinds`` in equal parts (the first kinds take the
-    remainder), drawn kind after kind by ``g``; an empty (0, 3, patch, patch) batch when ``n`` is 0."""
-    counts = [n // len(kinds) + (i < n % len(kinds)) for i in range(len(kinds))]
+    """Return ``n`` patches shared out among the synthetic ``kinds`` in equal parts (:func:`mix_counts`), drawn
+    kind after kind by ``g``; an empty (0, 3, patch, patch) batch when ``n`` is 0."""
+    counts = mix_counts(len(kinds), n)
     parts = [synthetic(kind, c, patch, g) for kind, c in zip(kinds, counts) if c]
     return torch.cat(parts) if parts else torch.empty((0, 3, patch, patch))

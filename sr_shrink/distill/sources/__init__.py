@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import SRShrinkError
+from ..grown import KINDS
 from ..render import SYNTHETIC
 from .base import Pair, Plain, Source
 from .generator import GeneratorGame, GeneratorSource
@@ -63,9 +64,9 @@ def check_config(cfg) -> None:
     if cfg.batch < family.min_batch:
         raise SRShrinkError(f"--batch {cfg.batch}: the generator's loss compares samples within a batch; use "
                             f"--batch {family.min_batch} or more (16 is the default) with --mode {cfg.mode}.")
-    bad = [s for s in cfg.synthetic.split(",") if s not in SYNTHETIC]  # "auto" is resolved before (distill.perceptual)
+    bad = [s for s in cfg.synthetic.split(",") if s not in KINDS]  # "auto" is resolved before (distill.perceptual)
     if bad:
-        raise SRShrinkError(f"unknown synthetic source {bad[0]!r}; choose from {', '.join(SYNTHETIC)}.")
+        raise SRShrinkError(f"unknown synthetic source {bad[0]!r}; choose from {', '.join(KINDS)}.")
     if cfg.data_target not in ("teacher", "hr"):
         raise SRShrinkError(f"unknown data target {cfg.data_target!r}; use teacher or hr.")
     if cfg.mode == "data" and not cfg.data_dir:

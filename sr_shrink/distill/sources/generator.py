@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..generator import make_generator
+from ..grown import base_kinds
 from ..losses import generator_loss
 from .base import Pair, Plain
 from .label import Labeller, is_oom
@@ -36,7 +37,8 @@ class GeneratorGame:
 
     def __init__(self, cfg, g: torch.Generator, label: Labeller, world: int, pool: SyntheticPool | None = None):
         self.cfg, self.g, self.label, self.pool = cfg, g, label, pool
-        self.gen = make_generator(cfg.g_kind, cfg.lr_patch, cfg.z_dim, cfg.synthetic.split(",")[0]).to(label.device)
+        self.gen = make_generator(cfg.g_kind, cfg.lr_patch, cfg.z_dim,
+                                  base_kinds(cfg.synthetic.split(","))[0]).to(label.device)
         self.ema = copy.deepcopy(self.gen).eval()
         self.opt = torch.optim.Adam(self.gen.parameters(), lr=cfg.g_lr, betas=(0.5, 0.999))
         self.ddp = DDP(self.gen) if world > 1 else self.gen

@@ -51,6 +51,11 @@ class Labeller:
         self.amp, self.batch, self.lr_patch, self.on_label = amp, batch, lr_patch, on_label
         self.seconds = 0.0
 
+    @property
+    def scale(self) -> int:
+        """Return the teacher's upscaling factor."""
+        return self.teacher.scale
+
     def fmt(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x`` in the run's memory format (channels_last under ``--channels-last``)."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

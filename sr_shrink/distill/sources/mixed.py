@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..render import synthetic_mix
+from ..grown import render_mix
 from .base import Pair
 from .generator import GamePlayer, GeneratorGame
 from .label import Labeller
@@ -50,7 +50,7 @@ class MixedSource(GamePlayer):
                 return xs.to(dev), ts.to(dev)
             x = self._samples(n - k)
             return torch.cat([xs.to(dev), x]), torch.cat([ts.to(dev), self.label(x)])
-        x = synthetic_mix(self.kinds, k, self.patch, self.g).to(dev)
+        x = render_mix(self.kinds, k, self.patch, self.g, self.label, self.label.scale, dev)
         if n - k:
             x = torch.cat([x, self._samples(n - k)])
         return x, self.label(x)

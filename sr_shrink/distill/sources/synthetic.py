@@ -9,8 +9,8 @@ import time
 
 import torch
 
+from ..grown import render_mix
 from ..pool import LabelledPool, PoolPlan, plan_pool
-from ..render import synthetic_mix
 from .base import Pair, Plain
 from .label import Labeller
 
@@ -61,5 +61,5 @@ class SyntheticSource(Plain):
         if self.pool.pool is not None:
             x, t = self.pool.pool.crops(n, self.patch, self.g)
             return x.to(dev), t.to(dev)
-        x = synthetic_mix(self.kinds, n, self.patch, self.g).to(dev)
+        x = render_mix(self.kinds, n, self.patch, self.g, self.label, self.label.scale, dev)
         return x, self.label(x)
