@@ -106,3 +106,11 @@ def test_qat_inputs_keep_the_runs_grown_sources_and_grow_them(tmp_path, tiny_tea
     with torch.no_grad():
         assert torch.allclose(x[:2], downscale(teacher(leaves), 2).clamp(0, 1), atol=1e-6)  # Labeller: raw
         assert torch.equal(x[2:], fields) and t.shape == (4, 3, 24, 24)
+
+
+def test_auto_grows_for_perceptual_teachers_only():
+    from sr_shrink.distill.grown import GROWN
+    from sr_shrink.distill.perceptual import PERCEPTUAL_SOURCES, PSNR_SOURCES
+
+    assert all(k in GROWN for k in PERCEPTUAL_SOURCES.split(","))  # README: auto = grown-deadleaves,grown-smooth
+    assert not any(k in GROWN for k in PSNR_SOURCES.split(","))  # PSNR teachers keep the same students
