@@ -4,13 +4,18 @@ import json
 
 import pytest
 import torch
+from conftest import make_tiny_run
 
 from sr_shrink.distill import DistillConfig, distill
 from sr_shrink.distill.answers import far_answers
-from sr_shrink.distill.grown import KINDS, grow, render_mix
+from sr_shrink.distill.grown import GROWN, KINDS, grow, render_mix
+from sr_shrink.distill.perceptual import PERCEPTUAL_SOURCES, PSNR_SOURCES
 from sr_shrink.distill.render import dead_leaves, smooth_fields, synthetic_mix
+from sr_shrink.distill.sources import Labeller
 from sr_shrink.errors import SRShrinkError
+from sr_shrink.export.qat import DataFreeInputs
 from sr_shrink.resize import downscale
+from sr_shrink.run import RunDir
 from sr_shrink.teachers import load_teacher
 
 
@@ -83,16 +88,6 @@ def test_answer_check_grows_the_grown_source(tiny_teacher):
 
 
 def test_qat_inputs_keep_the_runs_grown_sources_and_grow_them(tmp_path, tiny_teacher):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import make_tiny_run
-
-    from sr_shrink.distill.sources import Labeller
-    from sr_shrink.export.qat import DataFreeInputs
-    from sr_shrink.run import RunDir
-
     run = make_tiny_run(tmp_path / "r")
     record = json.loads((run / "run.json").read_text())
     record["config"] = {"synthetic": "grown-deadleaves,smooth", "mix": 0.5, "lr_patch": 12}
@@ -109,8 +104,5 @@ def test_qat_inputs_keep_the_runs_grown_sources_and_grow_them(tmp_path, tiny_tea
 
 
 def test_auto_grows_for_perceptual_teachers_only():
-    from sr_shrink.distill.grown import GROWN
-    from sr_shrink.distill.perceptual import PERCEPTUAL_SOURCES, PSNR_SOURCES
-
     assert all(k in GROWN for k in PERCEPTUAL_SOURCES.split(","))  # README: auto = grown-deadleaves,grown-smooth
     assert not any(k in GROWN for k in PSNR_SOURCES.split(","))  # PSNR teachers keep the same students
