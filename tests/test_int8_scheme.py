@@ -70,3 +70,16 @@ def test_qat_mirrors_the_float_stream(tmp_path):
     # rounded once, as the next block's conv input
     assert [bool(q.seen) for q in floating.q_add] == [True] * (st.n_blocks - 1) + [False]
     assert not torch.equal(rounded.eval()(x), floating.eval()(x))
+
+
+def test_each_target_record_derives_its_own_int8_scheme():
+    from sr_shrink.export.onnx import INT8_SCHEME
+    from sr_shrink.export.options import ExportConfig
+    from sr_shrink.export.targets import get_target
+
+    onnx_target = get_target("onnx")
+    assert onnx_target.scheme_for(ExportConfig("onnx", "int8")) == INT8_SCHEME
+    changed = onnx_target.scheme_for(ExportConfig("onnx", "int8", reduce_range=False, float_stream=True))
+    assert (changed.reduce_range, changed.float_stream) == (False, True)
+    assert changed.record() != INT8_SCHEME.record()
+    assert get_target("tflite").scheme_for(ExportConfig("tflite", "int8")) is None

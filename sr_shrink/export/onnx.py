@@ -62,8 +62,7 @@ def export_onnx(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[torc
     if cfg.precision == "fp16":
         proto = _to_fp16(proto, keep_io=not cfg.native_io)
     elif cfg.precision == "int8":
-        scheme = INT8_SCHEME.with_options(cfg.reduce_range, cfg.float_stream)
-        proto, extra["quantization"] = to_int8(proto, calib, model.nhwc, scheme)
+        proto, extra["quantization"] = to_int8(proto, calib, model.nhwc, TARGET.scheme_for(cfg))
     elif cfg.precision == "w8a16":
         proto, extra["quantization"] = to_int8(proto, calib, model.nhwc, W8A16_SCHEME)
     _set_metadata(proto, meta)

@@ -114,7 +114,7 @@ class _Job:
         cfg = self.cfg
         teacher, teacher_rec = self.teacher(student.scale)
         inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
-        scheme = int8_scheme(self.fmt, cfg)  # mirror what the exporter quantizes
+        scheme = self.fmt.scheme_for(cfg)  # mirror what the exporter quantizes
         qcfg = QATConfig(cfg.qat_steps, lr=cfg.qat_lr or DEFAULT_LR, seed=cfg.seed,
                          activations=self.fmt.calibrated(cfg.precision),  # Core ML int8: float activations
                          weight_max=64 if scheme is not None and scheme.reduce_range else 127,
@@ -141,18 +141,11 @@ def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | 
         raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {first_line(exc)}") from exc
 
 
-def int8_scheme(fmt: Target, cfg: ExportConfig):
-    """Return the :class:`~sr_shrink.export.onnx.Int8Scheme` ``fmt``'s int8 exporter uses with ``cfg``'s
-    ``--[no-]reduce-range`` / ``--float-stream``, or None when the target has none (TFLite, Core ML)."""
-    scheme = fmt.int8_scheme
-    return None if scheme is None else scheme.with_options(cfg.reduce_range, cfg.float_stream)
-
-
 def _weight_scheme(fmt: Target, cfg: ExportConfig) -> tuple[int, bool]:
     """Return (the int8 weights' largest level, whether head and tail convs are quantized) of ``fmt``'s
     ``cfg.precision`` export: ONNX int8 has 7-bit weights (unless ``--no-reduce-range``) and float head/tail
     (``Int8Scheme``); w8a16 and TFLite int8 quantize every conv to [-127, 127]."""
-    scheme = int8_scheme(fmt, cfg) if cfg.precision == "int8" else None
+    scheme = fmt.scheme_for(cfg) if cfg.precision == "int8" else None
     if scheme is None:
         return 127, True
     return (64 if scheme.reduce_range else 127), not scheme.float_end_convs

@@ -53,6 +53,13 @@ class Target:
         """Return True when an export at ``precision`` quantises activations and so needs calibration inputs."""
         return self.quantizes_activations and precision in ("int8", "w8a16")
 
+    def scheme_for(self, cfg) -> object:
+        """Return the :class:`~sr_shrink.export.onnx.Int8Scheme` this target's int8 exporter uses for the export
+        ``cfg`` (its ``--[no-]reduce-range`` / ``--float-stream`` applied), or None when the target has none
+        (TFLite, Core ML). The exporter and everything that mirrors it (QAT, bias correction) ask here."""
+        scheme = self.int8_scheme
+        return None if scheme is None else scheme.with_options(cfg.reduce_range, cfg.float_stream)
+
 
 TARGETS: dict[str, Target] = {}
 
