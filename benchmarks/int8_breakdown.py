@@ -95,15 +95,33 @@ class Probe:
         return F.pixel_shuffle(out, s)
 
 
-def calibrate(student: SRStudent, calib: list[torch.Tensor], percentile: float) -> dict:
-    """Return {point: (lo, hi)} over ``calib``: min/max (``percentile`` 100) or the two-sided percentile."""
+def mse_range(v: torch.Tensor, levels: int = 256, grid: int = 24) -> tuple[float, float]:
+    """Return the (lo, hi) that minimise the mean-square error of rounding ``v`` with :func:`_q`: a grid search
+    over both ends shrunk from the min/max (the MSE range setting of TensorRT / AIMET, per tensor)."""
+    lo0, hi0 = min(float(v.min()), 0.0), max(float(v.max()), 0.0)
+    fracs = torch.linspace(0.2, 1.0, grid).tolist()
+    best = (float("inf"), lo0, hi0)
+    for a in fracs if lo0 < 0 else [1.0]:
+        for b in fracs if hi0 > 0 else [1.0]:
+            lo, hi = lo0 * a, hi0 * b
+            err = float((_q(v, lo, hi, levels) - v).square().mean())
+            best = min(best, (err, lo, hi))
+    return best[1], best[2]
+
+
+def calibrate(student: SRStudent, calib: list[torch.Tensor], percentile: float, mse: bool = False) -> dict:
+    """Return {point: (lo, hi)} over ``calib``: min/max (``percentile`` 100), the two-sided percentile, or with
+    ``mse`` the range of least rounding error (:func:`mse_range`)."""
     probe = Probe(student, set(), None)
     for c in calib:
         probe(c)
     out = {}
     for name, parts in probe.seen.items():
         v = torch.cat(parts).float()
-        if percentile >= 100:
+        if mse:
+            sub = v[torch.randperm(len(v), generator=torch.Generator().manual_seed(0))[:300_000]]
+            out[name] = mse_range(sub)
+        elif percentile >= 100:
             out[name] = (float(v.min()), float(v.max()))
         else:
             q = torch.quantile(v[torch.randperm(len(v), generator=torch.Generator().manual_seed(0))[:2_000_000]],
@@ -116,6 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stages", nargs="+", type=Path, help="stage_XX.pt files of distill runs (with generator.pt)")
     ap.add_argument("--percentile", type=float, default=99.99, help="activation ranges; 100 = min/max")
+    ap.add_argument("--mse", action="store_true", help="activation ranges of least rounding error instead")
     ap.add_argument("--weight-max", type=int, default=127, help="127: int8 weights; 64: the ONNX 7-bit weights")
     ap.add_argument("--per-tensor", action="store_true", help="per-tensor weights instead of per channel")
     ap.add_argument("--equalize", action="store_true",
@@ -131,22 +150,25 @@ def main() -> None:
         calib = calib_inputs(calib_source(run, None), student.scale, args.calib_samples, None, 0)
         if args.equalize:
             student = equalize(student, calib)[0]
-        ranges = calibrate(student, calib, args.percentile)
+        ranges = calibrate(student, calib, args.percentile, args.mse)
         pairs = load_eval_set(student.scale, max_images=args.eval_images)
         fp32 = evaluate_fn(Probe(student, set(), ranges), pairs, student.scale)["psnr_y"]
         rows = {g: {g} for g in GROUPS}
         rows["all (TFLite-like)"] = set(GROUPS) - {"output clamped"}
         rows["all, output clamped"] = set(GROUPS) - {"output"}
         rows["body only (ONNX-like)"] = {"weights", "relu", "conv2", "add"}
+        rows["body + head output (the ONNX file's points)"] = {"weights", "head", "relu", "conv2", "add"}
         for label, groups in rows.items():
             probe = Probe(student, groups, ranges, args.weight_max, args.per_tensor)
             d = evaluate_fn(probe, pairs, student.scale)["psnr_y"] - fp32
             deltas.setdefault(label, []).append(d)
         print(f"{path}: fp32 {fp32:.3f} dB; ranges " + ", ".join(f"{k} [{lo:.2f}, {hi:.2f}]"
                                                                   for k, (lo, hi) in ranges.items()), flush=True)
+    ranges_name = ("least-MSE" if args.mse else "min/max" if args.percentile >= 100
+                   else f"{args.percentile} percentile")
     print(f"\n| int8 at (weights {'per tensor' if args.per_tensor else 'per channel'} in [-{args.weight_max}, "
           f"{args.weight_max}], {'equalized, ' if args.equalize else ''}activation ranges "
-          f"{'min/max' if args.percentile >= 100 else f'{args.percentile} percentile'}) | mean delta Y-PSNR dB "
+          f"{ranges_name}) | mean delta Y-PSNR dB "
           f"({len(args.stages)} students) | min-max |")
     print("|---|---:|---|")
     for label, ds in deltas.items():

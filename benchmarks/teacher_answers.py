@@ -1,6 +1,7 @@
 """How far each panel teacher's answers to each synthetic source are from an upscale of the inputs (issue 18).
 
-For every teacher of the panel (``benchmarks/teacher_panel.py``'s list) and every synthetic source, the
+For every teacher of the panel (``benchmarks/teacher_panel.py``'s list) and every synthetic source (plain and
+teacher-grown, ``grown-NAME``), the
 distance ``distill`` checks before its first step (:func:`sr_shrink.distill.answers.far_answers`: mean-square
 distance between the teacher's answer, clamped to [0, 1], and the bicubic upscale of the input; 8 seeded patches
 at the distill default LR patch, raised to what the teacher takes) and the share of the raw answer's pixels inside
@@ -25,7 +26,7 @@ from teacher_panel import TEACHERS, teacher_path  # noqa: E402
 
 from sr_shrink.distill.answers import FAR, PATCHES, far_answers  # noqa: E402
 from sr_shrink.distill.config import default_lr_patch  # noqa: E402
-from sr_shrink.distill.render import SYNTHETIC, synthetic  # noqa: E402
+from sr_shrink.distill.grown import KINDS, render_mix  # noqa: E402
 from sr_shrink.teachers import load_teacher  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--panel", type=Path, required=True, help="folder make_teachers.py wrote the teachers into")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    kinds = list(SYNTHETIC)
+    kinds = list(KINDS)  # the synthetic sources and their teacher-grown forms
     print("| teacher | LR patch | " + " | ".join(kinds) + " |\n|---|---:|" + "---:|" * len(kinds))
     for name in TEACHERS:
         teacher = load_teacher(str(teacher_path(name, args.panel)))
@@ -43,7 +44,9 @@ def main() -> None:
         cells = []
         for kind in kinds:
             with torch.no_grad():
-                y = teacher(synthetic(kind, PATCHES, patch, torch.Generator().manual_seed(0)))
+                x = render_mix([kind], PATCHES, patch, torch.Generator().manual_seed(0),
+                               lambda z, t=teacher: t(z).float().clamp(0, 1), teacher.scale)
+                y = teacher(x)
             inside = float(((y >= 0) & (y <= 1)).float().mean()) * 100
             mark = "**" if dist[kind] > FAR else ""
             cells.append(f"{mark}{dist[kind]:.4f}{mark} ({inside:.0f} %)")
