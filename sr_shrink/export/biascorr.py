@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.student import SRStudent
-from .equalize import _batches
+from .calib import calib_batches
 from .qat import fake_quant_weight
 
 
@@ -40,7 +40,7 @@ def correct_bias(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127,
     if student.block != "plain":
         raise ValueError("correct_bias takes a collapsed (plain) student")
     out = copy.deepcopy(student).float().eval()
-    batches = _batches(calib[:max_inputs])
+    batches = calib_batches(calib[:max_inputs])
     convs = quantized_convs(out, ends)
     shifts = []
     for conv in convs:

@@ -86,6 +86,14 @@ def calib_inputs(src: CalibSource, scale: int, n: int, size: tuple[int, int] | N
     return list(_MEMO[key])
 
 
+def calib_batches(calib: list[torch.Tensor], size: int = 64) -> list[torch.Tensor]:
+    """Return ``calib`` concatenated into batches of up to ``size`` inputs of the same shape."""
+    by_shape: dict[tuple, list[torch.Tensor]] = {}
+    for x in calib:
+        by_shape.setdefault(tuple(x.shape[1:]), []).append(x)
+    return [torch.cat(xs[i:i + size]) for xs in by_shape.values() for i in range(0, len(xs), size)]
+
+
 def _fingerprint(path: Path) -> tuple:
     """Return what identifies the content at ``path``: a file's SHA-256, or each image's name, size and mtime."""
     path = Path(path)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.student import SRStudent
+from .calib import calib_batches
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def channel_ranges(student: SRStudent, calib: list[torch.Tensor], cfg: EqualizeC
     ``student`` over the NCHW inputs ``calib``."""
     stream: list[torch.Tensor] = []
     hidden: list[list[torch.Tensor]] = [[] for _ in student.body]
-    for x in _batches(calib):
+    for x in calib_batches(calib):
         feat = student.head(x)
         stream.append(_sub(feat))
         for i, blk in enumerate(student.body):
@@ -70,14 +71,6 @@ def channel_ranges(student: SRStudent, calib: list[torch.Tensor], cfg: EqualizeC
 def _sub(x: torch.Tensor, step: int = 3) -> torch.Tensor:
     """Return every ``step``-th pixel of ``x`` in each direction (the statistics need a sample, not all)."""
     return x[:, :, ::step, ::step].contiguous()
-
-
-def _batches(calib: list[torch.Tensor], size: int = 64) -> list[torch.Tensor]:
-    """Return ``calib`` concatenated into batches of up to ``size`` inputs of the same shape."""
-    by_shape: dict[tuple, list[torch.Tensor]] = {}
-    for x in calib:
-        by_shape.setdefault(tuple(x.shape[1:]), []).append(x)
-    return [torch.cat(xs[i:i + size]) for xs in by_shape.values() for i in range(0, len(xs), size)]
 
 
 def _gains(r: torch.Tensor, cfg: EqualizeConfig) -> torch.Tensor:
