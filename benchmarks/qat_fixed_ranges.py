@@ -1,0 +1,150 @@
+"""Data-free QAT aimed at the ONNX int8 file's own ranges (issue 20 item 4): does it close the int8 gap?
+
+Section 11's ``--qat`` fake-quantizes with EMA min/max ranges while the export calibrates 99.99-percentile ranges,
+and fine-tunes against the teacher, which moves the float student. This screen changes both:
+
+- the activation ranges are **frozen** at the export's own rule: two-sided 99.99 percentile (0.005 % cut at each
+  end, widened to hold 0, as onnxruntime's percentile calibrator does) of the float student's values at every
+  Q/DQ point, over the export's default calibration inputs (128 generator samples);
+- the target is the **fp32 student itself** (its output on the run's data-free inputs), so the float function
+  should stay put and only its robustness to the file's rounding changes (``--target teacher``: the run's teacher).
+
+The fine-tuned student is exported to fp32 ONNX and quantized by the export's call (``int8_onnx_variants.quantize``,
+default scheme, or with ``--no-reduce-range`` / ``--float-stream``); every figure is a real onnxruntime file's
+Y-PSNR on the bundled eval split minus the **original** fp32 student's (what a user compares), next to the plain
+PTQ file of the original student and the float drift of the tuned student.
+
+    OMP_NUM_THREADS=1 python benchmarks/qat_fixed_ranges.py RUN/stage_02.pt --steps 1000 --lr 1e-5 3e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from int8_onnx_variants import quantize  # noqa: E402
+
+from sr_shrink.data import load_eval_set  # noqa: E402
+from sr_shrink.distill.sources import Labeller  # noqa: E402
+from sr_shrink.distill.train import kd_step, schedule  # noqa: E402
+from sr_shrink.evaluate import evaluate_model  # noqa: E402
+from sr_shrink.export import export_run  # noqa: E402
+from sr_shrink.export.calib import calib_inputs, calib_source  # noqa: E402
+from sr_shrink.export.qat import ActQuant, DataFreeInputs, QATStudent  # noqa: E402
+from sr_shrink.export.verify import verify  # noqa: E402
+from sr_shrink.models.student import load_student  # noqa: E402
+from sr_shrink.run import RunDir  # noqa: E402
+from sr_shrink.runtimes import open_runner  # noqa: E402
+
+CUT = 0.005  # percent of the values cut at each end: onnxruntime's (100 - 99.99) / 2
+
+
+def freeze_ranges(model: QATStudent, calib: list[torch.Tensor]) -> None:
+    """Set every enabled fake-quant point of ``model`` to the two-sided 99.99-percentile range of the float
+    model's values there over ``calib`` (widened to hold 0) and freeze it (eval mode)."""
+    points = [m for m in model.modules() if isinstance(m, ActQuant) and m.enabled]
+    seen: dict[ActQuant, list[np.ndarray]] = {p: [] for p in points}
+    hooks = [p.register_forward_pre_hook(lambda m, a: seen[m].append(a[0].detach().flatten().numpy()))
+             for p in points]
+    for p in points:
+        p.enabled = False
+    with torch.no_grad():
+        for x in calib:
+            model(x)
+    for h in hooks:
+        h.remove()
+    for p in points:
+        if not seen[p]:  # a point this scheme never reaches (the float stream's last Add)
+            continue
+        v = np.concatenate(seen[p])
+        lo, hi = np.percentile(v, [CUT, 100 - CUT])
+        p.lo.fill_(min(float(lo), 0.0))
+        p.hi.fill_(max(float(hi), 0.0))
+        p.seen.fill_(True)
+        p.enabled = True
+        p.eval()
+
+
+def finetune(student, label_net, run: RunDir, calib, steps: int, lr: float, weight_max: int, float_stream: bool,
+             seed: int = 0):
+    """Return the float student fine-tuned for ``steps`` with frozen export ranges against ``label_net``."""
+    torch.manual_seed(seed)
+    model = QATStudent(student, True, weight_max, float_ends=True, float_stream=float_stream)
+    freeze_ranges(model, calib)
+    model.net.train()
+    inputs = DataFreeInputs(run, student.scale, None, seed)
+    source = inputs.source(Labeller(label_net.eval(), torch.device("cpu")))
+    opt = torch.optim.Adam(model.net.parameters(), lr=lr)
+    sched = schedule(opt, steps)
+    for step in range(steps):
+        if step % 2 == 0:
+            x, target = source.refill(16)
+        kd_step(model, opt, x, target)
+        sched.step()
+    return model.student()
+
+
+def int8_delta(run_dir: Path, stage: int, ckpt: dict, tuned, original, calib, pairs, tmp: Path, tag: str,
+               reduce_range: bool, float_stream: bool) -> tuple[float, float]:
+    """Export ``tuned`` (None: the original) to ONNX int8 by the export's scheme; return (its Y-PSNR minus the
+    original fp32 student's on ``pairs``, RGB PSNR against the original's output)."""
+    work = tmp / tag
+    shutil.copytree(run_dir, work, ignore=shutil.ignore_patterns("exports", "*.onnx", "*.tflite", "*.mlpackage"))
+    if tuned is not None:
+        c = dict(ckpt, state_dict=tuned.state_dict())
+        torch.save(c, work / f"stage_{stage:02d}.pt")
+    src = export_run(work, "onnx", stage=stage, precision="fp32", out=work / "x", eval_images=1)[0]["path"]
+    dst = work / "int8.onnx"
+    quantize(src, dst, onnx.load(src), calib, reduce_range=reduce_range, stream=not float_stream)
+    v = verify(open_runner(dst), original, pairs, original.scale, None, "int8", "onnxruntime")
+    return v["delta_psnr_y"], v["psnr_vs_torch"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stages", nargs="+", type=Path, help="stage_XX.pt files of distill runs with generator.pt")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, nargs="+", default=[1e-5])
+    ap.add_argument("--target", choices=("student", "teacher"), default="student")
+    ap.add_argument("--no-reduce-range", action="store_true", help="8-bit weights (and QAT at [-127, 127])")
+    ap.add_argument("--float-stream", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rr, fs = not args.no_reduce_range, args.float_stream
+    print(f"scheme: {'7-bit' if rr else '8-bit'} weights{', float stream' if fs else ''}; QAT target {args.target}, "
+          f"{args.steps} steps\n")
+    print("| stage | fp32 Y-PSNR | PTQ delta (RGB PSNR) | lr | QAT delta (RGB PSNR) | float drift |\n"
+          "|---|---:|---:|---:|---:|---:|", flush=True)
+    for stage_path in args.stages:
+        original, ckpt = load_student(stage_path)
+        run = RunDir.open(stage_path.parent)
+        stage = int(stage_path.stem.split("_")[-1])
+        pairs = load_eval_set(original.scale)
+        calib = calib_inputs(calib_source(run, None), original.scale, 128, None, 0)
+        base = evaluate_model(original, pairs, original.scale)["psnr_y"]
+        label = copy.deepcopy(original) if args.target == "student" else run.load_teacher(original.scale).net
+        with tempfile.TemporaryDirectory() as t:
+            tmp = Path(t)
+            ptq = int8_delta(stage_path.parent, stage, ckpt, None, original, calib, pairs, tmp, "ptq", rr, fs)
+            for lr in args.lr:
+                tuned = finetune(original, label, run, calib, args.steps, lr, 64 if rr else 127, fs)
+                drift = evaluate_model(tuned, pairs, original.scale)["psnr_y"] - base
+                qat = int8_delta(stage_path.parent, stage, ckpt, tuned, original, calib, pairs, tmp, f"qat{lr}", rr, fs)
+                print(f"| {stage_path} | {base:.3f} | {ptq[0]:+.3f} ({ptq[1]:.1f}) | {lr:g} "
+                      f"| {qat[0]:+.3f} ({qat[1]:.1f}) | {drift:+.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
