@@ -78,8 +78,9 @@ def freeze_ranges(model: QATStudent, calib: list[torch.Tensor]) -> None:
 
 
 def finetune(student, label_net, run: RunDir, calib, steps: int, lr: float, weight_max: int, float_stream: bool,
-             seed: int = 0):
-    """Return the float student fine-tuned for ``steps`` with frozen export ranges against ``label_net``."""
+             seed: int = 0, hold_float: float = 0.0):
+    """Return the float student fine-tuned for ``steps`` with frozen export ranges against ``label_net``;
+    ``hold_float`` > 0 adds that weight times the float forward's L1 to the same target (against drift)."""
     torch.manual_seed(seed)
     model = QATStudent(student, True, weight_max, float_ends=True, float_stream=float_stream)
     freeze_ranges(model, calib)
@@ -91,7 +92,13 @@ def finetune(student, label_net, run: RunDir, calib, steps: int, lr: float, weig
     for step in range(steps):
         if step % 2 == 0:
             x, target = source.refill(16)
-        kd_step(model, opt, x, target)
+        if hold_float:
+            loss = (model(x) - target).abs().mean() + hold_float * (model.net(x) - target).abs().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            kd_step(model, opt, x, target)
         sched.step()
     return model.student()
 
@@ -120,11 +127,13 @@ def main() -> None:
     ap.add_argument("--target", choices=("student", "teacher"), default="student")
     ap.add_argument("--no-reduce-range", action="store_true", help="8-bit weights (and QAT at [-127, 127])")
     ap.add_argument("--float-stream", action="store_true")
+    ap.add_argument("--hold-float", type=float, default=0.0,
+                    help="weight of the float forward's L1 to the same target, added to the QAT loss (0: off)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rr, fs = not args.no_reduce_range, args.float_stream
     print(f"scheme: {'7-bit' if rr else '8-bit'} weights{', float stream' if fs else ''}; QAT target {args.target}, "
-          f"{args.steps} steps\n")
+          f"{args.steps} steps, hold-float {args.hold_float:g}\n")
     print("| stage | fp32 Y-PSNR | PTQ delta (RGB PSNR) | lr | QAT delta (RGB PSNR) | float drift |\n"
           "|---|---:|---:|---:|---:|---:|", flush=True)
     for stage_path in args.stages:
@@ -139,7 +148,8 @@ def main() -> None:
             tmp = Path(t)
             ptq = int8_delta(stage_path.parent, stage, ckpt, None, original, calib, pairs, tmp, "ptq", rr, fs)
             for lr in args.lr:
-                tuned = finetune(original, label, run, calib, args.steps, lr, 64 if rr else 127, fs)
+                tuned = finetune(original, label, run, calib, args.steps, lr, 64 if rr else 127, fs,
+                                 hold_float=args.hold_float)
                 drift = evaluate_model(tuned, pairs, original.scale)["psnr_y"] - base
                 qat = int8_delta(stage_path.parent, stage, ckpt, tuned, original, calib, pairs, tmp, f"qat{lr}", rr, fs)
                 print(f"| {stage_path} | {base:.3f} | {ptq[0]:+.3f} ({ptq[1]:.1f}) | {lr:g} "
