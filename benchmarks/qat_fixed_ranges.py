@@ -4,8 +4,8 @@ Section 11's ``--qat`` fake-quantizes with EMA min/max ranges while the export c
 and fine-tunes against the teacher, which moves the float student. This screen changes both:
 
 - the activation ranges are **frozen** at the export's own rule: two-sided 99.99 percentile (0.005 % cut at each
-  end, widened to hold 0, as onnxruntime's percentile calibrator does) of the float student's values at every
-  Q/DQ point, over the export's default calibration inputs (128 generator samples);
+  end, widened to hold 0, as onnxruntime's percentile calibrator cuts its histogram; exact values here) of the
+  float student's values at every Q/DQ point, over the export's default calibration inputs (128 generator samples);
 - the target is the **fp32 student itself** (its output on the run's data-free inputs), so the float function
   should stay put and only its robustness to the file's rounding changes (``--target teacher``: the run's teacher).
 
@@ -20,7 +20,6 @@ PTQ file of the original student and the float drift of the tuned student.
 from __future__ import annotations
 
 import argparse
-import copy
 import shutil
 import sys
 import tempfile
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from int8_onnx_variants import quantize  # noqa: E402
 
 from sr_shrink.data import load_eval_set  # noqa: E402
+from sr_shrink.distill.losses import kd_loss  # noqa: E402
 from sr_shrink.distill.sources import Labeller  # noqa: E402
 from sr_shrink.distill.train import kd_step, schedule  # noqa: E402
 from sr_shrink.evaluate import evaluate_model  # noqa: E402
@@ -93,7 +93,7 @@ def finetune(student, label_net, run: RunDir, calib, steps: int, lr: float, weig
         if step % 2 == 0:
             x, target = source.refill(16)
         if hold_float:
-            loss = (model(x) - target).abs().mean() + hold_float * (model.net(x) - target).abs().mean()
+            loss = kd_loss(model(x), target) + hold_float * kd_loss(model.net(x), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -143,7 +143,7 @@ def main() -> None:
         pairs = load_eval_set(original.scale)
         calib = calib_inputs(calib_source(run, None), original.scale, 128, None, 0)
         base = evaluate_model(original, pairs, original.scale)["psnr_y"]
-        label = copy.deepcopy(original) if args.target == "student" else run.load_teacher(original.scale).net
+        label = original if args.target == "student" else run.load_teacher(original.scale).net  # QATStudent copies
         with tempfile.TemporaryDirectory() as t:
             tmp = Path(t)
             ptq = int8_delta(stage_path.parent, stage, ckpt, None, original, calib, pairs, tmp, "ptq", rr, fs)
