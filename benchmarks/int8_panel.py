@@ -2,11 +2,13 @@
 
 For each teacher's data-free run under PANEL (``PANEL/TEACHER/RUN/stage_XX.pt``, made by
 ``benchmarks/teacher_panel.py``) and each stage, exports ONNX and TFLite files at int8 (the default scheme),
-int8 with range equalization (``equalize=True``, :mod:`sr_shrink.export.equalize`; exponent 1 and 0.5) and
-w8a16, and reads
+int8 with range equalization (``equalize=True``, :mod:`sr_shrink.export.equalize`; exponent 1 and 0.5),
+w8a16, and int8 after ``--qat 1000`` (``qat`` variants: the default student target, or the teacher), and reads
 ``verification.delta_psnr_y`` (file minus the fp32 student, Y-PSNR on the bundled eval split, 8-bit outputs)
-and ``psnr_vs_torch``. The runs are read only: each is exported from a copy in a temporary folder. Results are
-appended to ``--out`` (JSON lines) as they come, and a rerun skips what is there; the table is printed at the end.
+and ``psnr_vs_torch``; for a QAT variant ``qat_delta_psnr_y`` (file minus the **original** fp32 student), with
+the plain PTQ file's delta and the tuned float student's drift next to it. The runs are read only: each is
+exported from a copy in a temporary folder. Results are appended to ``--out`` (JSON lines) as they come, and a
+rerun skips what is there; the table is printed at the end.
 
     OMP_NUM_THREADS=1 python benchmarks/int8_panel.py --panel ../panel_runs/panel --out runs/int8_panel.jsonl
 """
@@ -37,7 +39,11 @@ TEACHERS = ("edsr_x2", "edsr_x4", "span_x2", "span_x4", "realcugan_x4", "realesr
 VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", equalize=True),
             "int8 eq0.5": dict(precision="int8", equalize=True), "w8a16": dict(precision="w8a16"),
             "int8 bc": dict(precision="int8", bias_correction=True),
-            "w8a16 bc": dict(precision="w8a16", bias_correction=True)}
+            "w8a16 bc": dict(precision="w8a16", bias_correction=True),
+            "int8 nrr fs": dict(precision="int8", reduce_range=False, float_stream=True),
+            "int8 qat": dict(precision="int8", qat_steps=1000),
+            "int8 qat teacher": dict(precision="int8", qat_steps=1000, qat_target="teacher"),
+            "int8 qat nrr fs": dict(precision="int8", qat_steps=1000, reduce_range=False, float_stream=True)}
 ALPHA = {"int8 eq0.5": 0.5}  # equalization exponent of a variant (default 1: equal ranges)
 
 
@@ -57,8 +63,14 @@ def measure(run: Path, stage: int, target: str, variant: str) -> dict:
         finally:
             pipeline.equalize = equalize
         v = e["verification"]
-        return {"delta": v["delta_psnr_y"], "fp32": v["torch_psnr_y"], "psnr_vs_torch": v["psnr_vs_torch"],
-                "verified": v["verified"], "seconds": round(time.perf_counter() - t0, 1)}
+        out = {"delta": v["delta_psnr_y"], "fp32": v["torch_psnr_y"], "psnr_vs_torch": v["psnr_vs_torch"],
+               "verified": v["verified"], "seconds": round(time.perf_counter() - t0, 1)}
+        if e.get("qat_steps"):  # against the original fp32 student; the plain PTQ file and the tuned float's drift
+            orig, ptq = e["qat"]["fp32_verification"], e["qat"]["ptq_verification"]
+            out.update(delta=e["qat_delta_psnr_y"], fp32=orig["torch_psnr_y"], psnr_vs_torch=orig["psnr_vs_torch"],
+                       ptq_delta=e["ptq_delta_psnr_y"], ptq_psnr_vs_torch=ptq["psnr_vs_torch"],
+                       drift=round(v["torch_psnr_y"] - orig["torch_psnr_y"], 4), delta_vs_tuned=v["delta_psnr_y"])
+        return out
 
 
 def table(rows: list[dict], targets: list[str], variants: list[str]) -> str:

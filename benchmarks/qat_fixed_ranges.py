@@ -25,7 +25,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
@@ -38,67 +37,44 @@ from int8_onnx_variants import quantize  # noqa: E402
 from sr_shrink.data import load_eval_set  # noqa: E402
 from sr_shrink.distill.losses import kd_loss  # noqa: E402
 from sr_shrink.distill.sources import Labeller  # noqa: E402
-from sr_shrink.distill.train import kd_step, schedule  # noqa: E402
+from sr_shrink.distill.train import schedule  # noqa: E402
 from sr_shrink.evaluate import evaluate_model  # noqa: E402
 from sr_shrink.export import export_run  # noqa: E402
 from sr_shrink.export.calib import calib_inputs, calib_source  # noqa: E402
-from sr_shrink.export.qat import ActQuant, DataFreeInputs, QATStudent  # noqa: E402
+from sr_shrink.export.qat import DataFreeInputs, QATConfig, QATStudent, freeze_ranges  # noqa: E402
+from sr_shrink.export.qat import finetune as qat_finetune  # noqa: E402
 from sr_shrink.export.verify import verify  # noqa: E402
 from sr_shrink.models.student import load_student  # noqa: E402
 from sr_shrink.run import RunDir  # noqa: E402
 from sr_shrink.runtimes import open_runner  # noqa: E402
 
-CUT = 0.005  # percent of the values cut at each end: onnxruntime's (100 - 99.99) / 2
-
-
-def freeze_ranges(model: QATStudent, calib: list[torch.Tensor]) -> None:
-    """Set every enabled fake-quant point of ``model`` to the two-sided 99.99-percentile range of the float
-    model's values there over ``calib`` (widened to hold 0) and freeze it (eval mode)."""
-    points = [m for m in model.modules() if isinstance(m, ActQuant) and m.enabled]
-    seen: dict[ActQuant, list[np.ndarray]] = {p: [] for p in points}
-    hooks = [p.register_forward_pre_hook(lambda m, a: seen[m].append(a[0].detach().flatten().numpy()))
-             for p in points]
-    for p in points:
-        p.enabled = False
-    with torch.no_grad():
-        for x in calib:
-            model(x)
-    for h in hooks:
-        h.remove()
-    for p in points:
-        if not seen[p]:  # a point this scheme never reaches (the float stream's last Add)
-            continue
-        v = np.concatenate(seen[p])
-        lo, hi = np.percentile(v, [CUT, 100 - CUT])
-        p.lo.fill_(min(float(lo), 0.0))
-        p.hi.fill_(max(float(hi), 0.0))
-        p.seen.fill_(True)
-        p.enabled = True
-        p.eval()
-
 
 def finetune(student, label_net, run: RunDir, calib, steps: int, lr: float, weight_max: int, float_stream: bool,
-             seed: int = 0, hold_float: float = 0.0):
-    """Return the float student fine-tuned for ``steps`` with frozen export ranges against ``label_net``;
-    ``hold_float`` > 0 adds that weight times the float forward's L1 to the same target (against drift)."""
+             seed: int = 0, hold_float: float = 0.0, bounded: bool = False, mix: float | None = None):
+    """Return the float student fine-tuned for ``steps`` with frozen export ranges against ``label_net``: the
+    export's own ``--qat`` fine-tuning (:func:`sr_shrink.export.qat.finetune`, ``bounded``: rounding only), or,
+    with ``hold_float`` > 0, the same plus that weight times the float forward's L1 to the same target."""
+    inputs = DataFreeInputs(run, student.scale, None, seed)
+    if mix is not None:  # the synthetic share of the inputs instead of the run's
+        inputs.mix = mix
+    if not hold_float:
+        cfg = QATConfig(steps, lr=lr, seed=seed, weight_max=weight_max, float_ends=True, float_stream=float_stream,
+                        target="student", ranges="percentile", bounded=bounded)
+        return qat_finetune(student, label_net, inputs, cfg, calib)[0]
     torch.manual_seed(seed)
     model = QATStudent(student, True, weight_max, float_ends=True, float_stream=float_stream)
-    freeze_ranges(model, calib)
+    freeze_ranges(model, calib, "percentile")
     model.net.train()
-    inputs = DataFreeInputs(run, student.scale, None, seed)
     source = inputs.source(Labeller(label_net.eval(), torch.device("cpu")))
     opt = torch.optim.Adam(model.net.parameters(), lr=lr)
     sched = schedule(opt, steps)
     for step in range(steps):
         if step % 2 == 0:
             x, target = source.refill(16)
-        if hold_float:
-            loss = kd_loss(model(x), target) + hold_float * kd_loss(model.net(x), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        else:
-            kd_step(model, opt, x, target)
+        loss = kd_loss(model(x), target) + hold_float * kd_loss(model.net(x), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         sched.step()
     return model.student()
 
@@ -129,11 +105,14 @@ def main() -> None:
     ap.add_argument("--float-stream", action="store_true")
     ap.add_argument("--hold-float", type=float, default=0.0,
                     help="weight of the float forward's L1 to the same target, added to the QAT loss (0: off)")
+    ap.add_argument("--mix", type=float, default=None, help="synthetic share of the QAT inputs [default: the run's]")
+    ap.add_argument("--bounded", action="store_true", help="rounding only: weights within half a step (RoundingBox)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rr, fs = not args.no_reduce_range, args.float_stream
     print(f"scheme: {'7-bit' if rr else '8-bit'} weights{', float stream' if fs else ''}; QAT target {args.target}, "
-          f"{args.steps} steps, hold-float {args.hold_float:g}\n")
+          f"{args.steps} steps, hold-float {args.hold_float:g}{', bounded' if args.bounded else ''}"
+          f"{f', synthetic share {args.mix:g}' if args.mix is not None else ''}\n")
     print("| stage | fp32 Y-PSNR | PTQ delta (RGB PSNR) | lr | QAT delta (RGB PSNR) | float drift |\n"
           "|---|---:|---:|---:|---:|---:|", flush=True)
     for stage_path in args.stages:
@@ -149,7 +128,7 @@ def main() -> None:
             ptq = int8_delta(stage_path.parent, stage, ckpt, None, original, calib, pairs, tmp, "ptq", rr, fs)
             for lr in args.lr:
                 tuned = finetune(original, label, run, calib, args.steps, lr, 64 if rr else 127, fs,
-                                 hold_float=args.hold_float)
+                                 hold_float=args.hold_float, bounded=args.bounded, mix=args.mix)
                 drift = evaluate_model(tuned, pairs, original.scale)["psnr_y"] - base
                 qat = int8_delta(stage_path.parent, stage, ckpt, tuned, original, calib, pairs, tmp, f"qat{lr}", rr, fs)
                 print(f"| {stage_path} | {base:.3f} | {ptq[0]:+.3f} ({ptq[1]:.1f}) | {lr:g} "

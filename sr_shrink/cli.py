@@ -274,11 +274,15 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
               help="Folder of HR images for verification [default: the bundled eval split].")
 @click.option("--native-io", is_flag=True, help="I/O in the model precision (fp16 / int8) instead of float32.")
 @click.option("--qat", "qat_steps", type=NONNEG, default=0, metavar="STEPS",
-              help="int8: fine-tune the student STEPS steps with fake quantization against the run's teacher on its "
-                   "data-free inputs before exporting (0: off).")
-@click.option("--qat-lr", type=Finite(0, 1, min_open=True), help="--qat: Adam learning rate [default: 1e-4, cosine].")
+              help="int8: fine-tune the student STEPS steps with fake quantization on the run's data-free inputs "
+                   "before exporting (0: off).")
+@click.option("--qat-target", type=click.Choice(["student", "teacher"]),
+              help="--qat: fit the original fp32 student's output with the file's own ranges, or the teacher's "
+                   "[default: student; teacher when --teacher is given].")
+@click.option("--qat-lr", type=Finite(0, 1, min_open=True),
+              help="--qat: Adam learning rate, cosine [default: 1e-5 student target, 1e-4 teacher target].")
 @click.option("--teacher", type=click.Path(dir_okay=False, path_type=str),
-              help="--qat: teacher file [default: the one run.json names].")
+              help="--qat-target teacher: teacher file [default: the one run.json names].")
 @click.option("--trust-pickle", is_flag=True, help="--qat: allow a full pickled nn.Module teacher (runs its code).")
 @click.option("--bias-correction/--no-bias-correction", default=False, show_default=True,
               help="int8/w8a16: correct the biases for the mean error of the weights' rounding (calibration inputs).")
@@ -292,7 +296,7 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
            input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
            calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool, qat_steps: int,
-           qat_lr: float | None, teacher: str | None, trust_pickle: bool, shapes: str | None,
+           qat_target: str | None, qat_lr: float | None, teacher: str | None, trust_pickle: bool, shapes: str | None,
            io_kind: str, bias_correction: bool, equalize: bool, reduce_range: bool | None,
            float_stream: bool) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
@@ -306,7 +310,8 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io,
-                         qat_steps=qat_steps, qat_lr=qat_lr, teacher=teacher, trust_pickle=trust_pickle,
+                         qat_steps=qat_steps, qat_target=qat_target, qat_lr=qat_lr, teacher=teacher,
+                         trust_pickle=trust_pickle,
                          shapes=shapes, io=io_kind, bias_correction=bias_correction, equalize=equalize,
                          reduce_range=reduce_range, float_stream=float_stream)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")

@@ -49,12 +49,16 @@ def test_qat_student_matches_the_student_in_float_and_finetune_is_deterministic(
     assert not torch.equal(outs[0], torch.cat([p.flatten() for p in st.parameters()]))  # it did train
 
 
-def test_qat_beats_ptq_on_a_student_that_int8_hurts(tmp_path):
+@pytest.mark.parametrize("target", ["teacher", "student"])
+def test_qat_beats_ptq_on_a_student_that_int8_hurts(tmp_path, target):
     """The comparison that could fail: the TFLite full-int8 export of a QAT student is closer to the original
-    fp32 student (RGB PSNR and Y-PSNR delta) than the plain PTQ export of that student."""
+    fp32 student (RGB PSNR and Y-PSNR delta) than the plain PTQ export of that student; with the teacher target
+    (EMA ranges) and the default student target (ranges frozen at PT2E's histogram rule)."""
     run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
-    teacher = widen_channel(run)  # self-distillation: the target is the fp32 student itself
-    e = export_run(run, "tflite", precision="int8", qat_steps=60, qat_lr=1e-3, teacher=str(teacher), **FAST)[0]
+    stage_file = widen_channel(run)  # int8-unfriendly stream ranges, the same fp32 function
+    opts = {"teacher": str(stage_file)} if target == "teacher" else {}  # self-distillation: the student is it
+    e = export_run(run, "tflite", precision="int8", qat_steps=60, qat_lr=1e-3, **opts, **FAST)[0]
+    assert e["qat"]["target"] == target and e["qat"]["ranges"] == ("ema" if target == "teacher" else "histogram")
     ptq, qat = e["qat"]["ptq_verification"], e["qat"]["fp32_verification"]
     assert e["ptq_delta_psnr_y"] == ptq["delta_psnr_y"] and e["qat_delta_psnr_y"] == qat["delta_psnr_y"]
     assert e["ptq_delta_psnr_y"] < -0.05  # int8 PTQ loses measurable Y-PSNR on this student
@@ -90,7 +94,7 @@ def test_qat_uses_the_runs_teacher_and_generator(tmp_path, tiny_teacher):
     data["teacher"] = {"path": str(tiny_teacher), "sha256": "0" * 64, "value_range": 1.0}
     (run / "run.json").write_text(json.dumps(data))
     save_generator(RefineGenerator(patch=8), run / "generator.pt")
-    e = export_run(run, "onnx", precision="int8", qat_steps=2, verify=False, **FAST)[0]
+    e = export_run(run, "onnx", precision="int8", qat_steps=2, qat_target="teacher", verify=False, **FAST)[0]
     assert e["qat"]["teacher"]["source"] == "run.json" and "sha256 differs" in e["qat"]["teacher"]["note"]
     assert e["qat"]["inputs"]["source"] == "deadleaves + generator.pt" and e["qat"]["inputs"]["lr_patch"] == 16
     assert e["qat_steps"] == 2 and e["ptq_delta_psnr_y"] is None  # verification off: no deltas measured
@@ -109,17 +113,106 @@ def test_qat_errors_are_one_line(tmp_path):
     assert "add --precision int8" in err("--qat", "5")
     assert "add --precision int8" in err("--qat", "5", "--precision", "fp16")
     assert "--qat" in err("--qat", "-1", "--precision", "int8")
-    assert "'tiny', which is not there" in err("--qat", "5", "--precision", "int8")
+    assert "'tiny', which is not there" in err("--qat", "5", "--precision", "int8", "--qat-target", "teacher")
     assert "--teacher only applies to --qat" in err("--teacher", str(run / "stage_01.pt"))
+    assert "--qat-target only applies to --qat" in err("--qat-target", "student")
+    assert "--teacher only applies to --qat-target teacher" in err("--qat", "5", "--precision", "int8", "--qat-target",
+                                                                   "student", "--teacher", str(run / "stage_01.pt"))
     assert not (run / "exports").exists()  # nothing written before the errors
     lone = tmp_path / "lone"
     lone.mkdir()
     (run / "stage_01.pt").rename(lone / "stage_01.pt")
     res = cli.invoke(main, ["export", str(lone / "stage_01.pt"), "--target", "onnx", "--precision", "int8",
-                            "--qat", "5"])
+                            "--qat", "5", "--qat-target", "teacher"])
     assert res.exit_code == 2 and "no run.json here" in res.output and "--teacher PATH" in res.output
     with pytest.raises(SRShrinkError, match="--qat-lr"):
         export_run(lone / "stage_01.pt", "onnx", precision="int8", qat_steps=1, qat_lr=float("nan"))
     res = cli.invoke(main, ["export", str(lone / "stage_01.pt"), "--target", "onnx", "--precision", "fp32",
                             "--qat", "0", "--input-size", "32x32", "--eval", str(tmp_path / "none")])
     assert "--qat" not in res.output  # --qat 0 is off: any precision is fine (this fails on the --eval folder)
+
+
+def test_student_target_freezes_the_files_calibration_ranges(tmp_path):
+    """The default target: ranges frozen at the export rule's range of the float student's own values (here the
+    head conv's output, computed by hand) before the first step, and unchanged by training; EMA ranges move."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from sr_shrink.export.qat import calibrated_range, freeze_ranges
+
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    st, _ = load_student(run / "stage_01.pt")
+    calib = [torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    q = QATStudent(st, weight_max=64, float_ends=True)
+    ranges = freeze_ranges(q, calib, "percentile", 99.9)
+    with torch.no_grad():
+        head = torch.cat([F.conv2d(x, st.head.weight, st.head.bias, padding=st.head.padding).flatten() for x in calib])
+    lo, hi = np.percentile(head.numpy(), [0.05, 99.95])
+    assert ranges["head"] == pytest.approx([min(lo, 0), max(hi, 0)], abs=1e-5)
+    assert ranges["input"] == [0.0, 0.0] and not q.q_in.enabled  # float ends: the input is not rounded
+    assert calibrated_range(torch.arange(11.0), "minmax") == (0.0, 10.0)
+    assert calibrated_range(torch.arange(10001.0), "percentile", 99.9) == pytest.approx((5.0, 9995.0))
+    hlo, hhi = calibrated_range(torch.linspace(-1, 2, 5000), "histogram")
+    assert -1.05 < hlo < -0.9 and 1.9 < hhi < 2.05 and hlo < 0 < hhi
+
+    rd = RunDir.open(run)
+    cfg = dict(steps=6, lr=1e-3, weight_max=64, float_ends=True, percentile=99.9)
+    _, rec = finetune(st, st, DataFreeInputs(rd, 2, 8, seed=0), QATConfig(**cfg, target="student",
+                                                                          ranges="percentile"), calib)
+    assert rec["activation_ranges"] == ranges and "frozen at the 99.9 percentile" in rec["fake_quant"]
+    assert rec["target"] == "student" and "original fp32 student" in rec["loss"]
+    _, ema = finetune(st, st, DataFreeInputs(rd, 2, 8, seed=0), QATConfig(**cfg, ranges="ema"))
+    assert ema["activation_ranges"]["head"] != ranges["head"]  # the negative control: EMA ranges follow the batches
+    with pytest.raises(SRShrinkError, match="calibration inputs"):
+        finetune(st, st, DataFreeInputs(rd, 2, 8, seed=0), QATConfig(steps=1, ranges="percentile"))
+    with pytest.raises(SRShrinkError, match="--qat-target"):
+        QATConfig(steps=1, target="photos")
+
+
+def test_onnx_qat_defaults_to_the_student_target_with_the_files_ranges(tmp_path):
+    """No teacher needed: the default --qat fits the original student with the ONNX scheme's percentile ranges,
+    taken on the export's own calibration inputs; the frozen head range is the one the plain int8 file stores."""
+    import onnx
+    from onnx import numpy_helper
+
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)  # run.json's teacher "tiny" does not exist
+    e = export_run(run, "onnx", precision="int8", qat_steps=10, out=tmp_path / "ex", **FAST)[0]
+    q = e["qat"]
+    assert q["target"] == "student" and q["ranges"] == "percentile" and q["lr"] == 1e-5 and "teacher" not in q
+    assert e["verified"] and e["ptq_delta_psnr_y"] is not None and e["qat_delta_psnr_y"] is not None
+    plain = export_run(run, "onnx", precision="int8", out=tmp_path / "plain", **FAST)[0]
+    model = onnx.load(plain["path"])
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    head_conv = next(n for n in model.graph.node if n.op_type == "Conv")  # the float head conv
+    quant = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == head_conv.output[0])
+    scale = float(inits[quant.input[1]])
+    lo, hi = q["activation_ranges"]["head"]
+    assert scale == pytest.approx((hi - lo) / 255, rel=0.02)  # ONNX Runtime's histogram percentile vs exact values
+
+
+def test_bounded_qat_only_chooses_the_rounding(tmp_path):
+    """``bounded``: each rounded weight ends on its integer grid within half a step of the original, every
+    channel keeps its scale, the float head/tail weights do not move, the biases may; unbounded QAT leaves it."""
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    st, _ = load_student(run / "stage_01.pt")
+    calib = [torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    rd = RunDir.open(run)
+    cfg = dict(steps=8, lr=3e-3, weight_max=64, float_ends=True, target="student", ranges="percentile")
+    tuned, rec = finetune(st, st, DataFreeInputs(rd, 2, 8, seed=0), QATConfig(**cfg, bounded=True), calib)
+    free, _ = finetune(st, st, DataFreeInputs(rd, 2, 8, seed=0), QATConfig(**cfg), calib)
+    assert "rounding only" in rec["fake_quant"]
+    for name in ("head", "tail"):
+        assert torch.equal(getattr(tuned, name).weight, getattr(st, name).weight)
+    moved = []
+    for b0, b1, bf in zip(st.body, tuned.body, free.body):
+        for c0, c1, cf in ((b0.conv1, b1.conv1, bf.conv1), (b0.conv2, b1.conv2, bf.conv2)):
+            w0, w1 = c0.weight.detach(), c1.weight.detach()
+            amax = w0.abs().amax(dim=(1, 2, 3), keepdim=True)
+            assert torch.allclose(w1.abs().amax(dim=(1, 2, 3), keepdim=True), amax)  # same per-channel scale
+            assert torch.allclose(fake_quant_weight(w1, 64), w1, atol=1e-7)  # on the grid
+            lv0, lv1 = w0 / (amax / 64), (w1 / (amax / 64)).round()
+            assert bool(((lv1 == lv0.floor()) | (lv1 == lv0.ceil())).all())  # one of the two nearest levels
+            moved.append(float((fake_quant_weight(w1, 64) != fake_quant_weight(w0, 64)).float().mean()))
+            assert not torch.allclose(fake_quant_weight(cf.weight.detach(), 64), cf.weight.detach(), atol=1e-7)
+    assert max(moved) > 0  # some weights did round the other way
+    assert any(not torch.equal(b0.conv1.bias, b1.conv1.bias) for b0, b1 in zip(st.body, tuned.body))

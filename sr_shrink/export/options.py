@@ -11,6 +11,8 @@ from ..errors import SRShrinkError
 from .targets import TARGETS as REGISTRY
 from .targets import get_target
 
+QAT_TARGETS = ("student", "teacher")  # what --qat fine-tunes against (export.qat)
+
 # Views of the target registry (sr_shrink.export.targets), kept for existing importers.
 TARGETS = tuple(REGISTRY)
 PRECISIONS = ("fp32", "fp16", "int8", "w8a16")  # w8a16: int8 weights, 16-bit activations
@@ -38,7 +40,9 @@ class ExportConfig:
     a Core ML package RGB image input and output (pixel values 0-255). ``qat_steps`` > 0
     fine-tunes the student with
     fake quantization for that many steps before an int8 export (:mod:`~sr_shrink.export.qat`), at Adam rate
-    ``qat_lr`` (default 1e-4), against ``teacher`` (default: the run's) loaded with ``trust_pickle``.
+    ``qat_lr``, against ``qat_target``: "student" (the original fp32 student's output, ranges frozen at the
+    file's calibration; lr 1e-5) or "teacher" (``teacher``, default the run's, loaded with ``trust_pickle``; EMA
+    ranges; lr 1e-4); None resolves to "teacher" when ``teacher`` is given, else "student".
     ``equalize`` rescales the student's stream and hidden channels towards equal ranges before an int8 export
     (:mod:`~sr_shrink.export.equalize`; the same function, off by default); ``bias_correction`` corrects the
     int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`). ONNX int8 only:
@@ -61,6 +65,7 @@ class ExportConfig:
     verify: bool = True
     qat_steps: int = 0
     qat_lr: float | None = None
+    qat_target: str | None = None
     teacher: str | Path | None = None
     trust_pickle: bool = False
     shapes: tuple[tuple[int, int], ...] | str | None = None
@@ -111,10 +116,17 @@ class ExportConfig:
             raise SRShrinkError(f"--qat fine-tunes for int8 exports; add --precision int8 (not {self.precision}) "
                                 "or drop --qat.")
         if not steps:
-            given = [f for f, v in (("--qat-lr", self.qat_lr), ("--teacher", self.teacher),
-                                    ("--trust-pickle", self.trust_pickle)) if v]
+            given = [f for f, v in (("--qat-lr", self.qat_lr), ("--qat-target", self.qat_target),
+                                    ("--teacher", self.teacher), ("--trust-pickle", self.trust_pickle)) if v]
             if given:
                 raise SRShrinkError(f"{', '.join(given)} only applies to --qat STEPS; add --qat or drop it.")
+        if self.qat_target is None:
+            self.qat_target = "teacher" if self.teacher else "student"
+        self.qat_target = _choice("qat-target", self.qat_target, QAT_TARGETS)
+        if self.qat_target == "student" and (self.teacher or self.trust_pickle):
+            given = ", ".join(f for f, v in (("--teacher", self.teacher), ("--trust-pickle", self.trust_pickle)) if v)
+            raise SRShrinkError(f"{given} only applies to --qat-target teacher (the student target needs no teacher); "
+                                "add --qat-target teacher or drop it.")
         if self.qat_lr is not None:
             lr = self.qat_lr
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and 0 < lr <= 1):

@@ -37,7 +37,7 @@ from .calib import calib_inputs, calib_source
 from .equalize import equalize
 from .graph import GraphInfo, check_graph
 from .options import ExportConfig
-from .qat import DEFAULT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
+from .qat import DEFAULT_LR, STUDENT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
 from .targets import Target, get_target
 from .verify import not_verified, tolerance_key, verify
 from .wrapper import build_wrapper
@@ -60,7 +60,7 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     fmt = get_target(cfg.target)
     fmt.require(cfg.precision)
     job = _Job(run, cfg, fmt)
-    if cfg.qat_steps:  # a missing or unloadable teacher is an error before anything is written
+    if cfg.qat_steps and cfg.qat_target == "teacher":  # a missing or unloadable teacher fails before any write
         job.teacher(load_student(run.stages[stages[0]])[0].scale)
     out_dir = Path(out) if out is not None else run.exports_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,18 +110,28 @@ class _Job:
         return self._teacher[scale]
 
     def finetune(self, student: SRStudent) -> tuple[SRStudent, dict]:
-        """Return (the QAT fine-tuned copy of ``student``, its ``qat`` record) for this export's settings."""
+        """Return (the QAT fine-tuned copy of ``student``, its ``qat`` record) for this export's settings: the
+        target's weight range and float parts, against the original student (ranges frozen at the file's own
+        calibration rule on this export's calibration inputs) or the teacher (EMA ranges)."""
         cfg = self.cfg
-        teacher, teacher_rec = self.teacher(student.scale)
-        inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
         scheme = self.fmt.scheme_for(cfg)  # mirror what the exporter quantizes
-        qcfg = QATConfig(cfg.qat_steps, lr=cfg.qat_lr or DEFAULT_LR, seed=cfg.seed,
-                         activations=self.fmt.calibrated(cfg.precision),  # Core ML int8: float activations
+        activations = self.fmt.calibrated(cfg.precision)  # Core ML int8: float activations
+        if cfg.qat_target == "teacher":
+            label, extra = self.teacher(student.scale)
+            extra, ranges, lr, calib = {"teacher": extra}, "ema", DEFAULT_LR, None
+        else:
+            label, extra, lr = student, {}, STUDENT_LR
+            ranges = "histogram" if scheme is None else "percentile" if scheme.percentile else "minmax"
+            calib = self.calib(student.scale)[0] if activations else None
+        qcfg = QATConfig(cfg.qat_steps, lr=cfg.qat_lr or lr, seed=cfg.seed, activations=activations,
                          weight_max=64 if scheme is not None and scheme.reduce_range else 127,
                          float_ends=bool(scheme is not None and scheme.float_end_convs),
-                         float_stream=bool(scheme is not None and scheme.float_stream))
-        tuned, rec = finetune(student, teacher, inputs, qcfg)
-        return tuned, {**rec, "teacher": teacher_rec}
+                         float_stream=bool(scheme is not None and scheme.float_stream),
+                         target=cfg.qat_target, ranges=ranges,
+                         percentile=scheme.percentile if scheme is not None and scheme.percentile else 99.99)
+        inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
+        tuned, rec = finetune(student, label, inputs, qcfg, calib)
+        return tuned, {**rec, **extra}
 
 
 def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | None, qat: bool = False) -> dict:
@@ -188,7 +198,8 @@ def _qat_fields(job: _Job, stage: int, original: SRStudent, path: Path, calib: l
     if job.cfg.verify:
         with tempfile.TemporaryDirectory() as tmp:
             ptq_path = Path(tmp) / job.cfg.file_name(stage)
-            _write(job, stage, original, ptq_path, calib)
+            with task(f"stage {stage}: writing the plain int8 file to compare (PTQ of the original student)"):
+                _write(job, stage, original, ptq_path, calib)
             rec["ptq_verification"] = ptq = _verify(job, ptq_path, original)
         rec["fp32_verification"] = qat = _verify(job, path, original)
         fields["ptq_delta_psnr_y"] = ptq.get("delta_psnr_y")
