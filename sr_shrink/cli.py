@@ -283,7 +283,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
               help="--qat: Adam learning rate, cosine [default: 1e-5 student target, 1e-4 teacher target].")
 @click.option("--teacher", type=click.Path(dir_okay=False, path_type=str),
               help="--qat-target teacher: teacher file [default: the one run.json names].")
-@click.option("--trust-pickle", is_flag=True, help="--qat: allow a full pickled nn.Module teacher (runs its code).")
+@click.option("--trust-pickle", is_flag=True,
+              help="--qat-target teacher: allow a full pickled nn.Module teacher (runs its code).")
 @click.option("--bias-correction/--no-bias-correction", default=False, show_default=True,
               help="int8/w8a16: correct the biases for the mean error of the weights' rounding (calibration inputs).")
 @click.option("--equalize", is_flag=True, help="int8: rescale the residual stream and hidden channels towards equal "
