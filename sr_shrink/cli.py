@@ -267,6 +267,9 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 @click.option("--palettize", type=click.Choice(["4", "6", "8"]), help="Core ML: n-bit palettized weights.")
 @click.option("--calib", metavar="generator|DIR", help="int8 calibration inputs [default: generator.pt if "
               "the run has one, else the bundled eval images].")
+@click.option("--calib-method", type=click.Choice(["histogram", "percentile"]),
+              help="TFLite int8: activation ranges from PT2E's histogram observer [default] or the 99.99 percentile "
+                   "of the same histograms (the ONNX export's rule).")
 @click.option("--calib-samples", type=click.IntRange(1, 100000),
               help="Calibration inputs [default: about 1.2 M pixels' worth].")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for calibration sampling.")
@@ -296,7 +299,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
               "(more accurate, slower: BENCHMARKS.md section 19).")
 def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
            input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
-           calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool, qat_steps: int,
+           calib_method: str | None, calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool,
+           qat_steps: int,
            qat_target: str | None, qat_lr: float | None, teacher: str | None, trust_pickle: bool, shapes: str | None,
            io_kind: str, bias_correction: bool, equalize: bool, reduce_range: bool | None,
            float_stream: bool) -> None:
@@ -310,7 +314,8 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     progress.enable(console)
     entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
-                         calib_samples=calib_samples, seed=seed, eval_dir=eval_dir, native_io=native_io,
+                         calib_method=calib_method, calib_samples=calib_samples, seed=seed, eval_dir=eval_dir,
+                         native_io=native_io,
                          qat_steps=qat_steps, qat_target=qat_target, qat_lr=qat_lr, teacher=teacher,
                          trust_pickle=trust_pickle,
                          shapes=shapes, io=io_kind, bias_correction=bias_correction, equalize=equalize,

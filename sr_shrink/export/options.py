@@ -12,6 +12,7 @@ from .targets import TARGETS as REGISTRY
 from .targets import get_target
 
 QAT_TARGETS = ("student", "teacher")  # what --qat fine-tunes against (export.qat)
+CALIB_METHODS = ("histogram", "percentile")  # TFLite int8 activation ranges (export.tflite)
 
 # Views of the target registry (sr_shrink.export.targets), kept for existing importers.
 TARGETS = tuple(REGISTRY)
@@ -74,6 +75,7 @@ class ExportConfig:
     bias_correction: bool = False
     reduce_range: bool | None = None
     float_stream: bool = False
+    calib_method: str | None = None
 
     def __post_init__(self) -> None:
         rec = get_target(self.target)
@@ -100,6 +102,11 @@ class ExportConfig:
             raise SRShrinkError(f"--calib-samples must be at least 1, not {self.calib_samples}.")
         self._check_qat()
         self._check_int8_scheme()
+        if self.calib_method is not None:
+            self.calib_method = _choice("calib-method", self.calib_method, CALIB_METHODS)
+            if "calib_method" not in rec.options or self.precision != "int8":
+                raise SRShrinkError(f"--calib-method is for --target tflite --precision int8 (not {self.target} "
+                                    f"{self.precision}); the ONNX int8 export always takes 99.99 percentile ranges.")
 
     def _check_int8_scheme(self) -> None:
         given = [f for f, v in (("--reduce-range" if self.reduce_range else "--no-reduce-range",

@@ -121,7 +121,8 @@ class _Job:
             extra, ranges, lr, calib = {"teacher": extra}, "ema", DEFAULT_LR, None
         else:
             label, extra, lr = student, {}, STUDENT_LR
-            ranges = "histogram" if scheme is None else "percentile" if scheme.percentile else "minmax"
+            ranges = (cfg.calib_method or "histogram") if scheme is None else \
+                "percentile" if scheme.percentile else "minmax"
             calib = self.calib(student.scale)[0] if activations else None
         qcfg = QATConfig(cfg.qat_steps, lr=cfg.qat_lr or lr, seed=cfg.seed, activations=activations,
                          weight_max=64 if scheme is not None and scheme.reduce_range else 127,

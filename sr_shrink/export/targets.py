@@ -23,7 +23,8 @@ class Target:
     ``runtime`` names the :mod:`sr_shrink.runtimes` runner that opens its files; ``converter`` the module whose
     presence means it can be exported here; ``quantizes_activations``: int8/w8a16 exports are calibrated;
     ``fixed_size``: the LR input size used when none is given (None: free size, within ``size_range``);
-    ``options``: the target-specific options it accepts ("shapes", "palettize", "image_io", "w8a16");
+    ``options``: the target-specific options it accepts ("shapes", "palettize", "image_io", "w8a16",
+    "calib_method");
     ``int8_scheme``: what its int8 exporter quantizes (QAT mirrors it); ``check_io`` / ``verify_shapes``:
     extra verification steps (or None); ``benched``: ``sr-shrink bench`` times it.
     """

@@ -6,8 +6,10 @@ full-integer PT2E quantisation (litert-torch's PT2EQuantizer: int8 activations p
 channel) calibrated at the export size, except the output: the anchor Add's int8 output has the fixed range
 [0, 1] (scale 1/255), so its saturation is the wrapper's output clamp and its 255 steps are the 8-bit image
 levels (:func:`pin_output_range`; a calibrated range rounds every pixel a second time when the image is
-saved: 0.014 dB of the int8 loss on average over six students, BENCHMARKS.md section 13). litert-torch makes
-int8 graphs with int8 I/O; w8a16 quantises the float file to int8 weights and int16 activations
+saved: 0.014 dB of the int8 loss on average over six students, BENCHMARKS.md section 13). The other activation
+ranges are the HistogramObserver's, or with ``calib_method="percentile"`` the two-sided 99.99 percentile of the
+same histograms (:func:`percentile_ranges`, the ONNX export's rule; recorded as ``activation_ranges``).
+litert-torch makes int8 graphs with int8 I/O; w8a16 quantises the float file to int8 weights and int16 activations
 (TFLite's 16x8 scheme, ai-edge-quantizer; LiteRT runs it with its int16 kernels, not XNNPACK's: a format
 for NPUs and for checking, not for CPU speed). Unless ``native_io``, a QUANTIZE/DEQUANTIZE pair is added
 around the integer I/O so the file takes and returns float32. The run facts
@@ -56,7 +58,8 @@ def export_tflite(model: MobileSR, path: Path, cfg: ExportConfig, calib: list[to
     model = copy.copy(model)
     model.clamp_form = "relu6"  # not RELU_0_TO_1, which the GPU delegate refuses (export.delegates)
     if cfg.precision == "int8":
-        extra["quantization"] = _export_int8(model, x, path, calib, float_io=not cfg.native_io)
+        extra["quantization"] = _export_int8(model, x, path, calib, float_io=not cfg.native_io,
+                                             ranges=cfg.calib_method or "histogram")
     elif cfg.precision == "w8a16":
         _convert(model, x, path)
         extra["quantization"] = _to_w8a16(path, calib, model.nhwc, float_io=not cfg.native_io)
@@ -121,7 +124,8 @@ def _to_w8a16(path: Path, calib: list[torch.Tensor], nhwc: bool, float_io: bool)
             "io": "float32" if float_io else "int16", "calibration_inputs": len(calib)}
 
 
-def _export_int8(model: MobileSR, x: torch.Tensor, path: Path, calib: list[torch.Tensor], float_io: bool) -> dict:
+def _export_int8(model: MobileSR, x: torch.Tensor, path: Path, calib: list[torch.Tensor], float_io: bool,
+                 ranges: str = "histogram") -> dict:
     from litert_torch.quantize import pt2e_quantizer as pq
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -137,15 +141,56 @@ def _export_int8(model: MobileSR, x: torch.Tensor, path: Path, calib: list[torch
         prepared = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))
         for c in calib:
             prepared(c.permute(0, 2, 3, 1) if model.nhwc else c)
+        fixed = percentile_ranges(prepared, PERCENTILE) if ranges == "percentile" else None
         if clamped:
-            pin_output_range(prepared)
+            for name in pin_output_range(prepared):  # [0, 1] wins over a percentile range
+                (fixed or {}).pop(name, None)
         converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
     _convert(converted, x, path, QuantConfig(pt2e_quantizer=quantizer))
     if float_io:
         add_float_io(path)
-    return {"method": "litert-torch PT2E static", "activations": "int8 (per tensor, histogram)",
+    return {"method": "litert-torch PT2E static", "activations": f"int8 (per tensor, {_RANGES[ranges]})",
             "weights": "int8 (symmetric, per channel)", "io": "float32" if float_io else "int8",
-            "output_range": [0.0, 1.0] if clamped else "calibrated", "calibration_inputs": len(calib)}
+            "output_range": [0.0, 1.0] if clamped else "calibrated", "calibration_inputs": len(calib),
+            **({"activation_ranges": fixed} if fixed is not None else {})}
+
+
+PERCENTILE = 99.99  # --calib-method percentile: the ONNX export's rule (0.005 % cut at each end)
+_RANGES = {"histogram": "histogram", "percentile": f"{PERCENTILE} percentile"}
+
+
+def percentile_range(hist: torch.Tensor, lo: float, hi: float, percentile: float) -> tuple[float, float]:
+    """Return the two-sided ``percentile`` range of the values a histogram ``hist`` (equal bins over [lo, hi])
+    counts: (100 - ``percentile``) / 2 % cut at each end, at bin edges, widened to hold 0."""
+    counts = hist.double().clamp_min(0)
+    total = float(counts.sum())
+    if total <= 0 or hi <= lo:
+        return min(lo, 0.0), max(hi, 0.0)
+    cut = total * (100.0 - percentile) / 200.0
+    cdf = counts.cumsum(0)
+    width = (hi - lo) / counts.numel()
+    first = int(torch.searchsorted(cdf, torch.tensor(cut, dtype=torch.float64), right=True))
+    last = int(torch.searchsorted(cdf, torch.tensor(total - cut, dtype=torch.float64)))
+    return min(lo + first * width, 0.0), max(lo + (last + 1) * width, 0.0)
+
+
+def percentile_ranges(prepared: torch.fx.GraphModule, percentile: float = PERCENTILE) -> dict[str, list[float]]:
+    """Replace every calibrated activation observer (PT2E's HistogramObserver) of ``prepared`` by a fixed one
+    at the two-sided ``percentile`` range of its histogram (:func:`percentile_range`), in place; return the
+    ranges by observer name. The ONNX export's rule, instead of the observer's own error search."""
+    from torchao.quantization.pt2e.observer import FixedQParamsObserver, HistogramObserver
+
+    out = {}
+    for name, obs in list(prepared.named_children()):
+        if not isinstance(obs, HistogramObserver) or obs.histogram.numel() == 0 or float(obs.histogram.sum()) == 0:
+            continue
+        lo, hi = percentile_range(obs.histogram, float(obs.min_val), float(obs.max_val), percentile)
+        scale = max((hi - lo) / 255.0, 2 ** -12)
+        zero = int(min(127, max(-128, round(-128 - lo / scale))))
+        setattr(prepared, name, FixedQParamsObserver(scale=scale, zero_point=zero, dtype=torch.int8,
+                                                     quant_min=-128, quant_max=127))
+        out[name] = [round(lo, 5), round(hi, 5)]
+    return out
 
 
 def pin_output_range(prepared: torch.fx.GraphModule) -> list[str]:
@@ -274,4 +319,5 @@ TARGET = Target(
     allowed_ops=frozenset({"CONV_2D", "TRANSPOSE_CONV", "ADD", "MUL", "RELU_0_TO_1", "DEPTH_TO_SPACE", "RESHAPE",
                            "TRANSPOSE", "QUANTIZE", "DEQUANTIZE"}),
     runtime="litert", converter="litert_torch", require=require_tflite, export=export_tflite, graph=tflite_graph,
-    size_range=(4, 8192), demo_precisions=("fp32", "int8"), fixed_size=(256, 256), benched=True)
+    size_range=(4, 8192), demo_precisions=("fp32", "int8"), fixed_size=(256, 256), benched=True,
+    options=frozenset({"w8a16", "calib_method"}))
