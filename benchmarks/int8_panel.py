@@ -41,6 +41,7 @@ VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", eq
             "int8 bc": dict(precision="int8", bias_correction=True),
             "w8a16 bc": dict(precision="w8a16", bias_correction=True),
             "int8 pct": dict(precision="int8", calib_method="percentile"),
+            "int8 qat pct": dict(precision="int8", calib_method="percentile", qat_steps=1000),
             "int8 nrr fs": dict(precision="int8", reduce_range=False, float_stream=True),
             "int8 qat": dict(precision="int8", qat_steps=1000),
             "int8 qat teacher": dict(precision="int8", qat_steps=1000, qat_target="teacher"),
