@@ -300,8 +300,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
            input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
            calib_method: str | None, calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool,
-           qat_steps: int,
-           qat_target: str | None, qat_lr: float | None, teacher: str | None, trust_pickle: bool, shapes: str | None,
+           qat_steps: int, qat_target: str | None, qat_lr: float | None, teacher: str | None, trust_pickle: bool,
+           shapes: str | None,
            io_kind: str, bias_correction: bool, equalize: bool, reduce_range: bool | None,
            float_stream: bool) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
@@ -315,11 +315,10 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
                          layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_method=calib_method, calib_samples=calib_samples, seed=seed, eval_dir=eval_dir,
-                         native_io=native_io,
-                         qat_steps=qat_steps, qat_target=qat_target, qat_lr=qat_lr, teacher=teacher,
-                         trust_pickle=trust_pickle,
-                         shapes=shapes, io=io_kind, bias_correction=bias_correction, equalize=equalize,
-                         reduce_range=reduce_range, float_stream=float_stream)
+                         native_io=native_io, qat_steps=qat_steps, qat_target=qat_target, qat_lr=qat_lr,
+                         teacher=teacher, trust_pickle=trust_pickle, shapes=shapes, io=io_kind,
+                         bias_correction=bias_correction, equalize=equalize, reduce_range=reduce_range,
+                         float_stream=float_stream)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
     for col in ("file", "KiB", "PSNR-Y (torch)", "Δ dB (tolerance)", "verified"):
         table.add_column(col)

@@ -21,14 +21,7 @@ import torch.nn.functional as F
 
 from ..models.student import SRStudent
 from .calib import calib_batches
-from .qat import fake_quant_weight
-
-
-def quantized_convs(student: SRStudent, ends: bool) -> list[torch.nn.Conv2d]:
-    """Return the student's convs in network order: head, each block's two, tail; without head and tail when
-    ``ends`` is False (the ONNX int8 scheme keeps them float)."""
-    body = [c for blk in student.body for c in (blk.conv1, blk.conv2)]
-    return [student.head, *body, student.tail] if ends else body
+from .qat import fake_quant_weight, quantized_convs
 
 
 @torch.no_grad()

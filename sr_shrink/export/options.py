@@ -102,11 +102,15 @@ class ExportConfig:
             raise SRShrinkError(f"--calib-samples must be at least 1, not {self.calib_samples}.")
         self._check_qat()
         self._check_int8_scheme()
-        if self.calib_method is not None:
-            self.calib_method = _choice("calib-method", self.calib_method, CALIB_METHODS)
-            if "calib_method" not in rec.options or self.precision != "int8":
-                raise SRShrinkError(f"--calib-method is for --target tflite --precision int8 (not {self.target} "
-                                    f"{self.precision}); the ONNX int8 export always takes 99.99 percentile ranges.")
+        self._check_calib_method()
+
+    def _check_calib_method(self) -> None:
+        if self.calib_method is None:
+            return
+        self.calib_method = _choice("calib-method", self.calib_method, CALIB_METHODS)
+        if "calib_method" not in get_target(self.target).options or self.precision != "int8":
+            raise SRShrinkError(f"--calib-method is for --target tflite --precision int8 (not {self.target} "
+                                f"{self.precision}); the ONNX int8 export always takes 99.99 percentile ranges.")
 
     def _check_int8_scheme(self) -> None:
         given = [f for f, v in (("--reduce-range" if self.reduce_range else "--no-reduce-range",

@@ -36,6 +36,7 @@ from .biascorr import correct_bias
 from .calib import calib_inputs, calib_source
 from .equalize import equalize
 from .graph import GraphInfo, check_graph
+from .onnx import CALIB_PERCENTILE
 from .options import ExportConfig
 from .qat import DEFAULT_LR, STUDENT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
 from .targets import Target, get_target
@@ -116,20 +117,22 @@ class _Job:
         cfg = self.cfg
         scheme = self.fmt.scheme_for(cfg)  # mirror what the exporter quantizes
         activations = self.fmt.calibrated(cfg.precision)  # Core ML int8: float activations
+        percentile = scheme.percentile if scheme is not None and scheme.percentile else CALIB_PERCENTILE
         if cfg.qat_target == "teacher":
-            label, extra = self.teacher(student.scale)
-            extra, ranges, lr, calib = {"teacher": extra}, "ema", DEFAULT_LR, None
+            label, teacher_rec = self.teacher(student.scale)
+            extra, ranges, lr, calib = {"teacher": teacher_rec}, "ema", DEFAULT_LR, None
         else:
             label, extra, lr = student, {}, STUDENT_LR
-            ranges = (cfg.calib_method or "histogram") if scheme is None else \
-                "percentile" if scheme.percentile else "minmax"
+            if scheme is None:  # TFLite: the PT2E observer, or --calib-method's percentile
+                ranges = cfg.calib_method or "histogram"
+            else:  # ONNX: its scheme's percentile, or min/max
+                ranges = "percentile" if scheme.percentile else "minmax"
             calib = self.calib(student.scale)[0] if activations else None
         qcfg = QATConfig(cfg.qat_steps, lr=cfg.qat_lr or lr, seed=cfg.seed, activations=activations,
                          weight_max=64 if scheme is not None and scheme.reduce_range else 127,
                          float_ends=bool(scheme is not None and scheme.float_end_convs),
                          float_stream=bool(scheme is not None and scheme.float_stream),
-                         target=cfg.qat_target, ranges=ranges,
-                         percentile=scheme.percentile if scheme is not None and scheme.percentile else 99.99)
+                         target=cfg.qat_target, ranges=ranges, percentile=percentile)
         inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
         tuned, rec = finetune(student, label, inputs, qcfg, calib)
         return tuned, {**rec, **extra}

@@ -59,6 +59,7 @@ from ..errors import SRShrinkError
 from ..models.student import SRStudent
 from ..progress import task
 from ..run import RunDir
+from .onnx import CALIB_PERCENTILE
 from .options import QAT_TARGETS
 
 EMA = 0.9  # momentum of the activation range observers
@@ -122,6 +123,13 @@ class ActQuant(nn.Module):
         return [round(float(self.lo), 5), round(float(self.hi), 5)]
 
 
+def quantized_convs(student: SRStudent, ends: bool) -> list[nn.Conv2d]:
+    """Return the student's convs in network order: head, each block's two, tail; without head and tail when
+    ``ends`` is False (the ONNX int8 scheme keeps them float)."""
+    body = [c for blk in student.body for c in (blk.conv1, blk.conv2)]
+    return [student.head, *body, student.tail] if ends else body
+
+
 def _conv(conv: nn.Conv2d, x: torch.Tensor, qmax: int | None = INT8_W[1]) -> torch.Tensor:
     w = conv.weight if qmax is None else fake_quant_weight(conv.weight, qmax)
     return F.conv2d(x, w, conv.bias, conv.stride, conv.padding)
@@ -170,9 +178,9 @@ class QATStudent(nn.Module):
 
     def quantized_convs(self) -> list[tuple[nn.Conv2d, int]]:
         """Return (conv, its weights' largest integer level) for every conv whose weights the file rounds."""
-        body = [(c, self.weight_max) for blk in self.net.body for c in (blk.conv1, blk.conv2)]
-        ends = [] if self.end_max is None else [(self.net.head, self.end_max), (self.net.tail, self.end_max)]
-        return ends[:1] + body + ends[1:]
+        ends = (self.net.head, self.net.tail)
+        return [(c, self.end_max if c in ends else self.weight_max)
+                for c in quantized_convs(self.net, self.end_max is not None)]
 
     def ranges(self) -> dict[str, list[float]]:
         """Return the observed activation ranges by Q/DQ point (``input``, ``head``, ``body.N.relu`` ...)."""
@@ -210,7 +218,7 @@ class QATConfig:
     float_stream: bool = False  # ONNX --float-stream: the residual Adds float, only conv inputs rounded
     target: str = "teacher"
     ranges: str = "ema"
-    percentile: float = 99.99
+    percentile: float = CALIB_PERCENTILE
     bounded: bool = False  # only the rounding is learned: see RoundingBox
 
     def __post_init__(self) -> None:
@@ -234,7 +242,7 @@ def _histogram_range(values: torch.Tensor) -> tuple[float, float]:
     return (INT8_A[0] - zero) * scale, (INT8_A[1] - zero) * scale
 
 
-def calibrated_range(values: torch.Tensor, rule: str, percentile: float = 99.99) -> tuple[float, float]:
+def calibrated_range(values: torch.Tensor, rule: str, percentile: float = CALIB_PERCENTILE) -> tuple[float, float]:
     """Return the (lo, hi) activation range the int8 exporter's ``rule`` gives the flat float ``values``:
     "percentile" cuts (100 - ``percentile``) / 2 % at each end (ONNX Runtime's Percentile calibrator on its
     two-sided histogram; exact values here), "minmax" the extremes, "histogram" PT2E's HistogramObserver."""
@@ -248,7 +256,8 @@ def calibrated_range(values: torch.Tensor, rule: str, percentile: float = 99.99)
     return float(lo), float(hi)
 
 
-def freeze_ranges(model: QATStudent, calib: list[torch.Tensor], rule: str, percentile: float = 99.99) -> dict:
+def freeze_ranges(model: QATStudent, calib: list[torch.Tensor], rule: str,
+                  percentile: float = CALIB_PERCENTILE) -> dict:
     """Freeze every enabled fake-quant point of ``model`` at ``rule``'s range (:func:`calibrated_range`) of the
     float model's values there over the calibration inputs ``calib``; return the ranges by point
     (:meth:`QATStudent.ranges`). A point the scheme never reaches stays off."""

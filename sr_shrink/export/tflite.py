@@ -33,6 +33,7 @@ import torch
 from ..deps import quiet, require
 from .delegates import gpu_report
 from .graph import GraphInfo
+from .onnx import CALIB_PERCENTILE
 from .targets import Target
 from .wrapper import MobileSR, example_input
 
@@ -155,7 +156,7 @@ def _export_int8(model: MobileSR, x: torch.Tensor, path: Path, calib: list[torch
             **({"activation_ranges": fixed} if fixed is not None else {})}
 
 
-PERCENTILE = 99.99  # --calib-method percentile: the ONNX export's rule (0.005 % cut at each end)
+PERCENTILE = CALIB_PERCENTILE  # --calib-method percentile: the ONNX export's rule (99.99: 0.005 % cut at each end)
 _RANGES = {"histogram": "histogram", "percentile": f"{PERCENTILE} percentile"}
 
 
