@@ -14,6 +14,10 @@ default scheme, or with ``--no-reduce-range`` / ``--float-stream``); every figur
 Y-PSNR on the bundled eval split minus the **original** fp32 student's (what a user compares), next to the plain
 PTQ file of the original student and the float drift of the tuned student.
 
+``--seeds`` repeats the fine-tuning with other QAT seeds (its own spread); ``--inputs eval-photos`` is an oracle:
+it fine-tunes on crops of the very photos the files are scored on, the upper bound of what better QAT inputs
+could give.
+
     OMP_NUM_THREADS=1 python benchmarks/qat_fixed_ranges.py RUN/stage_02.pt --steps 1000 --lr 1e-5 3e-5
 """
 
@@ -34,14 +38,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from int8_onnx_variants import quantize  # noqa: E402
 
-from sr_shrink.data import load_eval_set  # noqa: E402
+from sr_shrink.data import EVAL_DIR, load_eval_set  # noqa: E402
 from sr_shrink.distill.losses import kd_loss  # noqa: E402
-from sr_shrink.distill.sources import Labeller  # noqa: E402
-from sr_shrink.distill.train import schedule  # noqa: E402
+from sr_shrink.distill.sources import Labeller, PhotoSource  # noqa: E402
+from sr_shrink.distill.sources.photos import RealPatches  # noqa: E402
+from sr_shrink.distill.train import kd_step  # noqa: E402
 from sr_shrink.evaluate import evaluate_model  # noqa: E402
 from sr_shrink.export import export_run  # noqa: E402
 from sr_shrink.export.calib import calib_inputs, calib_source  # noqa: E402
-from sr_shrink.export.qat import DataFreeInputs, QATConfig, QATStudent, freeze_ranges  # noqa: E402
+from sr_shrink.export.qat import DataFreeInputs, QATConfig  # noqa: E402
 from sr_shrink.export.qat import finetune as qat_finetune  # noqa: E402
 from sr_shrink.export.verify import verify  # noqa: E402
 from sr_shrink.models.student import load_student  # noqa: E402
@@ -49,34 +54,46 @@ from sr_shrink.run import RunDir  # noqa: E402
 from sr_shrink.runtimes import open_runner  # noqa: E402
 
 
+class EvalPhotoInputs:
+    """``--inputs eval-photos``, an oracle: random LR crops of the bundled eval split, the very photos the files
+    are scored on, at the run's LR patch size; the upper bound of what QAT inputs can do, not a data-free recipe."""
+
+    def __init__(self, scale: int, patch: int, seed: int):
+        self.photos, self.patch = RealPatches(EVAL_DIR, scale, patch), patch
+        self.g = torch.Generator().manual_seed(seed)
+
+    def describe(self) -> dict:
+        """Return the record of the inputs."""
+        return {"source": "the eval photos (oracle)", "lr_patch": self.patch}
+
+    def source(self, label: Labeller) -> PhotoSource:
+        """Return the source of (eval-photo crop, ``label``'s output) batches."""
+        return PhotoSource(self.photos, False, self.g, label)
+
+
 def finetune(student, label_net, run: RunDir, calib, steps: int, lr: float, weight_max: int, float_stream: bool,
-             seed: int = 0, hold_float: float = 0.0, bounded: bool = False, mix: float | None = None):
+             seed: int = 0, hold_float: float = 0.0, bounded: bool = False, mix: float | None = None,
+             photos: bool = False):
     """Return the float student fine-tuned for ``steps`` with frozen export ranges against ``label_net``: the
-    export's own ``--qat`` fine-tuning (:func:`sr_shrink.export.qat.finetune`, ``bounded``: rounding only), or,
-    with ``hold_float`` > 0, the same plus that weight times the float forward's L1 to the same target."""
+    export's own ``--qat`` fine-tuning (:func:`sr_shrink.export.qat.finetune`; ``bounded``: rounding only), with
+    ``hold_float`` > 0 that weight times the float forward's L1 to the same target added to the loss, and with
+    ``photos`` on crops of the eval photos instead of the run's data-free inputs (:class:`EvalPhotoInputs`)."""
     inputs = DataFreeInputs(run, student.scale, None, seed)
     if mix is not None:  # the synthetic share of the inputs instead of the run's
         inputs.mix = mix
-    if not hold_float:
-        cfg = QATConfig(steps, lr=lr, seed=seed, weight_max=weight_max, float_ends=True, float_stream=float_stream,
-                        target="student", ranges="percentile", bounded=bounded)
-        return qat_finetune(student, label_net, inputs, cfg, calib)[0]
-    torch.manual_seed(seed)
-    model = QATStudent(student, True, weight_max, float_ends=True, float_stream=float_stream)
-    freeze_ranges(model, calib, "percentile")
-    model.net.train()
-    source = inputs.source(Labeller(label_net.eval(), torch.device("cpu")))
-    opt = torch.optim.Adam(model.net.parameters(), lr=lr)
-    sched = schedule(opt, steps)
-    for step in range(steps):
-        if step % 2 == 0:
-            x, target = source.refill(16)
+    if photos:
+        inputs = EvalPhotoInputs(student.scale, inputs.patch, seed)
+
+    def hold_step(model, opt, x, target) -> float:
         loss = kd_loss(model(x), target) + hold_float * kd_loss(model.net(x), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
-    return model.student()
+        return loss.item()
+
+    cfg = QATConfig(steps, lr=lr, seed=seed, weight_max=weight_max, float_ends=True, float_stream=float_stream,
+                    target="student", ranges="percentile", bounded=bounded)
+    return qat_finetune(student, label_net, inputs, cfg, calib, step_fn=hold_step if hold_float else kd_step)[0]
 
 
 def int8_delta(run_dir: Path, stage: int, ckpt: dict, tuned, original, calib, pairs, tmp: Path, tag: str,
@@ -107,14 +124,17 @@ def main() -> None:
                     help="weight of the float forward's L1 to the same target, added to the QAT loss (0: off)")
     ap.add_argument("--mix", type=float, default=None, help="synthetic share of the QAT inputs [default: the run's]")
     ap.add_argument("--bounded", action="store_true", help="rounding only: weights within half a step (RoundingBox)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="QAT seeds (inputs and batches)")
+    ap.add_argument("--inputs", choices=("datafree", "eval-photos"), default="datafree",
+                    help="QAT inputs: the run's data-free ones, or (an oracle) crops of the eval photos scored")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rr, fs = not args.no_reduce_range, args.float_stream
     print(f"scheme: {'7-bit' if rr else '8-bit'} weights{', float stream' if fs else ''}; QAT target {args.target}, "
           f"{args.steps} steps, hold-float {args.hold_float:g}{', bounded' if args.bounded else ''}"
-          f"{f', synthetic share {args.mix:g}' if args.mix is not None else ''}\n")
-    print("| stage | fp32 Y-PSNR | PTQ delta (RGB PSNR) | lr | QAT delta (RGB PSNR) | float drift |\n"
-          "|---|---:|---:|---:|---:|---:|", flush=True)
+          f"{f', synthetic share {args.mix:g}' if args.mix is not None else ''}, inputs {args.inputs}\n")
+    print("| stage | fp32 Y-PSNR | PTQ delta (RGB PSNR) | lr | QAT seed | QAT delta (RGB PSNR) | float drift |\n"
+          "|---|---:|---:|---:|---:|---:|---:|", flush=True)
     for stage_path in args.stages:
         original, ckpt = load_student(stage_path)
         run = RunDir.open(stage_path.parent)
@@ -127,12 +147,15 @@ def main() -> None:
             tmp = Path(t)
             ptq = int8_delta(stage_path.parent, stage, ckpt, None, original, calib, pairs, tmp, "ptq", rr, fs)
             for lr in args.lr:
-                tuned = finetune(original, label, run, calib, args.steps, lr, 64 if rr else 127, fs,
-                                 hold_float=args.hold_float, bounded=args.bounded, mix=args.mix)
-                drift = evaluate_model(tuned, pairs, original.scale)["psnr_y"] - base
-                qat = int8_delta(stage_path.parent, stage, ckpt, tuned, original, calib, pairs, tmp, f"qat{lr}", rr, fs)
-                print(f"| {stage_path} | {base:.3f} | {ptq[0]:+.3f} ({ptq[1]:.1f}) | {lr:g} "
-                      f"| {qat[0]:+.3f} ({qat[1]:.1f}) | {drift:+.3f} |", flush=True)
+                for seed in args.seeds:
+                    tuned = finetune(original, label, run, calib, args.steps, lr, 64 if rr else 127, fs, seed=seed,
+                                     hold_float=args.hold_float, bounded=args.bounded, mix=args.mix,
+                                     photos=args.inputs == "eval-photos")
+                    drift = evaluate_model(tuned, pairs, original.scale)["psnr_y"] - base
+                    qat = int8_delta(stage_path.parent, stage, ckpt, tuned, original, calib, pairs, tmp,
+                                     f"qat{lr}_{seed}", rr, fs)
+                    print(f"| {stage_path} | {base:.3f} | {ptq[0]:+.3f} ({ptq[1]:.1f}) | {lr:g} | {seed} "
+                          f"| {qat[0]:+.3f} ({qat[1]:.1f}) | {drift:+.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -216,3 +216,21 @@ def test_bounded_qat_only_chooses_the_rounding(tmp_path):
             assert not torch.allclose(fake_quant_weight(cf.weight.detach(), 64), cf.weight.detach(), atol=1e-7)
     assert max(moved) > 0  # some weights did round the other way
     assert any(not torch.equal(b0.conv1.bias, b1.conv1.bias) for b0, b1 in zip(st.body, tuned.body))
+
+
+def test_finetune_takes_each_step_through_step_fn(tmp_path):
+    run = make_tiny_run(tmp_path / "r", n_stages=1)
+    st, _ = load_student(run / "stage_01.pt")
+    rd = RunDir.open(run)
+    seen = []
+
+    def frozen_step(model, opt, x, target):  # records the batch; no gradient, so the step changes nothing
+        seen.append(tuple(x.shape))
+        opt.zero_grad(set_to_none=True)
+        opt.step()
+        return 0.5
+
+    tuned, rec = finetune(st, st, DataFreeInputs(rd, 2, 8, seed=0), QATConfig(steps=3, lr=1e-2), step_fn=frozen_step)
+    assert seen == [(16, 3, 8, 8)] * 3 and rec["final_loss"] == 0.5
+    flat = [torch.cat([p.flatten() for p in m.parameters()]) for m in (tuned, st)]
+    assert torch.equal(flat[0], flat[1])  # no optimiser step was taken, so the weights are the student's

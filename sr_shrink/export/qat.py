@@ -365,14 +365,16 @@ class RoundingBox:
 
 
 def finetune(student: SRStudent, label_net: nn.Module, inputs: DataFreeInputs, cfg: QATConfig,
-             calib: list[torch.Tensor] | None = None) -> tuple[SRStudent, dict]:
+             calib: list[torch.Tensor] | None = None, step_fn=kd_step) -> tuple[SRStudent, dict]:
     """Fine-tune a copy of ``student`` with fake quantization against ``label_net`` (the teacher, or ``student``
     itself for the student target) on ``inputs``; return (the fine-tuned float student, its export.json record:
     steps, lr, batch, inputs, target, ranges, losses, seconds).
 
     A frozen ``cfg.ranges`` rule needs ``calib`` (the export's calibration inputs). distill's pieces: the source,
     its labeller, the KD step and the cosine schedule; each fresh batch is used for ``reuse`` steps as it comes
-    (no replay buffer). ``student`` itself is left untouched. Deterministic for a given seed and thread count."""
+    (no replay buffer). ``step_fn(model, opt, x, target)`` takes one step and returns its loss (default: distill's
+    KD step; benchmarks pass variants of the loss). ``student`` itself is left untouched. Deterministic for a given
+    seed and thread count."""
     torch.manual_seed(cfg.seed)
     model = QATStudent(student, cfg.activations, cfg.weight_max, cfg.float_ends, cfg.float_stream).train()
     frozen = cfg.activations and cfg.ranges != "ema"
@@ -392,7 +394,7 @@ def finetune(student: SRStudent, label_net: nn.Module, inputs: DataFreeInputs, c
             if step % cfg.reuse == 0:
                 x, target = source.refill(cfg.batch)
             try:
-                losses.append(kd_step(model, opt, x, target))
+                losses.append(step_fn(model, opt, x, target))
             except FloatingPointError:
                 raise SRShrinkError(f"--qat step {step}: the loss became NaN/inf; try a lower --qat-lr.") from None
             sched.step()
