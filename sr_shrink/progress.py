@@ -114,32 +114,50 @@ def _bar(console: Console, description: str, total: int | None) -> Iterator[Adva
             _state["live"] = None
 
 
+class Lines:
+    """One phase as plain lines on ``console``: a line at the start, one every :data:`PLAIN_EVERY_S` seconds from
+    :meth:`advance` (count, elapsed, an estimate of what is left, and ``note``), one from :meth:`close`. ``done``
+    items may already be behind it (a resumed phase); the estimate counts only this process's pace. ``unit`` names
+    the items in the first line."""
+
+    def __init__(self, console: Console, description: str, total: int | None, done: int = 0, unit: str = "items"):
+        self.console, self.description, self.total = console, description, total
+        self.start_done, self.done = done, done
+        self.t0 = self.last = time.perf_counter()
+        resumed = f", {done} done before" if done else ""
+        _plain(console, f"{description}: started" + (f" ({total} {unit}{resumed})" if total else ""))
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        """Count ``n`` more items; write a line when :data:`PLAIN_EVERY_S` seconds have passed since the last."""
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= PLAIN_EVERY_S:
+            self.last = now
+            _plain(self.console, f"{self.description}: {self.status(now)}" + (f", {note}" if note else ""))
+
+    def status(self, now: float) -> str:
+        """Return ``k/N, M:SS elapsed, about M:SS left`` for this phase at time ``now``."""
+        elapsed = now - self.t0
+        if not self.total:
+            return f"{self.done} done, {clock(elapsed)} elapsed"
+        text = f"{self.done}/{self.total}, {clock(elapsed)} elapsed"
+        ran = self.done - self.start_done
+        if ran > 0 and self.done < self.total:
+            text += f", about {clock(elapsed / ran * (self.total - self.done))} left"
+        return text
+
+    def close(self, note: str = "") -> None:
+        """Write the phase's last line (and the count when it stopped short of its total)."""
+        short = f" ({self.done}/{self.total})" if self.total and self.done != self.total else ""
+        _plain(self.console, f"{self.description}: done in {clock(time.perf_counter() - self.t0)}{short}"
+               + (f", {note}" if note else ""))
+
+
 @contextmanager
 def _lines(console: Console, description: str, total: int | None) -> Iterator[Advance]:
-    """Plain lines: at the start, every PLAIN_EVERY_S seconds, and at the end."""
-    t0 = time.perf_counter()
-    done = [0, t0]  # items done, time of the last line
-
-    def advance(n: int = 1) -> None:
-        done[0] += n
-        now = time.perf_counter()
-        if now - done[1] >= PLAIN_EVERY_S:
-            done[1] = now
-            _plain(console, f"{description}: {_status(done[0], total, now - t0)}")
-
-    _plain(console, f"{description}: started" + (f" ({total} items)" if total else ""))
+    """Plain lines: at the start, every PLAIN_EVERY_S seconds, and at the end (:class:`Lines`)."""
+    lines = Lines(console, description, total)
     try:
-        yield advance
+        yield lines.advance
     finally:
-        _plain(console, f"{description}: done in {clock(time.perf_counter() - t0)}"
-               + (f" ({done[0]}/{total})" if total and done[0] != total else ""))
-
-
-def _status(done: int, total: int | None, elapsed: float) -> str:
-    """Return ``k/N, M:SS elapsed, about M:SS left`` (no estimate before the first item or without a total)."""
-    if not total:
-        return f"{done} done, {clock(elapsed)} elapsed"
-    text = f"{done}/{total}, {clock(elapsed)} elapsed"
-    if 0 < done < total:
-        text += f", about {clock(elapsed / done * (total - done))} left"
-    return text
+        lines.close()

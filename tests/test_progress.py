@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_tiny_eval, make_tiny_run
+from conftest import make_tiny_eval, make_tiny_run, make_tiny_teacher
 
 from sr_shrink import progress
 from sr_shrink.progress import clock, task
@@ -60,6 +60,25 @@ def test_piped_export_lines_are_whole(tmp_path):
     assert max(len(ln) for ln in r.stdout.splitlines()) > 80
 
 
+def test_piped_distill_reports_each_stage_and_prints_the_table_whole(tmp_path):
+    """`sr-shrink distill` piped: a line when each stage starts and ends (a log is not silent while it trains, as
+    rich's bars would be off a terminal), and the summary table is not cut at 80 columns."""
+    teacher = make_tiny_teacher(tmp_path / "teacher.pt")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+    cmd = [sys.executable, "-m", "sr_shrink.cli", "distill", str(teacher), "--out", str(tmp_path / "run"),
+           "--stages", "1:2", "--steps-per-stage", "3", "--batch", "2", "--pool", "0",
+           "--eval", str(make_tiny_eval(tmp_path / "eval", n=1))]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    err = r.stderr.splitlines()
+    for i in (1, 2):
+        assert f"stage {i} ({i} blk): started (3 steps)" in err, r.stderr
+        assert any(ln.startswith(f"stage {i} ({i} blk): done in 0:") for ln in err), r.stderr
+    assert not any("━" in ln for ln in err), r.stderr  # no bar frames in the log
+    rows = [ln for ln in r.stdout.splitlines() if "fidelity" in ln or "teacher" in ln]
+    assert rows and not any("…" in ln for ln in r.stdout.splitlines()), r.stdout  # nothing truncated
+
+
 def test_demo_phase_lines_say_elapsed_and_left():
     from sr_shrink.demo import PHASE_SHARES, phase_line
 
@@ -68,3 +87,17 @@ def test_demo_phase_lines_say_elapsed_and_left():
     left = 110.0 / PHASE_SHARES[0] * (1 - PHASE_SHARES[0])
     assert line == f"[2/3] exporting (1:50 elapsed, about {clock(left)} left)"
     assert "left" in phase_line(3, "benchmarking", 0.0, 150.0)
+
+
+def test_distill_table_says_dash_for_metrics_a_run_without_eval_images_lacks():
+    from rich.console import Console
+
+    from sr_shrink.distill import summary_table
+
+    stage = {"stage": 1, "n_blocks": 1, "params": 100, "final_kd_loss": 0.04, "seconds": 2.0}
+    console = Console(width=200, record=True)
+    console.print(summary_table({"mode": "datafree", "scale": 2, "stages": [stage]}))
+    row = [ln for ln in console.export_text().splitlines() if "0.0400" in ln][0]
+    assert "nan" not in row and row.count(" - ") == 3
+    console.print(summary_table({"mode": "datafree", "scale": 2, "stages": [dict(stage, val_psnr_y=31.234)]}))
+    assert "31.23" in console.export_text()

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from ..data import load_eval_set
 from ..errors import SRShrinkError
+from ..progress import Lines, stderr_console, stdout_console
 from ..run import RunDir
 from ..teachers import load_teacher
 from .answers import answer_warning, far_answers
@@ -71,7 +72,7 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
         answers = far_answers(teacher, kinds, cfg.lr_patch, cfg.seed) if kinds else {}
         for warning in (padded_patch_warning(cfg, teacher), answer_warning(answers, cfg.mode)):
             if warning:
-                Console(stderr=True).print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
+                stderr_console().print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
     with contextlib.ExitStack() as held:
         if env.main:  # the folder stays locked for this process until the run ends
             held.enter_context(prepare_run_dir(run_dir, resume, force))
@@ -81,13 +82,18 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
         job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks)
         if env.quiet:
             return run_stages(job, resume)
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("kd {task.fields[kd]:.4f} {task.fields[g]}"), TimeElapsedColumn(),
-                   TimeRemainingColumn()]
-        with Progress(*columns, console=Console(stderr=True)) as progress:
-            job.callbacks = callbacks.then(progress_callbacks(progress))
+        console = stderr_console()
+        if not console.is_terminal:  # piped or logged: plain lines, so the log shows the stages as they go
+            job.callbacks = callbacks.then(line_callbacks(console))
             run = run_stages(job, resume)
-    Console().print(summary_table(run))
+        else:
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("kd {task.fields[kd]:.4f} {task.fields[g]}"), TimeElapsedColumn(),
+                       TimeRemainingColumn()]
+            with Progress(*columns, console=console) as progress:
+                job.callbacks = callbacks.then(progress_callbacks(progress))
+                run = run_stages(job, resume)
+    stdout_console().print(summary_table(run))
     return run
 
 
@@ -103,6 +109,26 @@ def progress_callbacks(progress: Progress) -> Callbacks:
         progress.update(tasks[idx], advance=1, kd=kd, g=" ".join(f"{k}={v:.3g}" for k, v in parts.items()))
 
     return Callbacks(stage_start=start, step=step)
+
+
+def line_callbacks(console: Console) -> Callbacks:
+    """Return callbacks that report each stage as plain lines (for output that is not a terminal): when it starts,
+    every few seconds its step count, time and recent KD loss (:class:`~sr_shrink.progress.Lines`), and when it
+    ends."""
+    open_: dict[int, Lines] = {}
+
+    def start(idx, student, state):
+        open_[idx] = Lines(console, f"stage {idx + 1} ({student.n_blocks} blk)", state.cfg.steps_per_stage,
+                           state.step, unit="steps")
+
+    def step(idx, _step, kd, parts):
+        open_[idx].advance(1, f"kd {kd:.4f}")
+
+    def end(idx, student):
+        if idx in open_:
+            open_.pop(idx).close()
+
+    return Callbacks(stage_start=start, step=step, stage_end=end)
 
 
 def fit_patch(cfg: DistillConfig, teacher) -> DistillConfig:
@@ -137,11 +163,14 @@ def summary_table(run: dict) -> Table:
     table = Table(title=f"sr-shrink distill: {run['mode']} x{run['scale']}")
     for col in ("stage", "blocks", "params", "final KD", "Y-PSNR", "Y-SSIM", "fidelity Y-PSNR", "seconds"):
         table.add_column(col, justify="right")
-    nan = float("nan")
+    def metric(s: dict, key: str, digits: int) -> str:  # "-" where the run had no eval images (--eval none)
+        value = s.get(key)
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for s in run["stages"]:
         table.add_row(str(s["stage"]), str(s["n_blocks"]), f"{s['params']:,}", f"{s['final_kd_loss']:.4f}",
-                      f"{s.get('val_psnr_y', nan):.2f}", f"{s.get('val_ssim_y', nan):.4f}",
-                      f"{s.get('fidelity_psnr_y', nan):.2f}", f"{s['seconds']:.0f}")
+                      metric(s, "val_psnr_y", 2), metric(s, "val_ssim_y", 4), metric(s, "fidelity_psnr_y", 2),
+                      f"{s['seconds']:.0f}")
     if "teacher_psnr_y" in run:
         table.add_row("teacher", "", f"{run['teacher'].get('params', 0):,}", "", f"{run['teacher_psnr_y']:.2f}",
                       f"{run['teacher_ssim_y']:.4f}", "", "")
