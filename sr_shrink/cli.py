@@ -264,6 +264,9 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
               help="Core ML: 'image' gives an RGB image input and output (CVPixelBuffer), the 1/255 folded into "
                    "the first conv.")
 @click.option("--layout", type=click.Choice(["nhwc", "nchw"]), help="I/O layout [default: nhwc for tflite].")
+@click.option("--shuffle", type=click.Choice(["native", "convt"]),
+              help="Pixel shuffle: the runtime's own op (DepthToSpace) [default], or convt: a one-hot transposed "
+                   "conv with no reshape (for delegates that refuse rank-6 reshapes).")
 @click.option("--palettize", type=click.Choice(["4", "6", "8"]), help="Core ML: n-bit palettized weights.")
 @click.option("--calib", metavar="generator|DIR", help="int8 calibration inputs [default: generator.pt if "
               "the run has one, else the bundled eval images].")
@@ -298,7 +301,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 @click.option("--float-stream", is_flag=True, help="ONNX int8: keep the residual stream float between the int8 convs "
               "(more accurate, slower: BENCHMARKS.md section 19).")
 def export(run_dir: str, target: str, stage: str, precision: str | None, out: str | None,
-           input_size: str | None, layout: str | None, palettize: str | None, calib: str | None,
+           input_size: str | None, layout: str | None, shuffle: str | None, palettize: str | None,
+           calib: str | None,
            calib_method: str | None, calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool,
            qat_steps: int, qat_target: str | None, qat_lr: float | None, teacher: str | None, trust_pickle: bool,
            shapes: str | None,
@@ -313,7 +317,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
 
     progress.enable(console)
     entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
-                         layout=layout, palettize=int(palettize) if palettize else None, calib=calib,
+                         layout=layout, shuffle=shuffle, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_method=calib_method, calib_samples=calib_samples, seed=seed, eval_dir=eval_dir,
                          native_io=native_io, qat_steps=qat_steps, qat_target=qat_target, qat_lr=qat_lr,
                          teacher=teacher, trust_pickle=trust_pickle, shapes=shapes, io=io_kind,

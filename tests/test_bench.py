@@ -360,6 +360,37 @@ def test_export_command_rebuilds_the_file(tmp_path):
     assert cmd == (f"sr-shrink export {run} --target onnx --stage 2 --precision fp32 --input-size 24x32 "
                    f"--layout nhwc --out {tmp_path / 'mine'}")
     assert export_command(RunDir.open(run), run / "stage_02.pt") is None
+    index = tmp_path / "mine" / "export.json"  # an export.json from before "options": rebuilt from the fields
+    data = json.loads(index.read_text())
+    del data["exports"][0]["options"]
+    index.write_text(json.dumps(data))
+    assert export_command(RunDir.open(run), Path(e["path"])) == cmd
+
+
+def test_export_command_names_every_option_the_file_was_made_with(tmp_path):
+    """The made-by line of an int8 file exported with the scheme options, QAT and calibration settings is a
+    command that writes the same file again (the options record in export.json, not a guess from its fields)."""
+    from sr_shrink.bench.artifacts import export_command
+
+    if not HAVE_ORT:
+        pytest.skip("onnxruntime is not installed")
+    run = make_tiny_run(tmp_path / "run")
+    args = ["export", str(run), "--target", "onnx", "--stage", "2", "--precision", "int8", "--no-reduce-range",
+            "--float-stream", "--equalize", "--bias-correction", "--calib-samples", "4", "--seed", "3", "--qat", "2",
+            "--qat-lr", "2e-05", "--shuffle", "convt", "--out", str(tmp_path / "a")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    first = json.loads((tmp_path / "a" / "export.json").read_text())["exports"][0]
+    cmd = export_command(RunDir.open(run), tmp_path / "a" / first["file"])
+    for flag in ("--no-reduce-range", "--float-stream", "--equalize", "--bias-correction", "--calib-samples 4",
+                 "--seed 3", "--qat 2", "--qat-lr 2e-05", "--shuffle convt"):
+        assert f" {flag}" in cmd, cmd
+    again = cmd.split()[1:-1] + [str(tmp_path / "b")]  # the same command into another folder
+    res = CliRunner().invoke(main, again)
+    assert res.exit_code == 0, res.output
+    second = json.loads((tmp_path / "b" / "export.json").read_text())["exports"][0]
+    assert second["options"] == first["options"] and second["quantization"] == first["quantization"]
+    assert (tmp_path / "a" / first["file"]).read_bytes() == (tmp_path / "b" / second["file"]).read_bytes()
 
 
 def test_plot_uses_a_log_axis_and_labels_do_not_collide():

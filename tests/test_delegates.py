@@ -90,3 +90,14 @@ def test_fused_activation_rules(tmp_path, activation, ok):
     assert rep["ok"] is ok
     if not ok:
         assert any("SIGN_BIT" in r for r in rep["reasons"])
+
+
+def test_every_fix_the_delegate_report_names_is_an_export_option():
+    import re
+
+    from sr_shrink.cli import main
+    from sr_shrink.export.delegates import FIXES
+
+    flags = {o for p in main.commands["export"].params for o in (*p.opts, *p.secondary_opts)}
+    named = {f for fix in FIXES.values() for f in re.findall(r"--[a-z][a-z0-9-]*", fix)}
+    assert named and named <= flags, named - flags

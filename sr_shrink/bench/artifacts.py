@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SRShrinkError
+from ..export.options import option_args
 from ..export.targets import TARGETS as REGISTRY
 from ..export.targets import benched_targets
 from ..run import RunDir
@@ -84,8 +85,9 @@ def ensure_export(run: RunDir, stage: int, runtime: str, precision: str, input_h
 
 def export_command(run: RunDir, path: Path) -> str | None:
     """Return the ``sr-shrink export`` command line that writes the file at ``path`` (from its export.json entry:
-    target, precision, stage, input size, layout, native I/O, QAT, calibration seed and output folder), or
-    None when no export.json of its folder lists it (e.g. a torch row's stage_XX.pt)."""
+    target, stage, precision, the options the export was given (``options``; older entries: input size, layout,
+    native I/O, QAT and calibration seed from their fields) and the output folder), or None when no export.json
+    of its folder lists it (e.g. a torch row's stage_XX.pt)."""
     path = Path(path)
     entry = next((e for e, p in run.index_paths(path.parent) if Path(p).resolve() == path.resolve()), None)
     if entry is None:
@@ -94,6 +96,17 @@ def export_command(run: RunDir, path: Path) -> str | None:
     parts = ["sr-shrink", "export", str(run.root), "--target", str(target), "--stage", str(entry.get("stage"))]
     if entry.get("precision"):
         parts += ["--precision", str(entry["precision"])]
+    if isinstance(entry.get("options"), dict):  # what the export was given, as export.json records it
+        parts += option_args(entry["options"])
+    else:  # an export.json from before "options": rebuilt from the entry's fields
+        parts += _legacy_args(entry, target)
+    if path.parent.resolve() != run.exports_dir.resolve():
+        parts += ["--out", str(path.parent)]
+    return " ".join(parts)
+
+
+def _legacy_args(entry: dict, target: str) -> list[str]:
+    parts: list[str] = []
     tag = str(entry.get("tag") or "")
     if "pal" in tag:
         parts += ["--palettize", tag.rsplit("pal", 1)[1]]
@@ -109,6 +122,4 @@ def export_command(run: RunDir, path: Path) -> str | None:
     seed = (entry.get("calibration") or {}).get("seed")
     if seed:
         parts += ["--seed", str(seed)]
-    if path.parent.resolve() != run.exports_dir.resolve():
-        parts += ["--out", str(path.parent)]
-    return " ".join(parts)
+    return parts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from .. import sizes
@@ -26,6 +26,14 @@ PALETTE_BITS = (4, 6, 8)
 COREML_SHAPES = ((256, 256), (512, 512), (360, 640), (540, 960), (720, 1280))
 CALIB_CROP = 96  # LR crop side of calibration photos for exports with free input size
 CALIB_PIXELS = 128 * CALIB_CROP * CALIB_CROP
+# ExportConfig field -> the `sr-shrink export` option that sets it: every option that changes the written file
+# (not the verification's --eval, nor --out/--stage/--target/--precision, which export_command adds itself)
+FILE_OPTIONS = {"input_size": "--input-size", "shapes": "--shapes", "io": "--io", "layout": "--layout",
+                "palettize": "--palettize", "shuffle": "--shuffle", "calib": "--calib",
+                "calib_method": "--calib-method", "calib_samples": "--calib-samples", "seed": "--seed",
+                "native_io": "--native-io", "qat_steps": "--qat", "qat_target": "--qat-target", "qat_lr": "--qat-lr",
+                "teacher": "--teacher", "trust_pickle": "--trust-pickle", "bias_correction": "--bias-correction",
+                "equalize": "--equalize", "reduce_range": "--reduce-range", "float_stream": "--float-stream"}
 
 
 @dataclass
@@ -185,6 +193,40 @@ class ExportConfig:
     def file_name(self, stage: int) -> str:
         """Return ``stage_XX_<tag><suffix>`` for ``stage``."""
         return f"stage_{stage:02d}_{self.tag}{get_target(self.target).suffix}"
+
+
+def given_options(opts: dict) -> dict:
+    """Return the file-shaping options of an export call (:data:`FILE_OPTIONS`) that differ from
+    :class:`ExportConfig`'s defaults, as JSON values in the command line's spelling (sizes as ``HxW``, paths as
+    strings): export.json records them so that the file's command can be written back (:func:`option_args`)."""
+    defaults = {f.name: f.default for f in fields(ExportConfig) if f.default is not MISSING}
+    out = {}
+    for name in FILE_OPTIONS:
+        value = opts.get(name, defaults.get(name))
+        if value is None or value == defaults.get(name):
+            continue
+        if isinstance(value, (tuple, list)):
+            value = ",".join("x".join(str(v) for v in hw) for hw in value) if value and isinstance(
+                value[0], (tuple, list)) else "x".join(str(v) for v in value)
+        out[name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def option_args(options: dict) -> list[str]:
+    """Return the ``sr-shrink export`` arguments that give :func:`given_options`' record ``options``."""
+    args: list[str] = []
+    for name, value in options.items():
+        flag = FILE_OPTIONS.get(name)
+        if flag is None:
+            continue
+        if isinstance(value, bool):
+            if name == "reduce_range":
+                args.append("--reduce-range" if value else "--no-reduce-range")
+            elif value:
+                args.append(flag)
+            continue
+        args += [flag, str(value)]
+    return args
 
 
 def auto_calib_samples(size: tuple[int, int] | None) -> int:

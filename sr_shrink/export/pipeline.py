@@ -37,7 +37,7 @@ from .calib import calib_inputs, calib_source
 from .equalize import equalize
 from .graph import GraphInfo, check_graph
 from .onnx import CALIB_PERCENTILE
-from .options import ExportConfig
+from .options import ExportConfig, given_options
 from .qat import DEFAULT_LR, STUDENT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
 from .targets import Target, get_target
 from .verify import not_verified, tolerance_key, verify
@@ -60,7 +60,7 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     stages = run.select(stage)
     fmt = get_target(cfg.target)
     fmt.require(cfg.precision)
-    job = _Job(run, cfg, fmt)
+    job = _Job(run, cfg, fmt, given_options(opts))
     if cfg.qat_steps and cfg.qat_target == "teacher":  # a missing or unloadable teacher fails before any write
         job.teacher(load_student(run.stages[stages[0]])[0].scale)
     out_dir = Path(out) if out is not None else run.exports_dir
@@ -84,6 +84,7 @@ class _Job:
     run: RunDir
     cfg: ExportConfig
     fmt: Target
+    options: dict = field(default_factory=dict)  # the file-shaping options the call gave (export.json "options")
     _pairs: dict = field(default_factory=dict)
     _calib: dict = field(default_factory=dict)
     _teacher: dict = field(default_factory=dict)
@@ -179,6 +180,7 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     graph = job.fmt.graph(path)
     checks = _checked(cfg.target, graph, path)
     entry = _entry(job, stage, student, path, graph, checks, extra, seconds)
+    entry["options"] = dict(job.options)
     if calib_rec:
         entry["calibration"] = calib_rec
     entry["verification"] = _verify(job, path, student) if cfg.verify else not_verified("skipped", "")

@@ -183,13 +183,14 @@ class QATStudent(nn.Module):
                 for c in quantized_convs(self.net, self.end_max is not None)]
 
     def ranges(self) -> dict[str, list[float]]:
-        """Return the observed activation ranges by Q/DQ point (``input``, ``head``, ``body.N.relu`` ...)."""
-        out = {"input": self.q_in.range(), "head": self.q_head.range()}
+        """Return the activation ranges by Q/DQ point (``input``, ``head``, ``body.N.relu`` ...) of the points
+        that round (the scheme's float ones, e.g. ONNX's input and tail, are left out)."""
+        points = {"input": self.q_in, "head": self.q_head}
         for i in range(len(self.q_mid)):
-            out.update({f"body.{i}.relu": self.q_mid[i].range(), f"body.{i}.conv2": self.q_conv2[i].range(),
-                        f"body.{i}.add": self.q_add[i].range()})
-        out["tail"] = self.q_tail.range()
-        return out
+            points.update({f"body.{i}.relu": self.q_mid[i], f"body.{i}.conv2": self.q_conv2[i],
+                           f"body.{i}.add": self.q_add[i]})
+        points["tail"] = self.q_tail
+        return {name: q.range() for name, q in points.items() if q.enabled}
 
     def student(self) -> SRStudent:
         """Return a copy of the float student with the fine-tuned weights (eval mode)."""
