@@ -163,6 +163,7 @@ def summary_table(run: dict) -> Table:
     table = Table(title=f"sr-shrink distill: {run['mode']} x{run['scale']}")
     for col in ("stage", "blocks", "params", "final KD", "Y-PSNR", "Y-SSIM", "fidelity Y-PSNR", "seconds"):
         table.add_column(col, justify="right")
+
     def metric(s: dict, key: str, digits: int) -> str:  # "-" where the run had no eval images (--eval none)
         value = s.get(key)
         return "-" if value is None else f"{value:.{digits}f}"
