@@ -21,7 +21,6 @@ student (:class:`~sr_shrink.export.qat.QATStudent`, faithful to the real files t
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import types
 from pathlib import Path
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from sr_shrink.data import load_eval_set  # noqa: E402
 from sr_shrink.distill.sources import Labeller  # noqa: E402
-from sr_shrink.distill.train import kd_step  # noqa: E402
+from sr_shrink.distill.train import kd_step, schedule  # noqa: E402
 from sr_shrink.evaluate import evaluate_model  # noqa: E402
 from sr_shrink.export import qat  # noqa: E402
 from sr_shrink.export.calib import calib_inputs, calib_source  # noqa: E402
@@ -81,10 +80,10 @@ def lsq_finetune(student, run: RunDir, calib, steps: int, lr: float, scale_lr: f
     source = qat.DataFreeInputs(run, student.scale, None, seed).source(label)
     opt = torch.optim.Adam([{"params": list(model.net.parameters()), "lr": lr},
                             {"params": gains, "lr": scale_lr}])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = schedule(opt, steps)  # distill's cosine, as --qat's
     for step in range(steps):
-        if step % 2 == 0:
-            x, target = source.refill(16)
+        if step % 2 == 0:  # --qat's reuse (2) and batch
+            x, target = source.refill(qat.BATCH)
         kd_step(model, opt, x, target)
         sched.step()
     return model.eval(), [round(float(g.detach().exp()), 3) for g in gains]

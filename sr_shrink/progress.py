@@ -146,11 +146,10 @@ class Lines:
             text += f", about {clock(elapsed / ran * (self.total - self.done))} left"
         return text
 
-    def close(self, note: str = "") -> None:
+    def close(self) -> None:
         """Write the phase's last line (and the count when it stopped short of its total)."""
         short = f" ({self.done}/{self.total})" if self.total and self.done != self.total else ""
-        _plain(self.console, f"{self.description}: done in {clock(time.perf_counter() - self.t0)}{short}"
-               + (f", {note}" if note else ""))
+        _plain(self.console, f"{self.description}: done in {clock(time.perf_counter() - self.t0)}{short}")
 
 
 @contextmanager

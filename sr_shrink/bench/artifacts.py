@@ -96,30 +96,31 @@ def export_command(run: RunDir, path: Path) -> str | None:
     parts = ["sr-shrink", "export", str(run.root), "--target", str(target), "--stage", str(entry.get("stage"))]
     if entry.get("precision"):
         parts += ["--precision", str(entry["precision"])]
-    if isinstance(entry.get("options"), dict):  # what the export was given, as export.json records it
-        parts += option_args(entry["options"])
-    else:  # an export.json from before "options": rebuilt from the entry's fields
-        parts += _legacy_args(entry, target)
+    options = entry.get("options")  # what the export was given, as export.json records it
+    parts += option_args(options if isinstance(options, dict) else _legacy_options(entry, target))
     if path.parent.resolve() != run.exports_dir.resolve():
         parts += ["--out", str(path.parent)]
     return " ".join(parts)
 
 
-def _legacy_args(entry: dict, target: str) -> list[str]:
-    parts: list[str] = []
+def _legacy_options(entry: dict, target: str) -> dict:
+    """Return the options record (:func:`~sr_shrink.export.options.given_options`' form) of an export.json entry
+    written before entries held one, rebuilt from its fields: palette, input size, layout, native I/O, QAT steps
+    and calibration seed."""
+    opts: dict = {}
     tag = str(entry.get("tag") or "")
     if "pal" in tag:
-        parts += ["--palettize", tag.rsplit("pal", 1)[1]]
+        opts["palettize"] = tag.rsplit("pal", 1)[1]
     if entry.get("input_size"):
-        parts += ["--input-size", "x".join(str(v) for v in entry["input_size"])]
+        opts["input_size"] = entry["input_size"]
     default_layout = REGISTRY[target].default_layout if target in TARGETS.values() else None  # benched targets
     if entry.get("layout") and entry["layout"] != default_layout:
-        parts += ["--layout", str(entry["layout"])]
+        opts["layout"] = entry["layout"]
     if entry.get("io_dtype") not in (None, "float32"):
-        parts.append("--native-io")
+        opts["native_io"] = True
     if entry.get("qat_steps"):
-        parts += ["--qat", str(entry["qat_steps"])]
+        opts["qat_steps"] = entry["qat_steps"]
     seed = (entry.get("calibration") or {}).get("seed")
     if seed:
-        parts += ["--seed", str(seed)]
-    return parts
+        opts["seed"] = seed
+    return opts

@@ -200,16 +200,17 @@ def given_options(opts: dict) -> dict:
     :class:`ExportConfig`'s defaults, as JSON values in the command line's spelling (sizes as ``HxW``, paths as
     strings): export.json records them so that the file's command can be written back (:func:`option_args`)."""
     defaults = {f.name: f.default for f in fields(ExportConfig) if f.default is not MISSING}
-    out = {}
-    for name in FILE_OPTIONS:
-        value = opts.get(name, defaults.get(name))
-        if value is None or value == defaults.get(name):
-            continue
-        if isinstance(value, (tuple, list)):
-            value = ",".join("x".join(str(v) for v in hw) for hw in value) if value and isinstance(
-                value[0], (tuple, list)) else "x".join(str(v) for v in value)
-        out[name] = str(value) if isinstance(value, Path) else value
-    return out
+    return {name: _cli_value(opts[name]) for name in FILE_OPTIONS
+            if opts.get(name) is not None and opts[name] != defaults.get(name)}
+
+
+def _cli_value(value):
+    """Return ``value`` as the command line spells it: a size (h, w) as ``HxW``, a list of sizes as
+    ``HxW,HxW``, a path as a string; anything else as it is."""
+    if isinstance(value, (tuple, list)):
+        sizes_ = value if value and isinstance(value[0], (tuple, list)) else [value]
+        return ",".join("x".join(str(v) for v in hw) for hw in sizes_)
+    return str(value) if isinstance(value, Path) else value
 
 
 def option_args(options: dict) -> list[str]:
@@ -225,7 +226,7 @@ def option_args(options: dict) -> list[str]:
             elif value:
                 args.append(flag)
             continue
-        args += [flag, str(value)]
+        args += [flag, str(_cli_value(value))]
     return args
 
 

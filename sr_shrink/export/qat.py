@@ -378,8 +378,7 @@ def finetune(student: SRStudent, label_net: nn.Module, inputs: DataFreeInputs, c
     seed and thread count."""
     torch.manual_seed(cfg.seed)
     model = QATStudent(student, cfg.activations, cfg.weight_max, cfg.float_ends, cfg.float_stream).train()
-    frozen = cfg.activations and cfg.ranges != "ema"
-    if frozen:
+    if cfg.activations and cfg.ranges != "ema":  # frozen at a calibration rule
         if not calib:
             raise SRShrinkError("QAT with frozen calibrated ranges needs the export's calibration inputs.")
         freeze_ranges(model, calib, cfg.ranges, cfg.percentile)
