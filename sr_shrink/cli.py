@@ -256,10 +256,12 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
                    "[default: fp16 for coreml, else fp32].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str),
               help="Output folder [default: RUN_DIR/exports].")
-@click.option("--input-size", metavar="HxW", help="Fix the LR input size (TFLite default 256x256; else free).")
-@click.option("--shapes", metavar="HxW,...|default", help="Core ML: the LR sizes the model takes (EnumeratedShapes, "
-              "which the Neural Engine runs at every size; 'default': 256x256,512x512,360x640,540x960,720x1280) "
-              "[default: any size 8..2048, RangeDim].")
+@click.option("--input-size", metavar="HxW", help="Fix the LR input size (TFLite default 256x256; ONNX free; "
+              "Core ML: see --shapes).")
+@click.option("--shapes", metavar="HxW,...|default|any", help="Core ML: the LR sizes the model takes "
+              "(EnumeratedShapes, which the Neural Engine runs at every listed size; each is verified); 'any': "
+              "any size 8..2048 (RangeDim; the Neural Engine runs it only at 64x64, its default) "
+              "[default: 256x256,512x512,360x640,540x960,720x1280].")
 @click.option("--io", "io_kind", type=click.Choice(["tensor", "image"]), default="tensor", show_default=True,
               help="Core ML: 'image' gives an RGB image input and output (CVPixelBuffer), the 1/255 folded into "
                    "the first conv.")

@@ -33,7 +33,8 @@ Log = Callable[[str], None]
 @dataclass
 class Upscaler:
     """A loaded model: ``fn`` maps LR RGB (1,3,h,w) in [0,1] to (1,3,s*h,s*w); ``radius`` is its receptive
-    field radius in input pixels; ``input_hw`` the fixed input size of a static graph (else None)."""
+    field radius in input pixels; ``input_hw`` the input size to tile at: a static graph's, or the default of
+    the sizes an enumerated one takes (else None)."""
 
     fn: Callable[[torch.Tensor], torch.Tensor]
     scale: int
@@ -81,15 +82,15 @@ def probe_radius(fn: Callable[[torch.Tensor], torch.Tensor], size: tuple[int, in
 def _exported_upscaler(path: Path, threads: int, device: str) -> Upscaler:
     runner = open_runner(path, threads, device)
     fn = runner.torch_fn()
-    size = tuple(runner.input_hw) if runner.input_hw else (64, 64)
+    size = tuple(runner.tile_hw) if runner.tile_hw else (64, 64)
     out = fn(torch.full((1, 3, *size), 0.5))
     scale = out.shape[-1] // size[1]
     if out.shape[-2:] != (size[0] * scale, size[1] * scale) or scale < 1:
         raise SRShrinkError(f"{path}: output {tuple(out.shape)} for a {size} input is not an integer upscaling.")
     radius = probe_radius(fn, size, scale)
-    if runner.input_hw is None and radius >= min(size) // 2:  # the change reached the probe's border
+    if runner.tile_hw is None and radius >= min(size) // 2:  # the change reached the probe's border
         radius = probe_radius(fn, (192, 192), scale)
-    return Upscaler(fn, scale, radius, runner.input_hw, path)
+    return Upscaler(fn, scale, radius, runner.tile_hw, path)
 
 
 def load_upscaler(path: str | Path, scale: int | None = None, threads: int | None = None,

@@ -393,6 +393,37 @@ def test_export_command_names_every_option_the_file_was_made_with(tmp_path):
     assert (tmp_path / "a" / first["file"]).read_bytes() == (tmp_path / "b" / second["file"]).read_bytes()
 
 
+def test_a_row_from_a_file_exported_with_options_is_marked(tmp_path, eval_dir):
+    """bench reuses the int8 file exports/ holds; one exported with --float-stream is marked in the table and
+    named in a note (with its options), a plain file bench exported itself is not."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from sr_shrink.bench.report import print_report
+    from sr_shrink.export import export_run
+
+    if not HAVE_ORT:
+        pytest.skip("onnxruntime is not installed")
+    run = make_tiny_run(tmp_path / "run")
+    export_run(run, "onnx", stage=2, precision="int8", float_stream=True, calib_samples=4, verify=False)
+    cfg = BenchConfig(runtimes=("onnxruntime",), precisions=("fp32", "int8"), input_size=(32, 32),
+                      eval_dir=str(eval_dir), repeats=2, warmup=0, stages=(2,))
+    result = run_bench(run, cfg)
+    rows = {r["precision"]: r for r in result["rows"] if r["runtime"] == "onnxruntime"}
+    assert not rows["int8"]["exported_now"]
+    assert rows["int8"]["export_options"] == {"float_stream": True, "calib_samples": 4}
+    assert rows["fp32"]["exported_now"] and rows["fp32"]["export_options"] == {}
+    assert next(r for r in result["rows"] if r["runtime"] == "torch").get("export_options") is None
+    notes = [n for n in result["notes"] if "exported with" in n]
+    assert len(notes) == 1 and "onnxruntime int8" in notes[0] and "--float-stream" in notes[0]
+    out = StringIO()
+    print_report(result, Console(file=out, width=250))
+    lines = out.getvalue().splitlines()
+    assert any("int8 †" in ln for ln in lines) and not any("fp32 †" in ln for ln in lines)
+    assert "† a file exported with options" in out.getvalue()
+
+
 def test_plot_uses_a_log_axis_and_labels_do_not_collide():
     import matplotlib
 

@@ -1,4 +1,5 @@
-"""Core ML --shapes: EnumeratedShapes input verified at every listed size; metadata and description."""
+"""Core ML --shapes: EnumeratedShapes input (the default set, or the listed sizes) verified at every size, or
+``any`` size (RangeDim); metadata and description."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.export import export_run
+from sr_shrink.export.coreml import images_per_shape
 from sr_shrink.export.options import COREML_SHAPES, ExportConfig
 from sr_shrink.runtimes import open_runner
 
@@ -23,7 +25,9 @@ def test_enumerated_shapes_are_written_and_verified_at_each(export_run_dir):
     v = e["verification"]
     assert set(v["shapes"]) == {"48x64", "40x40"} and all(s["verified"] for s in v["shapes"].values())
     assert v["verified"] and e["verified"] and "enumerated shapes" in v["inputs"]
-    assert v["delta_psnr_y"] == max((s["delta_psnr_y"] for s in v["shapes"].values()), key=abs)
+    assert v["delta_psnr_y"] == v["shapes"]["40x40"]["delta_psnr_y"]  # all pass: the smallest size's (every image)
+    assert v["worst_delta_psnr_y"] == min(s["delta_psnr_y"] for s in v["shapes"].values())
+    assert {k: s["images"] for k, s in v["shapes"].items()} == {"48x64": 1, "40x40": 2}  # about equal pixels
     spec = ct.models.MLModel(e["path"], skip_model_load=True).get_spec()
     shapes = spec.description.input[0].type.multiArrayType.enumeratedShapes.shapes
     assert [list(s.shape) for s in shapes] == [[1, 3, 48, 64], [1, 3, 40, 40]]
@@ -59,8 +63,22 @@ def test_a_shape_that_fails_fails_the_export(export_run_dir, monkeypatch):
     assert "outside the fp32 tolerance" in v["reason"]
 
 
+def test_images_per_shape_spends_about_equal_pixels():
+    counts = images_per_shape(10, COREML_SHAPES)
+    assert counts == {(256, 256): 10, (512, 512): 2, (360, 640): 3, (540, 960): 1, (720, 1280): 1}
+    assert images_per_shape(2, ((64, 64), (32, 32))) == {(64, 64): 1, (32, 32): 2}
+    assert images_per_shape(3, ((8, 8), (9, 9))) == {(8, 8): 3, (9, 9): 2}
+
+
 def test_shapes_option_checks():
     assert ExportConfig("coreml", shapes="default").shapes == COREML_SHAPES
+    default = ExportConfig("coreml")  # the Neural Engine runs an enumerated input at every size: the default
+    assert default.shapes == COREML_SHAPES and not default.dynamic
+    anysize = ExportConfig("coreml", shapes="any")
+    assert anysize.shapes is None and anysize.input_size is None and anysize.dynamic
+    fixed = ExportConfig("coreml", input_size="64x64")
+    assert fixed.shapes is None and fixed.input_size == (64, 64)
+    assert ExportConfig("onnx").shapes is None and ExportConfig("onnx").dynamic
     one = ExportConfig("coreml", shapes="96x128")
     assert one.shapes is None and one.input_size == (96, 128)
     assert ExportConfig("coreml", shapes="256x256, 540x960,256x256").shapes == ((256, 256), (540, 960))

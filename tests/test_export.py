@@ -24,6 +24,7 @@ from sr_shrink.errors import SRShrinkError
 from sr_shrink.export import TOLERANCE_DB, build_wrapper, check_graph, export_run
 from sr_shrink.export.calib import mosaic
 from sr_shrink.export.onnx import onnx_graph, ort_optimized_ops
+from sr_shrink.export.options import COREML_SHAPES
 from sr_shrink.models.student import SRStudent, load_student
 from sr_shrink.runtimes import open_runner
 
@@ -172,14 +173,19 @@ def test_coreml_export_evaluates_like_torch(exported, student, precision, floor)
     e = exported("coreml", precision)
     path = Path(e["path"])
     assert path.is_dir() and path.suffix == ".mlpackage" and e["size_bytes"] > 0
-    x = _lr()
-    got = open_runner(path)(x.numpy())
+    runner = open_runner(path)
+    assert runner.input_sizes == COREML_SHAPES and runner.tile_hw == (256, 256)  # the enumerated default
+    x = torch.nn.functional.pad(_lr(), (0, 256 - 80, 0, 256 - 48), mode="replicate")
+    got = runner(x.numpy())
     want = student(x).clamp(0, 1).detach().numpy()
     assert _psnr(got, want) >= floor
     if precision == "fp32":
         assert np.abs(got - want).max() < 1e-4
     assert e["verified"] and e["verification"]["runtime"].startswith("numpy MIL")
-    assert e["inputs"][0]["name"] == "lr" and e["inputs"][0]["ranges"][2] == [8, 2048]
+    assert e["inputs"][0]["name"] == "lr" and e["inputs"][0]["enumerated"][0] == [1, 3, 256, 256]
+    assert set(e["verification"]["shapes"]) == {f"{h}x{w}" for h, w in COREML_SHAPES}
+    with pytest.raises(SRShrinkError, match="only the sizes it enumerates"):  # as Core ML refuses them
+        runner(_lr().numpy())
     assert e["compute_precision"] == ("fp32" if precision == "fp32" else "fp16")
     assert {"conv", "pixel_shuffle"} <= set(e["ops"]) and e["graph_checks"]["max_rank"] <= 4
     if precision == "int8":
@@ -198,7 +204,9 @@ def test_coreml_metadata_and_io(exported, run):
 
 
 def test_coreml_dynamic_input_sizes_one_package(exported, student):
-    run_fn = open_runner(exported("coreml", "fp32")["path"])
+    e = exported("coreml", "fp32", shapes="any")
+    assert e["inputs"][0]["ranges"][2:] == [[8, 2048], [8, 2048]] and "enumerated" not in e["inputs"][0]
+    run_fn = open_runner(e["path"])
     for h, w in [(48, 80), (64, 64)]:
         x = _lr(h, w)
         got = run_fn(x.numpy())
@@ -207,7 +215,7 @@ def test_coreml_dynamic_input_sizes_one_package(exported, student):
 
 
 def test_coreml_palettized_weights_decode(exported, student):
-    e = exported("coreml", "fp16", palettize=8)
+    e = exported("coreml", "fp16", palettize=8, shapes="any")
     assert Path(e["path"]).name == "stage_02_pal8.mlpackage"
     assert "constexpr_lut_to_dense" in e["ops"] and e["palettization"]["nbits"] == 8
     x = _lr()

@@ -41,8 +41,8 @@ VARIANTS = {
     "tflite_nhwc_int8": ("tflite", "int8", {"input_size": "32x48"}, "nhwc", "float32", (32, 48)),
     "tflite_nchw_int8_native_io": ("tflite", "int8", {"input_size": "32x48", "layout": "nchw", "native_io": True},
                                    "nchw", "int8", (32, 48)),
-    "coreml_nhwc_fp16_native_io": ("coreml", "fp16", {"layout": "nhwc", "native_io": True}, "nhwc", "float16",
-                                   None),
+    "coreml_nhwc_fp16_native_io": ("coreml", "fp16", {"layout": "nhwc", "native_io": True, "shapes": "40x56,48x40"},
+                                   "nhwc", "float16", None),
 }
 BENCHED = [k for k in VARIANTS if not k.startswith("coreml")]  # bench times onnxruntime and LiteRT only
 RUNTIME = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "mil"}
@@ -99,7 +99,7 @@ def test_runner_handles_layout_io_and_size(variant, student, name):
     v = entry["verification"]
     assert entry["verified"] and v["runtime"] == runner.label
     assert v["tolerance_db"] == TOLERANCE_DB[precision] and abs(v["delta_psnr_y"]) <= v["tolerance_db"]
-    x = _lr(*(fixed or (20, 28)))  # h != w, so a transposed layout cannot pass by symmetry
+    x = _lr(*(fixed or runner.tile_hw or (20, 28)))  # h != w, so a transposed layout cannot pass by symmetry
     got = runner(x.numpy())
     with torch.no_grad():
         want = student(x).clamp(0, 1).numpy()
@@ -108,6 +108,11 @@ def test_runner_handles_layout_io_and_size(variant, student, name):
     if fixed:
         with pytest.raises(SRShrinkError, match=f"takes {fixed[0]}x{fixed[1]} inputs only"):
             runner(_lr(20, 28).numpy())
+    if target == "coreml":  # enumerated sizes, read in the NHWC order of the package's shapes
+        assert runner.input_sizes == ((40, 56), (48, 40)) and runner.tile_hw == (40, 56)
+        assert runner(_lr(48, 40).numpy()).shape == (1, 3, 96, 80)
+        with pytest.raises(SRShrinkError, match="only the sizes it enumerates"):
+            runner(_lr(56, 40).numpy())
 
 
 def test_a_wrong_layout_is_caught(variant, student):
@@ -161,7 +166,8 @@ def test_open_runner_errors_are_one_line(variant, tmp_path, monkeypatch):
 def test_upscale_runs_every_variant(variant, student, name):
     entry, (_, precision, _, _, _, fixed) = variant(name)
     up = load_upscaler(entry["path"], scale=2)
-    assert up.scale == 2 and up.input_hw == fixed and up.radius >= 6  # 2 blocks: 6 px receptive radius
+    tile = fixed or ((40, 56) if name.startswith("coreml") else None)  # an enumerated package: its default size
+    assert up.scale == 2 and up.input_hw == tile and up.radius >= 6  # 2 blocks: 6 px receptive radius
     for h, w in [(45, 70), (20, 26)]:  # larger and smaller than a fixed tile: tiled, or padded per axis
         lr = _lr(h, w)
         with torch.no_grad():

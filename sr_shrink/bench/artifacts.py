@@ -37,12 +37,13 @@ def _listed(run: RunDir, stage: int, runtime: str, precision: str) -> list[Path]
 
 
 def fits(path: Path, input_hw: tuple[int, int]) -> bool:
-    """Return True if the model at ``path`` accepts inputs of ``input_hw`` (dynamic or exactly that size)."""
+    """Return True if the model at ``path`` accepts inputs of ``input_hw`` (any size, that size, or one of the
+    sizes it enumerates)."""
     try:
         runner = open_runner(path, threads=1)
     except SRShrinkError:
         return False
-    return runner.input_hw is None or tuple(runner.input_hw) == tuple(input_hw)
+    return runner.takes(input_hw)
 
 
 def find_export(run: RunDir, stage: int, runtime: str, precision: str, input_hw: tuple[int, int]) -> Path | None:
@@ -89,18 +90,35 @@ def export_command(run: RunDir, path: Path) -> str | None:
     native I/O, QAT and calibration seed from their fields) and the output folder), or None when no export.json
     of its folder lists it (e.g. a torch row's stage_XX.pt)."""
     path = Path(path)
-    entry = next((e for e, p in run.index_paths(path.parent) if Path(p).resolve() == path.resolve()), None)
+    entry = _entry(run, path)
     if entry is None:
         return None
     target = entry.get("target")
     parts = ["sr-shrink", "export", str(run.root), "--target", str(target), "--stage", str(entry.get("stage"))]
     if entry.get("precision"):
         parts += ["--precision", str(entry["precision"])]
-    options = entry.get("options")  # what the export was given, as export.json records it
-    parts += option_args(options if isinstance(options, dict) else _legacy_options(entry, target))
+    parts += option_args(_options(entry))
     if path.parent.resolve() != run.exports_dir.resolve():
         parts += ["--out", str(path.parent)]
     return " ".join(parts)
+
+
+def file_options(run: RunDir, path: Path) -> dict | None:
+    """Return the options the file at ``path`` was exported with beyond the defaults (:func:`export_command`'s
+    record, without ``input_size``, which bench sets itself), or None when no export.json lists it."""
+    entry = _entry(run, Path(path))
+    return None if entry is None else {k: v for k, v in _options(entry).items() if k != "input_size"}
+
+
+def _entry(run: RunDir, path: Path) -> dict | None:
+    """Return the export.json entry of its folder that lists the file at ``path``, or None."""
+    return next((e for e, p in run.index_paths(path.parent) if Path(p).resolve() == path.resolve()), None)
+
+
+def _options(entry: dict) -> dict:
+    """Return an export.json entry's record of the options its export was given (rebuilt for old entries)."""
+    options = entry.get("options")
+    return options if isinstance(options, dict) else _legacy_options(entry, entry.get("target"))
 
 
 def _legacy_options(entry: dict, target: str) -> dict:

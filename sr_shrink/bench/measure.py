@@ -160,11 +160,12 @@ def quality(runner: Runner, pairs: list[EvalPair], scale: int, overlap: int = 16
             references: list[EvalPair] | None = None,
             advance: Callable[[], None] | None = None) -> tuple[dict, dict | None]:
     """Return (Y-PSNR/SSIM of ``runner`` on ``pairs``, the same against ``references`` (the teacher's outputs on
-    the same LR images: fidelity) or None), from one run over the images; fixed-size graphs run tiled.
+    the same LR images: fidelity) or None), from one run over the images; fixed-size and enumerated-size graphs
+    run tiled (at the fixed or default size).
     ``advance()`` (progress) is called after each image."""
     fn = runner.torch_fn()
-    if runner.input_hw:
-        tile = tuple(runner.input_hw)
+    if runner.tile_hw:
+        tile = tuple(runner.tile_hw)
         overlap = min(overlap, (min(tile) - 1) // 2)
         run = fn
         fn = lambda x: tiled_apply(run, x, scale, tile, overlap, fixed=True)  # noqa: E731

@@ -21,6 +21,7 @@ import torch
 from ..data import load_eval_set
 from ..errors import SRShrinkError, first_line
 from ..evaluate import evaluate_bicubic, fidelity
+from ..export.options import option_args
 from ..models.student import load_student
 from ..progress import enabled as progress_enabled
 from ..progress import task
@@ -28,7 +29,7 @@ from ..run import RunDir
 from ..runtimes import Runner, TorchRunner, missing_runtime_message, open_runner, require_runtime, runtime_available
 from ..sizes import parse_size  # noqa: F401 - re-exported: sr_shrink.bench.parse_size
 from ..teachers import count_macs
-from .artifacts import Exporter, ensure_export, export_command
+from .artifacts import Exporter, ensure_export, export_command, file_options
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved, timing_steps
 from .pareto import pick
@@ -40,6 +41,7 @@ Log = Callable[[str], None]
 RUNTIMES = ("torch", "onnxruntime", "litert")  # the Core ML MIL evaluator checks exports, it is not timed
 PRECISIONS = ("fp32", "fp16", "int8")  # the default set
 ACCEPTED_PRECISIONS = PRECISIONS + ("w8a16",)  # w8a16 (int8 weights, 16-bit activations) when asked for
+OPTIONS_MARK = "†"  # the table's mark on a row whose file was exported with non-default options
 
 
 def settle_runtimes(requested: tuple[str, ...] | None) -> tuple[list[str], list[str]]:
@@ -130,12 +132,12 @@ def _export_row(run: RunDir, stage: int, runtime: str, precision: str, cfg: Benc
     path, made = ensure_export(run, stage, runtime, precision, cfg.input_size, exporter)
     with PeakMemory() as mem:
         runner = open_runner(path, threads, cfg.device)
-        if runner.input_hw is not None and tuple(runner.input_hw) != tuple(cfg.input_size):
-            raise SRShrinkError(f"{path} takes {runner.input_hw} inputs, not {cfg.input_size}.")
+        if not runner.takes(cfg.input_size):
+            raise SRShrinkError(f"{path} takes {runner.tile_hw} inputs, not {cfg.input_size}.")
         runner(x)
     runner.precision = precision
     meta = {"size_bytes": path.stat().st_size, "path": str(path), "exported_now": made, "peak_rss_mib": mem.mib,
-            "layout": runner.layout, "io_dtype": runner.io_dtype}
+            "layout": runner.layout, "io_dtype": runner.io_dtype, "export_options": file_options(run, path)}
     return meta, runner
 
 
@@ -204,6 +206,13 @@ def finish_row(row: Row, times: list[float], scores: dict, teacher: dict, bicubi
     return {**{k: out.get(k) for k in ROW_KEYS}, **{k: v for k, v in out.items() if k not in ROW_KEYS}}
 
 
+def option_notes(rows: list[dict]) -> list[str]:
+    """Return one note per row whose file was exported with options beyond the defaults (``export_options``:
+    e.g. ``--qat``, ``--float-stream``), which the table marks, so that a row is not read as the default file."""
+    return [f"stage {r['stage']} {r['runtime']} {r['precision']} (marked {OPTIONS_MARK}) is a file exported with "
+            f"{' '.join(option_args(r['export_options']))}: {r['path']}" for r in rows if r.get("export_options")]
+
+
 def run_bench(run_dir: str | Path | RunDir, config: BenchConfig | None = None, exporter: Exporter | None = None,
               log: Log | None = None) -> dict:
     """Benchmark a distill run (a folder or an open RunDir).
@@ -255,6 +264,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
                                  advance)
     out_rows = [finish_row(r, times[i], scores[i], teacher, bicubic, threads, fids[i]) for i, r in enumerate(rows)]
     out_rows.sort(key=row_order)
+    notes += option_notes(out_rows)
     if cfg.latency_from or cfg.adb:  # rank by latencies measured on the phone
         notes += _device_latency(out_rows, cfg, log)
     result = {"rows": out_rows, "recommended": None, "machine": machine_info(threads, cfg.input_size, cfg.device),

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..io import atomic_write_json
 from .pareto import PSNR, metric_label, pareto_front
-from .pipeline import row_order
+from .pipeline import OPTIONS_MARK, row_order
 
 MARKERS = {"torch": "o", "onnxruntime": "s", "litert": "^"}
 COLOURS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green", "w8a16": "tab:purple"}
@@ -40,7 +40,8 @@ def bench_table(result: dict) -> Table:
     pick = _key(result["recommended"]) if result.get("recommended") else None
     for r in sorted(result["rows"], key=row_order):
         mark = ("*" if _key(r) == pick else "") + ("+" if _key(r) in front else "")
-        table.add_row(mark, str(r["stage"]), str(r["n_blocks"]), r["runtime"], r["precision"], f"{r['params']:,}",
+        prec = r["precision"] + (f" {OPTIONS_MARK}" if r.get("export_options") else "")
+        table.add_row(mark, str(r["stage"]), str(r["n_blocks"]), r["runtime"], prec, f"{r['params']:,}",
                       f"{r['macs'] / 1e9:.3f}", f"{r['size_bytes'] / 1024:.1f}", _fmt(r["latency_ms_median"], ".3f"),
                       _fmt(r["latency_ms_p90"], ".3f"), _fmt(r.get("latency_spread_pct"), ".1f"),
                       _fmt(r.get("peak_rss_mib"), ".1f"), f"{r['psnr_y']:.3f}", f"{r['ssim_y']:.4f}",
@@ -55,8 +56,11 @@ def _caption(result: dict) -> str:
     src = " (from run.json)" if t.get("source") == "run.json" else ""
     metric = result.get("metric") or {}
     ranked = f"ranked by {metric_label(metric_key(result))} ({metric['reason']}); " if metric else ""
+    marked = (f"{OPTIONS_MARK} a file exported with options (see the notes); "
+              if any(r.get("export_options") for r in result["rows"]) else "")
     return (f"teacher {_fmt(t.get('psnr_y'), '.3f')} dB{src}, bicubic {_fmt(b.get('psnr_y'), '.3f')} dB; {ranked}"
-            "* recommended, + on the Pareto front; fid = fidelity to the teacher; spread = (p90-p10)/median; "
+            f"* recommended, + on the Pareto front; {marked}fid = fidelity to the teacher; "
+            "spread = (p90-p10)/median; "
             "MiB = peak RSS growth while "
             "loading + first inference")
 

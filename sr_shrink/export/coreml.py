@@ -1,9 +1,10 @@
 """Core ML export: an ML Program (.mlpackage) via ``torch.jit.trace`` and ``coremltools.convert``.
 
-Input ``lr`` (1,3,H,W) float32 with H and W free in [8, 2048] (``ct.RangeDim``) unless a size is fixed
-or ``shapes`` lists the sizes it takes (``ct.EnumeratedShapes``, the first is the default: the Neural
-Engine runs a RangeDim model only at its default shape, coremltools #2370, and an enumerated one at every
-listed shape is verified, :func:`verify_shapes`); output ``sr``. fp16 (the default) computes in
+Input ``lr`` (1,3,H,W) float32 at the sizes ``shapes`` lists (``ct.EnumeratedShapes``, the first is the
+default; without ``shapes``: :data:`~sr_shrink.export.options.COREML_SHAPES`), unless a size is fixed or
+``shapes="any"`` leaves H and W free in [8, 2048] (``ct.RangeDim``). The Neural Engine runs an enumerated
+model at every listed size but a RangeDim one only at its default size (coremltools #2370). Every listed
+size is verified (:func:`verify_shapes`); output ``sr``. fp16 (the default) computes in
 float16, fp32 in float32; ``int8`` stores int8 weights
 (linear symmetric, per channel; fp16 compute); ``palettize`` stores 4/6/8-bit palettes (k-means when
 scikit-learn is installed, else uniform). Core ML cannot run on Linux, so verification reads the program
@@ -220,19 +221,34 @@ def check_coreml_io(path: Path, cfg: ExportConfig) -> None:
         raise ValueError(f"input shape {lr['shape']} does not match {cfg.input_size}")
 
 
+def images_per_shape(n_images: int, shapes: tuple[tuple[int, int], ...]) -> dict[tuple[int, int], int]:
+    """Return {(h, w): how many of ``n_images`` verification images to run at that size}: all of them at the
+    smallest size, and at each larger one as many as give about the same pixel count (at least one)."""
+    budget = n_images * min(h * w for h, w in shapes)
+    return {(h, w): max(1, min(n_images, round(budget / (h * w)))) for h, w in shapes}
+
+
 def verify_shapes(runner, student, pairs: list, scale: int, shapes: tuple[tuple[int, int], ...], tolerance: str,
                   label: str) -> dict:
     """Return the verification record of an enumerated-shape package: :func:`~sr_shrink.export.verify.verify` at
-    every listed LR size (centred crops of the eval images, padded), ``verified`` only when every size is; the
-    headline numbers are those of the size farthest from the student, ``shapes`` holds each size's."""
+    every listed LR size (centred crops of the eval images, padded), ``verified`` only when every size is;
+    ``shapes`` holds each size's numbers and ``worst_delta_psnr_y`` the largest loss. The headline numbers are
+    those of the failing size farthest from the student, or when all pass, of the smallest size, which sees
+    every image: each size gets about the same number of pixels, fewer images (at least one) at larger sizes
+    (:func:`images_per_shape`), so a 720x1280 size costs what the 256x256 one does."""
     from .verify import verify
 
-    recs = {f"{h}x{w}": verify(runner, student, pairs, scale, (h, w), tolerance, label) for h, w in shapes}
-    worst = max(recs.values(), key=lambda r: abs(r["delta_psnr_y"]))
-    out = {**worst, "verified": all(r["verified"] for r in recs.values()),
-           "inputs": f"centred LR crops (padded) at each of the {len(shapes)} enumerated shapes",
-           "shapes": {k: {f: r[f] for f in ("verified", "delta_psnr_y", "psnr_vs_torch", "max_abs_err")}
-                      for k, r in recs.items()}}
+    counts = images_per_shape(len(pairs), shapes)
+    recs = {f"{h}x{w}": verify(runner, student, pairs[:counts[(h, w)]], scale, (h, w), tolerance, label)
+            for h, w in shapes}
+    failing = [r for r in recs.values() if not r["verified"]]
+    smallest = recs["{}x{}".format(*min(shapes, key=lambda hw: hw[0] * hw[1]))]
+    head = max(failing, key=lambda r: abs(r["delta_psnr_y"])) if failing else smallest
+    out = {**head, "verified": not failing, "worst_delta_psnr_y": min(r["delta_psnr_y"] for r in recs.values()),
+           "inputs": f"centred LR crops (padded) at each of the {len(shapes)} enumerated shapes "
+                     f"({', '.join(f'{n} at {h}x{w}' for (h, w), n in counts.items())} images)",
+           "shapes": {k: {**{f: r[f] for f in ("verified", "delta_psnr_y", "psnr_vs_torch", "max_abs_err")},
+                          "images": counts[hw]} for (k, r), hw in zip(recs.items(), shapes)}}
     if out["verified"]:
         out.pop("reason", None)
     return out

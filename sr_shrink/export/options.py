@@ -23,7 +23,9 @@ DEFAULT_LAYOUT = {n: t.default_layout for n, t in REGISTRY.items()}
 TFLITE_DEFAULT_SIZE = REGISTRY["tflite"].fixed_size
 PALETTE_BITS = (4, 6, 8)
 # Core ML --shapes default: LR tiles (256, 512) and frames (360p, 540p, 720p: 720p/1080p/1440p out at x2)
+# (the default without --shapes; --shapes any gives a RangeDim input of any size 8..2048 instead)
 COREML_SHAPES = ((256, 256), (512, 512), (360, 640), (540, 960), (720, 1280))
+ANY_SHAPE = "any"
 CALIB_CROP = 96  # LR crop side of calibration photos for exports with free input size
 CALIB_PIXELS = 128 * CALIB_CROP * CALIB_CROP
 # ExportConfig field -> the `sr-shrink export` option that sets it: every option that changes the written file
@@ -45,7 +47,8 @@ class ExportConfig:
     images); ``native_io`` gives the model I/O in its own precision (fp16 for ONNX/Core ML fp16, int8 for
     TFLite int8) instead of float32; ``shuffle`` picks the wrapper's pixel-shuffle form ("native"/"convt");
     ``eval_images`` caps the verification images (``None``: all); ``shapes`` (Core ML) lists the LR
-    sizes (h, w) of an ``EnumeratedShapes`` input, "default" for :data:`COREML_SHAPES`; ``io`` "image" gives
+    sizes (h, w) of an ``EnumeratedShapes`` input, "default" or ``None`` (no ``input_size`` either) for
+    :data:`COREML_SHAPES`, "any" for a ``RangeDim`` input of any size 8..2048; ``io`` "image" gives
     a Core ML package RGB image input and output (pixel values 0-255). ``qat_steps`` > 0
     fine-tunes the student with
     fake quantization for that many steps before an int8 export (:mod:`~sr_shrink.export.qat`), at Adam rate
@@ -152,12 +155,18 @@ class ExportConfig:
                 raise SRShrinkError(f"--qat-lr {lr!r}: must be a number in (0, 1], e.g. 1e-4.")
 
     def _check_shapes(self) -> None:
-        if self.shapes is None:
+        takes_shapes = "shapes" in get_target(self.target).options
+        if self.shapes is None:  # Core ML: the enumerated default set, which the Neural Engine runs at every size
+            if takes_shapes and self.input_size is None:
+                self.shapes = COREML_SHAPES
             return
-        if "shapes" not in get_target(self.target).options:
+        if not takes_shapes:
             raise SRShrinkError("--shapes applies to Core ML only; use --input-size HxW for a fixed size.")
         if self.input_size is not None:
             raise SRShrinkError("pass either --shapes or --input-size, not both.")
+        if isinstance(self.shapes, str) and self.shapes.strip().lower() == ANY_SHAPE:
+            self.shapes = None  # RangeDim: any size, but the Neural Engine runs only the default one
+            return
         self.shapes = parse_shapes(self.shapes)
         if len(self.shapes) == 1:  # EnumeratedShapes needs two or more: one size is a fixed input size
             self.input_size, self.shapes = self.shapes[0], None
@@ -238,14 +247,15 @@ def auto_calib_samples(size: tuple[int, int] | None) -> int:
 
 
 def parse_shapes(shapes) -> tuple[tuple[int, int], ...]:
-    """Return the (h, w) sizes of ``"default"``, ``"HxW,HxW,..."`` or a list of sizes (duplicates dropped)."""
+    """Return the (h, w) sizes of ``"default"``, ``"HxW,HxW,..."`` or a list of sizes (duplicates dropped);
+    ``"any"`` (a RangeDim input) is :class:`ExportConfig`'s to resolve, not a list of sizes."""
     if isinstance(shapes, str):
         if shapes.strip().lower() == "default":
             return COREML_SHAPES
         shapes = [s for s in shapes.split(",") if s.strip()]
     out = tuple(dict.fromkeys(parse_size(s) for s in shapes))
     if not out:
-        raise SRShrinkError("--shapes needs at least one HxW size, e.g. 256x256,540x960, or 'default'.")
+        raise SRShrinkError("--shapes needs at least one HxW size, e.g. 256x256,540x960, or 'default' or 'any'.")
     return out
 
 

@@ -92,7 +92,9 @@ def verify(run: Runner, student: torch.nn.Module, pairs: list[EvalPair], scale: 
     """Return the verification record of ``run`` against ``student`` on ``pairs`` (see module docstring)."""
     max_err, psnrs, ys, ts = 0.0, [], [], []
     key = _weights_key(student)
-    with task(f"verifying with {runtime} on {len(pairs)} eval images", total=len(pairs)) as advance:
+    at = f" at {size[0]}x{size[1]}" if size else ""
+    n = f"{len(pairs)} eval image{'s' if len(pairs) != 1 else ''}"
+    with task(f"verifying with {runtime}{at} on {n}", total=len(pairs)) as advance:
         for pair in pairs:
             s = make_sample(pair, scale, size)
             ref, ref_y = _student_reference(key, student, s, scale)

@@ -7,7 +7,9 @@ file expects. Each runner reads from the model itself:
   export``), else the input shape (a last axis of 3 and a second axis that is not 3 means NHWC);
 - its I/O precision: float16 inputs are cast, int8/uint8 tensors are quantised and dequantised with the
   tensor's own scale and zero point;
-- its input size: ``input_hw`` is the (h, w) a static graph demands, ``None`` when any size works.
+- its input size: ``input_hw`` is the (h, w) a static graph demands, ``None`` when any size works;
+  ``input_sizes`` the sizes an enumerated input takes (a Core ML ``EnumeratedShapes`` package), the only
+  ones it runs, as Core ML would (``tile_hw``: the size to tile at).
 
 Runtimes: ``torch`` (:class:`TorchRunner`, a module), ``onnxruntime`` (.onnx), ``litert`` (.tflite, LiteRT
 with XNNPACK) and ``mil`` (.mlpackage, through sr-shrink's numpy ML Program evaluator, since Core ML does not

@@ -64,10 +64,24 @@ class Runner:
         self.device = "cpu"
         self.layout = "nchw"
         self.input_hw: tuple[int, int] | None = None
+        self.input_sizes: tuple[tuple[int, int], ...] | None = None  # the sizes an enumerated input lists
         self.in_dtype: type = np.float32
         self.in_quant: tuple[float, int] | None = None
         self.out_quant: tuple[float, int] | None = None
         self.precision: str | None = None
+
+    def takes(self, hw: tuple[int, int]) -> bool:
+        """Return True if the model accepts (h, w) inputs: its fixed size, one it enumerates, or any size."""
+        hw = tuple(int(v) for v in hw)
+        if self.input_hw is not None:
+            return hw == tuple(self.input_hw)
+        return not self.input_sizes or hw in self.input_sizes
+
+    @property
+    def tile_hw(self) -> tuple[int, int] | None:
+        """Return the input size to tile images at: the fixed size, else the first (default) enumerated one,
+        else None (any size)."""
+        return self.input_hw or (self.input_sizes[0] if self.input_sizes else None)
 
     @property
     def io_dtype(self) -> str:
@@ -88,6 +102,10 @@ class Runner:
         if self.input_hw is not None and tuple(x.shape[-2:]) != self.input_hw:
             raise SRShrinkError(f"{self.path}: the model takes {self.input_hw[0]}x{self.input_hw[1]} inputs "
                                 f"only (a fixed-size graph), got {x.shape[2]}x{x.shape[3]}; tile the image.")
+        if not self.takes(tuple(x.shape[-2:])):
+            raise SRShrinkError(f"{self.path}: the model takes only the sizes it enumerates "
+                                f"({', '.join(f'{h}x{w}' for h, w in self.input_sizes)}), got "
+                                f"{x.shape[2]}x{x.shape[3]}; tile the image at one of them.")
         if x.shape[0] != 1:  # exported graphs take batch 1
             return np.concatenate([self(x[i : i + 1]) for i in range(x.shape[0])])
         nhwc = self.layout == "nhwc"
