@@ -335,12 +335,15 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
         table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}",
                       f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", delta, ok)
     progress.stdout_console().print(table)
+    from .export.coreml import input_note
     from .export.delegates import delegate_warning
 
     for e in entries:
         warning = delegate_warning(e["file"], (e.get("delegates") or {}).get("gpu", {}))
         if warning:
             console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
+        if input_note(e):
+            _note(input_note(e))
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
             _note(f"{e['file']}: QAT {e['qat_steps']} steps; vs the original fp32 student: PTQ "
@@ -354,7 +357,7 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 
 def _note(msg: str) -> None:
-    console.print(msg, style="dim", markup=False, highlight=False)
+    console.print(msg, style="dim", markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command()

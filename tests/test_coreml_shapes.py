@@ -111,3 +111,20 @@ def test_image_io_folds_the_scale_into_the_first_conv(export_run_dir):
         ExportConfig("tflite", io="image")
     with pytest.raises(SRShrinkError, match="--io image is for Core ML"):
         ExportConfig("coreml", io="image", layout="nhwc")
+
+
+def test_export_says_which_sizes_a_package_takes(export_run_dir, tmp_path):
+    """The CLI names the sizes of an enumerated package, and warns that a RangeDim one (--shapes any) runs on the
+    Neural Engine only at its 64x64 default."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    base = ["export", str(export_run_dir), "--target", "coreml", "--stage", "1", "--precision", "fp32"]
+    res = CliRunner().invoke(main, base + ["--shapes", "48x64,40x40", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    assert "stage_01_fp32.mlpackage: takes LR 48x64, 40x40 (EnumeratedShapes" in res.output
+    res = CliRunner().invoke(main, base + ["--shapes", "any", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "takes any LR size 8..2048 (RangeDim); the Neural Engine runs it only at 64x64" in res.output
+    assert "EnumeratedShapes" not in res.output

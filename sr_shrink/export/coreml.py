@@ -221,6 +221,22 @@ def check_coreml_io(path: Path, cfg: ExportConfig) -> None:
         raise ValueError(f"input shape {lr['shape']} does not match {cfg.input_size}")
 
 
+def input_note(entry: dict) -> str | None:
+    """Return the line ``export`` prints on which LR sizes a Core ML package's input takes (None for other
+    targets): the enumerated sizes, a fixed size, or any size, which the Neural Engine runs only at 64x64."""
+    if entry.get("target") != "coreml":
+        return None
+    if entry.get("shapes"):
+        sizes = ", ".join(f"{h}x{w}" for h, w in entry["shapes"])
+        return (f"{entry['file']}: takes LR {sizes} (EnumeratedShapes, each verified; the Neural Engine runs every "
+                "one; --shapes lists others, --shapes any takes any size)")
+    if entry.get("input_size"):
+        h, w = entry["input_size"]
+        return f"{entry['file']}: takes LR {h}x{w} only (a fixed size)"
+    return (f"{entry['file']}: takes any LR size {RANGE[0]}..{RANGE[1]} (RangeDim); the Neural Engine runs it only at "
+            "64x64, its default size, so drop --shapes any (or list sizes with --shapes) for the ANE")
+
+
 def images_per_shape(n_images: int, shapes: tuple[tuple[int, int], ...]) -> dict[tuple[int, int], int]:
     """Return {(h, w): how many of ``n_images`` verification images to run at that size}: all of them at the
     smallest size, and at each larger one as many as give about the same pixel count (at least one)."""
