@@ -53,6 +53,6 @@ def choose_metric(requested: str, teacher: dict, bicubic: dict, have_fidelity: b
                           f"+{PERCEPTUAL_MARGIN_DB} dB: a perceptual teacher), so students are ranked by fidelity "
                           "to it"}
     why = ("no teacher file for fidelity" if not have_fidelity else
-           f"the teacher scores {margin:+.2f} dB over bicubic (a fidelity-trained teacher)" if margin is not None
+           f"the teacher scores {margin:+.2f} dB over bicubic (a PSNR-trained teacher)" if margin is not None
            else "teacher PSNR unknown")
     return {"name": "psnr", "key": PSNR, "reason": f"{why}, so students are ranked by Y-PSNR to the ground truth"}
