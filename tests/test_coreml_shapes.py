@@ -88,6 +88,11 @@ def test_shapes_option_checks():
         ExportConfig("coreml", shapes="256x256", input_size="64x64")
     with pytest.raises(SRShrinkError, match="HxW"):
         ExportConfig("coreml", shapes="big")
+    with pytest.raises(SRShrinkError, match=r"--shapes 4096x4096: height and width must be between 8 and 2048"):
+        ExportConfig("coreml", shapes="4096x4096,256x256")  # past Core ML's range (the export died with SIGSEGV)
+    with pytest.raises(SRShrinkError, match=r"--input-size 4096x4096: .* between 8 and 2048"):
+        ExportConfig("coreml", input_size="4096x4096")
+    assert ExportConfig("onnx", input_size="4096x4096").input_size == (4096, 4096)  # each target's own range
 
 
 def test_image_io_folds_the_scale_into_the_first_conv(export_run_dir):

@@ -95,7 +95,7 @@ class ExportConfig:
             raise SRShrinkError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}.")
         self.layout = _choice("layout", self.layout or rec.default_layout, ("nchw", "nhwc"))
         self.shuffle = _choice("shuffle", self.shuffle or rec.default_shuffle, ("native", "convt"))
-        self.input_size = parse_size(self.input_size)
+        self.input_size = parse_size(self.input_size, "--input-size", *rec.size_range)
         if self.input_size is None:
             self.input_size = rec.fixed_size
         self._check_palettize()
@@ -167,7 +167,7 @@ class ExportConfig:
         if isinstance(self.shapes, str) and self.shapes.strip().lower() == ANY_SHAPE:
             self.shapes = None  # RangeDim: any size, but the Neural Engine runs only the default one
             return
-        self.shapes = parse_shapes(self.shapes)
+        self.shapes = parse_shapes(self.shapes, *get_target(self.target).size_range)
         if len(self.shapes) == 1:  # EnumeratedShapes needs two or more: one size is a fixed input size
             self.input_size, self.shapes = self.shapes[0], None
 
@@ -246,14 +246,14 @@ def auto_calib_samples(size: tuple[int, int] | None) -> int:
     return max(8, min(128, round(CALIB_PIXELS / (size[0] * size[1]))))
 
 
-def parse_shapes(shapes) -> tuple[tuple[int, int], ...]:
-    """Return the (h, w) sizes of ``"default"``, ``"HxW,HxW,..."`` or a list of sizes (duplicates dropped);
-    ``"any"`` (a RangeDim input) is :class:`ExportConfig`'s to resolve, not a list of sizes."""
+def parse_shapes(shapes, lo: int = sizes.MIN_SIDE, hi: int = sizes.MAX_SIDE) -> tuple[tuple[int, int], ...]:
+    """Return the (h, w) sizes of ``"default"``, ``"HxW,HxW,..."`` or a list of sizes (duplicates dropped), each
+    side within [lo, hi]; ``"any"`` (a RangeDim input) is :class:`ExportConfig`'s to resolve, not a list."""
     if isinstance(shapes, str):
         if shapes.strip().lower() == "default":
             return COREML_SHAPES
         shapes = [s for s in shapes.split(",") if s.strip()]
-    out = tuple(dict.fromkeys(parse_size(s) for s in shapes))
+    out = tuple(dict.fromkeys(parse_size(s, "--shapes", lo, hi) for s in shapes))
     if not out:
         raise SRShrinkError("--shapes needs at least one HxW size, e.g. 256x256,540x960, or 'default' or 'any'.")
     return out
@@ -265,7 +265,8 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def parse_size(size: tuple[int, int] | list | str | None) -> tuple[int, int] | None:
+def parse_size(size: tuple[int, int] | list | str | None, option: str = "--input-size", lo: int = sizes.MIN_SIDE,
+               hi: int = sizes.MAX_SIDE) -> tuple[int, int] | None:
     """Return (h, w) from ``"HxW"``, ``"N"`` (a square) or a pair (:func:`sr_shrink.sizes.parse_size`, the
     parser bench uses too), ``None`` for ``None``; an error for anything else."""
-    return None if size is None else sizes.parse_size(size)
+    return None if size is None else sizes.parse_size(size, option, lo, hi)
