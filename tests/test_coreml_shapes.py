@@ -118,6 +118,17 @@ def test_image_io_folds_the_scale_into_the_first_conv(export_run_dir):
         ExportConfig("coreml", io="image", layout="nhwc")
 
 
+def test_image_io_package_enumerates_its_sizes(export_run_dir):
+    """An ImageType input lists its sizes as enumeratedSizes (not enumeratedShapes); the runner reads those."""
+    e = export_run(export_run_dir, "coreml", stage=1, out=export_run_dir / "ex_image_enum", io="image",
+                   shapes="48x64,40x40", **FAST)[0]
+    assert e["verified"] and e["inputs"][0]["enumerated"] == [[1, 3, 48, 64], [1, 3, 40, 40]]
+    run = open_runner(e["path"])
+    assert run.image_io and run.input_sizes == ((48, 64), (40, 40)) and run.tile_hw == (48, 64)
+    with pytest.raises(SRShrinkError, match="only the sizes it enumerates"):
+        run(np.zeros((1, 3, 64, 48), dtype=np.float32))
+
+
 def test_export_says_which_sizes_a_package_takes(export_run_dir, tmp_path):
     """The CLI names the sizes of an enumerated package, and warns that a RangeDim one (--shapes any) runs on the
     Neural Engine only at its 64x64 default."""
