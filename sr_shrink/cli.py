@@ -342,8 +342,8 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
         warning = delegate_warning(e["file"], (e.get("delegates") or {}).get("gpu", {}))
         if warning:
             console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
-        if input_note(e):
-            _note(input_note(e))
+        if note := input_note(e):
+            _note(note)
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
             _note(f"{e['file']}: QAT {e['qat_steps']} steps; vs the original fp32 student: PTQ "

@@ -35,7 +35,7 @@ class MILProgram:
     outputs: list[str]
     input_specs: dict[str, tuple[type, tuple[int | None, ...]]] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
-    input_sizes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # enumerated (h, w), if any
+    input_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)  # enumerated shapes, if any
 
 
 def load_program(path: str | Path) -> MILProgram:
@@ -54,19 +54,17 @@ def load_program(path: str | Path) -> MILProgram:
              for name, var in fn.inputs.items()}
     return MILProgram(list(fn.operations), list(fn.inputs), [v.name for v in fn.outputs], specs,
                       dict(spec.description.metadata.userDefined),
-                      {f.name: sizes for f in spec.description.input if (sizes := enumerated_sizes(f))})
+                      {f.name: shapes for f in spec.description.input if (shapes := enumerated_shapes(f))})
 
 
-def enumerated_sizes(feature) -> list[tuple[int, int]]:
-    """Return the (h, w) sizes a Core ML input feature enumerates (``EnumeratedShapes`` of a rank-4 array, in
-    its NCHW or NHWC order, or an image's enumerated sizes); empty when its size is fixed or a range."""
+def enumerated_shapes(feature) -> list[tuple[int, ...]]:
+    """Return the shapes a Core ML input feature enumerates (an array's ``EnumeratedShapes`` in its own axis
+    order; an RGB image's enumerated sizes as (1, 3, h, w)); empty when its size is fixed or a range."""
     kind = feature.type.WhichOneof("Type")
     if kind == "imageType" and feature.type.imageType.HasField("enumeratedSizes"):
-        return [(int(s.height), int(s.width)) for s in feature.type.imageType.enumeratedSizes.sizes]
+        return [(1, 3, int(s.height), int(s.width)) for s in feature.type.imageType.enumeratedSizes.sizes]
     if kind == "multiArrayType" and feature.type.multiArrayType.HasField("enumeratedShapes"):
-        shapes = [list(s.shape) for s in feature.type.multiArrayType.enumeratedShapes.shapes]
-        nhwc = all(len(s) == 4 and s[3] == 3 and s[1] != 3 for s in shapes)
-        return [(int(s[1]), int(s[2])) if nhwc else (int(s[-2]), int(s[-1])) for s in shapes]
+        return [tuple(int(d) for d in s.shape) for s in feature.type.multiArrayType.enumeratedShapes.shapes]
     return []
 
 

@@ -255,16 +255,15 @@ def verify_shapes(runner, student, pairs: list, scale: int, shapes: tuple[tuple[
     from .verify import verify
 
     counts = images_per_shape(len(pairs), shapes)
-    recs = {f"{h}x{w}": verify(runner, student, pairs[:counts[(h, w)]], scale, (h, w), tolerance, label)
-            for h, w in shapes}
+    recs = {hw: verify(runner, student, pairs[:n], scale, hw, tolerance, label) for hw, n in counts.items()}
     failing = [r for r in recs.values() if not r["verified"]]
-    smallest = recs["{}x{}".format(*min(shapes, key=lambda hw: hw[0] * hw[1]))]
+    smallest = recs[min(shapes, key=lambda hw: hw[0] * hw[1])]
     head = max(failing, key=lambda r: abs(r["delta_psnr_y"])) if failing else smallest
     out = {**head, "verified": not failing, "worst_delta_psnr_y": min(r["delta_psnr_y"] for r in recs.values()),
            "inputs": f"centred LR crops (padded) at each of the {len(shapes)} enumerated shapes "
                      f"({', '.join(f'{n} at {h}x{w}' for (h, w), n in counts.items())} images)",
-           "shapes": {k: {**{f: r[f] for f in ("verified", "delta_psnr_y", "psnr_vs_torch", "max_abs_err")},
-                          "images": counts[hw]} for (k, r), hw in zip(recs.items(), shapes)}}
+           "shapes": {f"{h}x{w}": {**{f: r[f] for f in ("verified", "delta_psnr_y", "psnr_vs_torch", "max_abs_err")},
+                                   "images": counts[(h, w)]} for (h, w), r in recs.items()}}
     if out["verified"]:
         out.pop("reason", None)
     return out

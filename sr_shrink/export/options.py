@@ -155,7 +155,8 @@ class ExportConfig:
                 raise SRShrinkError(f"--qat-lr {lr!r}: must be a number in (0, 1], e.g. 1e-4.")
 
     def _check_shapes(self) -> None:
-        takes_shapes = "shapes" in get_target(self.target).options
+        rec = get_target(self.target)
+        takes_shapes = "shapes" in rec.options
         if self.shapes is None:  # Core ML: the enumerated default set, which the Neural Engine runs at every size
             if takes_shapes and self.input_size is None:
                 self.shapes = COREML_SHAPES
@@ -167,7 +168,7 @@ class ExportConfig:
         if isinstance(self.shapes, str) and self.shapes.strip().lower() == ANY_SHAPE:
             self.shapes = None  # RangeDim: any size, but the Neural Engine runs only the default one
             return
-        self.shapes = parse_shapes(self.shapes, *get_target(self.target).size_range)
+        self.shapes = parse_shapes(self.shapes, *rec.size_range)
         if len(self.shapes) == 1:  # EnumeratedShapes needs two or more: one size is a fixed input size
             self.input_size, self.shapes = self.shapes[0], None
 

@@ -99,13 +99,14 @@ class Runner:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != 3:
             raise SRShrinkError(f"{self.path}: runners take float32 (N, 3, h, w) arrays, got {x.shape}.")
-        if self.input_hw is not None and tuple(x.shape[-2:]) != self.input_hw:
-            raise SRShrinkError(f"{self.path}: the model takes {self.input_hw[0]}x{self.input_hw[1]} inputs "
-                                f"only (a fixed-size graph), got {x.shape[2]}x{x.shape[3]}; tile the image.")
-        if not self.takes(tuple(x.shape[-2:])):
+        if not self.takes(x.shape[-2:]):
+            got = f"got {x.shape[2]}x{x.shape[3]}"
+            if self.input_hw is not None:
+                raise SRShrinkError(f"{self.path}: the model takes {self.input_hw[0]}x{self.input_hw[1]} inputs "
+                                    f"only (a fixed-size graph), {got}; tile the image.")
             raise SRShrinkError(f"{self.path}: the model takes only the sizes it enumerates "
-                                f"({', '.join(f'{h}x{w}' for h, w in self.input_sizes)}), got "
-                                f"{x.shape[2]}x{x.shape[3]}; tile the image at one of them.")
+                                f"({', '.join(f'{h}x{w}' for h, w in self.input_sizes)}), {got}; tile the image "
+                                "at one of them.")
         if x.shape[0] != 1:  # exported graphs take batch 1
             return np.concatenate([self(x[i : i + 1]) for i in range(x.shape[0])])
         nhwc = self.layout == "nhwc"

@@ -35,7 +35,8 @@ class MILRunner(Runner):
         self.in_dtype = dtype
         self.layout = io_layout(self.program.metadata.get("layout"), shape)
         self.input_hw = fixed_hw(shape, self.layout)
-        self.input_sizes = tuple(self.program.input_sizes.get(self.input_name, ())) or None
+        enumerated = self.program.input_shapes.get(self.input_name, ())
+        self.input_sizes = tuple(fixed_hw(s, self.layout) for s in enumerated) or None
         self.image_io = self.program.metadata.get("io") == "image"
 
     def _run(self, feed: np.ndarray) -> np.ndarray:
