@@ -8,7 +8,9 @@ w8a16, and int8 after ``--qat 1000`` (``qat`` variants: the default student targ
 and ``psnr_vs_torch``; for a QAT variant ``qat_delta_psnr_y`` (file minus the **original** fp32 student), with
 the plain PTQ file's delta and the tuned float student's drift next to it. The runs are read only: each is
 exported from a copy in a temporary folder. Results are appended to ``--out`` (JSON lines) as they come, and a
-rerun skips what is there; the table is printed at the end.
+rerun skips what is there; the table is printed at the end. ``--fidelity`` adds a table of the loss against each
+file's fidelity gap (its RGB PSNR against the student minus the student's Y-PSNR against the ground truth), binned,
+next to what an error independent of the student's own would cost (BENCHMARKS 25).
 
     OMP_NUM_THREADS=1 python benchmarks/int8_panel.py --panel ../panel_runs/panel --out runs/int8_panel.jsonl
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -96,6 +99,33 @@ def table(rows: list[dict], targets: list[str], variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def independent_loss(gap: float) -> float:
+    """Return the Y-PSNR loss (dB, positive) that a file's deviation from the student would cost if it were
+    independent of the student's own error: ``10 log10(1 + 10^(-gap/10))``, ``gap`` = the file's PSNR against the
+    student minus the student's PSNR against the ground truth (MSE_file = MSE_student + MSE_deviation)."""
+    return 10 * math.log10(1 + 10 ** (-gap / 10))
+
+
+def fidelity_table(rows: list[dict], bins: tuple[float, ...] = (18, 21, 24)) -> str:
+    """Return a markdown table of the int8 loss against the fidelity gap (``psnr_vs_torch`` - fp32 Y-PSNR), binned
+    by gap: files, files within 0.03 dB, mean loss and the mean loss the independent-error model predicts."""
+    pts = [(r["psnr_vs_torch"] - r["fp32"], -r["delta"]) for r in rows if r["variant"].startswith(("int8", "w8a16"))]
+    edges = (-math.inf, *bins, math.inf)
+    lines = ["| gap (dB) | files | within 0.03 dB | mean loss (dB) | independent-error loss (dB) |",
+             "|---|---:|---:|---:|---:|"]
+    for lo, hi in zip(edges, edges[1:]):
+        sel = [(g, loss) for g, loss in pts if lo <= g < hi]
+        if not sel:
+            continue
+        name = f"< {hi:g}" if lo == -math.inf else f">= {lo:g}" if hi == math.inf else f"{lo:g}-{hi:g}"
+        lines.append(f"| {name} | {len(sel)} | {sum(loss <= 0.03 for _, loss in sel)} | "
+                     f"{statistics.mean(loss for _, loss in sel):.3f} | "
+                     f"{statistics.mean(independent_loss(g) for g, _ in sel):.3f} |")
+    if len(pts) > 2:
+        lines.append(f"\nPearson r(gap, loss) = {statistics.correlation(*zip(*pts)):.2f} over {len(pts)} files.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--panel", type=Path, required=True, help="folder of TEACHER/RUN distill runs")
@@ -108,6 +138,8 @@ def main() -> None:
     ap.add_argument("--blocks", nargs="+", type=int, default=None, help="only the stages with these block counts")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--fidelity", action="store_true",
+                    help="also tabulate the loss against the file's fidelity gap to the student (BENCHMARKS 25)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = [json.loads(ln) for ln in args.out.read_text().splitlines()] if args.out.exists() else []
@@ -133,6 +165,8 @@ def main() -> None:
                         f.write(json.dumps(r) + "\n")
                     print(json.dumps(r), flush=True)
     print(table(rows, args.targets, args.columns))
+    if args.fidelity:
+        print(fidelity_table([r for r in rows if r["variant"] in args.columns and r["target"] in args.targets]))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import make_tiny_run
 
 from sr_shrink.bench import artifacts
 from sr_shrink.cli import main
@@ -60,3 +61,56 @@ def test_record_fields_drive_config_and_graph_checks(monkeypatch):
     monkeypatch.setitem(targets.TARGETS, "onnx", dataclasses.replace(onnx, allowed_ops=frozenset({"Conv"})))
     with pytest.raises(SRShrinkError, match="DepthToSpace"):
         check_graph("onnx", graph)
+
+
+def _int8_entry(delta: float, options: dict | None = None, precision: str = "int8") -> dict:
+    return {"file": "stage_02_int8.onnx", "target": "onnx", "precision": precision, "options": options or {},
+            "verification": {"delta_psnr_y": delta}}
+
+
+def test_int8_note_names_the_closer_options_not_already_given():
+    from sr_shrink.export.verify import INT8_NEAR, int8_note
+
+    closer = targets.get_target("onnx").int8_closer
+    line = int8_note(_int8_entry(-0.1846), closer)
+    assert line.startswith("stage_02_int8.onnx: int8 costs 0.185 dB")
+    for flag in ("--no-reduce-range", "--float-stream", "--qat 1000", "--precision w8a16"):
+        assert flag in line
+    line = int8_note(_int8_entry(-0.068, {"reduce_range": False, "float_stream": True}), closer)
+    assert "--float-stream" not in line and "--no-reduce-range" not in line and "--qat 1000" in line
+    # --reduce-range (the default's 7-bit weights, given explicitly) is not --no-reduce-range
+    assert "--no-reduce-range" in int8_note(_int8_entry(-0.1, {"reduce_range": True}), closer)
+    assert int8_note(_int8_entry(-INT8_NEAR / 2), closer) is None  # close enough: no note
+    assert int8_note(_int8_entry(+0.05), closer) is None
+    assert int8_note(_int8_entry(-0.2, precision="w8a16"), closer) is None
+    assert int8_note(_int8_entry(-0.2), ()) is None  # a target with nothing measured closer (Core ML)
+    given = {"calib_method": "percentile", "qat_steps": 1000}
+    tfl = int8_note(_int8_entry(-0.1, given), targets.get_target("tflite").int8_closer)
+    assert "--calib-method" not in tfl and "--qat" not in tfl and "--precision w8a16" in tfl
+
+
+def test_every_int8_option_named_is_an_export_option_of_its_target():
+    flags = {o for p in main.commands["export"].params for o in (*p.opts, *p.secondary_opts)}
+    names = {f.name for f in dataclasses.fields(ExportConfig)}
+    seen = 0
+    for t in targets.TARGETS.values():
+        for o in t.int8_closer:
+            seen += 1
+            assert o.args.split()[0] in flags, o
+            if o.field is not None:
+                assert o.field in names and o.field in options.FILE_OPTIONS, o
+    assert seen >= 5
+
+
+def test_cli_export_prints_the_int8_note(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from sr_shrink.export import verify
+
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    monkeypatch.setattr(verify, "INT8_NEAR", -1.0)  # every int8 file "loses" more than that
+    res = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--precision", "int8", "--out",
+                                    str(tmp_path / "x"), "--calib-samples", "2", "--float-stream"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "stage_01_int8.onnx: int8 costs" in text and "--qat 1000" in text and "--float-stream (" not in text

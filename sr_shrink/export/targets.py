@@ -17,6 +17,27 @@ from ..errors import SRShrinkError
 
 
 @dataclass(frozen=True)
+class Int8Option:
+    """An export option measured on the teacher panel to bring a target's int8 files closer to the fp32 student
+    (BENCHMARKS.md sections 19, 23, 25), which ``export`` names when an int8 file loses more than
+    :data:`~sr_shrink.export.verify.INT8_NEAR`.
+
+    ``args``: as typed; ``field``: the :class:`~sr_shrink.export.options.ExportConfig` field it sets (None: another
+    precision, never given with int8); ``value``: that field's value when given (None: any value); ``when``: the
+    trade-off, shown in brackets.
+    """
+
+    args: str
+    field: str | None
+    value: object = None
+    when: str = ""
+
+    def given(self, options: dict) -> bool:
+        """Return True when an export's recorded ``options`` (export.json) already set this option."""
+        return self.field in options and (self.value is None or options[self.field] == self.value)
+
+
+@dataclass(frozen=True)
 class Target:
     """What sr-shrink knows about one export target.
 
@@ -26,7 +47,8 @@ class Target:
     ``options``: the target-specific options it accepts ("shapes", "palettize", "image_io", "w8a16",
     "calib_method");
     ``int8_scheme``: what its int8 exporter quantizes (QAT mirrors it); ``check_io`` / ``verify_shapes``:
-    extra verification steps (or None); ``benched``: ``sr-shrink bench`` times it.
+    extra verification steps (or None); ``benched``: ``sr-shrink bench`` times it; ``int8_closer``: the
+    :class:`Int8Option` s that measured closer to the fp32 student than its default int8 file.
     """
 
     name: str
@@ -49,6 +71,7 @@ class Target:
     check_io: Callable | None = None
     verify_shapes: Callable | None = None
     benched: bool = False
+    int8_closer: tuple[Int8Option, ...] = ()
 
     def calibrated(self, precision: str) -> bool:
         """Return True when an export at ``precision`` quantises activations and so needs calibration inputs."""

@@ -44,6 +44,24 @@ TOLERANCE_DB = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.3, "w8a16": 0.01, "paletti
 # student and >= 55 dB from the tests' tiny one, where its Y-PSNR came out 0.014-0.015 dB *above* the student's
 # (BENCHMARKS.md, section 16): rounding flips at that closeness, not a loss. Two-sided for everything else.
 LOSS_BOUND = {"w8a16": 50.0}
+# An int8 file this close (dB below the student's Y-PSNR) costs nothing worth a note (issue 20's bar); below it,
+# ``export`` names the options that measured closer on the target (:func:`int8_note`).
+INT8_NEAR = 0.03
+
+
+def int8_note(entry: dict, closer: tuple) -> str | None:
+    """Return the line ``export`` prints when an int8 file (an export.json ``entry``) loses more than
+    :data:`INT8_NEAR` dB of Y-PSNR to its student: the loss and the options of ``closer`` (the target's
+    :class:`~sr_shrink.export.targets.Int8Option` s) that the export was not already given; None otherwise."""
+    delta = (entry.get("verification") or {}).get("delta_psnr_y")
+    if entry.get("precision") != "int8" or delta is None or not delta < -INT8_NEAR:
+        return None
+    left = [o for o in closer if not o.given(entry.get("options") or {})]
+    if not left:
+        return None
+    tries = ", ".join(f"{o.args} ({o.when})" if o.when else o.args for o in left)
+    return (f"{entry['file']}: int8 costs {-delta:.3f} dB Y-PSNR against the fp32 student here (more than "
+            f"{INT8_NEAR:g}); measured closer on the teacher panel: {tries} (BENCHMARKS.md, sections 19, 23, 25)")
 
 
 def tolerance_key(precision: str, palettize: int | None = None) -> str:
