@@ -20,6 +20,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .deps import quiet
 
+CONV_STRIP_BYTES = 64 * 2**20  # the most a conv's window copy may take at once (conv works in strips of rows)
+
 
 class UnsupportedOp(Exception):
     """The program holds an op (or an op variant) the numpy evaluator cannot compute."""
@@ -87,9 +89,26 @@ def run_program(prog: MILProgram, feeds: dict[str, np.ndarray]) -> dict[str, np.
     if missing:
         raise ValueError(f"missing program inputs: {', '.join(sorted(missing))}")
     env: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in feeds.items()}
-    for op in prog.ops:
+    last = _last_uses(prog)
+    for i, op in enumerate(prog.ops):
         env[op.outputs[0].name] = _run_op(op, env)
+        for name in last.get(i, ()):  # free what no later op reads: a large input holds a few tensors, not all
+            env.pop(name, None)
     return {name: env[name] for name in prog.outputs}
+
+
+def _last_uses(prog: MILProgram) -> dict[int, list[str]]:
+    """Return {op index: names of the values read for the last time by that op} (program outputs excluded)."""
+    last: dict[str, int] = {}
+    for i, op in enumerate(prog.ops):
+        for var in op.inputs.values():
+            for v in var if isinstance(var, (list, tuple)) else (var,):
+                last[v.name] = i
+    by_op: dict[int, list[str]] = {}
+    for name, i in last.items():
+        if name not in prog.outputs:
+            by_op.setdefault(i, []).append(name)
+    return by_op
 
 
 def _run_op(op, env: dict[str, np.ndarray]) -> np.ndarray:
@@ -134,7 +153,14 @@ def conv(x, weight, bias=None, strides=(1, 1), pad_type="valid", pad=(0, 0, 0, 0
     pt, pb, pl, pr = _pads(str(pad_type), pad, kh, kw)
     x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, :: int(strides[0]), :: int(strides[1])]
-    y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    n, _, oh, ow = win.shape[:4]
+    y = np.empty((n, oh, ow, w.shape[0]), dtype=np.float32)
+    # in strips of output rows: the window copy tensordot makes (C*kh*kw values per output pixel) stays near
+    # CONV_STRIP_BYTES however large the input (a 2048x2048 LR image would need 2.4 GB for it at 16 channels)
+    rows = max(1, CONV_STRIP_BYTES // max(1, n * ow * win.shape[1] * kh * kw * 4))
+    for r in range(0, oh, rows):
+        y[:, r:r + rows] = np.tensordot(win[:, :, r:r + rows], w, axes=([1, 4, 5], [1, 2, 3]))
+    y = y.transpose(0, 3, 1, 2)
     return y + _f32(bias).reshape(1, -1, 1, 1) if bias is not None else y
 
 

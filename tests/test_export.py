@@ -223,6 +223,38 @@ def test_coreml_palettized_weights_decode(exported, student):
     assert _psnr(got, student(x).clamp(0, 1).detach().numpy()) >= 40  # wrong index unpacking gives noise (~10 dB)
 
 
+def test_mil_conv_in_row_strips_equals_one_pass(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 5, 23, 17), dtype=np.float32)
+    w = rng.standard_normal((7, 5, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    whole = mil_eval.conv(x, w, b, pad_type="same")
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), padding=1)
+    assert np.abs(whole - want.numpy()).max() < 1e-4
+    monkeypatch.setattr(mil_eval, "CONV_STRIP_BYTES", 5 * 9 * 17 * 4 * 3)  # three output rows per strip
+    strips = mil_eval.conv(x, w, b, pad_type="same")
+    assert strips.shape == (1, 7, 23, 17) and np.abs(strips - whole).max() < 1e-5  # BLAS may sum in another order
+
+
+def test_mil_program_frees_values_after_their_last_use(exported, student, monkeypatch):
+    e = exported("coreml", "fp32", shapes="any")
+    prog = mil_eval.load_program(e["path"])
+    last = mil_eval._last_uses(prog)
+    freed = [n for names in last.values() for n in names]
+    assert freed and not set(freed) & set(prog.outputs)
+    for i, names in last.items():  # nothing freed at op i is read by a later op
+        later = {v.name for op in prog.ops[i + 1:] for var in op.inputs.values()
+                 for v in (var if isinstance(var, (list, tuple)) else (var,))}
+        assert not set(names) & later
+    held = []
+    run_op = mil_eval._run_op
+    monkeypatch.setattr(mil_eval, "_run_op", lambda op, env: held.append(len(env)) or run_op(op, env))
+    x = _lr(40, 40)
+    got = mil_eval.run_program(prog, {prog.inputs[0]: x.numpy()})[prog.outputs[0]]
+    assert np.abs(got - student(x).clamp(0, 1).detach().numpy()).max() < 1e-4
+    assert max(held) < len(prog.ops) // 2  # without freeing, env ends holding every op's value
+
+
 def test_mil_evaluator_reports_missing_op(run, monkeypatch):
     monkeypatch.delitem(mil_eval.OPS, "pixel_shuffle")
     e = export_run(run, "coreml", stage=1, precision="fp32", out=run / "ex_missing_op", **FAST)[0]

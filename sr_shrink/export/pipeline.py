@@ -40,7 +40,7 @@ from .onnx import CALIB_PERCENTILE
 from .options import ExportConfig, given_options
 from .qat import DEFAULT_LR, STUDENT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
 from .targets import Target, get_target
-from .verify import not_verified, tolerance_key, verify
+from .verify import images_at, not_verified, tolerance_key, verify
 from .wrapper import build_wrapper
 
 
@@ -242,7 +242,10 @@ def _verify(job: _Job, path: Path, student: SRStudent) -> dict:
         if job.fmt.verify_shapes is not None and cfg.shapes:  # every enumerated size
             return job.fmt.verify_shapes(runner, student, job.pairs(student.scale), student.scale, cfg.shapes,
                                          tolerance_key(cfg.precision, cfg.palettize), runner.label)
-        return verify(runner, student, job.pairs(student.scale), student.scale, cfg.input_size,
+        pairs = job.pairs(student.scale)
+        if cfg.input_size:  # a fixed size: fewer images when it is large (each is padded to it)
+            pairs = pairs[:images_at(len(pairs), (cfg.input_size,))[cfg.input_size]]
+        return verify(runner, student, pairs, student.scale, cfg.input_size,
                       tolerance_key(cfg.precision, cfg.palettize), runner.label)
     except UnsupportedOp as exc:
         return not_verified(str(exc), runtime)

@@ -2,7 +2,8 @@
 
 For each LR/HR pair the export's runtime and the student see the same input: the whole LR image for
 exports with free input size; for fixed-size exports a centred crop of that size, replicate-padded where the
-LR image is smaller (the pad is cut off the output before comparing with HR). Recorded: ``max_abs_err`` and
+LR image is smaller (the pad is cut off the output before comparing with HR), on fewer images at sizes above
+:data:`FULL_PIXELS` (:func:`images_at`). Recorded: ``max_abs_err`` and
 ``psnr_vs_torch`` (dB, peak 1, RGB, unrounded outputs) between export and student, and the Y-PSNR against HR
 of both (``psnr_y``, ``torch_psnr_y``; outputs rounded to 8 bits, ``crop_border = scale``, mean over images).
 
@@ -47,6 +48,9 @@ LOSS_BOUND = {"w8a16": 50.0}
 # An int8 file this close (dB below the student's Y-PSNR) costs nothing worth a note (issue 20's bar); below it,
 # ``export`` names the options that measured closer on the target (:func:`int8_note`).
 INT8_NEAR = 0.03
+# LR pixels of a fixed verification size up to which every eval image is run at it (:func:`images_at`): the
+# TFLite default and the smallest Core ML default size; a 2048x2048 size gets one image instead of ten
+FULL_PIXELS = 256 * 256
 
 
 def int8_note(entry: dict, closer: tuple) -> str | None:
@@ -62,6 +66,15 @@ def int8_note(entry: dict, closer: tuple) -> str | None:
     tries = ", ".join(f"{o.args} ({o.when})" if o.when else o.args for o in left)
     return (f"{entry['file']}: int8 costs {-delta:.3f} dB Y-PSNR against the fp32 student here (more than "
             f"{INT8_NEAR:g}); measured closer on the teacher panel: {tries} (BENCHMARKS.md, sections 19, 23, 25)")
+
+
+def images_at(n_images: int, sizes) -> dict[tuple[int, int], int]:
+    """Return {(h, w): how many of ``n_images`` verification images to run at each fixed LR size in ``sizes``}:
+    all of them at the smallest size when it is at most :data:`FULL_PIXELS`, and at every size as many as give
+    about the pixels of ``n_images`` at min(smallest size, :data:`FULL_PIXELS`), at least one. Each image is
+    padded to the size, so above it more images cost time and memory without checking more of the file."""
+    budget = n_images * min(min(h * w for h, w in sizes), FULL_PIXELS)
+    return {(h, w): max(1, min(n_images, round(budget / (h * w)))) for h, w in sizes}
 
 
 def tolerance_key(precision: str, palettize: int | None = None) -> str:
@@ -130,6 +143,8 @@ def verify(run: Runner, student: torch.nn.Module, pairs: list[EvalPair], scale: 
 
 _REFS: OrderedDict[tuple, tuple[torch.Tensor, float]] = OrderedDict()
 _REFS_MAX = 64  # verification images' student outputs kept: ~10 images x a few sizes x a few students
+# ... and at most this many bytes of them: one x4 output at 2048x2048 LR is 805 MB, ten filled 8 GB
+_REFS_MAX_BYTES = 512 * 2**20
 
 
 def _weights_key(student: torch.nn.Module) -> str:
@@ -162,9 +177,14 @@ def _student_reference(key: str, student: torch.nn.Module, s: Sample, scale: int
         ref = student(lr).float().clamp(0, 1)  # every export clamps its output (export.wrapper)
     value = (ref, psnr_y(quantize(_valid(ref, s.valid, scale)), s.hr, scale))
     _REFS[memo_key] = value
-    while len(_REFS) > _REFS_MAX:
+    while len(_REFS) > _REFS_MAX or (len(_REFS) > 1 and _refs_bytes() > _REFS_MAX_BYTES):
         _REFS.popitem(last=False)
     return value
+
+
+def _refs_bytes() -> int:
+    """Return the bytes the cached student outputs take."""
+    return sum(ref.numel() * ref.element_size() for ref, _ in _REFS.values())
 
 
 def _record(max_err: float, psnrs: list[float], ys: list[float], ts: list[float], tolerance: str,
