@@ -3,9 +3,9 @@
 Every model runs through its runner from :mod:`sr_shrink.runtimes` (the same ones export verification and
 bench use), which handles the file's layout, fp16/int8 I/O and fixed input size.
 
-Images: RGB as is; grey (L, 16-bit) is processed as RGB and written back grey; an alpha channel (RGBA, LA,
-palette with transparency) is upscaled with bicubic while the model upscales the colours. Large images
-run in tiles of ``tile`` input pixels overlapping by at least the model's receptive field radius, so the
+Images: RGB as is; grey (L, 16-bit) is processed as RGB and written back grey, 16-bit grey as 16-bit; an alpha
+channel (RGBA, LA, palette with transparency) is upscaled with bicubic while the model upscales the colours. Large
+images run in tiles of ``tile`` input pixels overlapping by at least the model's receptive field radius, so the
 result equals an untiled run (see :mod:`sr_shrink.tiling`). Results are written as ``NAME_x{scale}.png`` into
 the output folder, or next to each input when none is given; a result never overwrites an input image.
 """
@@ -26,6 +26,7 @@ from .runtimes import SUFFIXES, TorchRunner, open_runner
 from .teachers.formats import image_kind
 from .tiling import tiled_apply
 
+LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)  # PIL's RGB -> L weights (ITU-R 601-2)
 GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 Log = Callable[[str], None]
 
@@ -114,11 +115,13 @@ def load_upscaler(path: str | Path, scale: int | None = None, threads: int | Non
 
 @dataclass
 class Picture:
-    """An image split for SR: ``rgb`` (3,H,W) in [0,1], optional ``alpha`` (1,H,W), and whether it was grey."""
+    """An image split for SR: ``rgb`` (3,H,W) in [0,1], optional ``alpha`` (1,H,W), whether it was grey, and the
+    bits per sample it is written back with (16 for 16-bit grey, else 8)."""
 
     rgb: torch.Tensor
     alpha: torch.Tensor | None
     grey: bool
+    bits: int = 8
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -132,7 +135,7 @@ def _split(im: Image.Image) -> Picture:
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode.startswith("I;16") or im.mode == "I":
         grey = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0, 1)
-        return Picture(_to_tensor(grey).repeat(3, 1, 1), None, True)
+        return Picture(_to_tensor(grey).repeat(3, 1, 1), None, True, 16)
     if im.mode in GREY_MODES or im.mode == "LA":
         arr = np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
         alpha = _to_tensor(arr[..., 1]) if im.mode == "LA" else None
@@ -161,7 +164,11 @@ def _bytes(t: torch.Tensor) -> np.ndarray:
 
 
 def picture_image(pic: Picture) -> Image.Image:
-    """Return a PIL image of ``pic``: L/LA for grey pictures, RGB/RGBA otherwise."""
+    """Return a PIL image of ``pic``: I;16 for 16-bit grey pictures, L/LA for other grey ones, RGB/RGBA
+    otherwise (grey is the ITU-R 601 luma PIL's ``convert("L")`` takes)."""
+    if pic.grey and pic.bits == 16:
+        luma = (pic.rgb.detach().double().clamp(0, 1).cpu() * LUMA.view(3, 1, 1)).sum(0)
+        return Image.fromarray(luma.mul(65535).round().numpy().astype(np.uint16))  # uint16 -> mode I;16
     rgb = Image.fromarray(_bytes(pic.rgb))
     colour = rgb.convert("L") if pic.grey else rgb
     if pic.alpha is None:
@@ -174,7 +181,7 @@ def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap:
     """Return the upscaled :class:`Picture`: colours by the model (tiled), alpha by bicubic."""
     sr = up.apply(pic.rgb.unsqueeze(0), tile, overlap)[0]
     alpha = bicubic(pic.alpha.unsqueeze(0), up.scale)[0].clamp(0, 1) if pic.alpha is not None else None
-    return Picture(sr, alpha, pic.grey)
+    return Picture(sr, alpha, pic.grey, pic.bits)
 
 
 def output_path(out_dir: Path | None, image: Path, scale: int, suffix: str = "") -> Path:

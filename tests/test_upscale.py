@@ -67,6 +67,23 @@ def test_grey_image_comes_back_grey(tiny_run, tmp_path):
     assert np.array_equal(np.asarray(out), want)
 
 
+def test_16_bit_grey_comes_back_16_bit(tiny_run, tmp_path):
+    h, w = 20, 24
+    ramp = (np.linspace(0, 1, h * w).reshape(h, w) * 65535).round().astype(np.uint16)  # levels 8 bits cannot hold
+    src = tmp_path / "depth.png"
+    Image.fromarray(ramp).save(src)
+    written = upscale_files(tiny_run / "stage_01.pt", [src], tmp_path / "out")
+    out = Image.open(written[0])
+    got = np.asarray(out)
+    assert out.mode == "I;16" and got.dtype == np.uint16 and out.size == (48, 40)
+    assert (got % 257 != 0).mean() > 0.5  # not 8-bit levels scaled up
+    model, _ = load_student(tiny_run / "stage_01.pt")
+    with torch.no_grad():
+        sr = model(read_picture(src).rgb.unsqueeze(0))[0].clamp(0, 1).double()
+    want = (sr * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(3, 1, 1)).sum(0) * 65535
+    assert np.abs(got.astype(np.float64) - want.numpy()).max() <= 1.0
+
+
 def test_rgba_keeps_bicubic_alpha(tiny_run, tmp_path):
     src = _image(tmp_path / "logo.png", "RGBA", size=(20, 16))
     written = upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out", tile=None)
