@@ -84,6 +84,9 @@ def test_int8_note_names_the_closer_options_not_already_given():
     assert int8_note(_int8_entry(+0.05), closer) is None
     assert int8_note(_int8_entry(-0.2, precision="w8a16"), closer) is None
     assert int8_note(_int8_entry(-0.2), ()) is None  # a target with nothing measured closer (Core ML)
+    qat = {**_int8_entry(-0.01, {"qat_steps": 1000}), "qat_steps": 1000, "qat_delta_psnr_y": -0.05}
+    assert "costs 0.050 dB" in int8_note(qat, closer)  # after --qat: against the original fp32 student
+    assert int8_note({**qat, "qat_delta_psnr_y": -0.02}, closer) is None
     given = {"calib_method": "percentile", "qat_steps": 1000}
     tfl = int8_note(_int8_entry(-0.1, given), targets.get_target("tflite").int8_closer)
     assert "--calib-method" not in tfl and "--qat" not in tfl and "--precision w8a16" in tfl

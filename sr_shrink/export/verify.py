@@ -55,9 +55,11 @@ FULL_PIXELS = 256 * 256
 
 def int8_note(entry: dict, closer: tuple) -> str | None:
     """Return the line ``export`` prints when an int8 file (an export.json ``entry``) loses more than
-    :data:`INT8_NEAR` dB of Y-PSNR to its student: the loss and the options of ``closer`` (the target's
+    :data:`INT8_NEAR` dB of Y-PSNR to its student (the original fp32 student after ``--qat``:
+    ``qat_delta_psnr_y``): the loss and the options of ``closer`` (the target's
     :class:`~sr_shrink.export.targets.Int8Option` s) that the export was not already given; None otherwise."""
-    delta = (entry.get("verification") or {}).get("delta_psnr_y")
+    delta = (entry.get("qat_delta_psnr_y") if entry.get("qat_steps")
+             else (entry.get("verification") or {}).get("delta_psnr_y"))
     if entry.get("precision") != "int8" or delta is None or not delta < -INT8_NEAR:
         return None
     left = [o for o in closer if not o.given(entry.get("options") or {})]
