@@ -40,7 +40,8 @@ from sr_shrink.run import RunDir  # noqa: E402
 
 TEACHERS = ("edsr_x2", "edsr_x4", "span_x2", "span_x4", "realcugan_x4", "realesrgan_anime_x4")
 VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", equalize=True),
-            "int8 eq0.5": dict(precision="int8", equalize=True), "w8a16": dict(precision="w8a16"),
+            "int8 eq0.5": dict(precision="int8", equalize=True),
+            "w8a16": dict(precision="w8a16", bias_correction=False),  # plain (bias correction is w8a16's default)
             "int8 bc": dict(precision="int8", bias_correction=True),
             "w8a16 bc": dict(precision="w8a16", bias_correction=True),
             "int8 pct": dict(precision="int8", calib_method="percentile"),
@@ -78,24 +79,30 @@ def measure(run: Path, stage: int, target: str, variant: str) -> dict:
         return out
 
 
-def table(rows: list[dict], targets: list[str], variants: list[str]) -> str:
-    """Return the markdown table of ``rows``: one line per teacher and stage, one column per target x variant."""
+def table(rows: list[dict], targets: list[str], variants: list[str], within: float | None = None) -> str:
+    """Return the markdown table of ``rows``: one line per teacher and stage, one column per target x variant; a
+    cell with rows of several seeds (``--more``) is their mean. ``within``: a last line counting the files whose
+    loss is at most that many dB."""
     cols = [(t, v) for t in targets for v in variants]
     head = "| teacher | stage (blocks) | fp32 Y-PSNR | " + " | ".join(f"{t} {v}" for t, v in cols) + " |"
     lines = [head, "|---|---|---:|" + "---:|" * len(cols)]
     keys = sorted({(r["teacher"], r["blocks"]) for r in rows}, key=lambda k: (TEACHERS.index(k[0])
                                                                                if k[0] in TEACHERS else 99, k[1]))
     for teacher, blocks in keys:
-        got = {(r["target"], r["variant"]): r for r in rows if (r["teacher"], r["blocks"]) == (teacher, blocks)}
-        fp32 = next(iter(got.values()))["fp32"]
-        cells = [f"{got[c]['delta']:+.3f}" if c in got else "-" for c in cols]
+        mine = [r for r in rows if (r["teacher"], r["blocks"]) == (teacher, blocks)]
+        got = {c: [r["delta"] for r in mine if (r["target"], r["variant"]) == c] for c in cols}
+        fp32 = statistics.mean(r["fp32"] for r in mine)
+        cells = [f"{statistics.mean(got[c]):+.3f}" if got[c] else "-" for c in cols]
         lines.append(f"| {teacher} | {blocks} | {fp32:.3f} | " + " | ".join(cells) + " |")
     means: list[str] = []
-    for t, v in cols:  # the mean over the students that have this column, and how many
+    counts: list[str] = []
+    for t, v in cols:  # the mean over the files that have this column, and how many
         got = [r["delta"] for r in rows if (r["target"], r["variant"]) == (t, v)]
-        cols_mean = f"**{statistics.mean(got):+.3f}** (n={len(got)})" if got else "-"
-        means.append(cols_mean)
+        means.append(f"**{statistics.mean(got):+.3f}** (n={len(got)})" if got else "-")
+        counts.append(f"{sum(d >= -within for d in got)}/{len(got)}" if got and within is not None else "-")
     lines.append("| **mean** | | | " + " | ".join(means) + " |")
+    if within is not None:
+        lines.append(f"| within {within:g} dB | | | " + " | ".join(counts) + " |")
     return "\n".join(lines)
 
 
@@ -138,12 +145,16 @@ def main() -> None:
     ap.add_argument("--blocks", nargs="+", type=int, default=None, help="only the stages with these block counts")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--more", nargs="+", type=Path, default=[],
+                    help="result files of other seeds' runs (--run-name), tabulated with --out's: each cell their mean")
+    ap.add_argument("--within", type=float, default=None, help="count the files that lose at most this many dB")
     ap.add_argument("--fidelity", action="store_true",
                     help="also tabulate the loss against the file's fidelity gap to the student (BENCHMARKS 25)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = [json.loads(ln) for ln in args.out.read_text().splitlines()] if args.out.exists() else []
     done = {(r["teacher"], r["stage"], r["target"], r["variant"]) for r in rows}
+    more = [json.loads(ln) for f in args.more for ln in f.read_text().splitlines()]
     for teacher in [] if args.summarize_only else args.teachers:
         run_dir = args.panel / teacher / args.run_name
         if not (run_dir / "run.json").exists():
@@ -164,7 +175,8 @@ def main() -> None:
                     with args.out.open("a") as f:
                         f.write(json.dumps(r) + "\n")
                     print(json.dumps(r), flush=True)
-    print(table(rows, args.targets, args.columns))
+    rows += more
+    print(table(rows, args.targets, args.columns, args.within))
     if args.fidelity:
         print(fidelity_table([r for r in rows if r["variant"] in args.columns and r["target"] in args.targets]))
 

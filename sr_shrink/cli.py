@@ -293,8 +293,9 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
               help="--qat-target teacher: teacher file [default: the one run.json names].")
 @click.option("--trust-pickle", is_flag=True,
               help="--qat-target teacher: allow a full pickled nn.Module teacher (runs its code).")
-@click.option("--bias-correction/--no-bias-correction", default=False, show_default=True,
-              help="int8/w8a16: correct the biases for the mean error of the weights' rounding (calibration inputs).")
+@click.option("--bias-correction/--no-bias-correction", default=None,
+              help="int8/w8a16: correct the biases for the mean error of the weights' rounding (calibration inputs) "
+                   "[default: on for w8a16, off for int8].")
 @click.option("--equalize", is_flag=True, help="int8: rescale the residual stream and hidden channels towards equal "
               "ranges first (the same function).")
 @click.option("--reduce-range/--no-reduce-range", default=None,
@@ -308,7 +309,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
            calib_method: str | None, calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool,
            qat_steps: int, qat_target: str | None, qat_lr: float | None, teacher: str | None, trust_pickle: bool,
            shapes: str | None,
-           io_kind: str, bias_correction: bool, equalize: bool, reduce_range: bool | None,
+           io_kind: str, bias_correction: bool | None, equalize: bool, reduce_range: bool | None,
            float_stream: bool) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
     from pathlib import Path

@@ -3,6 +3,7 @@ the other precisions and accepted by bench."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,34 @@ def test_w8a16_verifies_against_a_loss_bound_not_a_band():
     assert not as_fp16["verified"] and "rule" not in as_fp16  # the same file fails fp16's band
     loss = verify(_nudged_runner(student, pairs, 2, -0.05), student, pairs, 2, None, "w8a16", "stand-in")
     assert loss["delta_psnr_y"] < -0.01 and not loss["verified"] and "outside" in loss["reason"]
+
+
+def test_w8a16_corrects_biases_by_default_and_the_made_by_command_says_otherwise(tiny_run, tmp_path):
+    from sr_shrink.bench.artifacts import export_command
+    from sr_shrink.export.options import ExportConfig
+    from sr_shrink.run import RunDir
+
+    assert ExportConfig("onnx", precision="w8a16").bias_correction is True
+    assert ExportConfig("tflite", precision="w8a16").bias_correction is True
+    assert ExportConfig("onnx", precision="int8").bias_correction is False
+    assert ExportConfig("onnx", precision="w8a16", bias_correction=False).bias_correction is False
+    e = export_run(tiny_run, "onnx", stage=1, precision="w8a16", **FAST)[0]
+    assert e["bias_correction"]["convs"] > 0 and "bias_correction" not in e["options"]  # the default: not "given"
+    run = RunDir.open(tiny_run)
+    assert "bias-correction" not in export_command(run, Path(e["path"]))
+    res = CliRunner().invoke(main, ["export", str(tiny_run), "--target", "onnx", "--precision", "w8a16", "--stage",
+                                    "1", "--no-bias-correction", "--calib-samples", "4", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0, res.output
+    plain = json_entry(tmp_path / "x")
+    assert "bias_correction" not in plain and plain["options"]["bias_correction"] is False
+    assert "--no-bias-correction" in export_command(run, tmp_path / "x" / plain["file"])
+    # a w8a16 entry written before the default changed (no options record, no correction) rebuilds without it
+    index = tmp_path / "x" / "export.json"
+    data = json.loads(index.read_text())
+    del data["exports"][0]["options"]
+    index.write_text(json.dumps(data))
+    assert "--no-bias-correction" in export_command(run, tmp_path / "x" / plain["file"])
+
+
+def json_entry(folder: Path) -> dict:
+    return json.loads((folder / "export.json").read_text())["exports"][0]

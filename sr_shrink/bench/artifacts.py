@@ -118,7 +118,10 @@ def _entry(run: RunDir, path: Path) -> dict | None:
 def _options(entry: dict) -> dict:
     """Return an export.json entry's record of the options its export was given (rebuilt for old entries)."""
     options = entry.get("options")
-    return options if isinstance(options, dict) else _legacy_options(entry, entry.get("target"))
+    options = options if isinstance(options, dict) else _legacy_options(entry, entry.get("target"))
+    if entry.get("precision") == "w8a16" and "bias_correction" not in entry and "bias_correction" not in options:
+        options = {**options, "bias_correction": False}  # made before w8a16 corrected its biases by default
+    return options
 
 
 def _legacy_options(entry: dict, target: str) -> dict:

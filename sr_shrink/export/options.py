@@ -57,7 +57,8 @@ class ExportConfig:
     ranges; lr 1e-4); None resolves to "teacher" when ``teacher`` is given, else "student".
     ``equalize`` rescales the student's stream and hidden channels towards equal ranges before an int8 export
     (:mod:`~sr_shrink.export.equalize`; the same function, off by default); ``bias_correction`` corrects the
-    int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`). ONNX int8 only:
+    int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`; None: on for w8a16,
+    where it measured better on the panel at 3 seeds, BENCHMARKS 27, off for int8). ONNX int8 only:
     ``reduce_range`` False writes full-range [-127, 127] weights instead of 7-bit ones (None: the scheme's
     default, 7-bit), ``float_stream`` keeps the residual stream float (:class:`~sr_shrink.export.onnx.Int8Scheme`).
     """
@@ -83,7 +84,7 @@ class ExportConfig:
     shapes: tuple[tuple[int, int], ...] | str | None = None
     io: str = "tensor"
     equalize: bool = False
-    bias_correction: bool = False
+    bias_correction: bool | None = None
     reduce_range: bool | None = None
     float_stream: bool = False
     calib_method: str | None = None
@@ -107,6 +108,8 @@ class ExportConfig:
         if self.precision == "w8a16" and "w8a16" not in rec.options:
             raise SRShrinkError("--precision w8a16 is for onnx and tflite; Core ML quantises activations only on "
                                 "macOS (use --precision int8 or --palettize for Core ML).")
+        if self.bias_correction is None:
+            self.bias_correction = self.precision == "w8a16"
         if self.calib_samples is None:
             self.calib_samples = auto_calib_samples(self.input_size)
         if self.calib_samples < 1:
@@ -231,8 +234,8 @@ def option_args(options: dict) -> list[str]:
         if flag is None:
             continue
         if isinstance(value, bool):
-            if name == "reduce_range":
-                args.append("--reduce-range" if value else "--no-reduce-range")
+            if name in ("reduce_range", "bias_correction"):  # on/off pairs: either can differ from the default
+                args.append(flag if value else "--no-" + flag[2:])
             elif value:
                 args.append(flag)
             continue
