@@ -68,11 +68,11 @@ def test_images_per_shape_spends_about_equal_pixels():
     assert counts == {(256, 256): 10, (512, 512): 2, (360, 640): 3, (540, 960): 1, (720, 1280): 1}
     assert images_per_shape(2, ((64, 64), (32, 32))) == {(64, 64): 1, (32, 32): 2}
     assert images_per_shape(3, ((8, 8), (9, 9))) == {(8, 8): 3, (9, 9): 2}
-    # above 256x256 even the smallest size gets fewer images: each is padded to the size (a 2048x2048 LR fp16
-    # package verified ten 96x96 images padded to it in about 15 min and 11.5 GB)
-    assert images_per_shape(10, ((2048, 2048),)) == {(2048, 2048): 1}
-    assert images_per_shape(10, ((1024, 1024), (2048, 2048))) == {(1024, 1024): 1, (2048, 2048): 1}
-    assert images_per_shape(10, ((512, 512),)) == {(512, 512): 2}
+    # above 720x1280 even the smallest size gets fewer images: each is padded to the size (a 2048x2048 LR fp16
+    # package verified ten 96x96 images padded to it, about 1.5 min each)
+    assert images_per_shape(10, ((2048, 2048),)) == {(2048, 2048): 2}
+    assert images_per_shape(10, ((1024, 1024), (2048, 2048))) == {(1024, 1024): 9, (2048, 2048): 2}
+    assert images_per_shape(10, ((720, 1280),)) == {(720, 1280): 10}  # the README's largest recipe size
     assert images_per_shape(10, ((256, 256),)) == {(256, 256): 10}
 
 
@@ -85,9 +85,9 @@ def test_a_large_fixed_size_verifies_fewer_images(tmp_path, monkeypatch):
     small = export_run(run, "onnx", precision="fp32", input_size="32x32", out=tmp_path / "s", eval_images=4)
     assert small[0]["verification"]["images"] == 4 and small[0]["verified"] and len(verify._REFS) >= 4
     monkeypatch.setattr(verify, "_REFS_MAX_BYTES", 1)  # the cache of student outputs keeps only the newest one
-    large = export_run(run, "onnx", precision="fp32", input_size="512x768", out=tmp_path / "l", eval_images=4)
-    assert large[0]["verification"]["images"] == 1 and large[0]["verified"]
-    assert len(verify._REFS) == 1 and next(iter(verify._REFS.values()))[0].shape[-2:] == (1024, 1536)
+    large = export_run(run, "onnx", precision="fp32", input_size="1024x1536", out=tmp_path / "l", eval_images=4)
+    assert large[0]["verification"]["images"] == 2 and large[0]["verified"]
+    assert len(verify._REFS) == 1 and next(iter(verify._REFS.values()))[0].shape[-2:] == (2048, 3072)
 
 
 def test_shapes_option_checks():

@@ -244,7 +244,7 @@ def input_note(entry: dict) -> str | None:
 
 def images_per_shape(n_images: int, shapes: tuple[tuple[int, int], ...]) -> dict[tuple[int, int], int]:
     """Return {(h, w): how many of ``n_images`` verification images to run at that size}: all of them at the
-    smallest size (up to 256x256 pixels), and at each larger one as many as give about the same pixel count (at
+    smallest size (up to 720x1280 pixels), and at each larger one as many as give about the same pixel count (at
     least one); :func:`~sr_shrink.export.verify.images_at`, the rule every fixed verification size follows."""
     from .verify import images_at
 

@@ -48,9 +48,9 @@ LOSS_BOUND = {"w8a16": 50.0}
 # An int8 file this close (dB below the student's Y-PSNR) costs nothing worth a note (issue 20's bar); below it,
 # ``export`` names the options that measured closer on the target (:func:`int8_note`).
 INT8_NEAR = 0.03
-# LR pixels of a fixed verification size up to which every eval image is run at it (:func:`images_at`): the
-# TFLite default and the smallest Core ML default size; a 2048x2048 size gets one image instead of ten
-FULL_PIXELS = 256 * 256
+# LR pixels of a fixed verification size up to which every eval image is run at it (:func:`images_at`): every
+# size of the README's recipes (up to 720x1280) keeps all of them; a 2048x2048 size gets two instead of ten
+FULL_PIXELS = 720 * 1280
 
 
 def int8_note(entry: dict, closer: tuple) -> str | None:
