@@ -25,6 +25,7 @@ from ..deps import quiet, require
 from ..mil_eval import load_program, program_ops, program_ranks
 from .graph import GraphInfo
 from .targets import Target
+from .verify import images_at, verify
 from .wrapper import MobileSR, example_input
 
 if TYPE_CHECKING:
@@ -246,8 +247,6 @@ def images_per_shape(n_images: int, shapes: tuple[tuple[int, int], ...]) -> dict
     """Return {(h, w): how many of ``n_images`` verification images to run at that size}: all of them at the
     smallest size (up to 720x1280 pixels), and at each larger one as many as give about the same pixel count (at
     least one); :func:`~sr_shrink.export.verify.images_at`, the rule every fixed verification size follows."""
-    from .verify import images_at
-
     return images_at(n_images, shapes)
 
 
@@ -259,8 +258,6 @@ def verify_shapes(runner, student, pairs: list, scale: int, shapes: tuple[tuple[
     those of the failing size farthest from the student, or when all pass, of the smallest size, which sees
     every image: each size gets about the same number of pixels, fewer images (at least one) at larger sizes
     (:func:`images_per_shape`), so a 720x1280 size costs what the 256x256 one does."""
-    from .verify import verify
-
     counts = images_per_shape(len(pairs), shapes)
     recs = {hw: verify(runner, student, pairs[:n], scale, hw, tolerance, label) for hw, n in counts.items()}
     failing = [r for r in recs.values() if not r["verified"]]
