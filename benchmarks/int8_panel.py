@@ -3,7 +3,8 @@
 For each teacher's data-free run under PANEL (``PANEL/TEACHER/RUN/stage_XX.pt``, made by
 ``benchmarks/teacher_panel.py``) and each stage, exports ONNX and TFLite files at int8 (the default scheme),
 int8 with range equalization (``equalize=True``, :mod:`sr_shrink.export.equalize`; exponent 1 and 0.5),
-w8a16, and int8 after ``--qat 1000`` (``qat`` variants: the default student target, or the teacher), and reads
+w8a16, and int8 after ``--qat 1000`` (``qat`` variants: the default student target, or the teacher); ONNX int8 files
+are written without the tail refit (``--no-tail-refit``) unless the variant says ``refit`` (BENCHMARKS 29); it reads
 ``verification.delta_psnr_y`` (file minus the fp32 student, Y-PSNR on the bundled eval split, 8-bit outputs)
 and ``psnr_vs_torch``; for a QAT variant ``qat_delta_psnr_y`` (file minus the **original** fp32 student), with
 the plain PTQ file's delta and the tuned float student's drift next to it. The runs are read only: each is
@@ -49,7 +50,9 @@ VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", eq
             "int8 nrr fs": dict(precision="int8", reduce_range=False, float_stream=True),
             "int8 qat": dict(precision="int8", qat_steps=1000),
             "int8 qat teacher": dict(precision="int8", qat_steps=1000, qat_target="teacher"),
-            "int8 qat nrr fs": dict(precision="int8", qat_steps=1000, reduce_range=False, float_stream=True)}
+            "int8 qat nrr fs": dict(precision="int8", qat_steps=1000, reduce_range=False, float_stream=True),
+            "int8 refit": dict(precision="int8", tail_refit=True),
+            "int8 nrr fs refit": dict(precision="int8", reduce_range=False, float_stream=True, tail_refit=True)}
 ALPHA = {"int8 eq0.5": 0.5}  # equalization exponent of a variant (default 1: equal ranges)
 
 
@@ -64,8 +67,11 @@ def measure(run: Path, stage: int, target: str, variant: str) -> dict:
         t0 = time.perf_counter()
         cfg = EqualizeConfig(alpha=ALPHA.get(variant, 1.0))
         pipeline.equalize = functools.partial(equalize, cfg=cfg)
+        opts = dict(VARIANTS[variant])
+        if target == "onnx" and opts["precision"] == "int8" and not opts.get("qat_steps"):
+            opts.setdefault("tail_refit", False)  # the variants without "refit" are the plain files (BENCHMARKS 29)
         try:
-            e = export_run(copy, target, stage=stage, out=Path(tmp) / "ex", **VARIANTS[variant])[0]
+            e = export_run(copy, target, stage=stage, out=Path(tmp) / "ex", **opts)[0]
         finally:
             pipeline.equalize = equalize
         v = e["verification"]

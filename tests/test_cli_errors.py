@@ -65,7 +65,9 @@ def test_distill_missing_or_bad_teacher(files, tmp_path):
                                  "--input-size big", "--layout nhcw", "--palettize 5", "--calib-samples 0",
                                  "--seed -3", "--calib /no/such/dir --precision int8", "--eval /no/such/dir",
                                  "--float-stream", "--no-reduce-range --precision w8a16",
-                                 "--target tflite --precision int8 --float-stream"])
+                                 "--target tflite --precision int8 --float-stream", "--tail-refit",
+                                 "--target tflite --precision int8 --no-tail-refit",
+                                 "--precision int8 --qat 2 --tail-refit"])
 def test_export_bad_values(files, bad):
     args = ["export", str(files["run"]), *shlex.split(bad)]
     if "--target" not in bad:

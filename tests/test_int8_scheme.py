@@ -83,3 +83,47 @@ def test_each_target_record_derives_its_own_int8_scheme():
     assert (changed.reduce_range, changed.float_stream) == (False, True)
     assert changed.record() != INT8_SCHEME.record()
     assert get_target("tflite").scheme_for(ExportConfig("tflite", "int8")) is None
+
+
+def _initializers(path: str) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+
+
+def test_tail_refit_changes_only_the_float_tail_and_fits_it_closer(exported):
+    """--tail-refit rewrites the tail conv's float weights and bias and nothing else; on the calibration inputs
+    the refitted tail is closer to the fp32 student's tail output than the student's own weights were."""
+    from sr_shrink.export.onnx import tail_convs
+
+    default, refit = exported("onnx", "int8", tail_refit=False), exported("onnx", "int8")  # on by default
+    (rec,) = refit["quantization"]["tail_refit"]
+    assert "tail_refit" not in default["quantization"] and "tail" in refit["quantization"]
+    assert 0 < rec["rms_after"] < rec["rms_before"] and rec["pixels"] > 0
+    a, b = _initializers(default["path"]), _initializers(refit["path"])
+    changed = {k for k in a if not np.array_equal(a[k], b[k])}
+    (tail,) = tail_convs(onnx.load(refit["path"]))
+    node = next(n for n in onnx.load(refit["path"]).graph.node if n.name == tail)
+    assert changed == set(node.input[1:3]) and a.keys() == b.keys()  # the tail's weight and bias only
+    assert refit["verified"]
+
+
+def test_refit_tail_recovers_a_tail_from_an_exact_stream(exported, tmp_path):
+    """With the float model's own stream as input (no rounding), refitting a perturbed tail gives back the
+    student's tail: the least squares sees the conv's patches in the conv's own order, padding and bias."""
+    from sr_shrink.export.onnx import tail_convs
+    from sr_shrink.export.refit import refit_tail
+
+    fp = onnx.load(exported("onnx", "fp32")["path"])
+    (tail,) = tail_convs(fp)
+    node = next(n for n in fp.graph.node if n.name == tail)
+    moved = onnx.ModelProto()
+    moved.CopyFrom(fp)
+    inits = {t.name: t for t in moved.graph.initializer}
+    original = {k: numpy_helper.to_array(inits[k]).copy() for k in node.input[1:3]}
+    rng = np.random.default_rng(0)
+    for k, v in original.items():
+        inits[k].CopyFrom(numpy_helper.from_array((v + rng.normal(0, 0.1, v.shape)).astype(np.float32), k))
+    arrays = [rng.random((1, 3, 11, 13), dtype=np.float32) for _ in range(4)]
+    rec = refit_tail(moved, fp, tail, arrays, ridge=0.0)
+    assert rec["rms_before"] > 1e-3 and rec["rms_after"] < 1e-5
+    for k, v in original.items():
+        np.testing.assert_allclose(numpy_helper.to_array(inits[k]), v, atol=1e-4)

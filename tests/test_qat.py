@@ -84,6 +84,9 @@ def test_onnx_qat_export_verifies_and_records_the_deltas(tmp_path):
     # student is already within 0.03 dB and QAT does not reliably improve on it; the TFLite test above does)
     plain = export_run(run, "onnx", precision="int8", out=tmp_path / "plain", **FAST)[0]
     assert "qat_steps" not in plain and "qat" not in plain  # without --qat the entry is as before
+    # the tail refit (on by default) fits the tail to the float student the file is made from: after QAT that is
+    # the fine-tuned one, so a QAT file is written without it
+    assert "tail_refit" in plain["quantization"] and "tail_refit" not in saved["quantization"]
 
 
 def test_qat_uses_the_runs_teacher_and_generator(tmp_path, tiny_teacher):

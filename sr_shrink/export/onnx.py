@@ -34,6 +34,7 @@ import torch
 
 from ..deps import quiet, require
 from .graph import GraphInfo
+from .refit import refit_tail
 from .targets import Int8Option, Target
 from .wrapper import MobileSR, example_input
 
@@ -134,7 +135,6 @@ def float_end_convs(proto) -> list[str]:
     residual before the anchor Add): int8 keeps them float. ORT's int8 kernels are slower than its fp32 ones
     for their 3 input / 12 output channels, and their rounding costs the most dB (BENCHMARKS.md, section 9)."""
     g = proto.graph
-    producer = {o: n for n in g.node for o in n.output}
     inits = {t.name: t for t in g.initializer}
     inputs = {i.name for i in g.input}
     inputs |= {o for n in g.node if n.op_type == "Transpose" and n.input[0] in inputs for o in n.output}
@@ -143,8 +143,19 @@ def float_end_convs(proto) -> list[str]:
         return n.op_type == "Conv" and n.input[1] in inits and list(inits[n.input[1]].dims[2:]) != [1, 1]
 
     names = [n.name for n in g.node if is_3x3_conv(n) and n.input[0] in inputs]
+    return sorted(set(names + tail_convs(proto)))
+
+
+def tail_convs(proto) -> list[str]:
+    """Return the names of the tail convs: the 3x3 (not 1x1) convs whose output the anchor Add before the pixel
+    shuffle reads."""
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    names = []
     for _, add in _shuffle_sources(g, producer):
-        names += [producer[i].name for i in add.input if i in producer and is_3x3_conv(producer[i])]
+        names += [producer[i].name for i in add.input if i in producer and producer[i].op_type == "Conv"
+                  and producer[i].input[1] in inits and list(inits[producer[i].input[1]].dims[2:]) != [1, 1]]
     return sorted(set(names))
 
 
@@ -174,8 +185,10 @@ class Int8Scheme:
     ``float_tail`` keeps the anchor conv, the last Add and DepthToSpace in float (:func:`float_tail_nodes`);
     ``float_end_convs`` the first and last 3x3 convs (:func:`float_end_convs`); ``float_stream`` keeps the
     residual stream float (every Add float, reading its float inputs, :func:`float_stream_skips`), so only the
-    convs see a rounded copy of it. The default is the int8 export's scheme (``sr-shrink export --no-reduce-range
-    / --float-stream`` change it, :meth:`with_options`); :data:`W8A16_SCHEME` the w8a16 one."""
+    convs see a rounded copy of it; ``tail_refit`` refits the float tail conv to the quantized stream
+    (:func:`~sr_shrink.export.refit.refit_tail`). The default is the int8 export's scheme (``sr-shrink export
+    --no-reduce-range / --float-stream / --[no-]tail-refit`` change it, :meth:`with_options`);
+    :data:`W8A16_SCHEME` the w8a16 one."""
 
     activations: str = "uint8"
     reduce_range: bool = True
@@ -183,11 +196,15 @@ class Int8Scheme:
     float_end_convs: bool = True
     percentile: float | None = CALIB_PERCENTILE
     float_stream: bool = False
+    tail_refit: bool = True
 
-    def with_options(self, reduce_range: bool | None = None, float_stream: bool = False) -> Int8Scheme:
-        """Return this scheme with an export's ``--[no-]reduce-range`` (None: keep) and ``--float-stream``."""
+    def with_options(self, reduce_range: bool | None = None, float_stream: bool = False,
+                     tail_refit: bool | None = None) -> Int8Scheme:
+        """Return this scheme with an export's ``--[no-]reduce-range``, ``--[no-]tail-refit`` (None: keep) and
+        ``--float-stream``."""
         return replace(self, reduce_range=self.reduce_range if reduce_range is None else reduce_range,
-                       float_stream=self.float_stream or float_stream)
+                       float_stream=self.float_stream or float_stream,
+                       tail_refit=self.tail_refit if tail_refit is None else tail_refit)
 
     def record(self) -> dict:
         """Return the export.json description of the scheme."""
@@ -197,6 +214,8 @@ class Int8Scheme:
                "weights": f"int8 (symmetric, per channel, {bits})"}
         if self.float_stream:
             rec["residual_stream"] = "float (the Adds run in float; each conv reads a rounded copy)"
+        if self.tail_refit and self.float_end_convs:
+            rec["tail"] = "float, refitted by least squares to the quantized stream (export.refit)"
         return rec
 
 
@@ -237,6 +256,8 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
         float_stream_skips(out)
     info = {"method": "onnxruntime static QDQ", **scheme.record(), "float_nodes": keep_float,
             "calibration_inputs": len(arrays)}
+    if scheme.tail_refit and scheme.float_end_convs:
+        info["tail_refit"] = [refit_tail(out, proto, name, arrays) for name in tail_convs(proto)]
     return out, info
 
 

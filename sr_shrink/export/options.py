@@ -35,7 +35,8 @@ FILE_OPTIONS = {"input_size": "--input-size", "shapes": "--shapes", "io": "--io"
                 "calib_method": "--calib-method", "calib_samples": "--calib-samples", "seed": "--seed",
                 "native_io": "--native-io", "qat_steps": "--qat", "qat_target": "--qat-target", "qat_lr": "--qat-lr",
                 "teacher": "--teacher", "trust_pickle": "--trust-pickle", "bias_correction": "--bias-correction",
-                "equalize": "--equalize", "reduce_range": "--reduce-range", "float_stream": "--float-stream"}
+                "equalize": "--equalize", "reduce_range": "--reduce-range", "float_stream": "--float-stream",
+                "tail_refit": "--tail-refit"}
 
 
 @dataclass
@@ -60,7 +61,8 @@ class ExportConfig:
     int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`; None: on for w8a16,
     where it measured better on the panel at 3 seeds, BENCHMARKS 27, off for int8). ONNX int8 only:
     ``reduce_range`` False writes full-range [-127, 127] weights instead of 7-bit ones (None: the scheme's
-    default, 7-bit), ``float_stream`` keeps the residual stream float (:class:`~sr_shrink.export.onnx.Int8Scheme`).
+    default, 7-bit), ``float_stream`` keeps the residual stream float, ``tail_refit`` refits the float tail conv to the
+    quantized stream (None: the scheme's default; :class:`~sr_shrink.export.onnx.Int8Scheme`).
     """
 
     target: str
@@ -88,6 +90,7 @@ class ExportConfig:
     reduce_range: bool | None = None
     float_stream: bool = False
     calib_method: str | None = None
+    tail_refit: bool | None = None
 
     def __post_init__(self) -> None:
         rec = get_target(self.target)
@@ -128,7 +131,9 @@ class ExportConfig:
 
     def _check_int8_scheme(self) -> None:
         given = [f for f, v in (("--reduce-range" if self.reduce_range else "--no-reduce-range",
-                                 self.reduce_range is not None), ("--float-stream", self.float_stream)) if v]
+                                 self.reduce_range is not None), ("--float-stream", self.float_stream),
+                                ("--tail-refit" if self.tail_refit else "--no-tail-refit",
+                                 self.tail_refit is not None)) if v]
         if given and (get_target(self.target).int8_scheme is None or self.precision != "int8"):
             raise SRShrinkError(f"{', '.join(given)} changes the ONNX int8 scheme; use it with --target onnx "
                                 f"--precision int8 (not {self.target} {self.precision}).")
@@ -140,6 +145,10 @@ class ExportConfig:
         if steps and self.precision != "int8":
             raise SRShrinkError(f"--qat fine-tunes for int8 exports; add --precision int8 (not {self.precision}) "
                                 "or drop --qat.")
+        if steps and self.tail_refit:
+            raise SRShrinkError("--tail-refit fits the tail to the float student the file is made from, which after "
+                                "--qat is the fine-tuned one, not yours (--qat already fits the whole file to yours); "
+                                "drop one of them.")
         if not steps:
             given = [f for f, v in (("--qat-lr", self.qat_lr), ("--qat-target", self.qat_target),
                                     ("--teacher", self.teacher), ("--trust-pickle", self.trust_pickle)) if v]
@@ -234,7 +243,7 @@ def option_args(options: dict) -> list[str]:
         if flag is None:
             continue
         if isinstance(value, bool):
-            if name in ("reduce_range", "bias_correction"):  # on/off pairs: either can differ from the default
+            if name in ("reduce_range", "bias_correction", "tail_refit"):  # on/off pairs: either can be the default
                 args.append(flag if value else "--no-" + flag[2:])
             elif value:
                 args.append(flag)

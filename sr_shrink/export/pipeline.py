@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -141,6 +141,9 @@ class _Job:
 
 def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | None, qat: bool = False) -> dict:
     cfg = job.cfg
+    if qat and job.fmt.int8_scheme is not None and cfg.tail_refit is not False:
+        # QAT fitted the whole file to the original student; a tail refit would fit it to the fine-tuned one
+        cfg = replace(cfg, tail_refit=False)
     recs = {}
     if cfg.equalize and calib and cfg.precision == "int8":  # same function, int8-friendlier ranges
         student, recs["equalization"] = equalize(student, calib)
