@@ -122,6 +122,15 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
 
 
+def _starts_like_torch_save(path: Path) -> bool:
+    """Return True if ``path`` is a zip archive (torch.save's format) or starts with a pickle protocol marker
+    (its legacy format, protocol 2 or later): files that could hold pickled objects."""
+    with open(path, "rb") as f:
+        if f.read(1) == b"\x80":
+            return True
+    return zipfile.is_zipfile(path)
+
+
 def read(path: Path, trust_pickle: bool = False) -> Loaded:
     """Return the :class:`Loaded` contents of ``path``, never running pickled code unless ``trust_pickle``;
     an image file is named as one (never a hint to trust pickles)."""
@@ -140,6 +149,9 @@ def read(path: Path, trust_pickle: bool = False) -> Loaded:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
+        if not _starts_like_torch_save(path):  # text, junk: the weights-only unpickler refuses its first byte
+            raise SRShrinkError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip archive nor its "
+                                "pickle); check the file or download it again.") from None
         if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
             raise SRShrinkError(
                 f"{path}: holds pickled Python objects (e.g. a whole nn.Module); loading it would run code from "
