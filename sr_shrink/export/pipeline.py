@@ -60,7 +60,7 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     stages = run.select(stage)
     fmt = get_target(cfg.target)
     fmt.require(cfg.precision)
-    job = _Job(run, cfg, fmt, given_options(opts))
+    job = _Job(run, cfg, fmt, given_options(opts, cfg))
     if cfg.qat_steps and cfg.qat_target == "teacher":  # a missing or unloadable teacher fails before any write
         job.teacher(load_student(run.stages[stages[0]])[0].scale)
     out_dir = Path(out) if out is not None else run.exports_dir
