@@ -181,6 +181,8 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     checks = _checked(cfg.target, graph, path)
     entry = _entry(job, stage, student, path, graph, checks, extra, seconds)
     entry["options"] = dict(job.options)
+    if entry.get("io_dtype") == "float32":  # --native-io on a file whose own precision takes float32 I/O anyway
+        entry["options"].pop("native_io", None)
     if calib_rec:
         entry["calibration"] = calib_rec
     entry["verification"] = _verify(job, path, student) if cfg.verify else not_verified("skipped", "")
