@@ -178,6 +178,10 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
         torch.set_num_threads(threads)
     if time_budget and steps_per_stage:
         raise SRShrinkError("pass --steps-per-stage or --time-budget, not both: the budget sets the steps.")
+    if mode != "data" and (data_dir or data_target != "teacher"):  # else silently a run without the photos
+        given = "--data DIR" if data_dir else f"--data-target {data_target}"
+        raise SRShrinkError(f"{given} is for --mode data (training on your photos), not --mode {mode}; add --mode "
+                            "data or drop it.")
     a, b = _parse_stages(stages)
     overrides = {k: v for k, v in dict(student_steps_per_g=student_steps_per_g, g_lr=g_lr, w_r=w_r, mix=mix,
                                          synthetic=synthetic, g_kind=g_kind, reuse=reuse).items() if v is not None}

@@ -54,6 +54,17 @@ def test_distill_bad_values(files, bad):
     _assert_one_error_line(_invoke(args), args)
 
 
+@pytest.mark.parametrize("bad", ["--data {eval}", "--data {eval} --mode noise", "--data-target hr",
+                                 "--data-target hr --mode generator"])
+def test_distill_photo_options_without_mode_data(files, bad):
+    """--data / --data-target hr without --mode data used to be ignored: a data-free run, not one on the photos."""
+    args = ["distill", str(files["teacher"]), "--out", str(files["root"] / "nodata"), "--steps-per-stage", "1",
+            "--stages", "1:1", "--eval", "none", "--quiet", *shlex.split(bad.format(eval=files["eval"]))]
+    result = _invoke(args)
+    _assert_one_error_line(result, args)
+    assert "--mode data" in result.output and not (files["root"] / "nodata" / "run.json").exists()
+
+
 def test_distill_missing_or_bad_teacher(files, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     for teacher in ("/no/such/teacher.pt", str(tmp_path / "junk.pt"), str(tmp_path)):
@@ -141,7 +152,7 @@ DISTILL_FUZZ = {"--batch": _ints, "--channels": _ints, "--lr-patch": st.one_of(_
 def test_distill_fuzzed_options_never_traceback(files, opts):
     out = files["root"] / "fuzz"
     args = ["distill", str(files["teacher"]), "--out", str(out), "--force", "--steps-per-stage", "2", "--eval", "none",
-            "--quiet", "--data", str(files["eval"])]
+            "--quiet"] + (["--data", str(files["eval"])] if opts.get("--mode") == "data" else [])
     if "--stages" not in opts:
         args += ["--stages", "1:1"]
     for k, v in opts.items():
