@@ -103,7 +103,8 @@ def test_output_paths_that_are_files(files, tmp_path):
 
 @pytest.mark.parametrize("bad", ["--threads 0", "--max-images 0", "--budget-ms 0", "--budget-ms nan",
                                  "--min-psnr inf", "--repeats 0", "--warmup -1", "--rounds 0", "--input-size 2x2",
-                                 "--runtimes bogus", "--precisions fp8", "--device tpu", "--eval /no/such/dir"])
+                                 "--runtimes bogus", "--precisions fp8", "--device tpu", "--eval /no/such/dir",
+                                 "--adb-args --use_gpu=true", "--latency-from /no/such/file.csv"])
 def test_bench_bad_values(files, bad):
     args = ["bench", str(files["run"]), "--runtimes", "torch", "--repeats", "1", "--warmup", "0", "--rounds", "1",
             *shlex.split(bad)]

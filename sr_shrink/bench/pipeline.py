@@ -92,6 +92,9 @@ class BenchConfig:
             raise SRShrinkError("pass either --budget-ms or --min-psnr, not both.")
         if self.latency_from and self.adb:
             raise SRShrinkError("pass either --latency-from or --adb, not both.")
+        if self.adb_args.strip() and not self.adb:
+            raise SRShrinkError("--adb-args are benchmark_model flags for --adb; add --adb BENCHMARK_MODEL or drop "
+                                "them.")
         bad = [p for p in self.precisions if p not in ACCEPTED_PRECISIONS]
         if bad or not self.precisions:
             raise SRShrinkError(f"unknown precision {', '.join(bad) or '(none)'}; "
