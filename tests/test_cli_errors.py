@@ -112,7 +112,8 @@ def test_bench_bad_values(files, bad):
 
 
 @pytest.mark.parametrize("bad", ["--tile -1", "--overlap -2", "--scale 3", "--scale 0", "--threads 0",
-                                 "--device tpu"])
+                                 "--device tpu", "--teacher /no/such/teacher.pt", "--crops 3", "--value-range 255",
+                                 "--res-scale 0.1"])
 def test_upscale_bad_values(files, bad):
     img = next(files["eval"].iterdir())
     args = ["upscale", str(files["run"] / "stage_01.pt"), str(img), "-o", str(files["out"]), *shlex.split(bad)]
