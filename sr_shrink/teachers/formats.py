@@ -92,6 +92,32 @@ def refuse_image(path: Path, what: str = "a teacher checkpoint") -> None:
                             "'sr-shrink upscale MODEL IMAGE'.")
 
 
+EXPORTED = {".onnx": "ONNX", ".tflite": "TFLite", ".mlpackage": "Core ML", ".mlmodel": "Core ML"}
+
+
+def exported_kind(path: str | Path) -> str | None:
+    """Return the format of an exported model at ``path`` (ONNX, TFLite, Core ML), told by its suffix or a
+    TFLite flatbuffer's identifier, or None."""
+    path = Path(path)
+    if path.suffix.lower() in EXPORTED:
+        return EXPORTED[path.suffix.lower()]
+    try:
+        with open(path, "rb") as f:
+            return "TFLite" if f.read(8)[4:8] == b"TFL3" else None
+    except OSError:
+        return None
+
+
+def refuse_export(path: Path, what: str = "a teacher checkpoint") -> None:
+    """Raise a one-line SRShrinkError when ``path`` is an exported model (see :func:`exported_kind`) instead of
+    ``what``; return None otherwise."""
+    kind = exported_kind(path)
+    if kind is not None:
+        raise SRShrinkError(f"{path}: this is an exported {kind} model, not {what}; 'sr-shrink upscale {path} IMAGE' "
+                            "runs it. Pass the teacher network's weights (.pt/.pth/.safetensors state_dict, "
+                            "TorchScript or torch.export .pt2).")
+
+
 def sniff(path: Path) -> str:
     """Return the format the bytes of ``path`` announce: torchscript, torch.export, safetensors or torch.load."""
     if zipfile.is_zipfile(path):
