@@ -101,6 +101,19 @@ def test_output_paths_that_are_files(files, tmp_path):
         _assert_one_error_line(_invoke(args), args)
 
 
+def test_empty_output_folders_are_refused(files, tmp_path, monkeypatch):
+    """``--out ""`` (e.g. ``--out "$RUN"`` with RUN unset) meant the current folder: distill wrote its run there."""
+    monkeypatch.chdir(tmp_path)
+    img = next(files["eval"].iterdir())
+    for args in (["distill", str(files["teacher"]), "--out", "", "--steps-per-stage", "1", "--stages", "1:1",
+                  "--eval", "none", "--quiet"],
+                 ["export", str(files["run"]), "--target", "onnx", "--out", ""],
+                 ["upscale", str(files["run"] / "stage_01.pt"), str(img), "-o", ""],
+                 ["demo", "--out", "", "--steps-per-stage", "1"]):
+        _assert_one_error_line(_invoke(args), args)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("bad", ["--threads 0", "--max-images 0", "--budget-ms 0", "--budget-ms nan",
                                  "--min-psnr inf", "--repeats 0", "--warmup -1", "--rounds 0", "--input-size 2x2",
                                  "--runtimes bogus", "--precisions fp8", "--device tpu", "--eval /no/such/dir",
