@@ -75,6 +75,14 @@ class Finite(click.FloatRange):
         return v
 
 
+def _folder(ctx, param, value):
+    """Refuse an empty folder option (e.g. ``--out "$RUN"`` with RUN unset), which would mean the current
+    folder."""
+    if value is not None and not str(value).strip():
+        raise click.BadParameter("is empty; pass a folder (e.g. runs/x; '.' for the current one).", ctx, param)
+    return value
+
+
 POS = click.IntRange(min=1)
 NONNEG = click.IntRange(min=0)
 SCALE = click.IntRange(2, 16)
@@ -102,7 +110,8 @@ def _parse_stages(text: str) -> tuple[int, int]:
 
 @main.command()
 @click.argument("teacher", required=False)
-@click.option("--out", "run_dir", default="runs/distill", show_default=True, help="Run folder (RUN_DIR).")
+@click.option("--out", "run_dir", default="runs/distill", show_default=True, callback=_folder,
+              help="Run folder (RUN_DIR).")
 @click.option("--mode", type=click.Choice(choices.MODES), default="datafree", show_default=True,
               help="Input source for the students.")
 @click.option("--data", "data_dir", help="Folder of training images (for --mode data).")
@@ -178,6 +187,10 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
         torch.set_num_threads(threads)
     if time_budget and steps_per_stage:
         raise SRShrinkError("pass --steps-per-stage or --time-budget, not both: the budget sets the steps.")
+    if mode != "data" and (data_dir or data_target != "teacher"):  # else silently a run without the photos
+        given = "--data DIR" if data_dir else f"--data-target {data_target}"
+        raise SRShrinkError(f"{given} is for --mode data (training on your photos), not --mode {mode}; add --mode "
+                            "data or drop it.")
     a, b = _parse_stages(stages)
     overrides = {k: v for k, v in dict(student_steps_per_g=student_steps_per_g, g_lr=g_lr, w_r=w_r, mix=mix,
                                          synthetic=synthetic, g_kind=g_kind, reuse=reuse).items() if v is not None}
@@ -254,7 +267,7 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "w8a16"]),
               help="Weights/compute precision; w8a16: int8 weights, 16-bit activations (onnx, tflite) "
                    "[default: fp16 for coreml, else fp32].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=str),
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), callback=_folder,
               help="Output folder [default: RUN_DIR/exports].")
 @click.option("--input-size", metavar="HxW", help="Fix the LR input size (TFLite default 256x256; ONNX free; "
               "Core ML: see --shapes).")
@@ -419,7 +432,7 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", type=click.Path(file_okay=False),
+@click.option("-o", "--out", type=click.Path(file_okay=False), callback=_folder,
               help="Folder for NAME_x{s}.png [default: next to each input image].")
 @click.option("--tile", type=click.IntRange(0, 65536), default=256, show_default=True,
               help="Tile size in input pixels (0: whole image).")
@@ -447,7 +460,7 @@ def upscale(model, images, out, tile, overlap, compare, crops, teacher, scale, t
 
 
 @main.command()
-@click.option("--out", default="runs/demo", show_default=True, help="Run folder.")
+@click.option("--out", default="runs/demo", show_default=True, callback=_folder, help="Run folder.")
 @click.option("--steps-per-stage", default=300, type=click.IntRange(1, 10**9), show_default=True,
               help="Student steps per stage.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted demo run instead of starting over.")

@@ -66,6 +66,7 @@ class RunDir(TeacherOfRun):
         if isinstance(path, RunDir):
             return path
         path = Path(path)
+        _refuse_model_or_image(path)
         if path.is_file():
             m = STAGE_RE.match(path.name)
             stage = int(m.group(1)) if m else _stage_from_ckpt(path)
@@ -237,6 +238,20 @@ class RunDir(TeacherOfRun):
         data = {"sr_shrink_exports": 1, "updated": now_iso(), "run": self.summary(),
                 "exports": [by_file[k] for k in sorted(by_file)]}
         return atomic_write_json(data, folder / INDEX_NAME)
+
+
+def _refuse_model_or_image(path: Path) -> None:
+    """Raise a one-line SRShrinkError when ``path``, given where a run belongs, is an exported model or an image."""
+    from .teachers.formats import exported_kind, image_kind
+
+    kind = exported_kind(path)
+    if kind is not None:
+        raise SRShrinkError(f"{path}: this is an exported {kind} model, not a run folder or stage_XX.pt; pass the "
+                            f"folder 'sr-shrink distill' wrote ('sr-shrink upscale {path} IMAGE' runs the model).")
+    kind = image_kind(path) if path.is_file() else None
+    if kind is not None:
+        raise SRShrinkError(f"{path}: this is a {kind} image, not a run folder or stage_XX.pt; pass the folder "
+                            "'sr-shrink distill' wrote (images go to 'sr-shrink upscale MODEL IMAGE').")
 
 
 def _stage_from_ckpt(path: Path) -> int:

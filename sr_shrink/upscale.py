@@ -216,6 +216,10 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     ``compare``, whose teacher takes the ``value_range`` and ``res_scale`` overrides). A result that would
     replace an input, or two results sharing a file, is an error before anything is written."""
     log = log or (lambda _m: None)
+    given = [f for f, v in (("--teacher", teacher), ("--crops", crops != 1), ("--value-range", value_range),
+                            ("--res-scale", res_scale)) if v]
+    if given and not compare:  # they shape the teacher panel only
+        raise SRShrinkError(f"{', '.join(given)} only applies to --compare; add --compare or drop it.")
     images = [Path(p) for p in images]
     out_dir = Path(out_dir) if out_dir is not None else None
     if threads:

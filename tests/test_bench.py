@@ -393,6 +393,25 @@ def test_export_command_names_every_option_the_file_was_made_with(tmp_path):
     assert (tmp_path / "a" / first["file"]).read_bytes() == (tmp_path / "b" / second["file"]).read_bytes()
 
 
+def test_options_an_export_leaves_unused_are_not_recorded(tmp_path):
+    """An fp32 file exported with the int8 calibration options (which leave float exports alone) and --native-io
+    (its I/O is float32 either way) is the plain file: export.json used to record them, so bench marked its row
+    as exported with options and its made-by command named them."""
+    from sr_shrink.bench.artifacts import export_command
+
+    if not HAVE_ORT:
+        pytest.skip("onnxruntime is not installed")
+    run = make_tiny_run(tmp_path / "run")
+    unused = ["--equalize", "--bias-correction", "--calib-samples", "4", "--seed", "3", "--native-io"]
+    res = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--stage", "2", "--layout", "nhwc",
+                                    *unused, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    entry = json.loads((tmp_path / "a" / "export.json").read_text())["exports"][0]
+    assert entry["options"] == {"layout": "nhwc"}
+    cmd = export_command(RunDir.open(run), tmp_path / "a" / entry["file"])
+    assert cmd.endswith(f"--precision fp32 --layout nhwc --out {tmp_path / 'a'}"), cmd
+
+
 def test_a_row_from_a_file_exported_with_options_is_marked(tmp_path, eval_dir):
     """bench reuses the int8 file exports/ holds; one exported with --float-stream is marked in the table and
     named in a note (with its options), a plain file bench exported itself is not."""

@@ -44,7 +44,7 @@ DISTILL_BAD = ["--reuse 0", "--save-every 0", "--stage-step 0", "--mix 2", "--mi
                "--student-steps-per-g 0", "--scale 1", "--scale 3", "--seed -1", "--mode bogus",
                "--teacher-dtype int4", "--kd-loss l3", "--batch abc", "--bogus-flag", "--data /no/such/dir --mode data",
                "--eval /no/such/dir", "--synthetic stripes", "--block repvgg", "--batch 1", "--pool -1",
-               "--time-budget 0", "--time-budget nan", "--time-budget 1 --steps-per-stage 5"]
+               "--time-budget 0", "--time-budget nan", "--time-budget 1 --steps-per-stage 5", "--resume --force"]
 
 
 @pytest.mark.parametrize("bad", DISTILL_BAD)
@@ -52,6 +52,17 @@ def test_distill_bad_values(files, bad):
     args = ["distill", str(files["teacher"]), "--out", str(files["root"] / "d"), "--steps-per-stage", "1",
             "--stages", "1:1", "--eval", "none", "--quiet", *shlex.split(bad)]
     _assert_one_error_line(_invoke(args), args)
+
+
+@pytest.mark.parametrize("bad", ["--data {eval}", "--data {eval} --mode noise", "--data-target hr",
+                                 "--data-target hr --mode generator"])
+def test_distill_photo_options_without_mode_data(files, bad):
+    """--data / --data-target hr without --mode data used to be ignored: a data-free run, not one on the photos."""
+    args = ["distill", str(files["teacher"]), "--out", str(files["root"] / "nodata"), "--steps-per-stage", "1",
+            "--stages", "1:1", "--eval", "none", "--quiet", *shlex.split(bad.format(eval=files["eval"]))]
+    result = _invoke(args)
+    _assert_one_error_line(result, args)
+    assert "--mode data" in result.output and not (files["root"] / "nodata" / "run.json").exists()
 
 
 def test_distill_missing_or_bad_teacher(files, tmp_path):
@@ -92,9 +103,23 @@ def test_output_paths_that_are_files(files, tmp_path):
         _assert_one_error_line(_invoke(args), args)
 
 
+def test_empty_output_folders_are_refused(files, tmp_path, monkeypatch):
+    """``--out ""`` (e.g. ``--out "$RUN"`` with RUN unset) meant the current folder: distill wrote its run there."""
+    monkeypatch.chdir(tmp_path)
+    img = next(files["eval"].iterdir())
+    for args in (["distill", str(files["teacher"]), "--out", "", "--steps-per-stage", "1", "--stages", "1:1",
+                  "--eval", "none", "--quiet"],
+                 ["export", str(files["run"]), "--target", "onnx", "--out", ""],
+                 ["upscale", str(files["run"] / "stage_01.pt"), str(img), "-o", ""],
+                 ["demo", "--out", "", "--steps-per-stage", "1"]):
+        _assert_one_error_line(_invoke(args), args)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("bad", ["--threads 0", "--max-images 0", "--budget-ms 0", "--budget-ms nan",
                                  "--min-psnr inf", "--repeats 0", "--warmup -1", "--rounds 0", "--input-size 2x2",
-                                 "--runtimes bogus", "--precisions fp8", "--device tpu", "--eval /no/such/dir"])
+                                 "--runtimes bogus", "--precisions fp8", "--device tpu", "--eval /no/such/dir",
+                                 "--adb-args --use_gpu=true", "--latency-from /no/such/file.csv"])
 def test_bench_bad_values(files, bad):
     args = ["bench", str(files["run"]), "--runtimes", "torch", "--repeats", "1", "--warmup", "0", "--rounds", "1",
             *shlex.split(bad)]
@@ -102,7 +127,8 @@ def test_bench_bad_values(files, bad):
 
 
 @pytest.mark.parametrize("bad", ["--tile -1", "--overlap -2", "--scale 3", "--scale 0", "--threads 0",
-                                 "--device tpu"])
+                                 "--device tpu", "--teacher /no/such/teacher.pt", "--crops 3", "--value-range 255",
+                                 "--res-scale 0.1"])
 def test_upscale_bad_values(files, bad):
     img = next(files["eval"].iterdir())
     args = ["upscale", str(files["run"] / "stage_01.pt"), str(img), "-o", str(files["out"]), *shlex.split(bad)]
@@ -143,7 +169,7 @@ DISTILL_FUZZ = {"--batch": _ints, "--channels": _ints, "--lr-patch": st.one_of(_
 def test_distill_fuzzed_options_never_traceback(files, opts):
     out = files["root"] / "fuzz"
     args = ["distill", str(files["teacher"]), "--out", str(out), "--force", "--steps-per-stage", "2", "--eval", "none",
-            "--quiet", "--data", str(files["eval"])]
+            "--quiet"] + (["--data", str(files["eval"])] if opts.get("--mode") == "data" else [])
     if "--stages" not in opts:
         args += ["--stages", "1:1"]
     for k, v in opts.items():

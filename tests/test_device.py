@@ -174,3 +174,25 @@ def test_bench_adb_runs_benchmark_model_on_the_device(phone_run, tmp_path, monke
     with pytest.raises(SRShrinkError, match="needs Android's adb"):
         run_bench(phone_run, _cfg(adb=str(tool)))
     assert os.environ["SR_SHRINK_ADB"] == ""
+
+
+@pytest.mark.parametrize("setup", ["missing", "garbage", "adb without litert", "adb missing"])
+def test_a_bad_device_setup_fails_before_any_row_is_measured(setup, tmp_path, monkeypatch):
+    """A mistyped --latency-from path (or a bad file, or --adb without adb or a litert row) used to end the run
+    only after every row was exported, scored and timed, and nothing was saved."""
+    from sr_shrink.bench import pipeline
+
+    def measured(*_a, **_k):
+        raise AssertionError("rows were opened before the device latencies were checked")
+
+    monkeypatch.setattr(pipeline, "open_rows", measured)
+    run = make_tiny_run(tmp_path / "run")
+    (tmp_path / "bad.csv").write_text("garbage\n")
+    monkeypatch.setenv("SR_SHRINK_ADB", "")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    cfg = {"missing": dict(latency_from=str(tmp_path / "no_such.csv")), "garbage": dict(latency_from=str(
+        tmp_path / "bad.csv")), "adb without litert": dict(adb="benchmark_model", runtimes=("torch",)),
+           "adb missing": dict(adb="benchmark_model")}[setup]
+    with pytest.raises(SRShrinkError, match="latency-from|file,ms|adb"):
+        run_bench(run, BenchConfig(**{**dict(runtimes=("torch", "litert"), precisions=("fp32",), input_size=(32, 32),
+                                             max_images=1, repeats=1, warmup=0, rounds=1), **cfg}))

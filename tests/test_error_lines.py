@@ -85,3 +85,37 @@ def test_cli_info_and_distill_of_a_photo(tmp_path, command):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "JPEG image" in lines[0], result.output
     assert "--trust-pickle" not in result.output
     assert not (tmp_path / "run").exists()  # nothing written for a wrong input
+
+
+def _exported_models(folder) -> list:
+    """An .onnx, a .mlpackage folder and a TFLite flatbuffer without its suffix (its identifier tells it)."""
+    (folder / "stage_02_fp32.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    (folder / "stage_02_fp16.mlpackage").mkdir()
+    (folder / "model.bin").write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(24))
+    return [(folder / "stage_02_fp32.onnx", "ONNX"), (folder / "stage_02_fp16.mlpackage", "Core ML"),
+            (folder / "model.bin", "TFLite")]
+
+
+def test_an_exported_model_as_teacher_is_named_as_one(tmp_path):
+    """An .onnx given as the teacher was 'holds pickled Python objects ... --trust-pickle' (or, after that was
+    fixed, 'not a PyTorch checkpoint; download it again'); a .mlpackage was 'no such file'."""
+    for path, kind in _exported_models(tmp_path):
+        with pytest.raises(SRShrinkError) as info:
+            load_teacher(path)
+        msg = str(info.value)
+        assert f"exported {kind} model, not a teacher checkpoint" in msg and "sr-shrink upscale" in msg, msg
+        assert "trust-pickle" not in msg and "no such file" not in msg
+
+
+@pytest.mark.parametrize("kind", ["ONNX", "Core ML", "TFLite", "PNG"])
+def test_cli_export_of_a_model_or_an_image_names_it(tmp_path, kind):
+    """export RUN_DIR given an exported model or a photo said 'not a readable sr-shrink checkpoint (Weights only
+    load failed. In PyTorch 2.6, ...)'."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(_image_bytes("PNG"))
+    path = dict([(k, p) for p, k in _exported_models(tmp_path)] + [("PNG", photo)])[kind]
+    result = CliRunner().invoke(main, ["export", str(path), "--target", "onnx"])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    what = "image" if kind == "PNG" else "model"
+    assert f"{kind} {what}, not a run folder or stage_XX.pt" in lines[0] and "Weights only" not in lines[0]

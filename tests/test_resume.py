@@ -180,6 +180,20 @@ def test_resume_refuses_another_teacher(tiny_teacher, tmp_path):
     assert run["complete"] and len(run["stages"]) == 3 and "resumed_from" not in run
 
 
+def test_resume_after_a_stage_file_was_deleted_trains_it_and_the_stages_grown_from_it(tiny_teacher, tmp_path):
+    """A finished run with stage_02.pt deleted: --resume used to keep stage 3, train a stage 3 again on top of it
+    and list [1, 3, 3] in run.json, stage 2 gone for good."""
+    distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+            device="cpu")
+    (tmp_path / "r" / "stage_02.pt").unlink()
+    run = distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
+                  device="cpu", resume=True)
+    assert run["complete"] and [(s["stage"], s["n_blocks"]) for s in run["stages"]] == [(1, 1), (2, 2), (3, 3)]
+    assert run["resumed_from"] == [{"stage": 2, "step": 0, "from_collapsed": True}]
+    assert [p.name for p in sorted((tmp_path / "r").glob("stage_*.pt"))] == ["stage_01.pt", "stage_02.pt",
+                                                                            "stage_03.pt"]
+
+
 def test_resume_refuses_other_teacher_overrides(tiny_teacher, tmp_path):
     # the same file read with another value range or EDSR res_scale is another teacher function
     distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,

@@ -155,6 +155,19 @@ def test_full_module_pickle_needs_trust(tmp_path):
     assert t.info.format == "pickled nn.Module" and t.info.scale == 2
 
 
+def test_a_file_that_is_no_checkpoint_is_not_called_a_pickle(tmp_path):
+    """Text or junk bytes used to be reported as 'holds pickled Python objects ... Pass --trust-pickle': the
+    weights-only unpickler refuses their first byte as it refuses a pickled class."""
+    for name, data in (("notes.pt", b"not a checkpoint"), ("x.pth", b"x\n"), ("zeros.pt", bytes(64))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(SRShrinkError, match="not a PyTorch checkpoint") as err:
+            load_teacher(tmp_path / name)
+        assert "trust-pickle" not in str(err.value) and "pickled Python objects" not in str(err.value)
+    torch.save(_edsr(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # a real pickle still is one
+    with pytest.raises(SRShrinkError, match="--trust-pickle"):
+        load_teacher(tmp_path / "legacy.pt")
+
+
 def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(SRShrinkError, match="no such file"):
         load_teacher(tmp_path / "missing.pt")

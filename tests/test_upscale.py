@@ -224,6 +224,38 @@ def test_an_image_passed_as_the_model_is_named(tmp_path):
     assert res.exit_code == 2 and "PNG image, not a model" in res.output
 
 
+def _foreign_onnx(path: Path, in_channels: int, out_channels: int) -> Path:
+    """Write an .onnx that is no sr-shrink export: a nearest x2 upscale of ``in_channels`` channels whose output
+    keeps only the first ``out_channels`` of them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def const(name, values, kind=TensorProto.FLOAT):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, kind, [len(values)], values))
+
+    nodes = [const("roi", []), const("scales", [1.0, 1.0, 2.0, 2.0]), const("starts", [0], TensorProto.INT64),
+             const("ends", [out_channels], TensorProto.INT64), const("axes", [1], TensorProto.INT64),
+             helper.make_node("Resize", ["x", "roi", "scales"], ["up"], mode="nearest"),
+             helper.make_node("Slice", ["up", "starts", "ends", "axes"], ["y"])]
+    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                [1, in_channels, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")
+@pytest.mark.parametrize("in_channels, out_channels, says", [(1, 1, "its input has shape (1, 1, 'h', 'w')"),
+                                                             (3, 1, "its output has shape (1, 1, 128, 128)")])
+def test_an_onnx_that_is_not_an_rgb_model_is_a_clear_error(tmp_path, in_channels, out_channels, says):
+    """A foreign .onnx (a Y-channel model, or one with a single output channel) used to end in ONNX Runtime's or
+    PIL's traceback with exit status 1."""
+    model = _foreign_onnx(tmp_path / "foreign.onnx", in_channels, out_channels)
+    res = _run(model, _image(tmp_path / "photo.png", "RGB"), "-o", tmp_path / "out")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert says in lines[0] and "3-channel" in lines[0] and not (tmp_path / "out").exists()
+
 def _bump(x: torch.Tensor) -> torch.Tensor:
     """A fake teacher: bicubic plus a strong change wherever the (upscaled) input is very bright."""
     up = bicubic(x, 2)

@@ -129,7 +129,8 @@ def read_latency_file(path: str | Path) -> list[DeviceLatency]:
     return found
 
 
-def _adb_exe() -> str:
+def adb_exe() -> str:
+    """Return the adb to run (``SR_SHRINK_ADB``, else ``adb`` on PATH), or raise a one-line SRShrinkError."""
     exe = os.environ.get("SR_SHRINK_ADB") or shutil.which("adb")
     if not exe:
         raise SRShrinkError("--adb needs Android's adb on PATH (or SR_SHRINK_ADB=/path/to/adb) and a device "
@@ -152,7 +153,7 @@ def _adb(exe: str, *args: str, timeout: float = 600) -> str:
 def run_on_device(tool: str, files: list[Path], extra_args: str = "") -> list[DeviceLatency]:
     """Return the latency of each .tflite in ``files`` measured by ``benchmark_model`` (``tool``: a file here,
     pushed first, or the tool's path on the device) on the device ``adb`` reaches."""
-    exe = _adb_exe()
+    exe = adb_exe()
     _adb(exe, "shell", "mkdir", "-p", DEVICE_DIR, timeout=60)
     remote_tool = tool
     if Path(tool).is_file():

@@ -92,6 +92,9 @@ class BenchConfig:
             raise SRShrinkError("pass either --budget-ms or --min-psnr, not both.")
         if self.latency_from and self.adb:
             raise SRShrinkError("pass either --latency-from or --adb, not both.")
+        if self.adb_args.strip() and not self.adb:
+            raise SRShrinkError("--adb-args are benchmark_model flags for --adb; add --adb BENCHMARK_MODEL or drop "
+                                "them.")
         bad = [p for p in self.precisions if p not in ACCEPTED_PRECISIONS]
         if bad or not self.precisions:
             raise SRShrinkError(f"unknown precision {', '.join(bad) or '(none)'}; "
@@ -175,14 +178,29 @@ def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, 
     return rows, notes
 
 
-def _device_latency(rows: list[dict], cfg: BenchConfig, log: Log) -> list[str]:
+NO_LITERT_ROW = "--adb runs .tflite files, but no litert row was benchmarked; add --runtimes litert."
+
+
+def _device_source(cfg: BenchConfig, runtimes: list[str]) -> list | None:
+    """Return the latencies of ``--latency-from`` (None without it), read before any row is measured, and check
+    that ``--adb`` has adb and a litert row to run: a bad file or setup fails at once, not after the work."""
+    from .device import adb_exe, read_latency_file
+
+    if cfg.adb:
+        if "litert" not in runtimes:
+            raise SRShrinkError(NO_LITERT_ROW)
+        adb_exe()
+    return read_latency_file(cfg.latency_from) if cfg.latency_from else None
+
+
+def _device_latency(rows: list[dict], cfg: BenchConfig, log: Log, latencies: list | None = None) -> list[str]:
     from .device import apply_device_latency, read_latency_file, run_on_device
 
     if cfg.latency_from:
-        return apply_device_latency(rows, read_latency_file(cfg.latency_from))
+        return apply_device_latency(rows, latencies if latencies is not None else read_latency_file(cfg.latency_from))
     files = list(dict.fromkeys(Path(r["path"]) for r in rows if r["runtime"] == "litert"))
     if not files:
-        raise SRShrinkError("--adb runs .tflite files, but no litert row was benchmarked; add --runtimes litert.")
+        raise SRShrinkError(NO_LITERT_ROW)
     log(f"running benchmark_model on the Android device for {len(files)} .tflite file(s)")
     return apply_device_latency(rows, run_on_device(cfg.adb, files, cfg.adb_args))
 
@@ -242,6 +260,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
     if scale is None:
         raise SRShrinkError(f"{run.root / 'run.json'}: scale {run.run.get('scale')!r} is not a number.")
     runtimes, notes = settle_runtimes(cfg.runtimes)
+    latencies = _device_source(cfg, runtimes)
     threads = cfg.threads or torch.get_num_threads()
     pairs = load_eval_set(scale, cfg.eval_dir, cfg.max_images)
     bicubic = evaluate_bicubic(pairs, scale)
@@ -266,7 +285,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
     out_rows.sort(key=row_order)
     notes += option_notes(out_rows)
     if cfg.latency_from or cfg.adb:  # rank by latencies measured on the phone
-        notes += _device_latency(out_rows, cfg, log)
+        notes += _device_latency(out_rows, cfg, log, latencies)
     result = {"rows": out_rows, "recommended": None, "machine": machine_info(threads, cfg.input_size, cfg.device),
               "teacher": teacher, "bicubic": {"psnr_y": bicubic["psnr_y"], "ssim_y": bicubic["ssim_y"]},
               "eval": {"folder": str(cfg.eval_dir or "bundled"), "images": len(pairs), "scale": scale},

@@ -55,6 +55,8 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     """
     started = time.time() if started is None else started
     cfg.validate()
+    if resume and force:  # --resume continues what --force would delete: a resume refusal's "--force" tip was moot
+        raise SRShrinkError("pass --resume (continue the run in --out) or --force (start it over), not both.")
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     teacher = load_teacher(teacher_path, scale=teacher_scale or None, trust_pickle=trust_pickle,

@@ -11,6 +11,7 @@ grows. Files (named by :class:`~sr_shrink.run.RunDir`): ``stage_XX.pt`` per fini
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, replace
 
@@ -97,7 +98,9 @@ def run_stages(job: Job, resume: bool) -> dict:
     saved = state.load(rundir.state_path, env.rank, env.world) if resume else None
     if saved is not None:  # the state's list of finished stages is the authority on where to go on
         run.stages = [StageRecord.from_dict(s) for s in saved["stages"]]
-    run.stages = state.stages = [s for s in run.stages if (rundir.root / str(s.checkpoint)).exists()]
+    # the finished stages up to the first whose checkpoint is gone: each later stage grew from it, so they go again
+    run.stages = state.stages = list(itertools.takewhile(lambda s: (rundir.root / str(s.checkpoint)).exists(),
+                                                         run.stages))
     done = len(state.stages)
     if saved is not None and saved["stage_idx"] != done:
         saved = None  # a stale state (its stage's checkpoint is gone): start that stage afresh

@@ -207,6 +207,18 @@ class ExportConfig:
         """Return True when the export quantises activations (int8, w8a16) and so needs calibration inputs."""
         return get_target(self.target).calibrated(self.precision)
 
+    def shapes_the_file(self, name: str) -> bool:
+        """Return False for a file-shaping option (a :data:`FILE_OPTIONS` field) that this export leaves unused:
+        the calibration settings (``calib``, ``calib_samples``, ``bias_correction``; ``seed`` unless QAT uses
+        it) when the export is not calibrated, ``equalize`` except on a calibrated int8 export."""
+        if name in ("calib", "calib_samples", "bias_correction"):
+            return self.calibrated
+        if name == "seed":
+            return self.calibrated or bool(self.qat_steps)
+        if name == "equalize":
+            return self.calibrated and self.precision == "int8"
+        return True
+
     @property
     def dynamic(self) -> bool:
         """Return True when the exported input height/width are left free (not fixed, not enumerated)."""
@@ -217,13 +229,16 @@ class ExportConfig:
         return f"stage_{stage:02d}_{self.tag}{get_target(self.target).suffix}"
 
 
-def given_options(opts: dict) -> dict:
+def given_options(opts: dict, cfg: ExportConfig | None = None) -> dict:
     """Return the file-shaping options of an export call (:data:`FILE_OPTIONS`) that differ from
     :class:`ExportConfig`'s defaults, as JSON values in the command line's spelling (sizes as ``HxW``, paths as
-    strings): export.json records them so that the file's command can be written back (:func:`option_args`)."""
+    strings): export.json records them so that the file's command can be written back (:func:`option_args`).
+    With the call's resolved ``cfg``, options it leaves unused (:meth:`ExportConfig.shapes_the_file`, e.g.
+    ``--equalize`` on an fp32 export) are left out: the file is the one made without them."""
     defaults = {f.name: f.default for f in fields(ExportConfig) if f.default is not MISSING}
     return {name: _cli_value(opts[name]) for name in FILE_OPTIONS
-            if opts.get(name) is not None and opts[name] != defaults.get(name)}
+            if opts.get(name) is not None and opts[name] != defaults.get(name)
+            and (cfg is None or cfg.shapes_the_file(name))}
 
 
 def _cli_value(value):

@@ -60,7 +60,7 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     stages = run.select(stage)
     fmt = get_target(cfg.target)
     fmt.require(cfg.precision)
-    job = _Job(run, cfg, fmt, given_options(opts))
+    job = _Job(run, cfg, fmt, given_options(opts, cfg))
     if cfg.qat_steps and cfg.qat_target == "teacher":  # a missing or unloadable teacher fails before any write
         job.teacher(load_student(run.stages[stages[0]])[0].scale)
     out_dir = Path(out) if out is not None else run.exports_dir
@@ -184,6 +184,8 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     checks = _checked(cfg.target, graph, path)
     entry = _entry(job, stage, student, path, graph, checks, extra, seconds)
     entry["options"] = dict(job.options)
+    if entry.get("io_dtype") == "float32":  # --native-io on a file whose own precision takes float32 I/O anyway
+        entry["options"].pop("native_io", None)
     if calib_rec:
         entry["calibration"] = calib_rec
     entry["verification"] = _verify(job, path, student) if cfg.verify else not_verified("skipped", "")

@@ -31,6 +31,17 @@ def fixed_hw(shape, layout: str) -> tuple[int, int] | None:
     return None
 
 
+def check_rgb_input(path, shape, layout: str) -> None:
+    """Raise a one-line SRShrinkError when a model's input ``shape`` is not a batch of RGB images: rank 4 with
+    3 channels on the axis ``layout`` puts them (a free channel axis passes)."""
+    if len(shape) == 4:
+        c = shape[3 if layout == "nhwc" else 1]
+        if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or c <= 0 or c == 3:
+            return
+    raise SRShrinkError(f"{path}: its input has shape {tuple(shape)}, not a batch of RGB images (N, 3, h, w) or "
+                        "(N, h, w, 3); pass a 3-channel super-resolution model, such as 'sr-shrink export' writes.")
+
+
 def _encode(x: np.ndarray, dtype, quant: tuple[float, int] | None) -> np.ndarray:
     """Return ``x`` in the input tensor's dtype, quantised with its (scale, zero_point) if it is an integer."""
     if np.issubdtype(dtype, np.integer):
@@ -112,6 +123,10 @@ class Runner:
         nhwc = self.layout == "nhwc"
         y = _decode(self._run(_encode(x.transpose(0, 2, 3, 1) if nhwc else x, self.in_dtype, self.in_quant)),
                     self.out_quant)
+        if y.ndim != 4 or y.shape[3 if nhwc else 1] != 3:
+            raise SRShrinkError(f"{self.path}: its output has shape {y.shape} for a {x.shape} input, not a batch of "
+                                "RGB images; pass a 3-channel super-resolution model, such as 'sr-shrink export' "
+                                "writes.")
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2) if nhwc else y, dtype=np.float32)
 
     def _run(self, feed: np.ndarray) -> np.ndarray:

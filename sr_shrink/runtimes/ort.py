@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SRShrinkError, first_line
-from .base import Runner, fixed_hw, io_layout
+from .base import Runner, check_rgb_input, fixed_hw, io_layout
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -73,6 +73,7 @@ class OrtRunner(Runner):
         self.input_name, self.in_dtype = inp.name, _ORT_DTYPES[inp.type]
         meta = self.session.get_modelmeta().custom_metadata_map
         self.layout = io_layout(meta.get("layout"), inp.shape)
+        check_rgb_input(self.path, inp.shape, self.layout)
         self.input_hw = fixed_hw(inp.shape, self.layout)
 
     def _run(self, feed: np.ndarray) -> np.ndarray:

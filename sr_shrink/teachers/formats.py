@@ -92,6 +92,32 @@ def refuse_image(path: Path, what: str = "a teacher checkpoint") -> None:
                             "'sr-shrink upscale MODEL IMAGE'.")
 
 
+EXPORTED = {".onnx": "ONNX", ".tflite": "TFLite", ".mlpackage": "Core ML", ".mlmodel": "Core ML"}
+
+
+def exported_kind(path: str | Path) -> str | None:
+    """Return the format of an exported model at ``path`` (ONNX, TFLite, Core ML), told by its suffix or a
+    TFLite flatbuffer's identifier, or None."""
+    path = Path(path)
+    if path.suffix.lower() in EXPORTED:
+        return EXPORTED[path.suffix.lower()]
+    try:
+        with open(path, "rb") as f:
+            return "TFLite" if f.read(8)[4:8] == b"TFL3" else None
+    except OSError:
+        return None
+
+
+def refuse_export(path: Path, what: str = "a teacher checkpoint") -> None:
+    """Raise a one-line SRShrinkError when ``path`` is an exported model (see :func:`exported_kind`) instead of
+    ``what``; return None otherwise."""
+    kind = exported_kind(path)
+    if kind is not None:
+        raise SRShrinkError(f"{path}: this is an exported {kind} model, not {what}; 'sr-shrink upscale {path} IMAGE' "
+                            "runs it. Pass the teacher network's weights (.pt/.pth/.safetensors state_dict, "
+                            "TorchScript or torch.export .pt2).")
+
+
 def sniff(path: Path) -> str:
     """Return the format the bytes of ``path`` announce: torchscript, torch.export, safetensors or torch.load."""
     if zipfile.is_zipfile(path):
@@ -122,6 +148,15 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
 
 
+def _starts_like_torch_save(path: Path) -> bool:
+    """Return True if ``path`` is a zip archive (torch.save's format) or starts with a pickle protocol marker
+    (its legacy format, protocol 2 or later): files that could hold pickled objects."""
+    with open(path, "rb") as f:
+        if f.read(1) == b"\x80":
+            return True
+    return zipfile.is_zipfile(path)
+
+
 def read(path: Path, trust_pickle: bool = False) -> Loaded:
     """Return the :class:`Loaded` contents of ``path``, never running pickled code unless ``trust_pickle``;
     an image file is named as one (never a hint to trust pickles)."""
@@ -140,6 +175,9 @@ def read(path: Path, trust_pickle: bool = False) -> Loaded:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
+        if not _starts_like_torch_save(path):  # text, junk: the weights-only unpickler refuses its first byte
+            raise SRShrinkError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip archive nor its "
+                                "pickle); check the file or download it again.") from None
         if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
             raise SRShrinkError(
                 f"{path}: holds pickled Python objects (e.g. a whole nn.Module); loading it would run code from "
