@@ -138,12 +138,13 @@ def float_end_convs(proto) -> list[str]:
     inits = {t.name: t for t in g.initializer}
     inputs = {i.name for i in g.input}
     inputs |= {o for n in g.node if n.op_type == "Transpose" and n.input[0] in inputs for o in n.output}
-
-    def is_3x3_conv(n) -> bool:
-        return n.op_type == "Conv" and n.input[1] in inits and list(inits[n.input[1]].dims[2:]) != [1, 1]
-
-    names = [n.name for n in g.node if is_3x3_conv(n) and n.input[0] in inputs]
+    names = [n.name for n in g.node if _is_3x3_conv(n, inits) and n.input[0] in inputs]
     return sorted(set(names + tail_convs(proto)))
+
+
+def _is_3x3_conv(node, inits: dict) -> bool:
+    """Return True for a Conv whose weight is the initializer of a spatial (not 1x1) kernel."""
+    return node.op_type == "Conv" and node.input[1] in inits and list(inits[node.input[1]].dims[2:]) != [1, 1]
 
 
 def tail_convs(proto) -> list[str]:
@@ -154,8 +155,7 @@ def tail_convs(proto) -> list[str]:
     inits = {t.name: t for t in g.initializer}
     names = []
     for _, add in _shuffle_sources(g, producer):
-        names += [producer[i].name for i in add.input if i in producer and producer[i].op_type == "Conv"
-                  and producer[i].input[1] in inits and list(inits[producer[i].input[1]].dims[2:]) != [1, 1]]
+        names += [producer[i].name for i in add.input if i in producer and _is_3x3_conv(producer[i], inits)]
     return sorted(set(names))
 
 
@@ -206,6 +206,11 @@ class Int8Scheme:
                        float_stream=self.float_stream or float_stream,
                        tail_refit=self.tail_refit if tail_refit is None else tail_refit)
 
+    @property
+    def refits_tail(self) -> bool:
+        """Return True when the file's tail conv is float and refitted (``tail_refit`` needs ``float_end_convs``)."""
+        return self.tail_refit and self.float_end_convs
+
     def record(self) -> dict:
         """Return the export.json description of the scheme."""
         bits = "7-bit range [-64, 64]" if self.reduce_range else "full range [-127, 127]"
@@ -214,7 +219,7 @@ class Int8Scheme:
                "weights": f"int8 (symmetric, per channel, {bits})"}
         if self.float_stream:
             rec["residual_stream"] = "float (the Adds run in float; each conv reads a rounded copy)"
-        if self.tail_refit and self.float_end_convs:
+        if self.refits_tail:
             rec["tail"] = "float, refitted by least squares to the quantized stream (export.refit)"
         return rec
 
@@ -256,7 +261,7 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
         float_stream_skips(out)
     info = {"method": "onnxruntime static QDQ", **scheme.record(), "float_nodes": keep_float,
             "calibration_inputs": len(arrays)}
-    if scheme.tail_refit and scheme.float_end_convs:
+    if scheme.refits_tail:
         info["tail_refit"] = [refit_tail(out, proto, name, arrays) for name in tail_convs(proto)]
     return out, info
 
