@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,21 @@ class MILProgram:
     input_specs: dict[str, tuple[type, tuple[int | None, ...]]] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     input_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)  # enumerated shapes, if any
+
+    @cached_property
+    def last_uses(self) -> dict[int, list[str]]:
+        """Return {op index: names of the values read for the last time by that op} (program outputs excluded),
+        worked out once per program: :func:`run_program` frees them after that op."""
+        last: dict[str, int] = {}
+        for i, op in enumerate(self.ops):
+            for var in op.inputs.values():
+                for v in var if isinstance(var, (list, tuple)) else (var,):
+                    last[v.name] = i
+        by_op: dict[int, list[str]] = {}
+        for name, i in last.items():
+            if name not in self.outputs:
+                by_op.setdefault(i, []).append(name)
+        return by_op
 
 
 def load_program(path: str | Path) -> MILProgram:
@@ -89,26 +105,11 @@ def run_program(prog: MILProgram, feeds: dict[str, np.ndarray]) -> dict[str, np.
     if missing:
         raise ValueError(f"missing program inputs: {', '.join(sorted(missing))}")
     env: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in feeds.items()}
-    last = _last_uses(prog)
     for i, op in enumerate(prog.ops):
         env[op.outputs[0].name] = _run_op(op, env)
-        for name in last.get(i, ()):  # free what no later op reads: a large input holds a few tensors, not all
+        for name in prog.last_uses.get(i, ()):  # free what no later op reads: a large input holds a few, not all
             env.pop(name, None)
     return {name: env[name] for name in prog.outputs}
-
-
-def _last_uses(prog: MILProgram) -> dict[int, list[str]]:
-    """Return {op index: names of the values read for the last time by that op} (program outputs excluded)."""
-    last: dict[str, int] = {}
-    for i, op in enumerate(prog.ops):
-        for var in op.inputs.values():
-            for v in var if isinstance(var, (list, tuple)) else (var,):
-                last[v.name] = i
-    by_op: dict[int, list[str]] = {}
-    for name, i in last.items():
-        if name not in prog.outputs:
-            by_op.setdefault(i, []).append(name)
-    return by_op
 
 
 def _run_op(op, env: dict[str, np.ndarray]) -> np.ndarray:

@@ -239,7 +239,7 @@ def test_mil_conv_in_row_strips_equals_one_pass(monkeypatch):
 def test_mil_program_frees_values_after_their_last_use(exported, student, monkeypatch):
     e = exported("coreml", "fp32", shapes="any")
     prog = mil_eval.load_program(e["path"])
-    last = mil_eval._last_uses(prog)
+    last = prog.last_uses
     freed = [n for names in last.values() for n in names]
     assert freed and not set(freed) & set(prog.outputs)
     for i, names in last.items():  # nothing freed at op i is read by a later op
