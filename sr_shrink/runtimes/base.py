@@ -81,6 +81,13 @@ class Runner:
         self.out_quant: tuple[float, int] | None = None
         self.precision: str | None = None
 
+    def _take_input(self, shape, declared_layout: str | None) -> None:
+        """Set ``layout`` (the declared one, else the one ``shape`` implies) and ``input_hw`` from the model's input
+        ``shape`` (free dimensions None, a name, or <= 0); a one-line SRShrinkError when it is not RGB images."""
+        self.layout = io_layout(declared_layout, shape)
+        check_rgb_input(self.path, shape, self.layout)
+        self.input_hw = fixed_hw(shape, self.layout)
+
     def takes(self, hw: tuple[int, int]) -> bool:
         """Return True if the model accepts (h, w) inputs: its fixed size, one it enumerates, or any size."""
         hw = tuple(int(v) for v in hw)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..deps import quiet
 from ..errors import SRShrinkError, first_line
-from .base import Runner, check_rgb_input, fixed_hw, io_layout
+from .base import Runner
 
 
 def tflite_metadata(path: str | Path) -> dict:
@@ -51,9 +51,7 @@ class LiteRTRunner(Runner):
         inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
         self.in_index, self.out_index = inp["index"], out["index"]
         sig = [int(d) for d in inp.get("shape_signature", inp["shape"])]
-        self.layout = io_layout(meta.get("layout"), [d if d > 0 else None for d in sig])
-        check_rgb_input(self.path, [d if d > 0 else None for d in sig], self.layout)
-        self.input_hw = fixed_hw(sig, self.layout)
+        self._take_input([d if d > 0 else None for d in sig], meta.get("layout"))
         self._shape = tuple(int(d) for d in inp["shape"])
         self.in_dtype = inp["dtype"]
         if np.issubdtype(inp["dtype"], np.integer):

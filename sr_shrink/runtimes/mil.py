@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SRShrinkError, first_line
-from .base import Runner, check_rgb_input, fixed_hw, io_layout
+from .base import Runner, fixed_hw
 
 
 class MILRunner(Runner):
@@ -33,9 +33,7 @@ class MILRunner(Runner):
         self.input_name, self.output_name = self.program.inputs[0], self.program.outputs[0]
         dtype, shape = self.program.input_specs[self.input_name]
         self.in_dtype = dtype
-        self.layout = io_layout(self.program.metadata.get("layout"), shape)
-        check_rgb_input(self.path, shape, self.layout)
-        self.input_hw = fixed_hw(shape, self.layout)
+        self._take_input(shape, self.program.metadata.get("layout"))
         enumerated = self.program.input_shapes.get(self.input_name, ())
         self.input_sizes = tuple(fixed_hw(s, self.layout) for s in enumerated) or None
         self.image_io = self.program.metadata.get("io") == "image"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SRShrinkError, first_line
-from .base import Runner, check_rgb_input, fixed_hw, io_layout
+from .base import Runner
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -72,9 +72,7 @@ class OrtRunner(Runner):
                                 "and float16 ONNX inputs; integer inputs carry no scale to quantise with).")
         self.input_name, self.in_dtype = inp.name, _ORT_DTYPES[inp.type]
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.layout = io_layout(meta.get("layout"), inp.shape)
-        check_rgb_input(self.path, inp.shape, self.layout)
-        self.input_hw = fixed_hw(inp.shape, self.layout)
+        self._take_input(inp.shape, meta.get("layout"))
 
     def _run(self, feed: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: feed})[0]
