@@ -193,11 +193,13 @@ def _device_source(cfg: BenchConfig, runtimes: list[str]) -> list | None:
     return read_latency_file(cfg.latency_from) if cfg.latency_from else None
 
 
-def _device_latency(rows: list[dict], cfg: BenchConfig, log: Log, latencies: list | None = None) -> list[str]:
-    from .device import apply_device_latency, read_latency_file, run_on_device
+def _device_latency(rows: list[dict], cfg: BenchConfig, log: Log, latencies: list | None) -> list[str]:
+    """Rank ``rows`` by device latencies: ``latencies`` (``--latency-from``, read by :func:`_device_source`), else
+    measured with ``--adb``; return the notes."""
+    from .device import apply_device_latency, run_on_device
 
-    if cfg.latency_from:
-        return apply_device_latency(rows, latencies if latencies is not None else read_latency_file(cfg.latency_from))
+    if latencies is not None:
+        return apply_device_latency(rows, latencies)
     files = list(dict.fromkeys(Path(r["path"]) for r in rows if r["runtime"] == "litert"))
     if not files:
         raise SRShrinkError(NO_LITERT_ROW)
