@@ -89,14 +89,15 @@ def _run(proto, names: list[str], arrays: list[np.ndarray]) -> list[list[np.ndar
     import onnx
     import onnxruntime as ort
 
+    from ..runtimes import ort_session_options
+
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    with quiet():
-        sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    with quiet():  # the session options the file runs with in verification, bench and upscale
+        sess = ort.InferenceSession(probe.SerializeToString(), ort_session_options(1),
+                                    providers=["CPUExecutionProvider"])
     feed = proto.graph.input[0].name
     return [sess.run(names, {feed: a}) for a in arrays]
 
