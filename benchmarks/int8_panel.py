@@ -139,6 +139,37 @@ def fidelity_table(rows: list[dict], bins: tuple[float, ...] = (18, 21, 24)) -> 
     return "\n".join(lines)
 
 
+def paired(rows: list[dict], base: str, new: str) -> str:
+    """Return a markdown table comparing variant ``new`` with ``base`` file by file (same result file, teacher,
+    stage and target): files where ``new``'s delta is higher, where its loss is smaller, the mean and largest
+    changes, the RGB PSNR against the student (``psnr_vs_torch``) gained, the files within 0.03 dB, the worst file,
+    and the mean change per teacher."""
+    key = {(r.get("src", 0), r["teacher"], r["stage"], r["target"], r["variant"]): r for r in rows}
+    pairs = [(r, key[k[:4] + (new,)]) for k, r in key.items() if k[4] == base and k[:4] + (new,) in key]
+    if not pairs:
+        return f"no files with both {base!r} and {new!r}"
+    gain = [b["delta"] - a["delta"] for a, b in pairs]
+    closer = [b["psnr_vs_torch"] - a["psnr_vs_torch"] for a, b in pairs]
+    per_teacher: dict[str, list[float]] = {}
+    for (a, _), g in zip(pairs, gain):
+        per_teacher.setdefault(a["teacher"], []).append(g)
+    n = len(pairs)
+    rows_md = [("files", n), ("delta higher", sum(g > 0 for g in gain)),
+               ("loss smaller (abs delta)", sum(abs(b["delta"]) < abs(a["delta"]) for a, b in pairs)),
+               ("mean delta change (dB)", f"{statistics.mean(gain):+.4f}"),
+               ("largest drop (dB)", f"{min(gain):+.4f}"),
+               ("RGB PSNR vs student: mean / least change (dB)",
+                f"{statistics.mean(closer):+.2f} / {min(closer):+.2f}"),
+               ("closer to the student", sum(c > 0 for c in closer)),
+               ("within 0.03 dB", f"{sum(a['delta'] >= -0.03 for a, _ in pairs)} -> "
+                                  f"{sum(b['delta'] >= -0.03 for _, b in pairs)}"),
+               ("worst file (dB)",
+                f"{min(a['delta'] for a, _ in pairs):+.3f} -> {min(b['delta'] for _, b in pairs):+.3f}"),
+               ("mean change per teacher (dB)", ", ".join(f"{t} {statistics.mean(v):+.4f}"
+                                                         for t, v in per_teacher.items()))]
+    return "\n".join([f"| {base} -> {new} | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows_md)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--panel", type=Path, required=True, help="folder of TEACHER/RUN distill runs")
@@ -154,13 +185,15 @@ def main() -> None:
     ap.add_argument("--more", nargs="+", type=Path, default=[],
                     help="result files of other seeds' runs (--run-name), tabulated with --out's: each cell their mean")
     ap.add_argument("--within", type=float, default=None, help="count the files that lose at most this many dB")
+    ap.add_argument("--paired", nargs=2, action="append", default=[], metavar=("BASE", "NEW"),
+                    help="also compare variant NEW with BASE file by file (repeatable; BENCHMARKS 29)")
     ap.add_argument("--fidelity", action="store_true",
                     help="also tabulate the loss against the file's fidelity gap to the student (BENCHMARKS 25)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = [json.loads(ln) for ln in args.out.read_text().splitlines()] if args.out.exists() else []
     done = {(r["teacher"], r["stage"], r["target"], r["variant"]) for r in rows}
-    more = [json.loads(ln) for f in args.more for ln in f.read_text().splitlines()]
+    more = [{**json.loads(ln), "src": i + 1} for i, f in enumerate(args.more) for ln in f.read_text().splitlines()]
     for teacher in [] if args.summarize_only else args.teachers:
         run_dir = args.panel / teacher / args.run_name
         if not (run_dir / "run.json").exists():
@@ -183,6 +216,8 @@ def main() -> None:
                     print(json.dumps(r), flush=True)
     rows += more
     print(table(rows, args.targets, args.columns, args.within))
+    for base, new in args.paired:
+        print(paired([r for r in rows if r["target"] in args.targets], base, new))
     if args.fidelity:
         print(fidelity_table([r for r in rows if r["variant"] in args.columns and r["target"] in args.targets]))
 
