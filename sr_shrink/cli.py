@@ -208,7 +208,7 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
         run = run_distill(teacher, run_dir, cfg, eval_dir=eval_dir, resume=resume, force=force, device=device,
                           trust_pickle=trust_pickle, teacher_scale=scale, quiet=quiet, amp=amp,
                           channels_last=channels_last, value_range=float(value_range) if value_range else None,
-                          res_scale=res_scale, started=started)
+                          res_scale=res_scale, started=started, log=lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:  # say what a --resume would find
         click.echo(f"interrupted; {saved_progress(Path(run_dir))}", err=True)
         sys.exit(130)

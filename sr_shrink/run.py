@@ -23,11 +23,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SRShrinkError
 from .io import atomic_write_json, exclusive_lock, read_json_object
 from .record import RunRecord
 from .run_teacher import TeacherOfRun
+
+if TYPE_CHECKING:
+    from .models.student import SRStudent
 
 STAGE_RE = re.compile(r"^stage_(\d{2,})\.pt$")
 RUN_JSON = "run.json"
@@ -204,6 +208,13 @@ class RunDir(TeacherOfRun):
             raise SRShrinkError(f"{self.root}: no stage {n}; this run has stage(s) {', '.join(map(str, have))}.")
         return [n]
 
+    def check_stages(self, stages: list[int]) -> None:
+        """Return None when the checkpoint of every stage in ``stages`` loads; else raise the SRShrinkError of
+        :func:`load_stage` for the first that does not (naming the file and the ``distill --resume`` that trains
+        it again), so a command fails before it writes anything."""
+        for stage in stages:
+            load_stage(self.stages[stage])
+
     # ---- exports and export.json
 
     @property
@@ -240,6 +251,25 @@ class RunDir(TeacherOfRun):
         return atomic_write_json(data, folder / INDEX_NAME)
 
 
+def load_stage(path: str | Path) -> tuple[SRStudent, dict]:
+    """Return (student, checkpoint dict) of the stage file ``path``, as
+    :func:`~sr_shrink.models.student.load_student`. A file there that cannot be read (truncated, overwritten,
+    foreign) in a run folder (run.json beside it) is an SRShrinkError that names it and says to rerun
+    ``sr-shrink distill ... --resume``, which trains that stage and the stages grown from it again."""
+    from .models.student import UnreadableStudent, load_student
+
+    path = Path(path)
+    try:
+        return load_student(path)
+    except UnreadableStudent as exc:
+        if not (path.is_file() and (path.parent / RUN_JSON).is_file()):
+            raise
+        m = STAGE_RE.match(path.name)
+        what = f"stage {int(m.group(1))} and the stages after it" if m else "it"
+        raise SRShrinkError(f"{path}: {exc.reason}; rerun `sr-shrink distill ... --out {path.parent} --resume` "
+                            f"with the run's teacher and options to train {what} again.") from None
+
+
 def _refuse_model_or_image(path: Path) -> None:
     """Raise a one-line SRShrinkError when ``path``, given where a run belongs, is an exported model or an image."""
     from .teachers.formats import exported_kind, image_kind
@@ -255,9 +285,7 @@ def _refuse_model_or_image(path: Path) -> None:
 
 
 def _stage_from_ckpt(path: Path) -> int:
-    from .models.student import load_student
-
-    _, ckpt = load_student(path)
+    _, ckpt = load_stage(path)
     return int(ckpt.get("stage", 1))
 
 

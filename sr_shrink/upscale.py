@@ -55,9 +55,9 @@ class Upscaler:
 
 
 def _student_upscaler(path: Path, threads: int, device: str) -> Upscaler:
-    from .models.student import load_student
+    from .run import load_stage
 
-    model, _ = load_student(path)
+    model, _ = load_stage(path)
     runner = TorchRunner(model, threads, device, path=path)
     return Upscaler(runner.torch_fn(), model.scale, 2 * model.n_blocks + 2, None, path)
 

@@ -309,6 +309,19 @@ def test_bench_rejects_a_folder_without_run_json(tiny_run, tmp_path):
     assert res.exit_code == 2 and "no run.json" in res.output and res.output.count("\n") == 1
 
 
+def test_bench_refuses_an_unreadable_stage_file_before_any_work(tiny_run, eval_dir):
+    """A run whose stage_02.pt was overwritten: bench named the checkpoint error without the fix, after exporting
+    the stages before it."""
+    path = tiny_run / "stage_02.pt"
+    path.write_bytes(b"junk" * 64)
+    res = _bench(tiny_run, eval_dir, "--runtimes", "onnxruntime")
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
+    assert f"rerun `sr-shrink distill ... --out {tiny_run} --resume`" in lines[0]
+    assert not (tiny_run / "exports").exists() and not (tiny_run / "bench.json").exists()
+
+
 def test_bench_notes_a_stage_whose_export_fails(tiny_run, eval_dir):
     def broken(run_dir, stage, runtime, precision, hw):
         raise RuntimeError("converter exploded")

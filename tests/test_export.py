@@ -552,6 +552,20 @@ def test_cli_errors_are_one_line(run, tmp_path):
     assert res.exit_code == 2 and res.output.startswith("error: ") and res.output.strip().count("\n") == 0
 
 
+def test_an_unreadable_stage_file_fails_before_any_export_is_written(tiny_run):
+    """A run whose stage_02.pt was cut short: export used to write stage 1's file and then fail with a checkpoint
+    error that did not say what to do."""
+    path = tiny_run / "stage_02.pt"
+    path.write_bytes(path.read_bytes()[:200])
+    res = CliRunner().invoke(main, ["export", str(tiny_run), "--target", "onnx"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
+    assert lines[0].endswith(f"; rerun `sr-shrink distill ... --out {tiny_run} --resume` with the run's teacher and "
+                             "options to train stage 2 and the stages after it again.")
+    assert not (tiny_run / "exports").exists()
+
+
 def test_cli_export_writes_files(run):
     out = run / "ex_cli"
     res = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--stage", "1", "--precision", "fp16",

@@ -194,6 +194,32 @@ def test_resume_after_a_stage_file_was_deleted_trains_it_and_the_stages_grown_fr
                                                                             "stage_03.pt"]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "junk"])
+def test_resume_after_a_stage_file_was_corrupted_trains_it_and_the_stages_grown_from_it(tiny_teacher, tmp_path,
+                                                                                        damage):
+    """A finished run whose stage_02.pt was cut short or overwritten: --resume used to see the file, keep all three
+    stages and train nothing, so export failed half way. It is now retrained like a missing one, with a note."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+    from sr_shrink.models.student import load_student
+
+    out = tmp_path / "r"
+    args = _args(tiny_teacher, out, 2)
+    assert CliRunner().invoke(main, args).exit_code == 0
+    path = out / "stage_02.pt"
+    path.write_bytes(path.read_bytes()[:200] if damage == "truncated" else b"\x00junk" * 50)
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {path}: not a readable sr-shrink checkpoint (")
+    assert notes[0].endswith("; training stage 2 and the stages after it again.")
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and [(s["stage"], s["n_blocks"]) for s in run["stages"]] == [(1, 1), (2, 2), (3, 3)]
+    assert run["resumed_from"] == [{"stage": 2, "step": 0, "from_collapsed": True}]
+    assert load_student(path)[0].n_blocks == 2 and load_student(out / "stage_03.pt")[0].n_blocks == 3
+
+
 def test_resume_refuses_other_teacher_overrides(tiny_teacher, tmp_path):
     # the same file read with another value range or EDSR res_scale is another teacher function
     distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,

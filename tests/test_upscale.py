@@ -195,6 +195,17 @@ def test_model_of_another_scale_is_a_clear_error(tiny_run, tmp_path):
     assert res.exit_code == 2 and "no such model file" in res.output
 
 
+def test_an_unreadable_stage_file_of_a_run_says_to_resume_it(tiny_run, tmp_path):
+    path = tiny_run / "stage_02.pt"
+    path.write_bytes(path.read_bytes()[:200])
+    res = _run(path, _image(tmp_path / "p.png", "RGB"), "-o", tmp_path / "out")
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
+    assert f"rerun `sr-shrink distill ... --out {tiny_run} --resume`" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_without_out_writes_next_to_each_input(tiny_run, tmp_path):
     a = _image((tmp_path / "one").mkdir() or tmp_path / "one" / "shot.png", "RGB")
     b = _image((tmp_path / "two").mkdir() or tmp_path / "two" / "shot.png", "RGB", seed=1)

@@ -22,10 +22,9 @@ from ..data import load_eval_set
 from ..errors import SRShrinkError, first_line
 from ..evaluate import evaluate_bicubic, fidelity
 from ..export.options import option_args
-from ..models.student import load_student
 from ..progress import enabled as progress_enabled
 from ..progress import task
-from ..run import RunDir
+from ..run import RunDir, load_stage
 from ..runtimes import Runner, TorchRunner, missing_runtime_message, open_runner, require_runtime, runtime_available
 from ..sizes import parse_size  # noqa: F401 - re-exported: sr_shrink.bench.parse_size
 from ..teachers import count_macs
@@ -122,7 +121,7 @@ class Row:
 
 def _torch_row(ckpt: Path, cfg: BenchConfig, threads: int, x) -> Row:
     with PeakMemory() as mem:
-        model, _ = load_student(ckpt)
+        model, _ = load_stage(ckpt)
         runner = TorchRunner(model, threads, cfg.device, path=ckpt)
         runner(x)
     meta = {"params": sum(p.numel() for p in model.parameters()), "n_blocks": model.n_blocks,
@@ -261,6 +260,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
     scale = run.scale
     if scale is None:
         raise SRShrinkError(f"{run.root / 'run.json'}: scale {run.run.get('scale')!r} is not a number.")
+    run.check_stages([s for s in run.stages if not cfg.stages or s in cfg.stages])  # before any row is exported
     runtimes, notes = settle_runtimes(cfg.runtimes)
     latencies = _device_source(cfg, runtimes)
     threads = cfg.threads or torch.get_num_threads()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,13 +46,15 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
             resume: bool = False, force: bool = False, device: str = "auto", trust_pickle: bool = False,
             teacher_scale: int | None = None, quiet: bool = False, amp: bool = False,
             channels_last: bool = False, eval_images: int | None = None, value_range: float | None = None,
-            res_scale: float | None = None, callbacks: Callbacks | None = None, started: float | None = None) -> dict:
+            res_scale: float | None = None, callbacks: Callbacks | None = None, started: float | None = None,
+            log: Callable[[str], None] | None = None) -> dict:
     """Run a progressive distillation of ``teacher_path`` into ``run_dir``; return the run.json dict.
 
     ``eval_dir`` (default: the bundled eval split; "none" to skip) gives each stage's Y-PSNR/SSIM and its
     fidelity to the teacher; ``value_range`` / ``res_scale`` override what is inferred from the teacher file.
     With ``cfg.time_budget`` (minutes) the budget counts from ``started`` (a ``time.time()``; default: this call;
-    the CLI passes its process's start). ``callbacks`` watch the run (:class:`~.train.Callbacks`).
+    the CLI passes its process's start). ``callbacks`` watch the run (:class:`~.train.Callbacks`); ``log`` gets its
+    one-line notes (e.g. a stage file a resume found unreadable and trains again).
     """
     started = time.time() if started is None else started
     cfg.validate()
@@ -81,7 +84,8 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
         env.barrier()
         pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
         callbacks = callbacks or Callbacks()
-        job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks)
+        job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks,
+                  log or (lambda _message: None))
         if env.quiet:
             return run_stages(job, resume)
         console = stderr_console()

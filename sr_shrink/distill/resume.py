@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SRShrinkError
+from ..models.student import UnreadableStudent, load_student
 from ..run import RunDir
 from .config import RESUME_KEYS, DistillConfig, flag
 from .sources import resolve_teacher_dtype
@@ -67,6 +68,23 @@ def saved_progress(root: Path) -> str:
     if stages:
         return f"{root} holds {stages[-1].name}; rerun with --resume to continue after it."
     return f"nothing was saved in {root} yet (no checkpoint); rerun without --resume to start over."
+
+
+def finished_stages(root: Path, stages: list) -> tuple[list, str | None]:
+    """Return (the leading ``stages`` records whose checkpoint file is in ``root`` and loads, a one-line note naming
+    the first whose file is there but cannot be read, else None). Each later stage grew from the first missing or
+    unreadable one, so a resume trains it and every stage after it again."""
+    kept = []
+    for rec in stages:
+        path = root / str(rec.checkpoint)
+        if not path.is_file():
+            return kept, None
+        try:
+            load_student(path)
+        except UnreadableStudent as exc:
+            return kept, f"note: {path}: {exc.reason}; training stage {rec.stage} and the stages after it again."
+        kept.append(rec)
+    return kept, None
 
 
 def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:

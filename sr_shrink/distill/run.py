@@ -11,9 +11,9 @@ grows. Files (named by :class:`~sr_shrink.run.RunDir`): ``stage_XX.pt`` per fini
 
 from __future__ import annotations
 
-import itertools
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -30,7 +30,7 @@ from .env import Env, rank0
 from .generator import save_generator
 from .perceptual import resolve_synthetic
 from .probe import probe_steps, setup_of, timed_forward
-from .resume import adopt, check_same_run
+from .resume import adopt, check_same_run, finished_stages
 from .sources import Labeller, make_source, resolve_teacher_dtype
 from .state import TrainState
 from .train import Callbacks, train_stage
@@ -43,7 +43,7 @@ TEACHER_KEYS = ("format", "arch", "arch_name", "params", "value_range", "value_r
 @dataclass
 class Job:
     """What a run is made of: the teacher, the config, the folder, the eval pairs, where it runs, when it started
-    (``--time-budget`` counts from there) and the callbacks."""
+    (``--time-budget`` counts from there), the callbacks and where its notes go."""
 
     teacher: torch.nn.Module
     cfg: DistillConfig
@@ -52,6 +52,7 @@ class Job:
     env: Env
     started: float
     callbacks: Callbacks
+    log: Callable[[str], None] = field(default=lambda _message: None)  # one-line notes (distill's ``log``)
 
 
 def new_record(job: Job, cfg: DistillConfig, dtype: str) -> RunRecord:
@@ -98,9 +99,12 @@ def run_stages(job: Job, resume: bool) -> dict:
     saved = state.load(rundir.state_path, env.rank, env.world) if resume else None
     if saved is not None:  # the state's list of finished stages is the authority on where to go on
         run.stages = [StageRecord.from_dict(s) for s in saved["stages"]]
-    # the finished stages up to the first whose checkpoint is gone: each later stage grew from it, so they go again
-    run.stages = state.stages = list(itertools.takewhile(lambda s: (rundir.root / str(s.checkpoint)).exists(),
-                                                         run.stages))
+    # the finished stages up to the first whose checkpoint is gone or unreadable: each later stage grew from it, so
+    # they go again
+    run.stages, note = finished_stages(rundir.root, run.stages)
+    state.stages = run.stages
+    if note and env.main:
+        job.log(note)
     done = len(state.stages)
     if saved is not None and saved["stage_idx"] != done:
         saved = None  # a stale state (its stage's checkpoint is gone): start that stage afresh

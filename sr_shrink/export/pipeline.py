@@ -28,9 +28,9 @@ from .. import __version__
 from ..data import load_eval_set
 from ..errors import SRShrinkError, first_line
 from ..mil_eval import UnsupportedOp
-from ..models.student import SRStudent, load_student
+from ..models.student import SRStudent
 from ..progress import task
-from ..run import RunDir, now_iso
+from ..run import RunDir, load_stage, now_iso
 from ..runtimes import open_runner, runtime_label
 from .biascorr import correct_bias
 from .calib import calib_inputs, calib_source
@@ -58,11 +58,12 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     cfg = _config(target, precision, opts)
     run = RunDir.open(run_dir)
     stages = run.select(stage)
+    run.check_stages(stages)  # an unreadable stage file fails before the first file is written
     fmt = get_target(cfg.target)
     fmt.require(cfg.precision)
     job = _Job(run, cfg, fmt, given_options(opts, cfg))
     if cfg.qat_steps and cfg.qat_target == "teacher":  # a missing or unloadable teacher fails before any write
-        job.teacher(load_student(run.stages[stages[0]])[0].scale)
+        job.teacher(load_stage(run.stages[stages[0]])[0].scale)
     out_dir = Path(out) if out is not None else run.exports_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = [_export_stage(job, s, out_dir) for s in stages]
@@ -171,7 +172,7 @@ def _weight_scheme(fmt: Target, cfg: ExportConfig) -> tuple[int, bool]:
 
 def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     cfg = job.cfg
-    original, _ = load_student(job.run.stages[stage])
+    original, _ = load_stage(job.run.stages[stage])
     student, qat_rec = job.finetune(original) if cfg.qat_steps else (original, None)
     path = out_dir / cfg.file_name(stage)
     calib, calib_rec = job.calib(student.scale) if job.fmt.calibrated(cfg.precision) else (None, None)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..choices import BLOCKS
+from ..errors import SRShrinkError
 
 REP_EXPAND = 2  # width multiplier of RepConv's expand-squeeze branch (ECBSR's depth multiplier)
 
@@ -240,29 +241,41 @@ def to_rep(student: SRStudent) -> SRStudent:
     return rep.train(student.training)
 
 
+class UnreadableStudent(SRShrinkError):
+    """A student checkpoint that is missing, corrupt or foreign: the one-line message (what is wrong and what to
+    do), and ``reason``, what is wrong with the file alone (for callers that know the better fix)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def load_student(path) -> tuple[SRStudent, dict]:
     """Return (student in eval mode, checkpoint dict) from an sr-shrink ``stage_XX.pt`` file.
 
-    Raises :class:`~sr_shrink.errors.SRShrinkError` with a one-line message for a missing, corrupt or
-    foreign file.
+    Raises :class:`UnreadableStudent` (an :class:`~sr_shrink.errors.SRShrinkError`) with a one-line message for a
+    missing, corrupt or foreign file.
     """
     from pathlib import Path
 
-    from ..errors import SRShrinkError, first_line
+    from ..errors import first_line
 
     path = Path(path)
     if not path.is_file():
-        raise SRShrinkError(f"{path}: no such student checkpoint; pass a stage_XX.pt from a distill run.")
+        raise UnreadableStudent(f"{path}: no such student checkpoint; pass a stage_XX.pt from a distill run.",
+                                "no such file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SRShrinkError(f"{path}: not a readable sr-shrink checkpoint ({first_line(exc)}).") \
-            from None
+        reason = f"not a readable sr-shrink checkpoint ({first_line(exc)})"
+        raise UnreadableStudent(f"{path}: {reason}.", reason) from None
     if not (isinstance(ckpt, dict) and ckpt.get("arch") == "student" and "state_dict" in ckpt):
-        raise SRShrinkError(f"{path}: not an sr-shrink student checkpoint; pass a stage_XX.pt from a distill run.")
+        raise UnreadableStudent(f"{path}: not an sr-shrink student checkpoint; pass a stage_XX.pt from a distill "
+                                "run.", "not an sr-shrink student checkpoint")
     try:
         model = SRStudent(**ckpt["config"])
         model.load_state_dict(ckpt["state_dict"], strict=True)
-    except (TypeError, RuntimeError) as exc:
-        raise SRShrinkError(f"{path}: damaged student checkpoint ({first_line(exc)}).") from None
+    except (TypeError, RuntimeError, KeyError, ValueError) as exc:  # KeyError: no "config"
+        reason = f"damaged student checkpoint ({first_line(exc)})"
+        raise UnreadableStudent(f"{path}: {reason}.", reason) from None
     return model.eval(), ckpt
