@@ -65,6 +65,24 @@ def test_distill_photo_options_without_mode_data(files, bad):
     assert "--mode data" in result.output and not (files["root"] / "nodata" / "run.json").exists()
 
 
+@pytest.mark.parametrize("bad", ["--mode data --data {empty}", "--mode data --data {empty}/no_such_dir", "--mode data",
+                                 "--eval {empty}"])
+def test_a_failed_distill_leaves_no_run_folder_behind(files, tmp_path, bad):
+    """A distill that failed on a bad --data (a folder without images, a missing one) or --eval used to leave the
+    new, empty run folder behind. Folders that were there before stay, with what they hold."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    for out in (tmp_path / "new" / "run", tmp_path / "kept", tmp_path / "mine" / "run"):
+        args = ["distill", str(files["teacher"]), "--out", str(out), "--steps-per-stage", "1", "--stages", "1:1",
+                "--quiet", *shlex.split(bad.format(empty=tmp_path / "empty"))]
+        _assert_one_error_line(_invoke(args), args)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "mine" / "run").exists()
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "run.json").exists()
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
 def test_distill_missing_or_bad_teacher(files, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     for teacher in ("/no/such/teacher.pt", str(tmp_path / "junk.pt"), str(tmp_path)):

@@ -36,7 +36,7 @@ from .env import Env, init_distributed, resolve_device
 from .perceptual import PERCEPTUAL_SOURCES
 from .resume import prepare_run_dir
 from .run import Job, run_stages
-from .sources import FAMILIES, synthetic_kinds
+from .sources import FAMILIES, check_data, synthetic_kinds
 from .train import Callbacks
 
 __all__ = ["Callbacks", "DistillConfig", "MODES", "distill", "summary_table"]
@@ -69,6 +69,7 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     if cfg.scale != teacher.scale:
         raise SRShrinkError(f"the teacher upscales x{teacher.scale}, not x{cfg.scale}; pass --scale {teacher.scale}.")
     cfg = fit_patch(cfg, teacher)
+    check_data(cfg)  # a bad --data fails before the run folder is made
     rank, world, dev = init_distributed(dev)
     env = Env(dev, rank, world, quiet or rank != 0, amp, channels_last)
     if not env.quiet:

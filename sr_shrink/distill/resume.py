@@ -15,7 +15,7 @@ import torch
 
 from ..errors import SRShrinkError
 from ..models.student import UnreadableStudent, load_student
-from ..run import RunDir
+from ..run import LOCK, RunDir
 from .config import RESUME_KEYS, DistillConfig, flag
 from .sources import resolve_teacher_dtype
 
@@ -24,7 +24,9 @@ from .sources import resolve_teacher_dtype
 def prepare_run_dir(root: Path, resume: bool, force: bool):
     """Create the run folder ``root``, check it is writable, lock it for this process (:meth:`RunDir.lock`: a
     second writer is refused) and check it is free (or resumable); empty it for ``force``; a clear error if not.
-    The lock is held until the ``with`` block ends."""
+    The lock is held until the ``with`` block ends. When the block fails before anything was written, the folders
+    this call made (``root`` and any missing parents) are removed again: a failed run leaves no empty folder."""
+    made = missing_folders(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / ".write_test"
@@ -39,7 +41,34 @@ def prepare_run_dir(root: Path, resume: bool, force: bool):
                                 "overwrite it.")
         if force and not resume:
             rundir.clear()
-        yield rundir
+        try:
+            yield rundir
+        except BaseException:
+            remove_empty(made)
+            raise
+
+
+def missing_folders(root: Path) -> list[Path]:
+    """Return ``root`` and those of its parents that do not exist yet, deepest first (empty when ``root``
+    exists)."""
+    out, folder = [], root.absolute()
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while each holds nothing but the run's lock file; return None. A folder
+    with anything else in it is kept, and so are the folders above it."""
+    for folder in folders:
+        try:
+            if {p.name for p in folder.iterdir()} - {LOCK}:
+                return
+            (folder / LOCK).unlink(missing_ok=True)
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def nothing_to_resume(root: Path) -> bool:

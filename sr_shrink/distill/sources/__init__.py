@@ -5,13 +5,15 @@
 * :mod:`.mixed`: ``--mode datafree``, synthetic images mixed with generator samples;
 * :mod:`.photos`: real photos (``--mode data``).
 
-:func:`make_source` builds the source of a config; :func:`check_config` refuses a config a source cannot serve.
+:func:`make_source` builds the source of a config; :func:`check_config` refuses a config a source cannot serve
+(:func:`check_data`: the photos of ``--mode data``).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ...data import list_images
 from ...errors import SRShrinkError
 from ..grown import KINDS
 from ..render import SYNTHETIC
@@ -22,8 +24,8 @@ from .mixed import MixedSource
 from .photos import RealPatches
 from .synthetic import SyntheticPool, SyntheticSource, pool_labels
 
-__all__ = ["Labeller", "MixedSource", "Pair", "PhotoSource", "Source", "check_config", "is_oom", "make_source",
-           "resolve_teacher_dtype", "synthetic_kinds", "FAMILIES"]
+__all__ = ["Labeller", "MixedSource", "Pair", "PhotoSource", "Source", "check_config", "check_data", "is_oom",
+           "make_source", "resolve_teacher_dtype", "synthetic_kinds", "FAMILIES"]
 
 
 class PhotoSource(Plain):
@@ -69,8 +71,17 @@ def check_config(cfg) -> None:
         raise SRShrinkError(f"unknown synthetic source {bad[0]!r}; choose from {', '.join(KINDS)}.")
     if cfg.data_target not in ("teacher", "hr"):
         raise SRShrinkError(f"unknown data target {cfg.data_target!r}; use teacher or hr.")
-    if cfg.mode == "data" and not cfg.data_dir:
+    check_data(cfg)
+
+
+def check_data(cfg) -> None:
+    """Return None when ``cfg`` needs no photos or its ``--data`` folder holds images; else raise an SRShrinkError
+    saying what to pass. Cheap (the images are listed, not read): distill runs it before it makes the run folder."""
+    if cfg.mode != "data":
+        return
+    if not cfg.data_dir:
         raise SRShrinkError("--mode data needs --data DIR, a folder of training images.")
+    list_images(cfg.data_dir)
 
 
 def make_source(cfg, label: Labeller, g: torch.Generator, rank: int = 0, world: int = 1,
