@@ -181,7 +181,7 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
 
     from .distill import DistillConfig
     from .distill import distill as run_distill
-    from .distill.resume import nothing_to_resume, saved_progress
+    from .distill.resume import saved_progress
 
     if threads:
         torch.set_num_threads(threads)
@@ -199,9 +199,6 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
                         lr_patch=lr_patch, lr=lr, kd_loss=kd_loss, data_dir=data_dir, data_target=data_target,
                         seed=seed, save_every=save_every, teacher_dtype=teacher_dtype, pool=pool,
                         targets=targets, time_budget=time_budget or 0.0, **overrides)
-    if resume and nothing_to_resume(Path(run_dir)):
-        click.echo(f"note: {run_dir} holds nothing to resume (no run.json, stage_XX.pt or state.pt); starting a new "
-                   "run.", err=True)
     if not quiet:  # the phases before and between the stages' bars (eval references, pool, step probe)
         progress.enable(console)
     try:

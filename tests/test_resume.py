@@ -294,6 +294,28 @@ def test_resume_with_nothing_to_resume_says_so(tiny_teacher, tmp_path):
     assert r.exit_code == 0 and "nothing to resume" not in r.output
 
 
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+@pytest.mark.parametrize("refused", ["--force", "a missing teacher"])
+def test_a_refused_resume_of_nothing_prints_only_its_error(tiny_teacher, tmp_path, folder, refused):
+    """--resume --force (or a missing teacher) on an empty or missing --out used to print the 'nothing to resume'
+    note before its error line."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    out = tmp_path / "r"
+    if folder == "empty":
+        out.mkdir()
+    teacher = tiny_teacher if refused == "--force" else tmp_path / "no_such_teacher.pt"
+    args = [*_args(teacher, out, 2), "--resume", *(["--force"] if refused == "--force" else [])]
+    r = CliRunner().invoke(main, args)
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+    if refused == "--force":
+        assert lines[0] == "error: pass --resume (continue the run in --out) or --force (start it over), not both."
+    assert out.exists() == (folder == "empty")
+
+
 def test_a_second_writer_is_refused_and_the_lock_is_not_stale(tiny_teacher, tmp_path):
     from click.testing import CliRunner
 

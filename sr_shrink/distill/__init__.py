@@ -34,7 +34,7 @@ from .answers import answer_warning, far_answers
 from .config import AUTO_SYNTHETIC, MODES, DistillConfig
 from .env import Env, init_distributed, resolve_device
 from .perceptual import PERCEPTUAL_SOURCES
-from .resume import prepare_run_dir
+from .resume import nothing_to_resume, prepare_run_dir
 from .run import Job, run_stages
 from .sources import FAMILIES, check_data, synthetic_kinds
 from .train import Callbacks
@@ -54,7 +54,7 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     fidelity to the teacher; ``value_range`` / ``res_scale`` override what is inferred from the teacher file.
     With ``cfg.time_budget`` (minutes) the budget counts from ``started`` (a ``time.time()``; default: this call;
     the CLI passes its process's start). ``callbacks`` watch the run (:class:`~.train.Callbacks`); ``log`` gets its
-    one-line notes (e.g. a stage file a resume found unreadable and trains again).
+    one-line notes (a resume with nothing to resume, a stage file a resume found unreadable and trains again).
     """
     started = time.time() if started is None else started
     cfg.validate()
@@ -79,14 +79,16 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
         for warning in (padded_patch_warning(cfg, teacher), answer_warning(answers, cfg.mode)):
             if warning:
                 stderr_console().print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
+    log = log or (lambda _message: None)
+    if resume and env.main and nothing_to_resume(run_dir):  # after the checks: a refused run gets no note
+        log(f"note: {run_dir} holds nothing to resume (no run.json, stage_XX.pt or state.pt); starting a new run.")
     with contextlib.ExitStack() as held:
         if env.main:  # the folder stays locked for this process until the run ends
             held.enter_context(prepare_run_dir(run_dir, resume, force))
         env.barrier()
         pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
         callbacks = callbacks or Callbacks()
-        job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks,
-                  log or (lambda _message: None))
+        job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks, log)
         if env.quiet:
             return run_stages(job, resume)
         console = stderr_console()
