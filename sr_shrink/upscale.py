@@ -29,6 +29,7 @@ from .tiling import tiled_apply
 LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)  # PIL's RGB -> L weights (ITU-R 601-2)
 GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 Log = Callable[[str], None]
+UPSCALER_TIP = "pass a super-resolution model that upscales by a whole factor of 2 or more (x2, x3, x4)."
 
 
 @dataclass
@@ -87,7 +88,8 @@ def _exported_upscaler(path: Path, threads: int, device: str) -> Upscaler:
     out = fn(torch.full((1, 3, *size), 0.5))
     scale = out.shape[-1] // size[1]
     if out.shape[-2:] != (size[0] * scale, size[1] * scale) or scale < 1:
-        raise SRShrinkError(f"{path}: output {tuple(out.shape)} for a {size} input is not an integer upscaling.")
+        raise SRShrinkError(f"{path}: output {tuple(out.shape)} for a {size} input is not a whole-number upscaling; "
+                            f"{UPSCALER_TIP}")
     radius = probe_radius(fn, size, scale)
     if runner.tile_hw is None and radius >= min(size) // 2:  # the change reached the probe's border
         radius = probe_radius(fn, (192, 192), scale)
@@ -107,6 +109,9 @@ def load_upscaler(path: str | Path, scale: int | None = None, threads: int | Non
                             "MODEL IMAGE...")
     threads = threads or torch.get_num_threads()
     up = _exported_upscaler(path, threads, device) if exported else _student_upscaler(path, threads, device)
+    if up.scale < 2:  # an x1 model (a denoiser, a restorer) would write NAME_x1.png the size of the input
+        raise SRShrinkError(f"{path}: this model does not upscale (its output is the size of its input, x1); "
+                            f"{UPSCALER_TIP}")
     if scale is not None and scale != up.scale:
         raise SRShrinkError(f"{path}: this model upscales x{up.scale}, not x{scale}; pass --scale {up.scale} "
                             "or a model trained for that scale.")

@@ -235,16 +235,16 @@ def test_an_image_passed_as_the_model_is_named(tmp_path):
     assert res.exit_code == 2 and "PNG image, not a model" in res.output
 
 
-def _foreign_onnx(path: Path, in_channels: int, out_channels: int) -> Path:
-    """Write an .onnx that is no sr-shrink export: a nearest x2 upscale of ``in_channels`` channels whose output
-    keeps only the first ``out_channels`` of them."""
+def _foreign_onnx(path: Path, in_channels: int, out_channels: int, factor: float = 2.0) -> Path:
+    """Write an .onnx that is no sr-shrink export: a nearest x``factor`` resize of ``in_channels`` channels whose
+    output keeps only the first ``out_channels`` of them."""
     import onnx
     from onnx import TensorProto, helper
 
     def const(name, values, kind=TensorProto.FLOAT):
         return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, kind, [len(values)], values))
 
-    nodes = [const("roi", []), const("scales", [1.0, 1.0, 2.0, 2.0]), const("starts", [0], TensorProto.INT64),
+    nodes = [const("roi", []), const("scales", [1.0, 1.0, factor, factor]), const("starts", [0], TensorProto.INT64),
              const("ends", [out_channels], TensorProto.INT64), const("axes", [1], TensorProto.INT64),
              helper.make_node("Resize", ["x", "roi", "scales"], ["up"], mode="nearest"),
              helper.make_node("Slice", ["up", "starts", "ends", "axes"], ["y"])]
@@ -297,3 +297,20 @@ def test_compare_crops_give_rows_of_256_px_panels():
     wins = top_windows(torch.rand(100, 100), 30, 30, 3)
     assert len(wins) == 3 and all(abs(a[0] - b[0]) >= 30 or abs(a[1] - b[1]) >= 30
                                   for i, a in enumerate(wins) for b in wins[i + 1:])  # no two overlap
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")
+@pytest.mark.parametrize("factor, says", [
+    (1.0, "this model does not upscale (its output is the size of its input, x1)"),
+    (1.5, "is not a whole-number upscaling"),
+    (0.5, "is not a whole-number upscaling"),
+])
+def test_a_model_that_does_not_upscale_by_a_whole_factor_is_refused(tmp_path, factor, says):
+    """A foreign x1 .onnx (output the size of the input) used to be run and written as photo_x1.png."""
+    model = _foreign_onnx(tmp_path / "same.onnx", 3, 3, factor)
+    res = _run(model, _image(tmp_path / "photo.png", "RGB"), "-o", tmp_path / "out")
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {model}: "), res.output
+    assert says in lines[0] and lines[0].endswith("upscales by a whole factor of 2 or more (x2, x3, x4).")
+    assert not (tmp_path / "out").exists()
+    assert load_upscaler(_foreign_onnx(tmp_path / "x3.onnx", 3, 3, 3.0)).scale == 3
