@@ -370,8 +370,9 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
-    """Return the non-empty items of a comma-separated option, or None when it was not given."""
-    return tuple(t.strip().lower() for t in text.split(",") if t.strip()) if text else None
+    """Return the non-empty items of a comma-separated option (an empty tuple for "" or ","; the command refuses
+    that), or None when it was not given."""
+    return tuple(t.strip().lower() for t in text.split(",") if t.strip()) if text is not None else None
 
 
 def _note(msg: str) -> None:

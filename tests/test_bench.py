@@ -166,6 +166,19 @@ def test_missing_runtime_is_a_note_unless_asked_for(monkeypatch):
         pipeline.settle_runtimes(("tensorrt",))
 
 
+@pytest.mark.parametrize("given", [",", " , ", ""])
+def test_runtimes_that_name_nothing_are_refused(tiny_run, given):
+    """--runtimes "," (nothing left after splitting) used to mean every installed runtime."""
+    res = CliRunner().invoke(main, ["bench", str(tiny_run), "--runtimes", given])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and lines == ["error: --runtimes names no runtime; pass some of torch, onnxruntime, "
+                                            "litert (comma-separated), or leave --runtimes out for every installed "
+                                            "one."], res.output
+    assert not (tiny_run / "bench.json").exists() and not (tiny_run / "exports").exists()
+    with pytest.raises(SRShrinkError, match="names no runtime"):
+        BenchConfig(runtimes=()).validate()
+
+
 @pytest.mark.skipif(not HAVE_LITERT, reason="litert not installed")
 def test_find_export_ignores_tflite_of_another_size(student_exports, tmp_path):
     exports = tmp_path / "exports"

@@ -94,6 +94,9 @@ class BenchConfig:
         if self.adb_args.strip() and not self.adb:
             raise SRShrinkError("--adb-args are benchmark_model flags for --adb; add --adb BENCHMARK_MODEL or drop "
                                 "them.")
+        if self.runtimes is not None and not self.runtimes:  # e.g. --runtimes "," (None: every installed one)
+            raise SRShrinkError(f"--runtimes names no runtime; pass some of {', '.join(RUNTIMES)} (comma-separated), "
+                                "or leave --runtimes out for every installed one.")
         bad = [p for p in self.precisions if p not in ACCEPTED_PRECISIONS]
         if bad or not self.precisions:
             raise SRShrinkError(f"unknown precision {', '.join(bad) or '(none)'}; "
