@@ -196,3 +196,28 @@ def test_a_bad_device_setup_fails_before_any_row_is_measured(setup, tmp_path, mo
     with pytest.raises(SRShrinkError, match="latency-from|file,ms|adb"):
         run_bench(run, BenchConfig(**{**dict(runtimes=("torch", "litert"), precisions=("fp32",), input_size=(32, 32),
                                              max_images=1, repeats=1, warmup=0, rounds=1), **cfg}))
+
+
+def test_a_latency_file_that_names_no_row_fails_before_any_row_is_measured(tmp_path, monkeypatch):
+    """--latency-from naming none of the run's files (another run's, Core ML's, a typo) used to fail only after
+    every row was exported, scored and timed."""
+    from sr_shrink.bench import pipeline
+
+    def measured(*_a, **_k):
+        raise AssertionError("rows were opened before the device latencies were matched to the run's files")
+
+    monkeypatch.setattr(pipeline, "open_rows", measured)
+    run = make_tiny_run(tmp_path / "run")
+    lat = tmp_path / "lat.csv"
+    lat.write_text("stage_01_fp16.mlpackage,2.5\nother_run/stage_09_fp32.tflite,3\n")
+    res = CliRunner().invoke(main, ["bench", str(run), "--runtimes", "litert", "--precisions", "fp32,int8",
+                                    "--latency-from", str(lat)])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0] == (f"error: --latency-from {lat}: none of its files (stage_01_fp16.mlpackage, "
+                        "stage_09_fp32.tflite) is one this run's rows use (stage_01_fp32.tflite, stage_01_int8.tflite, "
+                        "stage_02_fp32.tflite, stage_02_int8.tflite); name the files as bench's rows do, or pass the "
+                        "--runtimes and --precisions they were measured for.")
+    assert not (run / "bench.json").exists() and not (run / "exports").exists()
+    with pytest.raises(SRShrinkError, match="only torch rows .*; add --runtimes litert or onnxruntime"):
+        run_bench(run, BenchConfig(runtimes=("torch",), precisions=("fp32",), latency_from=str(lat)))

@@ -36,6 +36,19 @@ def _listed(run: RunDir, stage: int, runtime: str, precision: str) -> list[Path]
             and e.get("stage") == stage]
 
 
+def row_files(run: RunDir, stages: list[int], runtimes: list[str], precisions: tuple[str, ...]) -> list[str]:
+    """Return the sorted file names the exported rows of ``stages`` x ``runtimes`` x ``precisions`` can run: the
+    name export gives each, and the files RUN_DIR/exports/export.json lists for it (torch rows run stage_XX.pt
+    and have none). Known before any row is opened or exported."""
+    names: set[str] = set()
+    for stage in stages:
+        for runtime in (r for r in runtimes if r in TARGETS):
+            for precision in precisions:
+                names.add(export_name(stage, runtime, precision))
+                names.update(p.name for p in _listed(run, stage, runtime, precision))
+    return sorted(names)
+
+
 def fits(path: Path, input_hw: tuple[int, int]) -> bool:
     """Return True if the model at ``path`` accepts inputs of ``input_hw`` (any size, that size, or one of the
     sizes it enumerates)."""

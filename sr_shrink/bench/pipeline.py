@@ -28,7 +28,7 @@ from ..run import RunDir, load_stage
 from ..runtimes import Runner, TorchRunner, missing_runtime_message, open_runner, require_runtime, runtime_available
 from ..sizes import parse_size  # noqa: F401 - re-exported: sr_shrink.bench.parse_size
 from ..teachers import count_macs
-from .artifacts import Exporter, ensure_export, export_command, file_options
+from .artifacts import Exporter, ensure_export, export_command, file_options, row_files
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved, timing_steps
 from .pareto import pick
@@ -183,16 +183,36 @@ def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, 
 NO_LITERT_ROW = "--adb runs .tflite files, but no litert row was benchmarked; add --runtimes litert."
 
 
-def _device_source(cfg: BenchConfig, runtimes: list[str]) -> list | None:
+def _device_source(cfg: BenchConfig, runtimes: list[str], run: RunDir) -> list | None:
     """Return the latencies of ``--latency-from`` (None without it), read before any row is measured, and check
-    that ``--adb`` has adb and a litert row to run: a bad file or setup fails at once, not after the work."""
+    that they name at least one file the rows of ``run`` can run, and that ``--adb`` has adb and a litert row to
+    run: a bad file or setup fails at once, not after the work."""
     from .device import adb_exe, read_latency_file
 
     if cfg.adb:
         if "litert" not in runtimes:
             raise SRShrinkError(NO_LITERT_ROW)
         adb_exe()
-    return read_latency_file(cfg.latency_from) if cfg.latency_from else None
+    if not cfg.latency_from:
+        return None
+    latencies = read_latency_file(cfg.latency_from)
+    stages = [s for s in run.stages if not cfg.stages or s in cfg.stages]
+    files = row_files(run, stages, runtimes, cfg.precisions)
+    named = sorted({d.file for d in latencies})
+    if not files:
+        raise SRShrinkError(f"--latency-from {cfg.latency_from}: device latencies rank exported files, but this bench "
+                            f"has only torch rows (--runtimes {','.join(runtimes)}); add --runtimes litert or "
+                            "onnxruntime.")
+    if not set(named) & set(files):
+        raise SRShrinkError(f"--latency-from {cfg.latency_from}: none of its files ({_some(named)}) is one this "
+                            f"run's rows use ({_some(files)}); name the files as bench's rows do, or pass the "
+                            "--runtimes and --precisions they were measured for.")
+    return latencies
+
+
+def _some(names: list[str], most: int = 6) -> str:
+    """Return up to ``most`` of ``names``, comma-separated, with ", ..." when there are more."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
 def _device_latency(rows: list[dict], cfg: BenchConfig, log: Log, latencies: list | None) -> list[str]:
@@ -265,7 +285,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
         raise SRShrinkError(f"{run.root / 'run.json'}: scale {run.run.get('scale')!r} is not a number.")
     run.check_stages([s for s in run.stages if not cfg.stages or s in cfg.stages])  # before any row is exported
     runtimes, notes = settle_runtimes(cfg.runtimes)
-    latencies = _device_source(cfg, runtimes)
+    latencies = _device_source(cfg, runtimes, run)
     threads = cfg.threads or torch.get_num_threads()
     pairs = load_eval_set(scale, cfg.eval_dir, cfg.max_images)
     bicubic = evaluate_bicubic(pairs, scale)
