@@ -122,7 +122,7 @@ class Lines:
 
     def __init__(self, console: Console, description: str, total: int | None, done: int = 0, unit: str = "items"):
         self.console, self.description, self.total = console, description, total
-        self.start_done, self.done = done, done
+        self.start_done, self.done, self.unit = done, done, unit
         self.t0 = self.last = time.perf_counter()
         resumed = f", {done} done before" if done else ""
         _plain(console, f"{description}: started" + (f" ({total} {unit}{resumed})" if total else ""))
@@ -134,6 +134,12 @@ class Lines:
         if now - self.last >= PLAIN_EVERY_S:
             self.last = now
             _plain(self.console, f"{self.description}: {self.status(now)}" + (f", {note}" if note else ""))
+
+    def set_total(self, total: int, why: str = "") -> None:
+        """Change the phase's total to ``total``; with a reason ``why``, say so in a line."""
+        if why:
+            _plain(self.console, f"{self.description}: {total} {self.unit} instead of {self.total}: {why}")
+        self.total = total
 
     def status(self, now: float) -> str:
         """Return ``k/N, M:SS elapsed, about M:SS left`` for this phase at time ``now``."""

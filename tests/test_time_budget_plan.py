@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from sr_shrink.cli import main
-from sr_shrink.distill import Callbacks, DistillConfig, distill
+from sr_shrink.distill import Callbacks, DistillConfig, distill, summary_table
 from sr_shrink.distill.budget import (
     FINAL_S,
     SAFETY,
     WRITE_S,
     Setup,
+    StageDeadline,
     eval_images_that_fit,
     first_plan,
     minimum_seconds,
@@ -25,6 +28,7 @@ from sr_shrink.distill.budget import (
     steps_that_fit,
 )
 from sr_shrink.errors import SRShrinkError
+from sr_shrink.models.student import load_student
 
 
 def _setup(forward: float = 2.0, **kw) -> Setup:
@@ -102,7 +106,7 @@ def test_first_plan_and_replan_follow_the_measured_pace():
     with pytest.raises(SRShrinkError, match="give at least"):
         first_plan(8.0, 479.0, costs, 3.0, 4)
     late = first_plan(8.0, 120.0, costs, 3.0, 4)
-    assert replan(late, 3, 480.0, 1.0, 5.0) == 1  # over time already: one step, never none
+    assert replan(late, 3, 480.0, 1.0, 5.0) == 0  # over time already: none (the stage is written as grown)
 
 
 def test_impossible_budget_is_refused_before_the_setup(tiny_teacher, tmp_path):
@@ -141,3 +145,125 @@ def test_real_run_accounts_for_every_phase(tiny_teacher, tmp_path):
                                                                    steps_per_stage=3), quiet=True, device="cpu",
                     eval_dir="none")
     assert "time_budget" not in plain
+
+
+def test_stage_deadline_cuts_a_stage_that_runs_slower_than_planned():
+    d = StageDeadline(end=100.0, mark=(0.0, 0))
+    assert d.steps(40, 100, 4.0) == 100  # under the pace window (5 s): nothing judged yet
+    assert d.mark == (0.0, 0)
+    assert d.steps(60, 100, 6.0) == 100  # 0.1 s per step: 100 steps end at 10 s, well before 100 s
+    assert d.mark == (6.0, 60)
+    # the machine got 20x busier: 2 s per step since the last mark; the 40 s left fit 20 more steps
+    d = StageDeadline(end=100.0, mark=(50.0, 60))
+    assert d.steps(65, 100, 60.0) == 65 + 20
+    assert d.mark == (60.0, 65)
+    assert d.steps(70, 85, 70.0) == 85  # back on the new pace: no change
+    assert StageDeadline(end=100.0, mark=(90.0, 10)).steps(20, 50, 110.0) == 20  # past the end: stop now
+    assert StageDeadline(end=1e9, mark=(0.0, 0)).steps(10, 50, 10.0) == 50  # never more than planned
+    assert StageDeadline(end=100.0, mark=(0.0, 30)).steps(30, 50, 10.0) == 50  # no step since the mark
+
+
+def test_plan_deadline_is_the_stage_share_at_the_planned_pace():
+    costs = {1: 0.5, 2: 0.6}
+    plan = first_plan(8.0, 120.0, costs, 3.0, 2)
+    n = plan.steps_per_stage
+    assert plan.deadline(1, 1000.0).end == pytest.approx(1000.0 + n * 0.6 / SAFETY)
+    assert plan.deadline(1, 1000.0, step=n // 2).end == pytest.approx(1000.0 + (n - n // 2) * 0.6 / SAFETY)
+    replan(plan, 1, 120.0 + n, n * 1.0, 5.0)  # stage 1 ran at twice the planned pace
+    assert plan.pace == pytest.approx(2.0)
+    assert plan.deadline(1, 0.0).end == pytest.approx(plan.stage_steps[1] * 0.6 * 2.0 / SAFETY)
+
+
+def _slow_from(step_from: int, seconds: float, stage: int = 0, hits: list | None = None) -> Callbacks:
+    """Callbacks under which every step of ``stage`` from ``step_from`` on takes ``seconds`` longer (a machine that
+    got busier mid-stage), recording each shortening in ``hits``."""
+    def step(idx, k, _kd, _parts):
+        if idx == stage and k >= step_from:
+            time.sleep(seconds)
+
+    def shortened(idx, steps, planned):
+        if hits is not None:
+            hits.append((idx, steps, planned))
+    return Callbacks(step=step, shortened=shortened)
+
+
+def test_a_stage_that_slows_down_is_cut_to_its_share_and_the_next_stage_keeps_its_own(tiny_teacher, tmp_path):
+    hits: list = []
+    cfg = DistillConfig(stage_start=1, stage_end=2, channels=4, batch=4, lr_patch=8, seed=1, time_budget=0.3)
+    run = distill(str(tiny_teacher), tmp_path / "r", cfg, quiet=True, device="cpu", eval_dir="none",
+                  callbacks=_slow_from(20, 0.05, hits=hits))
+    rec = run["time_budget"]
+    planned = rec["steps_per_stage"]
+    assert planned > 300  # without the cut, stage 1 alone would sleep planned * 0.05 s, over the 18 s budget
+    assert hits and hits[0][0] == 0 and hits[0][2] == planned
+    assert run["stages"][0]["steps"] == hits[-1][1] < planned
+    assert rec["stage_steps"] == [s["steps"] for s in run["stages"]]
+    assert run["stages"][1]["steps"] >= 50  # the next stage still trained
+    assert rec["spent_seconds"] <= 0.3 * 60 + 3.0  # the budget held (a few seconds of slack for the checks)
+
+
+def test_a_stage_with_no_time_left_is_written_grown_and_untrained(tiny_teacher, tmp_path, monkeypatch):
+    import sr_shrink.distill.run as run_mod
+    from sr_shrink.distill.budget import replan as real
+
+    def spent(plan, done, *args):  # as if the budget were gone after stage 1
+        real(plan, done, *args)
+        plan.stage_steps[done:] = [0] * (len(plan.stage_steps) - done)
+        return 0
+
+    monkeypatch.setattr(run_mod, "replan", spent)
+    notes: list[str] = []
+    cfg = DistillConfig(stage_start=1, stage_end=3, channels=4, batch=4, lr_patch=8, seed=1, time_budget=0.3)
+    run = distill(str(tiny_teacher), tmp_path / "r", cfg, quiet=True, device="cpu", eval_images=2, log=notes.append)
+    s1, s2, s3 = run["stages"]
+    assert s1["steps"] > 0 and s2["steps"] == s3["steps"] == 0 and run["time_budget"]["stage_steps"][1:] == [0, 0]
+    assert s3["val_psnr_y"] == pytest.approx(s1["val_psnr_y"], abs=1e-4)  # grown: the same output
+    assert notes == ["note: --time-budget 0.3: no time is left to train stages 2-3; written untrained, grown from "
+                     "stage 1 (the same output as stage 1)."]
+    a, _ = load_student(tmp_path / "r" / "stage_01.pt")
+    c, _ = load_student(tmp_path / "r" / "stage_03.pt")
+    x = torch.rand(1, 3, 12, 12)
+    assert c.n_blocks == 3 and torch.allclose(a(x), c(x), atol=1e-6)
+    table = summary_table(run)
+    assert list(table.columns[3].cells)[1:3] == ["-", "-"]  # no final KD for the untrained stages
+
+
+def test_a_cut_stage_resumes_to_its_cut_steps(tiny_teacher, tmp_path):
+    hits: list = []
+    saves: list = []
+    slow = _slow_from(20, 0.05, hits=hits)
+
+    def saved(idx, step):
+        saves.append(step)
+        if hits and step > hits[0][1] // 2 and step < hits[0][1]:
+            raise KeyboardInterrupt  # killed mid-stage, after the cut and a checkpoint
+
+    cfg = DistillConfig(stage_start=1, stage_end=1, channels=4, batch=4, lr_patch=8, seed=1, time_budget=0.3,
+                        save_every=5)
+    with pytest.raises(KeyboardInterrupt):
+        distill(str(tiny_teacher), tmp_path / "r", cfg, quiet=True, device="cpu", eval_dir="none",
+                callbacks=slow.then(Callbacks(saved=saved)))
+    assert hits, "the stage was never cut"
+    again = distill(str(tiny_teacher), tmp_path / "r", cfg, quiet=True, device="cpu", eval_dir="none", resume=True)
+    assert again["stages"][0]["steps"] == hits[-1][1]  # not the plan's steps_per_stage
+    assert again["stages"][0]["steps"] < again["time_budget"]["steps_per_stage"]
+
+
+def test_plain_lines_say_when_a_stage_is_cut_once_per_tenth():
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from sr_shrink.distill import SHORTENED, line_callbacks
+
+    buf = io.StringIO()
+    cb = line_callbacks(Console(file=buf, width=300))
+    cb.stage_start(0, SimpleNamespace(n_blocks=1), SimpleNamespace(cfg=SimpleNamespace(steps_per_stage=1000), step=0))
+    cb.shortened(0, 950, 1000)  # 5 % off: no line of its own
+    cb.shortened(0, 880, 950)  # 12 % below the 1000 last shown: a line
+    cb.shortened(0, 850, 880)  # 3 % below 880: none
+    cb.stage_end(0, None)
+    lines = buf.getvalue().splitlines()
+    assert [x for x in lines if "instead of" in x] == [f"stage 1 (1 blk): 880 steps instead of 1000: {SHORTENED}"]
+    assert lines[-1].endswith("(0/850)")  # the last line counts against the cut total

@@ -106,6 +106,10 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     return run
 
 
+SHORTENED = "its steps run slower than the plan, and --time-budget keeps each stage to its share of the time"
+SHOW_CUT = 0.9  # a stage's steps cut to this share of what was last shown or less get a line of their own
+
+
 def progress_callbacks(progress: Progress) -> Callbacks:
     """Return callbacks that show each stage as a rich progress bar (steps, recent KD loss, the game's parts)."""
     tasks: dict[int, int] = {}
@@ -117,7 +121,16 @@ def progress_callbacks(progress: Progress) -> Callbacks:
     def step(idx, _step, kd, parts):
         progress.update(tasks[idx], advance=1, kd=kd, g=" ".join(f"{k}={v:.3g}" for k, v in parts.items()))
 
-    return Callbacks(stage_start=start, step=step)
+    shown: dict[int, int] = {}
+
+    def shortened(idx, steps, planned):
+        if steps <= SHOW_CUT * shown.setdefault(idx, planned):  # a line for each cut of 10 % or more
+            progress.console.print(f"stage {idx + 1}: {steps} steps instead of {shown[idx]}: {SHORTENED}",
+                                   markup=False, highlight=False, soft_wrap=True)
+            shown[idx] = steps
+        progress.update(tasks[idx], total=steps)
+
+    return Callbacks(stage_start=start, step=step, shortened=shortened)
 
 
 def line_callbacks(console: Console) -> Callbacks:
@@ -137,7 +150,17 @@ def line_callbacks(console: Console) -> Callbacks:
         if idx in open_:
             open_.pop(idx).close()
 
-    return Callbacks(stage_start=start, step=step, stage_end=end)
+    shown: dict[int, int] = {}
+
+    def shortened(idx, steps, planned):
+        if steps <= SHOW_CUT * shown.setdefault(idx, planned):  # a line for each cut of 10 % or more
+            open_[idx].total = shown[idx]
+            open_[idx].set_total(steps, SHORTENED)
+            shown[idx] = steps
+        else:
+            open_[idx].set_total(steps)
+
+    return Callbacks(stage_start=start, step=step, stage_end=end, shortened=shortened)
 
 
 def fit_patch(cfg: DistillConfig, teacher) -> DistillConfig:
@@ -178,7 +201,8 @@ def summary_table(run: dict) -> Table:
         return "-" if value is None else f"{value:.{digits}f}"
 
     for s in run["stages"]:
-        table.add_row(str(s["stage"]), str(s["n_blocks"]), f"{s['params']:,}", f"{s['final_kd_loss']:.4f}",
+        table.add_row(str(s["stage"]), str(s["n_blocks"]), f"{s['params']:,}",
+                      f"{s['final_kd_loss']:.4f}" if s.get("steps") != 0 else "-",  # untrained (--time-budget)
                       metric(s, "val_psnr_y", 2), metric(s, "val_ssim_y", 4), metric(s, "fidelity_psnr_y", 2),
                       f"{s['seconds']:.0f}")
     if "teacher_psnr_y" in run:

@@ -11,7 +11,10 @@ file written. The phases, in order:
 * ``pool``: labelling the pool, which gets ``POOL_SHARE`` of the time left after the estimated fixed costs;
 * ``step_probe``: real steps of the first and last stage's students and one stage evaluation;
 * ``stage_N``: its steps, its evaluation and its writes; the steps are planned from the probe, then re-planned
-  before every later stage from the pace the finished stages kept (a machine that got busier slows every step);
+  before every later stage from the pace the finished stages kept (a machine that got busier slows every step).
+  Within a stage, :class:`StageDeadline` holds its steps to the stage's share of the budget: when the pace of its
+  last seconds would end them after that share, the stage is cut to the steps that fit (its cosine schedule ends
+  there), so one stage on a machine that got busier cannot take the time of the stages after it;
 * ``final``: run.json after the last stage.
 
 A budget that cannot hold the setup and one step per stage is refused before the long setup starts, with the
@@ -36,6 +39,8 @@ PROBE_WARMUP = 2  # untimed steps before the probe's timed ones
 PROBE_STEPS = 8  # timed student steps per probed student size
 PROBE_GAME_WARMUP = 1  # untimed generator steps (a big teacher's forward and backward make each one dear)
 PROBE_GAME_STEPS = 1  # timed generator steps (on the first stage's student; the last's reuses their time)
+CHECK_STEPS = 10  # a budgeted stage compares its pace with its deadline every this many steps
+PACE_WINDOW_S = 5.0  # ... measured over at least this many seconds of its latest steps
 
 
 @dataclass
@@ -165,6 +170,7 @@ class Plan:
     phases: dict = field(default_factory=dict)
     spent_seconds: float | None = None
     eval_images: int | None = None  # set when the budget scored only the first eval images
+    pace: float = 1.0  # the finished stages' seconds per step over the probe's (set by :func:`replan`)
 
     def planned(self, name: str, seconds: float | None) -> None:
         """Set phase ``name``'s planned seconds."""
@@ -173,6 +179,12 @@ class Plan:
     def spent(self, name: str, seconds: float) -> None:
         """Set phase ``name``'s spent seconds."""
         self.phases.setdefault(name, [None, None])[1] = seconds
+
+    def deadline(self, idx: int, start: float, step: int = 0) -> StageDeadline:
+        """Return the deadline of stage ``idx`` (0-based) starting at ``start`` (a ``time.time()``) with ``step``
+        steps done: its planned steps at the planned pace, plus the slack the plan left (``SAFETY``)."""
+        cost = list(self.step_seconds.values())[idx] * self.pace
+        return StageDeadline(start + (self.stage_steps[idx] - step) * cost / SAFETY, (start, step))
 
     def to_dict(self) -> dict:
         """Return the run.json record (the keys of the first plans, ``phases`` as ``{planned, spent}``)."""
@@ -215,13 +227,37 @@ def first_plan(minutes: float, spent: float, step_costs: dict, eval_s: float, st
 def replan(plan: Plan, done: int, spent: float, train_seconds: float, overhead: float) -> int:
     """Return the steps for each stage after the ``done`` finished ones, from the time left after ``spent``, the
     pace of the last finished stage (``train_seconds`` for its steps) and ``overhead`` (its evaluation and
-    writes, the most the next stages are given); records them in ``plan`` (at least 1)."""
+    writes, the most the next stages are given); records them in ``plan``. 0 when the budget is spent: the later
+    stages are then written as grown, untrained (growth keeps the output, so each scores as the stage before it;
+    one step at the start of the cosine, Adam's largest, took a 3-block SPAN x2 student from 37.43 to 30.30 dB)."""
     costs = list(plan.step_seconds.values())
     factor = pace(train_seconds, plan.stage_steps[done - 1], costs[done - 1])
+    plan.pace = factor
     rest = [c * factor for c in costs[done:]]
     overheads = [max(overhead, plan.eval_seconds_per_stage + WRITE_S)] * len(rest)
-    steps = max(1, steps_that_fit(plan.minutes * 60 - spent, rest, overheads))
+    steps = max(0, steps_that_fit(plan.minutes * 60 - spent, rest, overheads))
     for i, (c, o) in enumerate(zip(rest, overheads), start=done):
         plan.stage_steps[i] = steps
         plan.planned(f"stage_{i + 1}", steps * c + o)
     return steps
+
+
+@dataclass
+class StageDeadline:
+    """The wall time ``end`` (a ``time.time()``) by which a budgeted stage's steps should be done, and ``mark``:
+    the (time, steps done) the pace window of its latest steps starts at (the stage's start, at first)."""
+
+    end: float
+    mark: tuple[float, int]
+
+    def steps(self, step: int, total: int, now: float, window: float = PACE_WINDOW_S) -> int:
+        """Return the stage's total steps once ``step`` of ``total`` are done at time ``now``: ``total`` while
+        the pace of the steps since the mark (at least ``window`` seconds of them) ends them by ``end``, else
+        the steps that fit by then (never fewer than ``step``, never more than ``total``)."""
+        t0, s0 = self.mark
+        if now - t0 < window or step <= s0:
+            return total
+        self.mark = (now, step)
+        per_step = (now - t0) / (step - s0)
+        fit = step + math.floor(max(0.0, self.end - now) / per_step)
+        return max(step, min(total, fit))

@@ -23,7 +23,7 @@ from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, collapse, grow, load_student, to_rep
 from ..record import RunRecord, StageRecord
 from ..run import RunDir
-from .budget import eval_images_that_fit, first_plan, pool_seconds, refuse_if_short, replan
+from .budget import CHECK_STEPS, eval_images_that_fit, first_plan, pool_seconds, refuse_if_short, replan
 from .buffer import ReplayBuffer
 from .config import DistillConfig
 from .env import Env, rank0
@@ -179,22 +179,30 @@ def run_stages(job: Job, resume: bool) -> dict:
         if env.channels_last:
             student = student.to(memory_format=torch.channels_last)
         state.stage_idx, state.step, state.seconds, state.kd_hist, state.first_kd = idx, 0, 0.0, [], None
+        state.stage_steps = None
         state.opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
         if mid_stage:
             state.opt.load_state_dict(saved["opt"])
             state.step, state.seconds, state.kd_hist = saved["step"], saved["seconds"], list(saved["kd_hist"])
-            state.first_kd = saved.get("first_kd")
+            state.first_kd, state.stage_steps = saved.get("first_kd"), saved.get("stage_steps")
         saved = None
         cb.call("stage_start", idx, student, state)
-        seconds = train_stage(state, student, save, cb, env.world)
+        pace = _paced(plan.deadline(idx, time.time(), state.step), env.world) if budgeted else None
+        seconds = train_stage(state, student, save, cb, env.world, pace)
         student = student.to(memory_format=torch.contiguous_format)
         cb.call("stage_end", idx, student)
         run.stages.append(finish_stage(job, state, student, blocks[idx], seconds, fidelity_pairs))
+        if budgeted:  # the steps it took (fewer when its deadline shortened it)
+            plan.stage_steps[idx] = state.stage_steps or cfg.steps_per_stage
         if budgeted and idx + 1 < len(blocks):  # the next stages' steps, from the pace this one kept
             steps = rank0(replan(plan, idx + 1, spent(), seconds, time.time() - t_stage - seconds + 1.0), env.world)
+            if steps == 0 and plan.stage_steps[idx] and env.main:
+                later = f"stage {idx + 2}" if idx + 2 == len(blocks) else f"stages {idx + 2}-{len(blocks)}"
+                job.log(f"note: --time-budget {cfg.time_budget:g}: no time is left to train {later}; written "
+                        f"untrained, grown from stage {idx + 1} (the same output as stage {idx + 1}).")
             cfg = state.cfg = replace(cfg, steps_per_stage=steps)
             run.config = cfg.to_dict()
-        state.stage_idx, state.step, state.seconds, state.kd_hist = idx + 1, 0, 0.0, []
+        state.stage_idx, state.step, state.seconds, state.kd_hist, state.stage_steps = idx + 1, 0, 0.0, [], None
         save(0, 0.0)  # before run.json: the state lists this stage as done
         if budgeted:
             plan.spent(f"stage_{idx + 1}", time.time() - t_stage)
@@ -213,6 +221,14 @@ def run_stages(job: Job, resume: bool) -> dict:
     return run.to_dict()
 
 
+def _paced(deadline, world: int) -> Callable[[int, int], int]:
+    """Return ``train_stage``'s ``pace`` for a budgeted stage: every ``CHECK_STEPS`` steps, the total steps the
+    ``deadline`` (:class:`~.budget.StageDeadline`) allows, rank 0's figure on every rank."""
+    def pace(step: int, total: int) -> int:
+        return rank0(deadline.steps(step, total, time.time()), world) if step % CHECK_STEPS == 0 else total
+    return pace
+
+
 def _restored(saved: dict, env: Env) -> SRStudent:
     student = SRStudent(**saved["student_config"]).to(env.device)
     student.load_state_dict(saved["student"])
@@ -228,8 +244,10 @@ def finish_stage(job: Job, state: TrainState, student: SRStudent, n_blocks: int,
     recent = state.kd_hist[-20:]
     entry = StageRecord(stage=idx + 1, n_blocks=n_blocks, channels=cfg.channels,
                         params=sum(p.numel() for p in shipped.parameters()), checkpoint=path.name,
-                        steps=cfg.steps_per_stage, first_kd_loss=round(state.first_kd or float("nan"), 6),
-                        final_kd_loss=round(sum(recent) / max(1, len(recent)), 6), seconds=round(seconds, 2))
+                        steps=state.stage_steps or cfg.steps_per_stage,
+                        first_kd_loss=round(state.first_kd or float("nan"), 6),
+                        final_kd_loss=round(sum(recent) / len(recent), 6) if recent else float("nan"),
+                        seconds=round(seconds, 2))
     if shipped is not student:
         entry.train_params = sum(p.numel() for p in student.parameters())
     if job.eval_pairs and env.main:

@@ -32,7 +32,8 @@ TIMING = ("teacher", "student", "generator", "inputs", "pool")
 class TrainState:
     """Every piece of mutable training state (module docstring): the run's random generator ``g``, the replay
     ``buffer``, the ``source`` (its game), the stage in progress (``stage_idx``, ``step``, ``seconds``,
-    ``kd_hist``, ``first_kd``, ``opt``), the records of the finished ``stages`` and the ``timing``."""
+    ``kd_hist``, ``first_kd``, ``opt``, and ``stage_steps`` when ``--time-budget`` shortened it), the records
+    of the finished ``stages`` and the ``timing``."""
 
     cfg: object
     g: torch.Generator
@@ -47,6 +48,7 @@ class TrainState:
     kd_hist: list = field(default_factory=list)
     first_kd: float | None = None
     opt: torch.optim.Optimizer | None = None
+    stage_steps: int | None = None  # the stage's steps when it was shortened while it ran (None: the config's)
     timing: dict = field(default_factory=lambda: dict.fromkeys(TIMING, 0.0))
 
     # ---- the lists
@@ -58,7 +60,8 @@ class TrainState:
         """Return the state every rank has alike: the stage's progress, the finished stages, the timing and the
         source's game (references: copy before changing anything)."""
         return {"stage_idx": self.stage_idx, "step": self.step, "seconds": self.seconds,
-                "kd_hist": self.kd_hist[-50:], "first_kd": self.first_kd, "stages": [s.to_dict() for s in self.stages],
+                "kd_hist": self.kd_hist[-50:], "first_kd": self.first_kd, "stage_steps": self.stage_steps,
+                "stages": [s.to_dict() for s in self.stages],
                 "timing": self.timing, "opt": None if self.opt is None else self.opt.state_dict(),
                 **self.source.state_dict()}
 
@@ -74,6 +77,7 @@ class TrainState:
         """Restore what :meth:`shared` returned (the optimiser is restored by whoever builds the stage's)."""
         self.stage_idx, self.step, self.seconds = state["stage_idx"], state["step"], state["seconds"]
         self.kd_hist, self.first_kd = list(state["kd_hist"]), state.get("first_kd")
+        self.stage_steps = state.get("stage_steps")
         self.stages[:] = [StageRecord.from_dict(s) for s in state["stages"]]  # the list run.json's record holds
         self.timing = {**self.timing, **state.get("timing", {})}
         self.source.load_state_dict(state)

@@ -3,9 +3,10 @@
 Stage ``idx`` trains ``student`` for ``cfg.steps_per_stage`` steps on L_KD = ||target - S(x)||, with (x, target)
 sampled from the replay buffer; the buffer is refilled from the source every ``reuse`` steps (when the source
 refills), and a source with a game of its own (the generator) plays one step every ``student_steps_per_g`` student
-steps. The learning rate follows :func:`cosine` (torch's ``LambdaLR``). Every ``save_every`` steps the whole
-training state is checkpointed through ``save(step, seconds)``. :class:`Callbacks` let callers (the CLI's progress bar,
-tests) watch a stage without reaching into it.
+steps. The learning rate follows :class:`Cosine` (torch's ``LambdaLR``). Every ``save_every`` steps the whole
+training state is checkpointed through ``save(step, seconds)``. A caller may shorten a stage while it runs
+(``pace``: ``--time-budget`` holds each stage to its share of the budget); the cosine then ends at the new last
+step. :class:`Callbacks` let callers (the CLI's progress bar, tests) watch a stage without reaching into it.
 """
 
 from __future__ import annotations
@@ -23,13 +24,25 @@ from .losses import kd_loss
 from .state import TrainState
 
 
-def cosine(steps: int) -> Callable[[int], float]:
+class Cosine:
+    """The factor of the base learning rate at each step: cosine from 1 down to 1 % over ``steps`` (which a
+    shortened stage lowers while it runs; steps past it stay at 1 %; 0 steps: a stage that takes none)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __call__(self, step: int) -> float:
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, self.steps) / max(1, self.steps)))
+
+
+def cosine(steps: int) -> Cosine:
     """Return the factor of the base learning rate at each step: cosine from 1 down to 1 % over ``steps``."""
-    return lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / steps))
+    return Cosine(steps)
 
 
 def schedule(opt: torch.optim.Optimizer, steps: int, start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Return the cosine ``LambdaLR`` of ``opt`` over ``steps``, its learning rate already at step ``start``."""
+    """Return the cosine ``LambdaLR`` of ``opt`` over ``steps``, its learning rate already at step ``start``
+    (its :class:`Cosine` is ``lr_lambdas[0]``)."""
     for group in opt.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return torch.optim.lr_scheduler.LambdaLR(opt, cosine(steps), last_epoch=start - 1)
@@ -60,13 +73,15 @@ class Callbacks:
     ``stage_end(idx, student)`` with the trained training form before it is evaluated and saved, ``saved(idx,
     step)`` after every state.pt write (step 0 of the next stage at a stage's end), ``step(idx, step, kd,
     parts)`` after every student step (``kd``: the mean of the last 20 losses; ``parts``: the game's last),
-    ``label(x)`` for every batch the teacher labels."""
+    ``label(x)`` for every batch the teacher labels, ``shortened(idx, steps, planned)`` when a stage's steps are
+    cut while it runs (``pace``)."""
 
     stage_start: Callable | None = None
     stage_end: Callable | None = None
     saved: Callable | None = None
     step: Callable | None = None
     label: Callable | None = None
+    shortened: Callable | None = None
 
     def call(self, name: str, *args) -> None:
         """Call hook ``name`` with ``args`` if it is set."""
@@ -81,7 +96,8 @@ class Callbacks:
             if a is None or b is None:
                 return a or b
             return lambda *args: (a(*args), b(*args))[-1]
-        return Callbacks(**{n: both(n) for n in ("stage_start", "stage_end", "saved", "step", "label")})
+        return Callbacks(**{n: both(n) for n in ("stage_start", "stage_end", "saved", "step", "label",
+                                                  "shortened")})
 
 
 def refill(state: TrainState) -> None:
@@ -114,18 +130,23 @@ def student_step(state: TrainState, model, opt) -> float:
 
 
 def train_stage(state: TrainState, student, save: Callable[[int, float], None], callbacks: Callbacks | None = None,
-                world: int = 1) -> float:
+                world: int = 1, pace: Callable[[int, int], int] | None = None) -> float:
     """Train ``student`` for stage ``state.stage_idx`` from ``state.step`` (0, or where a resumed stage stopped;
-    ``state.opt`` then holds the restored optimiser); ``save(step, seconds)`` checkpoints every ``save_every`` steps.
-    Return the seconds the stage has taken (a resumed stage's earlier seconds included)."""
+    ``state.opt`` then holds the restored optimiser) to ``state.stage_steps`` (None: ``cfg.steps_per_stage``);
+    ``save(step, seconds)`` checkpoints every ``save_every`` steps. ``pace(steps done, total)``, called after every
+    step, returns the stage's total steps: fewer than ``total`` shortens the stage (``state.stage_steps``, the
+    cosine's end, ``callbacks.shortened``). Return the seconds the stage has taken (a resumed stage's earlier
+    seconds included)."""
     cfg, callbacks = state.cfg, callbacks or Callbacks()
     idx, start = state.stage_idx, state.step
-    sched = schedule(state.opt, cfg.steps_per_stage, start)
+    total = state.stage_steps or cfg.steps_per_stage
+    sched = schedule(state.opt, total, start)
     model = DDP(student) if world > 1 else student
     t_start, before, parts = time.time(), state.seconds, {}  # before: a resumed stage's earlier seconds
-    if start == 0:  # a resumed stage goes on with its saved buffer, as the uninterrupted run did
+    if start == 0 < total:  # a resumed stage goes on with its saved buffer, as the uninterrupted run did
         refill(state)
-    for step in range(start, cfg.steps_per_stage):
+    step = start
+    while step < total:
         try:
             if state.source.plays and step % cfg.student_steps_per_g == 0:
                 parts = game_step(state, student)
@@ -136,13 +157,16 @@ def train_stage(state: TrainState, student, save: Callable[[int, float], None], 
             raise SRShrinkError(
                 f"stage {idx + 1} step {step}: the {exc} loss became NaN/inf; stopped. The last good checkpoint "
                 f"is kept in {state.where} (state.pt); resume with a lower --lr or --g-lr.") from None
+        if pace is not None and (cut := pace(step + 1, total)) < total:  # before the schedule's next step
+            callbacks.call("shortened", idx, cut, total)
+            total = state.stage_steps = sched.lr_lambdas[0].steps = cut
         sched.step()
         state.kd_hist.append(kd)
-        if state.first_kd is None and len(state.kd_hist) == min(10, cfg.steps_per_stage):
+        if state.first_kd is None and len(state.kd_hist) >= min(10, total):
             state.first_kd = sum(state.kd_hist) / len(state.kd_hist)
-        state.step = step + 1
+        state.step = step = step + 1
         recent = state.kd_hist[-20:]
-        callbacks.call("step", idx, step, sum(recent) / len(recent), parts)
-        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps_per_stage:
-            save(step + 1, before + time.time() - t_start)
+        callbacks.call("step", idx, step - 1, sum(recent) / len(recent), parts)
+        if step % cfg.save_every == 0 and step < total:
+            save(step, before + time.time() - t_start)
     return before + time.time() - t_start
