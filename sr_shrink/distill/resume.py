@@ -116,6 +116,21 @@ def finished_stages(root: Path, stages: list) -> tuple[list, str | None]:
     return kept, None
 
 
+def lost_state_note(path: Path, reason: str, finished: list, n_stages: int) -> str:
+    """Return the one-line note of a resume whose state.pt at ``path`` could not be read (``reason``) and that goes
+    on from the ``finished`` stage records (of ``n_stages``) instead, as if there were no state.pt: the stage that
+    was in progress starts again from its first step, grown from the last finished stage's file."""
+    if len(finished) >= n_stages:
+        then = "every stage is finished, so nothing is trained again"
+    elif finished:
+        then = (f"stage {len(finished) + 1} starts again from its first step, grown from "
+                f"{finished[-1].checkpoint}")
+    else:
+        then = "stage 1 starts again from its first step"
+    return (f"note: {path}: not a readable checkpoint ({reason}); resuming from the finished stage files instead: "
+            f"{then}.")
+
+
 def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:
     """Return ``cfg`` with what a resumed run takes over from the run ``old`` it continues: the steps of a
     ``--time-budget`` plan, ``pool`` 0 for a run from before the pool (it labelled fresh images for every
