@@ -264,6 +264,35 @@ def test_resume_with_an_unreadable_state_goes_on_from_the_stage_files(tiny_teach
     assert (out / "stage_01.pt").read_bytes() == stage_1 and not state.exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not an object"])
+def test_an_unreadable_run_json_refuses_resume_in_one_line_and_force_starts_over(tiny_teacher, tmp_path, damage):
+    """run.json is the only record of the run's teacher and options (state.pt and the stage files do not hold them),
+    so a --resume cannot check it continues the same run: it is refused with one line saying so and what to do, and
+    nothing in the folder changes. --force used to fail on the same unreadable run.json instead of starting over."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    out = tmp_path / "r"
+    _stopped_in_stage_2(tiny_teacher, out)
+    path = out / "run.json"
+    path.write_text(path.read_text()[:300] if damage == "truncated" else "[]")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 8), "--resume"])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    why = "unreadable run.json (" if damage == "truncated" else "run.json does not hold a JSON object;"
+    assert lines[0].startswith(f"error: {path}: {why}")
+    assert lines[0].endswith("; it is the only record of the run's teacher and options, so --resume cannot check it "
+                             "continues the same run: restore run.json and rerun with --resume, or start over in "
+                             "another --out (--force here deletes the finished stages).")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 2), "--force"])
+    assert r.exit_code == 0, r.output
+    run = json.loads(path.read_text())
+    assert run["complete"] and len(run["stages"]) == 3 and "resumed_from" not in run
+
+
 def test_resume_refuses_other_teacher_overrides(tiny_teacher, tmp_path):
     # the same file read with another value range or EDSR res_scale is another teacher function
     distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
