@@ -332,7 +332,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     from .export import export_run
 
     progress.enable(console)
-    entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, input_size=input_size,
+    entries = export_run(run_dir, target, stage=stage, precision=precision, out=out, log=_note, input_size=input_size,
                          layout=layout, shuffle=shuffle, palettize=int(palettize) if palettize else None, calib=calib,
                          calib_method=calib_method, calib_samples=calib_samples, seed=seed, eval_dir=eval_dir,
                          native_io=native_io, qat_steps=qat_steps, qat_target=qat_target, qat_lr=qat_lr,

@@ -475,6 +475,38 @@ def test_calibration_from_generator(tmp_path):
     assert e["verified"]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "junk"])
+def test_an_unreadable_generator_is_named_before_any_write_or_set_aside_with_a_note(tmp_path, tiny_eval, damage):
+    """A run whose generator.pt was cut short or overwritten: int8 export used to start calibrating on it and fail
+    with 'damaged generator checkpoint (...).', saying nothing of what to do (--qat the same). --calib generator
+    now fails with one line naming the file and the other sources, before anything is written; the default source
+    goes on as for a run without generator.pt (the bundled eval images; QAT on synthetic inputs), with a note."""
+    from sr_shrink.distill.generator import RefineGenerator, save_generator
+
+    run = make_tiny_run(tmp_path / "g", n_stages=1)
+    gen = save_generator(RefineGenerator(patch=8), run / "generator.pt")
+    gen.write_bytes(gen.read_bytes()[:300] if damage == "truncated" else b"\x00junk" * 50)
+    args = ["export", str(run), "--target", "onnx", "--precision", "int8", "--calib-samples", "4", "--eval",
+            str(tiny_eval)]
+    res = CliRunner().invoke(main, [*args, "--calib", "generator"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith(f"error: {gen}: damaged generator checkpoint (")
+    assert lines[0].endswith("); pass --calib DIR with a folder of photos, or leave --calib out to calibrate on the "
+                             "bundled eval images.")
+    assert not (run / "exports").exists()
+    res = CliRunner().invoke(main, [*args, "--qat", "2"])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if line.startswith("note:")]
+    assert notes[0].startswith(f"note: {gen}: damaged generator checkpoint (")
+    assert notes[0].endswith("); this export calibrates on the bundled eval images and fine-tunes (--qat) on "
+                             "synthetic inputs alone instead, as for a run without generator.pt.")
+    (e,) = json.loads((run / "exports" / "export.json").read_text())["exports"]
+    assert e["calibration"]["source"] == "images"
+    assert e["calibration"]["note"] == "default: the run's generator.pt cannot be read"
+    assert "generator.pt" not in e["qat"]["inputs"]["source"] and e["qat"]["inputs"]["synthetic_share"] == 1.0
+
+
 def test_calibration_from_refine_generator_at_any_size(tmp_path):
     from sr_shrink.distill.generator import RefineGenerator, save_generator
     from sr_shrink.export.calib import CalibSource, calib_inputs

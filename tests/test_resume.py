@@ -220,6 +220,79 @@ def test_resume_after_a_stage_file_was_corrupted_trains_it_and_the_stages_grown_
     assert load_student(path)[0].n_blocks == 2 and load_student(out / "stage_03.pt")[0].n_blocks == 3
 
 
+def _stopped_in_stage_2(teacher: Path, out: Path) -> None:
+    """Run the three-stage recipe of ``_args(teacher, out, 8)`` and stop it at stage 2's step-4 checkpoint, as a kill
+    would: stage_01.pt, run.json and state.pt (stage 2, step 4) are left."""
+    from sr_shrink.distill.train import Callbacks
+
+    class Stop(Exception):
+        pass
+
+    def saved(idx, step):
+        if (idx, step) == (1, 4):
+            raise Stop
+
+    with pytest.raises(Stop):
+        distill(str(teacher), out, _cfg_from_args(steps_per_stage=8), eval_dir="none", quiet=True, device="cpu",
+                callbacks=Callbacks(saved=saved))
+    assert torch.load(out / "state.pt", weights_only=True)["step"] == 4 and not (out / "stage_02.pt").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "junk"])
+def test_resume_with_an_unreadable_state_goes_on_from_the_stage_files(tiny_teacher, tmp_path, damage):
+    """A run killed in stage 2 whose state.pt was cut short or overwritten: --resume used to fail with 'rerun with
+    --force', which would have thrown stage 1 away. It now goes on as if state.pt were missing (stage 2 starts again,
+    grown from stage_01.pt, which is kept as it was), with one note naming the file."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    out = tmp_path / "r"
+    _stopped_in_stage_2(tiny_teacher, out)
+    stage_1 = (out / "stage_01.pt").read_bytes()
+    state = out / "state.pt"
+    state.write_bytes(state.read_bytes()[:300] if damage == "truncated" else b"\x00junk" * 50)
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 8), "--resume"])
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {state}: not a readable checkpoint ("), r.output
+    assert notes[0].endswith("); resuming from the finished stage files instead: stage 2 starts again from its "
+                             "first step, grown from stage_01.pt.")
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and [(s["stage"], s["n_blocks"]) for s in run["stages"]] == [(1, 1), (2, 2), (3, 3)]
+    assert run["resumed_from"] == [{"stage": 2, "step": 0, "from_collapsed": True}]
+    assert (out / "stage_01.pt").read_bytes() == stage_1 and not state.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an object"])
+def test_an_unreadable_run_json_refuses_resume_in_one_line_and_force_starts_over(tiny_teacher, tmp_path, damage):
+    """run.json is the only record of the run's teacher and options (state.pt and the stage files do not hold them),
+    so a --resume cannot check it continues the same run: it is refused with one line saying so and what to do, and
+    nothing in the folder changes. --force used to fail on the same unreadable run.json instead of starting over."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    out = tmp_path / "r"
+    _stopped_in_stage_2(tiny_teacher, out)
+    path = out / "run.json"
+    path.write_text(path.read_text()[:300] if damage == "truncated" else "[]")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 8), "--resume"])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    why = "unreadable run.json (" if damage == "truncated" else "run.json does not hold a JSON object;"
+    assert lines[0].startswith(f"error: {path}: {why}")
+    assert lines[0].endswith("; it is the only record of the run's teacher and options, so --resume cannot check it "
+                             "continues the same run: restore run.json and rerun with --resume, or start over in "
+                             "another --out (--force here deletes the finished stages).")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 2), "--force"])
+    assert r.exit_code == 0, r.output
+    run = json.loads(path.read_text())
+    assert run["complete"] and len(run["stages"]) == 3 and "resumed_from" not in run
+
+
 def test_resume_refuses_other_teacher_overrides(tiny_teacher, tmp_path):
     # the same file read with another value range or EDSR res_scale is another teacher function
     distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,

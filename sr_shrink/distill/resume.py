@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from ..errors import SRShrinkError
+from ..io import read_json_object
 from ..models.student import UnreadableStudent, load_student
-from ..run import LOCK, RunDir
+from ..run import LOCK, RUN_JSON, RunDir
 from .config import RESUME_KEYS, DistillConfig, flag
 from .sources import resolve_teacher_dtype
 
@@ -25,7 +26,9 @@ def prepare_run_dir(root: Path, resume: bool, force: bool):
     """Create the run folder ``root``, check it is writable, lock it for this process (:meth:`RunDir.lock`: a
     second writer is refused) and check it is free (or resumable); empty it for ``force``; a clear error if not.
     The lock is held until the ``with`` block ends. When the block fails before anything was written, the folders
-    this call made (``root`` and any missing parents) are removed again: a failed run leaves no empty folder."""
+    this call made (``root`` and any missing parents) are removed again: a failed run leaves no empty folder.
+    run.json is read once the folder is cleared (``force`` starts over even when it is unreadable); an unreadable one
+    refuses a ``resume`` (:func:`readable_record`). Yields the RunDir."""
     made = missing_folders(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -34,18 +37,34 @@ def prepare_run_dir(root: Path, resume: bool, force: bool):
         probe.unlink()
     except OSError as exc:
         raise SRShrinkError(f"{root}: cannot write there ({exc.strerror}); pass a writable --out folder.") from None
-    rundir = RunDir.create(root)
+    rundir = RunDir(root, {}, {})  # run.json is read below: --force clears it first, --resume checks it
     with rundir.lock():
         if rundir.holds_run() and not (resume or force):
             raise SRShrinkError(f"{rundir.root}: already holds a run; pass --resume to continue it or --force to "
                                 "overwrite it.")
         if force and not resume:
             rundir.clear()
+        if resume:
+            readable_record(rundir.run_path)
         try:
-            yield rundir
+            yield RunDir.create(root)
         except BaseException:
             remove_empty(made)
             raise
+
+
+def readable_record(path: Path) -> dict:
+    """Return the run.json object at ``path`` ({} when there is none). One that cannot be read (damaged, not a JSON
+    object) is an SRShrinkError: it is the only record of the run's teacher (sha256) and options (and of a
+    ``--time-budget`` plan), so a resume could not check that it continues the same run; state.pt and the stage
+    files do not hold them."""
+    try:
+        return read_json_object(path, RUN_JSON)
+    except SRShrinkError as exc:
+        raise SRShrinkError(f"{str(exc).rstrip('.')}; it is the only record of the run's teacher and options, so "
+                            "--resume cannot check it continues the same run: restore run.json and rerun with "
+                            "--resume, or start over in another --out (--force here deletes the finished stages)."
+                            ) from None
 
 
 def missing_folders(root: Path) -> list[Path]:
@@ -114,6 +133,21 @@ def finished_stages(root: Path, stages: list) -> tuple[list, str | None]:
             return kept, f"note: {path}: {exc.reason}; training stage {rec.stage} and the stages after it again."
         kept.append(rec)
     return kept, None
+
+
+def lost_state_note(path: Path, reason: str, finished: list, n_stages: int) -> str:
+    """Return the one-line note of a resume whose state.pt at ``path`` could not be read (``reason``) and that goes
+    on from the ``finished`` stage records (of ``n_stages``) instead, as if there were no state.pt: the stage that
+    was in progress starts again from its first step, grown from the last finished stage's file."""
+    if len(finished) >= n_stages:
+        then = "every stage is finished, so nothing is trained again"
+    elif finished:
+        then = (f"stage {len(finished) + 1} starts again from its first step, grown from "
+                f"{finished[-1].checkpoint}")
+    else:
+        then = "stage 1 starts again from its first step"
+    return (f"note: {path}: not a readable checkpoint ({reason}); resuming from the finished stage files instead: "
+            f"{then}.")
 
 
 def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:

@@ -30,7 +30,7 @@ from .env import Env, rank0
 from .generator import save_generator
 from .perceptual import resolve_synthetic
 from .probe import probe_steps, setup_of, timed_forward
-from .resume import adopt, check_same_run, finished_stages
+from .resume import adopt, check_same_run, finished_stages, lost_state_note
 from .sources import Labeller, make_source, resolve_teacher_dtype
 from .state import TrainState
 from .train import Callbacks, train_stage
@@ -96,13 +96,16 @@ def run_stages(job: Job, resume: bool) -> dict:
         check_same_run(str(rundir.root), old, run.teacher, cfg, env.device)
         run.stages = was.stages or []
         run.resumed_from = was.resumed_from
-    saved = state.load(rundir.state_path, env.rank, env.world) if resume else None
+    lost: list[str] = []  # why state.pt could not be read: then the run goes on from the stage files
+    saved = state.load(rundir.state_path, env.rank, env.world, lost.append) if resume else None
     if saved is not None:  # the state's list of finished stages is the authority on where to go on
         run.stages = [StageRecord.from_dict(s) for s in saved["stages"]]
     # the finished stages up to the first whose checkpoint is gone or unreadable: each later stage grew from it, so
     # they go again
     run.stages, note = finished_stages(rundir.root, run.stages)
     state.stages = run.stages
+    if lost and env.main:
+        job.log(lost_state_note(rundir.state_path, lost[0], run.stages, len(blocks)))
     if note and env.main:
         job.log(note)
     done = len(state.stages)

@@ -12,6 +12,7 @@ that never stopped.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,16 +108,27 @@ class TrainState:
                  "timing": dict(self.timing)}
         atomic_torch_save(state, path)
 
-    def load(self, path: Path, rank: int = 0, world: int = 1) -> dict | None:
+    def load(self, path: Path, rank: int = 0, world: int = 1,
+             unreadable: Callable[[str], None] | None = None) -> dict | None:
         """Restore the state saved at ``path`` (this rank's generators and buffer, the game, the progress);
-        return the saved dict (for the student and optimiser), or None when there is none."""
+        return the saved dict (for the student and optimiser), or None when there is none.
+
+        A file whose bytes are not a checkpoint (truncated, overwritten) is an SRShrinkError; with ``unreadable``
+        given, that is called with the reason instead and None is returned (nothing is restored: the run goes on as
+        if there were no state.pt). A file the OS cannot read is an SRShrinkError either way."""
         if not path.exists():
             return None
         try:
             state = torch.load(path, map_location=self.label.device, weights_only=True)
+        except OSError as exc:  # permissions, I/O: the bytes may be fine, so nothing is given up on
+            raise SRShrinkError(f"{path}: cannot read the saved state ({first_line(exc)}); make it readable and "
+                                "rerun with --resume.") from None
         except Exception as exc:
-            raise SRShrinkError(f"{path}: cannot read the saved state ({first_line(exc)}); rerun with --force.") \
-                from None
+            if unreadable is None:
+                raise SRShrinkError(f"{path}: cannot read the saved state ({first_line(exc)}); delete it to resume "
+                                    "from the finished stage files.") from None
+            unreadable(first_line(exc))
+            return None
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise SRShrinkError(f"{path}: saved by another sr-shrink version (state format "
                                 f"{state.get('version', 1) if isinstance(state, dict) else '?'}, this one reads "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +49,8 @@ def calib_source(run: RunDir, choice: str | Path | None) -> CalibSource:
     if choice is None:
         if run.generator is not None:
             return CalibSource("generator", run.generator, "default: the run's generator.pt")
+        if run.generator_path.is_file():  # set aside by without_unreadable_generator
+            return CalibSource("images", EVAL_DIR, "default: the run's generator.pt cannot be read")
         return CalibSource("images", EVAL_DIR, "default: the run has no generator.pt")
     if str(choice) == "generator":
         if run.generator is None:
@@ -58,6 +60,31 @@ def calib_source(run: RunDir, choice: str | Path | None) -> CalibSource:
     folder = Path(choice)
     list_images(folder)  # a clear error for a missing or empty folder
     return CalibSource("images", folder)
+
+
+def without_unreadable_generator(run: RunDir, choice: str | Path | None, calibrated: bool,
+                                 qat: bool) -> tuple[RunDir, str | None]:
+    """Return (``run``, None) when its generator.pt loads, is absent, or the export does not read it (``calibrated``:
+    it calibrates on ``choice``; ``qat``: it fine-tunes on the run's data-free inputs). When the file is there but
+    cannot be loaded: an SRShrinkError naming it and what to do for ``choice`` "generator" (--calib asked for it),
+    else (a copy of ``run`` without it, so the export goes on as for a run without generator.pt: calibration on the
+    bundled eval images, QAT on synthetic inputs alone; the one-line note that says so)."""
+    calib_default = calibrated and choice is None
+    asked = calibrated and str(choice) == "generator"
+    if run.generator is None or not (calib_default or asked or qat):
+        return run, None
+    try:
+        load_generator(run.generator)
+        return run, None
+    except SRShrinkError as exc:
+        problem = str(exc).rstrip(".")
+    if asked:
+        raise SRShrinkError(f"{problem}; pass --calib DIR with a folder of photos, or leave --calib out to calibrate "
+                            "on the bundled eval images.")
+    instead = [*(["calibrates on the bundled eval images"] if calib_default else []),
+               *(["fine-tunes (--qat) on synthetic inputs alone"] if qat else [])]
+    return replace(run, generator=None), (f"note: {problem}; this export {' and '.join(instead)} instead, as for a "
+                                          "run without generator.pt.")
 
 
 _MEMO: dict[tuple, list[torch.Tensor]] = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from ..progress import task
 from ..run import RunDir, load_stage, now_iso
 from ..runtimes import open_runner, runtime_label
 from .biascorr import correct_bias
-from .calib import calib_inputs, calib_source
+from .calib import CalibSource, calib_inputs, calib_source, without_unreadable_generator
 from .equalize import equalize
 from .graph import GraphInfo, check_graph
 from .onnx import CALIB_PERCENTILE
@@ -45,7 +46,7 @@ from .wrapper import build_wrapper
 
 
 def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "all", precision: str | None = None,
-               out: str | Path | None = None, **opts) -> list[dict]:
+               out: str | Path | None = None, log: Callable[[str], None] | None = None, **opts) -> list[dict]:
     """Export ``stage`` ("all", "last" or a number) of the run ``run_dir`` (a folder, a stage_XX.pt or an
     open :class:`~sr_shrink.run.RunDir`) to ``target``.
 
@@ -53,7 +54,8 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     :class:`ExportConfig` fields (input_size, layout, palettize, calib, calib_samples, seed, eval_dir,
     eval_images, native_io, shuffle, verify, qat_steps, qat_lr, teacher, trust_pickle). Returns the export.json
     entries written, one per file, each with an extra absolute ``path``. Raises :class:`SRShrinkError` with a
-    one-line message on bad input.
+    one-line message on bad input. ``log`` gets one-line notes (a generator.pt that cannot be read, and what the
+    export uses instead).
     """
     cfg = _config(target, precision, opts)
     run = RunDir.open(run_dir)
@@ -61,7 +63,13 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     run.check_stages(stages)  # an unreadable stage file fails before the first file is written
     fmt = get_target(cfg.target)
     fmt.require(cfg.precision)
+    calibrated = fmt.calibrated(cfg.precision)
+    run, note = without_unreadable_generator(run, cfg.calib, calibrated, bool(cfg.qat_steps))
+    if note and log is not None:
+        log(note)
     job = _Job(run, cfg, fmt, given_options(opts, cfg))
+    if calibrated:  # a bad --calib fails before the first file is written
+        job.calib_src = calib_source(run, cfg.calib)
     if cfg.qat_steps and cfg.qat_target == "teacher":  # a missing or unloadable teacher fails before any write
         job.teacher(load_stage(run.stages[stages[0]])[0].scale)
     out_dir = Path(out) if out is not None else run.exports_dir
@@ -86,6 +94,7 @@ class _Job:
     cfg: ExportConfig
     fmt: Target
     options: dict = field(default_factory=dict)  # the file-shaping options the call gave (export.json "options")
+    calib_src: CalibSource | None = None  # where calibration inputs come from (None: read cfg.calib when needed)
     _pairs: dict = field(default_factory=dict)
     _calib: dict = field(default_factory=dict)
     _teacher: dict = field(default_factory=dict)
@@ -99,7 +108,7 @@ class _Job:
     def calib(self, scale: int) -> tuple[list[torch.Tensor], dict]:
         """Return (calibration inputs, their export.json record) for ``scale`` (made once)."""
         if scale not in self._calib:
-            src = calib_source(self.run, self.cfg.calib)
+            src = self.calib_src or calib_source(self.run, self.cfg.calib)
             inputs = calib_inputs(src, scale, self.cfg.calib_samples, self.cfg.input_size, self.cfg.seed)
             rec = {**src.describe(), "samples": len(inputs), "seed": self.cfg.seed,
                    "input_shape": list(inputs[0].shape[1:])}
