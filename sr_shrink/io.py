@@ -16,6 +16,21 @@ import torch
 from .errors import SRShrinkError, first_line
 
 
+def load_problem(exc: BaseException) -> str:
+    """Return a short reason for ``torch.load(..., weights_only=True)`` failing on a file sr-shrink writes (a stage,
+    state.pt, generator.pt): "truncated or damaged" for a broken zip archive, "its bytes are not a PyTorch
+    checkpoint" for text or junk (whose own messages talk about ``weights_only`` defaults or a bare ``KeyError``),
+    else the exception's first line."""
+    import pickle
+
+    text = str(exc)
+    if "PytorchStreamReader" in text or "zip archive" in text or isinstance(exc, EOFError):
+        return "truncated or damaged"
+    if isinstance(exc, (pickle.UnpicklingError, KeyError, UnicodeDecodeError)) or "Weights only load failed" in text:
+        return "its bytes are not a PyTorch checkpoint"
+    return first_line(exc)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
     """Yield a temp file name beside ``path``; on success fsync it, rename it over ``path`` and fsync the folder;

@@ -135,10 +135,9 @@ class Lines:
             self.last = now
             _plain(self.console, f"{self.description}: {self.status(now)}" + (f", {note}" if note else ""))
 
-    def set_total(self, total: int, why: str = "") -> None:
-        """Change the phase's total to ``total``; with a reason ``why``, say so in a line."""
-        if why:
-            _plain(self.console, f"{self.description}: {total} {self.unit} instead of {self.total}: {why}")
+    def set_total(self, total: int, why: str) -> None:
+        """Change the phase's total to ``total`` and say so in a line with the reason ``why``."""
+        _plain(self.console, f"{self.description}: {total} {self.unit} instead of {self.total}: {why}")
         self.total = total
 
     def status(self, now: float) -> str:

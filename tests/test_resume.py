@@ -212,8 +212,9 @@ def test_resume_after_a_stage_file_was_corrupted_trains_it_and_the_stages_grown_
     r = CliRunner().invoke(main, [*args, "--resume"])
     assert r.exit_code == 0, r.output
     notes = [line for line in r.output.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and notes[0].startswith(f"note: {path}: not a readable sr-shrink checkpoint (")
-    assert notes[0].endswith("; training stage 2 and the stages after it again.")
+    reason = "truncated or damaged" if damage == "truncated" else "its bytes are not a PyTorch checkpoint"
+    assert notes == [f"note: {path}: not a readable sr-shrink checkpoint ({reason}); training stage 2 and the stages "
+                     "after it again."]  # not torch's message about weights_only defaults
     run = json.loads((out / "run.json").read_text())
     assert run["complete"] and [(s["stage"], s["n_blocks"]) for s in run["stages"]] == [(1, 1), (2, 2), (3, 3)]
     assert run["resumed_from"] == [{"stage": 2, "step": 0, "from_collapsed": True}]
@@ -291,6 +292,27 @@ def test_an_unreadable_run_json_refuses_resume_in_one_line_and_force_starts_over
     assert r.exit_code == 0, r.output
     run = json.loads(path.read_text())
     assert run["complete"] and len(run["stages"]) == 3 and "resumed_from" not in run
+
+
+def test_a_lost_run_json_refuses_resume_instead_of_training_over_the_stages(tiny_teacher, tmp_path):
+    """Stage files and state.pt without run.json (deleted or lost after them): --resume used to train every stage
+    again from scratch over them, unchecked; it is refused in one line and nothing in the folder changes."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    out = tmp_path / "r"
+    _stopped_in_stage_2(tiny_teacher, out)
+    (out / "run.json").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 8), "--resume"])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0] == (f"error: {out}: holds stage_01.pt, state.pt but no run.json, the only record of the run's "
+                        "teacher and options, so --resume cannot check it continues the same run: restore run.json "
+                        "and rerun with --resume, or start over in another --out (--force here deletes the finished "
+                        "stages).")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
 
 
 def test_resume_refuses_other_teacher_overrides(tiny_teacher, tmp_path):

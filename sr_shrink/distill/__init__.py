@@ -107,7 +107,6 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
 
 
 SHORTENED = "its steps run slower than the plan, and --time-budget keeps each stage to its share of the time"
-SHOW_CUT = 0.9  # a stage's steps cut to this share of what was last shown or less get a line of their own
 
 
 def progress_callbacks(progress: Progress) -> Callbacks:
@@ -121,13 +120,9 @@ def progress_callbacks(progress: Progress) -> Callbacks:
     def step(idx, _step, kd, parts):
         progress.update(tasks[idx], advance=1, kd=kd, g=" ".join(f"{k}={v:.3g}" for k, v in parts.items()))
 
-    shown: dict[int, int] = {}
-
     def shortened(idx, steps, planned):
-        if steps <= SHOW_CUT * shown.setdefault(idx, planned):  # a line for each cut of 10 % or more
-            progress.console.print(f"stage {idx + 1}: {steps} steps instead of {shown[idx]}: {SHORTENED}",
-                                   markup=False, highlight=False, soft_wrap=True)
-            shown[idx] = steps
+        progress.console.print(f"stage {idx + 1}: {steps} steps instead of {planned}: {SHORTENED}", markup=False,
+                               highlight=False, soft_wrap=True)
         progress.update(tasks[idx], total=steps)
 
     return Callbacks(stage_start=start, step=step, shortened=shortened)
@@ -150,15 +145,8 @@ def line_callbacks(console: Console) -> Callbacks:
         if idx in open_:
             open_.pop(idx).close()
 
-    shown: dict[int, int] = {}
-
-    def shortened(idx, steps, planned):
-        if steps <= SHOW_CUT * shown.setdefault(idx, planned):  # a line for each cut of 10 % or more
-            open_[idx].total = shown[idx]
-            open_[idx].set_total(steps, SHORTENED)
-            shown[idx] = steps
-        else:
-            open_[idx].set_total(steps)
+    def shortened(idx, steps, _planned):
+        open_[idx].set_total(steps, SHORTENED)
 
     return Callbacks(stage_start=start, step=step, stage_end=end, shortened=shortened)
 

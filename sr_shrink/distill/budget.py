@@ -41,6 +41,7 @@ PROBE_GAME_WARMUP = 1  # untimed generator steps (a big teacher's forward and ba
 PROBE_GAME_STEPS = 1  # timed generator steps (on the first stage's student; the last's reuses their time)
 CHECK_STEPS = 10  # a budgeted stage compares its pace with its deadline every this many steps
 PACE_WINDOW_S = 5.0  # ... measured over at least this many seconds of its latest steps
+MIN_CUT = 0.1  # ... and is cut only when the steps that fit are at least this share fewer than its total
 
 
 @dataclass
@@ -250,14 +251,17 @@ class StageDeadline:
     end: float
     mark: tuple[float, int]
 
-    def steps(self, step: int, total: int, now: float, window: float = PACE_WINDOW_S) -> int:
+    def steps(self, step: int, total: int, now: float, window: float = PACE_WINDOW_S,
+              min_cut: float = MIN_CUT) -> int:
         """Return the stage's total steps once ``step`` of ``total`` are done at time ``now``: ``total`` while
-        the pace of the steps since the mark (at least ``window`` seconds of them) ends them by ``end``, else
-        the steps that fit by then (never fewer than ``step``, never more than ``total``)."""
+        the pace of the steps since the mark (at least ``window`` seconds of them) ends them by ``end`` or the
+        steps that fit by then are fewer by less than ``min_cut`` of ``total`` (a small overrun is left to the
+        re-plan of the next stages, and timer noise cuts nothing), else the steps that fit (never fewer than
+        ``step``)."""
         t0, s0 = self.mark
         if now - t0 < window or step <= s0:
             return total
         self.mark = (now, step)
         per_step = (now - t0) / (step - s0)
         fit = step + math.floor(max(0.0, self.end - now) / per_step)
-        return max(step, min(total, fit))
+        return max(step, fit) if fit <= total * (1 - min_cut) else total

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import SRShrinkError, first_line
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, load_problem
 from .render import synthetic
 
 
@@ -144,6 +144,9 @@ def load_generator(path: str | Path) -> nn.Module:
         raise SRShrinkError(f"{path}: no generator checkpoint; run 'sr-shrink distill' in datafree mode first.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SRShrinkError(f"{path}: damaged generator checkpoint ({load_problem(exc)}).") from None
+    try:
         gen = KINDS[ckpt.get("kind", "latent")](**ckpt["config"])
         gen.load_state_dict(ckpt["state_dict"])
     except Exception as exc:

@@ -44,8 +44,13 @@ def prepare_run_dir(root: Path, resume: bool, force: bool):
                                 "overwrite it.")
         if force and not resume:
             rundir.clear()
-        if resume:
-            readable_record(rundir.run_path)
+        if resume and not readable_record(rundir.run_path):
+            orphans = sorted(p.name for p in [*root.glob("stage_*.pt"), rundir.state_path] if p.is_file())
+            if orphans:  # run.json was written before any of them: it was lost since
+                raise SRShrinkError(f"{root}: holds {', '.join(orphans)} but no run.json, the only record of the "
+                                    "run's teacher and options, so --resume cannot check it continues the same run: "
+                                    "restore run.json and rerun with --resume, or start over in another --out "
+                                    "(--force here deletes the finished stages).")
         try:
             yield RunDir.create(root)
         except BaseException:

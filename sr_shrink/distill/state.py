@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import SRShrinkError, first_line
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, load_problem
 from ..record import StageRecord
 from .buffer import ReplayBuffer
 from .sources import Labeller, Source
@@ -125,9 +125,9 @@ class TrainState:
                                 "rerun with --resume.") from None
         except Exception as exc:
             if unreadable is None:
-                raise SRShrinkError(f"{path}: cannot read the saved state ({first_line(exc)}); delete it to resume "
+                raise SRShrinkError(f"{path}: cannot read the saved state ({load_problem(exc)}); delete it to resume "
                                     "from the finished stage files.") from None
-            unreadable(first_line(exc))
+            unreadable(load_problem(exc))
             return None
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise SRShrinkError(f"{path}: saved by another sr-shrink version (state format "

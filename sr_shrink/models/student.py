@@ -259,6 +259,7 @@ def load_student(path) -> tuple[SRStudent, dict]:
     from pathlib import Path
 
     from ..errors import first_line
+    from ..io import load_problem
 
     path = Path(path)
     if not path.is_file():
@@ -267,7 +268,7 @@ def load_student(path) -> tuple[SRStudent, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = f"not a readable sr-shrink checkpoint ({first_line(exc)})"
+        reason = f"not a readable sr-shrink checkpoint ({load_problem(exc)})"
         raise UnreadableStudent(f"{path}: {reason}.", reason) from None
     if not (isinstance(ckpt, dict) and ckpt.get("arch") == "student" and "state_dict" in ckpt):
         raise UnreadableStudent(f"{path}: not an sr-shrink student checkpoint; pass a stage_XX.pt from a distill "
