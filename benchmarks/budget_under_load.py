@@ -6,6 +6,7 @@ shared machine). Prints the wall time, the first plan's steps per stage and the 
 stage's planned and spent seconds, and each stage's Y-PSNR and fidelity (BENCHMARKS.md, section 30).
 
     python benchmarks/budget_under_load.py ../panel_teachers/span_x2_ch52.pth --out /tmp/budget_load --minutes 4
+    python benchmarks/budget_under_load.py ... --code ../before   # a worktree of the commit before the change
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--load-after", type=float, default=60.0, help="seconds after the start the load begins")
     ap.add_argument("--load-cores", type=int, default=1)
+    ap.add_argument("--code", default=str(REPO), help="checkout whose sr_shrink runs (default: this one; another "
+                    "commit's worktree for a before/after)")
     args = ap.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-c", "from sr_shrink.cli import main; main()", "distill", args.teacher, "--out", str(out),
            "--time-budget", str(args.minutes)]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=args.code, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     hogs: list[mp.Process] = []
     try:
         while proc.poll() is None and time.time() - t0 < args.load_after:
