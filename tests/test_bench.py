@@ -373,6 +373,24 @@ def test_bench_exports_missing_models_with_export_run(tiny_run, eval_dir):
     assert not any(r["exported_now"] for r in again["rows"] if r["runtime"] != "torch")
 
 
+@pytest.mark.skipif(not HAVE_ORT, reason="needs onnxruntime")
+def test_bench_passes_on_the_note_of_an_export_that_sets_a_damaged_generator_aside(tiny_run, eval_dir):
+    """bench exports an int8 row itself; when the run's generator.pt cannot be read, that export calibrates on the
+    bundled eval images instead and says so. The note used to reach only export.json, never bench's output."""
+    from sr_shrink.distill.generator import RefineGenerator, save_generator
+
+    gen = save_generator(RefineGenerator(patch=8), tiny_run / "generator.pt")
+    gen.write_bytes(b"\x00junk" * 50)
+    said: list[str] = []
+    cfg = BenchConfig(runtimes=("onnxruntime",), precisions=("int8",), input_size=(32, 32), eval_dir=str(eval_dir),
+                      repeats=1, warmup=0, stages=(1,))
+    result = run_bench(tiny_run, cfg, log=said.append)
+    assert any(r["runtime"] == "onnxruntime" and r["exported_now"] for r in result["rows"])
+    notes = [m for m in said if m.startswith("note:")]
+    assert notes == [f"note: {gen}: damaged generator checkpoint (its bytes are not a PyTorch checkpoint); this export "
+                     "calibrates on the bundled eval images instead, as for a run without generator.pt."]
+
+
 def test_export_command_rebuilds_the_file(tmp_path):
     from sr_shrink.bench.artifacts import export_command
     from sr_shrink.export import export_run

@@ -70,8 +70,10 @@ def find_export(run: RunDir, stage: int, runtime: str, precision: str, input_hw:
     return None
 
 
-def export_with_api(run: RunDir, stage: int, runtime: str, precision: str, input_hw: tuple[int, int]) -> Path:
-    """Export one stage with ``sr_shrink.export.export_run`` and return the written file's path."""
+def export_with_api(run: RunDir, stage: int, runtime: str, precision: str, input_hw: tuple[int, int],
+                    log: Callable[[str], None] | None = None) -> Path:
+    """Export one stage with ``sr_shrink.export.export_run`` and return the written file's path (``log``: the
+    export's notes, e.g. a generator.pt it could not read and calibrated without)."""
     from ..export import export_run
     target = TARGETS[runtime]
     out = run.exports_dir
@@ -80,7 +82,7 @@ def export_with_api(run: RunDir, stage: int, runtime: str, precision: str, input
     opts = {"verify": False}  # bench scores every row itself
     if REGISTRY[target].fixed_size is not None:  # a fixed-size target is exported at the bench size
         opts["input_size"] = tuple(input_hw)
-    entries = export_run(run, target, stage=stage, precision=precision, out=out, **opts)
+    entries = export_run(run, target, stage=stage, precision=precision, out=out, log=log, **opts)
     for e in entries:
         p = Path(e["path"])
         if p.suffix == SUFFIX[target] and p.is_file():

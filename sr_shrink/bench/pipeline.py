@@ -11,6 +11,7 @@ quality, time all rows together in interleaved rounds, then pick. What bench com
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..run import RunDir, load_stage
 from ..runtimes import Runner, TorchRunner, missing_runtime_message, open_runner, require_runtime, runtime_available
 from ..sizes import parse_size  # noqa: F401 - re-exported: sr_shrink.bench.parse_size
 from ..teachers import count_macs
-from .artifacts import Exporter, ensure_export, export_command, file_options, row_files
+from .artifacts import Exporter, ensure_export, export_command, export_with_api, file_options, row_files
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved, timing_steps
 from .pareto import pick
@@ -294,6 +295,8 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
     x = bench_input(cfg.input_size)
     n_rows = sum(1 for s in run.stages if not cfg.stages or s in cfg.stages) * (1 + (len(runtimes) - 1) *
                                                                               len(cfg.precisions))
+    if exporter is None:  # the export's own notes (a generator.pt it cannot read) go to bench's log
+        exporter = functools.partial(export_with_api, log=log)
     with task(f"opening {n_rows} rows (exporting the files not in exports/ yet)", total=n_rows) as advance:
         rows, r_notes = open_rows(run, cfg, runtimes, threads, x, exporter, log, advance)
     what = f"scoring {len(rows)} rows on {len(pairs)} images" + (" (and against the teacher)" if references else "")
