@@ -352,7 +352,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     from .export.coreml import input_note
     from .export.delegates import delegate_warning
     from .export.targets import get_target
-    from .export.verify import int8_note
+    from .export.verify import int8_notes
 
     for e in entries:
         warning = delegate_warning(e["file"], (e.get("delegates") or {}).get("gpu", {}))
@@ -360,13 +360,13 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
             console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
         if note := input_note(e):
             _note(note)
-        if note := int8_note(e, get_target(e["target"]).int8_closer):
-            _note(note)
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
             _note(f"{e['file']}: QAT {e['qat_steps']} steps; vs the original fp32 student: PTQ "
                   f"{show['ptq_delta_psnr_y']}, QAT {show['qat_delta_psnr_y']} (the table compares with the "
                   "fine-tuned student)")
+    for note in int8_notes(entries, lambda e: get_target(e["target"]).int8_closer):  # one line per advice
+        _note(note)
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:

@@ -92,6 +92,24 @@ def test_int8_note_names_the_closer_options_not_already_given():
     assert "--calib-method" not in tfl and "--qat" not in tfl and "--precision w8a16" in tfl
 
 
+def test_int8_notes_say_one_advice_once_for_every_file_it_fits():
+    from sr_shrink.export.verify import int8_note, int8_notes
+
+    def entry(stage: int, delta: float, options: dict | None = None) -> dict:
+        return {**_int8_entry(delta, options), "file": f"stage_0{stage}_int8.onnx"}
+
+    closer = targets.get_target("onnx").int8_closer
+    files = [entry(1, -0.137), entry(2, -0.01), entry(3, -0.082), entry(4, -0.073, {"float_stream": True})]
+    lines = int8_notes(files, lambda _e: closer)
+    assert len(lines) == 2  # stage 2 is close enough; stage 4 was given --float-stream, so its advice differs
+    assert lines[0].startswith("stage_01_int8.onnx, stage_03_int8.onnx: int8 costs 0.137, 0.082 dB Y-PSNR against "
+                               "their fp32 students here (more than 0.03); measured closer on the teacher panel: "
+                               "--no-reduce-range")
+    assert lines[1] == int8_note(files[3], closer) and "--float-stream" not in lines[1]
+    assert "against its fp32 student" in lines[1]
+    assert int8_notes(files[1:2], lambda _e: closer) == []
+
+
 def test_every_int8_option_named_is_an_export_option_of_its_target():
     flags = {o for p in main.commands["export"].params for o in (*p.opts, *p.secondary_opts)}
     names = {f.name for f in dataclasses.fields(ExportConfig)}

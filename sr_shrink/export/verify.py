@@ -58,16 +58,31 @@ def int8_note(entry: dict, closer: tuple) -> str | None:
     :data:`INT8_NEAR` dB of Y-PSNR to its student (the original fp32 student after ``--qat``:
     ``qat_delta_psnr_y``): the loss and the options of ``closer`` (the target's
     :class:`~sr_shrink.export.targets.Int8Option` s) that the export was not already given; None otherwise."""
-    delta = (entry.get("qat_delta_psnr_y") if entry.get("qat_steps")
-             else (entry.get("verification") or {}).get("delta_psnr_y"))
-    if entry.get("precision") != "int8" or delta is None or not delta < -INT8_NEAR:
-        return None
-    left = [o for o in closer if not o.given(entry.get("options") or {})]
-    if not left:
-        return None
-    tries = ", ".join(f"{o.args} ({o.when})" if o.when else o.args for o in left)
-    return (f"{entry['file']}: int8 costs {-delta:.3f} dB Y-PSNR against the fp32 student here (more than "
-            f"{INT8_NEAR:g}); measured closer on the teacher panel: {tries} (BENCHMARKS.md, sections 19, 23, 25)")
+    notes = int8_notes([entry], lambda _e: closer)
+    return notes[0] if notes else None
+
+
+def int8_notes(entries: list[dict], closer_of) -> list[str]:
+    """Return :func:`int8_note`'s lines for the export.json ``entries`` of one export, one line for all the files
+    whose note names the same options (``closer_of(entry)``: its target's ``int8_closer``), so an export of every
+    stage says it once with each file's loss, in order."""
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for entry in entries:
+        delta = (entry.get("qat_delta_psnr_y") if entry.get("qat_steps")
+                 else (entry.get("verification") or {}).get("delta_psnr_y"))
+        if entry.get("precision") != "int8" or delta is None or not delta < -INT8_NEAR:
+            continue
+        left = [o for o in closer_of(entry) if not o.given(entry.get("options") or {})]
+        if left:
+            tries = ", ".join(f"{o.args} ({o.when})" if o.when else o.args for o in left)
+            groups.setdefault(tries, []).append((entry["file"], -delta))
+    lines = []
+    for tries, files in groups.items():
+        names, losses = ", ".join(f for f, _ in files), ", ".join(f"{loss:.3f}" for _, loss in files)
+        whose = "its fp32 student" if len(files) == 1 else "their fp32 students"
+        lines.append(f"{names}: int8 costs {losses} dB Y-PSNR against {whose} here (more than {INT8_NEAR:g}); "
+                     f"measured closer on the teacher panel: {tries} (BENCHMARKS.md, sections 19, 23, 25)")
+    return lines
 
 
 def images_at(n_images: int, sizes) -> dict[tuple[int, int], int]:
