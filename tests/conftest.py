@@ -38,6 +38,14 @@ def make_tiny_run(run_dir: Path, scale: int = 2, channels: int = 8, n_stages: in
     return run_dir
 
 
+def one_error_line(result) -> str:
+    """Return the one line a CLI ``result`` printed, asserting the house rule for bad input: exit status 2 and a
+    single line of output (the test fails with the whole output otherwise)."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    return lines[0]
+
+
 @pytest.fixture
 def tiny_run(tmp_path: Path) -> Path:
     """A fake two-stage x2 distill run with 8-channel students."""

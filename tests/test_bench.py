@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tiny_run
+from conftest import make_tiny_run, one_error_line
 from export_helpers import export_onnx, export_stage, export_tflite
 from PIL import Image
 
@@ -328,10 +328,9 @@ def test_bench_refuses_an_unreadable_stage_file_before_any_work(tiny_run, eval_d
     path = tiny_run / "stage_02.pt"
     path.write_bytes(b"junk" * 64)
     res = _bench(tiny_run, eval_dir, "--runtimes", "onnxruntime")
-    lines = res.output.strip().splitlines()
-    assert res.exit_code == 2 and len(lines) == 1, res.output
-    assert lines[0].startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
-    assert f"rerun `sr-shrink distill ... --out {tiny_run} --resume`" in lines[0]
+    line = one_error_line(res)
+    assert line.startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
+    assert f"rerun `sr-shrink distill ... --out {tiny_run} --resume`" in line
     assert not (tiny_run / "exports").exists() and not (tiny_run / "bench.json").exists()
 
 

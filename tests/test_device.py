@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_tiny_run
+from conftest import make_tiny_run, one_error_line
 from export_helpers import export_stage
 
 from sr_shrink.bench import BenchConfig, run_bench
@@ -212,12 +212,11 @@ def test_a_latency_file_that_names_no_row_fails_before_any_row_is_measured(tmp_p
     lat.write_text("stage_01_fp16.mlpackage,2.5\nother_run/stage_09_fp32.tflite,3\n")
     res = CliRunner().invoke(main, ["bench", str(run), "--runtimes", "litert", "--precisions", "fp32,int8",
                                     "--latency-from", str(lat)])
-    lines = res.output.strip().splitlines()
-    assert res.exit_code == 2 and len(lines) == 1, res.output
-    assert lines[0] == (f"error: --latency-from {lat}: none of its files (stage_01_fp16.mlpackage, "
-                        "stage_09_fp32.tflite) is one this run's rows use (stage_01_fp32.tflite, stage_01_int8.tflite, "
-                        "stage_02_fp32.tflite, stage_02_int8.tflite); name the files as bench's rows do, or pass the "
-                        "--runtimes and --precisions they were measured for.")
+    line = one_error_line(res)
+    assert line == (f"error: --latency-from {lat}: none of its files (stage_01_fp16.mlpackage, "
+                     "stage_09_fp32.tflite) is one this run's rows use (stage_01_fp32.tflite, stage_01_int8.tflite, "
+                     "stage_02_fp32.tflite, stage_02_int8.tflite); name the files as bench's rows do, or pass the "
+                     "--runtimes and --precisions they were measured for.")
     assert not (run / "bench.json").exists() and not (run / "exports").exists()
     with pytest.raises(SRShrinkError, match="only torch rows .*; add --runtimes litert or onnxruntime"):
         run_bench(run, BenchConfig(runtimes=("torch",), precisions=("fp32",), latency_from=str(lat)))

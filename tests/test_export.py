@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tiny_run
+from conftest import make_tiny_run, one_error_line
 from onnx import TensorProto, helper
 
 from sr_shrink import mil_eval
@@ -489,11 +489,10 @@ def test_an_unreadable_generator_is_named_before_any_write_or_set_aside_with_a_n
     args = ["export", str(run), "--target", "onnx", "--precision", "int8", "--calib-samples", "4", "--eval",
             str(tiny_eval)]
     res = CliRunner().invoke(main, [*args, "--calib", "generator"])
-    lines = res.output.strip().splitlines()
-    assert res.exit_code == 2 and len(lines) == 1, res.output
-    assert lines[0].startswith(f"error: {gen}: damaged generator checkpoint (")
-    assert lines[0].endswith("); pass --calib DIR with a folder of photos, or leave --calib out to calibrate on the "
-                             "bundled eval images.")
+    line = one_error_line(res)
+    assert line.startswith(f"error: {gen}: damaged generator checkpoint (")
+    assert line.endswith("); pass --calib DIR with a folder of photos, or leave --calib out to calibrate on the "
+                          "bundled eval images.")
     assert not (run / "exports").exists()
     res = CliRunner().invoke(main, [*args, "--qat", "2"])
     assert res.exit_code == 0, res.output
@@ -590,11 +589,10 @@ def test_an_unreadable_stage_file_fails_before_any_export_is_written(tiny_run):
     path = tiny_run / "stage_02.pt"
     path.write_bytes(path.read_bytes()[:200])
     res = CliRunner().invoke(main, ["export", str(tiny_run), "--target", "onnx"])
-    lines = res.output.strip().splitlines()
-    assert res.exit_code == 2 and len(lines) == 1, res.output
-    assert lines[0].startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
-    assert lines[0].endswith(f"; rerun `sr-shrink distill ... --out {tiny_run} --resume` with the run's teacher and "
-                             "options to train stage 2 and the stages after it again.")
+    line = one_error_line(res)
+    assert line.startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
+    assert line.endswith(f"; rerun `sr-shrink distill ... --out {tiny_run} --resume` with the run's teacher and "
+                          "options to train stage 2 and the stages after it again.")
     assert not (tiny_run / "exports").exists()
 
 

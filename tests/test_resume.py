@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_error_line
 
 from sr_shrink.distill import DistillConfig, distill
 from sr_shrink.errors import SRShrinkError
@@ -280,13 +281,12 @@ def test_an_unreadable_run_json_refuses_resume_in_one_line_and_force_starts_over
     path.write_text(path.read_text()[:300] if damage == "truncated" else "[]")
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
     r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 8), "--resume"])
-    lines = r.output.strip().splitlines()
-    assert r.exit_code == 2 and len(lines) == 1, r.output
+    line = one_error_line(r)
     why = "unreadable run.json (" if damage == "truncated" else "run.json does not hold a JSON object;"
-    assert lines[0].startswith(f"error: {path}: {why}")
-    assert lines[0].endswith("; it is the only record of the run's teacher and options, so --resume cannot check it "
-                             "continues the same run: restore run.json and rerun with --resume, or start over in "
-                             "another --out (--force here deletes the finished stages).")
+    assert line.startswith(f"error: {path}: {why}")
+    assert line.endswith("; it is the only record of the run's teacher and options, so --resume cannot check it "
+                          "continues the same run: restore run.json and rerun with --resume, or start over in "
+                          "another --out (--force here deletes the finished stages).")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
     r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 2), "--force"])
     assert r.exit_code == 0, r.output
@@ -306,12 +306,11 @@ def test_a_lost_run_json_refuses_resume_instead_of_training_over_the_stages(tiny
     (out / "run.json").unlink()
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
     r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 8), "--resume"])
-    lines = r.output.strip().splitlines()
-    assert r.exit_code == 2 and len(lines) == 1, r.output
-    assert lines[0] == (f"error: {out}: holds stage_01.pt, state.pt but no run.json, the only record of the run's "
-                        "teacher and options, so --resume cannot check it continues the same run: restore run.json "
-                        "and rerun with --resume, or start over in another --out (--force here deletes the finished "
-                        "stages).")
+    line = one_error_line(r)
+    assert line == (f"error: {out}: holds stage_01.pt, state.pt but no run.json, the only record of the run's "
+                     "teacher and options, so --resume cannot check it continues the same run: restore run.json "
+                     "and rerun with --resume, or start over in another --out (--force here deletes the finished "
+                     "stages).")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
 
 

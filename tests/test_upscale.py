@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import one_error_line
 from export_helpers import export_onnx, export_tflite
 from PIL import Image
 
@@ -199,10 +200,9 @@ def test_an_unreadable_stage_file_of_a_run_says_to_resume_it(tiny_run, tmp_path)
     path = tiny_run / "stage_02.pt"
     path.write_bytes(path.read_bytes()[:200])
     res = _run(path, _image(tmp_path / "p.png", "RGB"), "-o", tmp_path / "out")
-    lines = res.output.strip().splitlines()
-    assert res.exit_code == 2 and len(lines) == 1, res.output
-    assert lines[0].startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
-    assert f"rerun `sr-shrink distill ... --out {tiny_run} --resume`" in lines[0]
+    line = one_error_line(res)
+    assert line.startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
+    assert f"rerun `sr-shrink distill ... --out {tiny_run} --resume`" in line
     assert not (tmp_path / "out").exists()
 
 
