@@ -77,3 +77,26 @@ def test_auto_trains_exactly_the_students_of_its_explicit_sources(which, sources
 
     assert same("auto", sources)
     assert not same("auto", other)  # negative control: the other sources give another student
+
+
+def test_summary_says_to_judge_a_perceptual_teachers_students_by_fidelity():
+    import io
+
+    from rich.console import Console
+
+    from sr_shrink.distill import summary_table
+
+    stage = {"stage": 1, "n_blocks": 1, "params": 10, "final_kd_loss": 0.05, "steps": 5, "val_psnr_y": 30.0,
+             "val_ssim_y": 0.9, "fidelity_psnr_y": 29.0, "seconds": 3.0}
+    run = {"mode": "datafree", "scale": 4, "stages": [stage], "teacher": {"params": 100}, "teacher_psnr_y": 28.38,
+           "teacher_ssim_y": 0.83, "bicubic_psnr_y": 31.59, "bicubic_ssim_y": 0.87}
+
+    def shown(r: dict) -> str:
+        buf = io.StringIO()
+        Console(file=buf, width=200).print(summary_table(r))
+        return " ".join(buf.getvalue().split())
+
+    assert "The teacher scores -3.21 dB against bicubic here: a perceptual teacher." in shown(run)
+    assert "judge them by fidelity" in shown(run)
+    assert "perceptual" not in shown({**run, "teacher_psnr_y": 35.0})  # +3.4 dB: a PSNR teacher, no caption
+    assert "perceptual" not in shown({k: v for k, v in run.items() if not k.startswith(("teacher_", "bicubic_"))})

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from ..data import load_eval_set
 from ..errors import SRShrinkError
+from ..evaluate import PERCEPTUAL_MARGIN_DB
 from ..progress import Lines, stderr_console, stdout_console
 from ..run import RunDir
 from ..teachers import load_teacher
@@ -179,8 +180,17 @@ def padded_patch_warning(cfg: DistillConfig, teacher) -> str | None:
 
 
 def summary_table(run: dict) -> Table:
-    """Return a rich table with one row per stage (blocks, params, KD loss, Y-PSNR/SSIM, seconds)."""
-    table = Table(title=f"sr-shrink distill: {run['mode']} x{run['scale']}")
+    """Return a rich table with one row per stage (blocks, params, KD loss, Y-PSNR/SSIM, seconds), with a caption
+    saying to judge the students by fidelity when the teacher scores less than ``PERCEPTUAL_MARGIN_DB`` over
+    bicubic on the eval images (a perceptual teacher, which ``bench`` ranks by fidelity too)."""
+    margin = (run["teacher_psnr_y"] - run["bicubic_psnr_y"]
+              if run.get("teacher_psnr_y") is not None and run.get("bicubic_psnr_y") is not None else None)
+    caption = None
+    if margin is not None and margin < PERCEPTUAL_MARGIN_DB:
+        caption = (f"The teacher scores {margin:+.2f} dB against bicubic here: a perceptual teacher. Its students "
+                   "copy it more closely as they grow (fidelity) even where their Y-PSNR to the ground truth falls; "
+                   "judge them by fidelity, as bench ranks them.")
+    table = Table(title=f"sr-shrink distill: {run['mode']} x{run['scale']}", caption=caption)
     for col in ("stage", "blocks", "params", "final KD", "Y-PSNR", "Y-SSIM", "fidelity Y-PSNR", "seconds"):
         table.add_column(col, justify="right")
 
