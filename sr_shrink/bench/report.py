@@ -55,7 +55,7 @@ def _caption(result: dict) -> str:
     t, b = result.get("teacher", {}), result.get("bicubic", {})
     src = " (from run.json)" if t.get("source") == "run.json" else ""
     metric = result.get("metric") or {}
-    ranked = f"ranked by {metric_label(metric_key(result))} ({metric['reason']}); " if metric else ""
+    ranked = f"ranked by {metric_label(metric_key(result))} (the metric line says why); " if metric else ""
     marked = (f"{OPTIONS_MARK} a file exported with options (see the notes); "
               if any(r.get("export_options") for r in result["rows"]) else "")
     return (f"teacher {_fmt(t.get('psnr_y'), '.3f')} dB{src}, bicubic {_fmt(b.get('psnr_y'), '.3f')} dB; {ranked}"
