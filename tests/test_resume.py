@@ -133,6 +133,20 @@ def test_ddp_two_gloo_processes_kill_and_resume(tiny_teacher, tmp_path):
     _assert_same_checkpoints(whole, killed)
 
 
+def test_ddp_budgeted_run_checks_its_pace_on_every_rank(tiny_teacher, tmp_path):
+    """Under --time-budget every rank asks rank 0 for the stage's steps every 10 steps (a cut must end the stage on
+    every rank at once); a check that only some ranks made would hang the run at its first broadcast."""
+    out = tmp_path / "b"
+    args = [a for a in _args(tiny_teacher, out, 24) if a not in ("--steps-per-stage", "24")]
+    r = subprocess.run(_torchrun([*args, "--time-budget", "0.3"]), env=ENV, capture_output=True, text=True,
+                       timeout=150)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 2 and run["complete"]
+    assert run["time_budget"]["stage_steps"] == [s["steps"] for s in run["stages"]] and run["stages"][0]["steps"] > 10
+    assert run["time_budget"]["spent_seconds"] <= 0.3 * 60 + 5
+
+
 def _cfg_from_args(**kw) -> DistillConfig:
     base = dict(stage_start=1, stage_end=3, steps_per_stage=40, channels=4, batch=4, lr_patch=12, save_every=4,
                 mode="datafree", student_steps_per_g=3, seed=7)
