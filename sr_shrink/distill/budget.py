@@ -230,7 +230,8 @@ def replan(plan: Plan, done: int, spent: float, train_seconds: float, overhead: 
     pace of the last finished stage (``train_seconds`` for its steps) and ``overhead`` (its evaluation and
     writes, the most the next stages are given); records them in ``plan``. 0 when the budget is spent: the later
     stages are then written as grown, untrained (growth keeps the output, so each scores as the stage before it;
-    one step at the start of the cosine, Adam's largest, took a 3-block SPAN x2 student from 37.43 to 30.30 dB)."""
+    one step at the start of the cosine, Adam's largest, took a SPAN x2 student grown from a 37.43 dB stage to
+    30.30 dB)."""
     costs = list(plan.step_seconds.values())
     factor = pace(train_seconds, plan.stage_steps[done - 1], costs[done - 1])
     plan.pace = factor
