@@ -82,16 +82,6 @@ def image_kind(path: str | Path) -> str | None:
     return None
 
 
-def refuse_image(path: Path, what: str = "a teacher checkpoint") -> None:
-    """Raise a one-line SRShrinkError when ``path`` holds an image (see :func:`image_kind`) instead of
-    ``what``; return None otherwise."""
-    kind = image_kind(path)
-    if kind is not None:
-        raise SRShrinkError(f"{path}: this is a {kind} image, not {what}. Pass the teacher network's weights "
-                            "(.pt/.pth/.safetensors state_dict, TorchScript or torch.export .pt2); images go to "
-                            "'sr-shrink upscale MODEL IMAGE'.")
-
-
 EXPORTED = {".onnx": "ONNX", ".tflite": "TFLite", ".mlpackage": "Core ML", ".mlmodel": "Core ML"}
 
 
@@ -108,14 +98,21 @@ def exported_kind(path: str | Path) -> str | None:
         return None
 
 
-def refuse_export(path: Path, what: str = "a teacher checkpoint") -> None:
-    """Raise a one-line SRShrinkError when ``path`` is an exported model (see :func:`exported_kind`) instead of
-    ``what``; return None otherwise."""
+TEACHER_FILES = ".pt/.pth/.safetensors state_dict, TorchScript or torch.export .pt2"  # what load_teacher reads
+
+
+def refuse_non_teacher(path: Path) -> None:
+    """Raise a one-line SRShrinkError when ``path`` is an exported model (:func:`exported_kind`) or an image
+    (:func:`image_kind`) rather than a teacher checkpoint, naming it and the command that takes it (never a hint
+    to trust pickles); return None otherwise."""
     kind = exported_kind(path)
     if kind is not None:
-        raise SRShrinkError(f"{path}: this is an exported {kind} model, not {what}; 'sr-shrink upscale {path} IMAGE' "
-                            "runs it. Pass the teacher network's weights (.pt/.pth/.safetensors state_dict, "
-                            "TorchScript or torch.export .pt2).")
+        raise SRShrinkError(f"{path}: this is an exported {kind} model, not a teacher checkpoint; 'sr-shrink upscale "
+                            f"{path} IMAGE' runs it. Pass the teacher network's weights ({TEACHER_FILES}).")
+    kind = image_kind(path)
+    if kind is not None:
+        raise SRShrinkError(f"{path}: this is a {kind} image, not a teacher checkpoint. Pass the teacher network's "
+                            f"weights ({TEACHER_FILES}); images go to 'sr-shrink upscale MODEL IMAGE'.")
 
 
 def sniff(path: Path) -> str:
@@ -158,9 +155,8 @@ def _starts_like_torch_save(path: Path) -> bool:
 
 
 def read(path: Path, trust_pickle: bool = False) -> Loaded:
-    """Return the :class:`Loaded` contents of ``path``, never running pickled code unless ``trust_pickle``;
-    an image file is named as one (never a hint to trust pickles)."""
-    refuse_image(path)
+    """Return the :class:`Loaded` contents of ``path``, never running pickled code unless ``trust_pickle``
+    (:func:`refuse_non_teacher` has turned away images and exported models before)."""
     kind = sniff(path)
     if kind in ("torchscript", "torch.export"):
         try:

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import SRShrinkError, first_line
 from ..models.registry import build_model, is_sr_shrink_checkpoint
 from .detect import ARCH_NAMES, Detected, detect
-from .formats import ZOO_INSTALL, Loaded, describe, read, refuse_export, sha256_file, unwrap
+from .formats import TEACHER_FILES, ZOO_INSTALL, Loaded, describe, read, refuse_non_teacher, sha256_file, unwrap
 from .probe import PROBE_SIZES, SizeRequirements, guess_value_range, probe
 from .wrapper import Teacher, TeacherInfo, eval_mode
 from .zoo import load_zoo
@@ -73,10 +73,9 @@ def load_teacher(path: str | Path | None = None, scale: int | None = None, trust
     Every failure is one :class:`SRShrinkError` line.
     """
     path = Path(path) if path else default_teacher(scale)
-    refuse_export(path)
+    refuse_non_teacher(path)
     if not path.is_file():
-        raise SRShrinkError(f"{path}: no such file; pass the path to a teacher (.pt/.pth/.safetensors state_dict, "
-                            "TorchScript or torch.export .pt2).")
+        raise SRShrinkError(f"{path}: no such file; pass the path to a teacher ({TEACHER_FILES}).")
     if path.stat().st_size == 0:
         raise SRShrinkError(f"{path}: the file is empty; check the download.")
     if value_range is not None and float(value_range) not in VALUE_RANGES:
