@@ -84,6 +84,10 @@ class BenchConfig:
     adb: str | None = None  # benchmark_model to run on the attached Android device (bench.device)
     adb_args: str = ""
 
+    def benches(self, stage: int) -> bool:
+        """Return True when ``stage`` is one of the stages to bench (``--stages``; all when not given)."""
+        return not self.stages or stage in self.stages
+
     def validate(self) -> BenchConfig:
         """Return self after checking the values, raising SRShrinkError with a one-line fix otherwise."""
         if self.metric not in METRICS:
@@ -153,9 +157,9 @@ def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, 
     ``advance()`` (progress) after each row tried."""
     rows = []
     notes = [f"skipped stage {n}: run.json records it but stage_{n:02d}.pt is missing." for n in run.missing_stages()
-             if not cfg.stages or n in cfg.stages]
+             if cfg.benches(n)]
     for stage, ckpt in run.stages.items():
-        if cfg.stages and stage not in cfg.stages:
+        if not cfg.benches(stage):
             continue
         log(f"stage {stage}: torch")
         base = _torch_row(ckpt, cfg, threads, x)
@@ -184,10 +188,10 @@ def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, 
 NO_LITERT_ROW = "--adb runs .tflite files, but no litert row was benchmarked; add --runtimes litert."
 
 
-def _device_source(cfg: BenchConfig, runtimes: list[str], run: RunDir) -> list | None:
+def _device_source(cfg: BenchConfig, runtimes: list[str], run: RunDir, stages: list[int]) -> list | None:
     """Return the latencies of ``--latency-from`` (None without it), read before any row is measured, and check
-    that they name at least one file the rows of ``run`` can run, and that ``--adb`` has adb and a litert row to
-    run: a bad file or setup fails at once, not after the work."""
+    that they name at least one file the rows of ``run``'s ``stages`` can run, and that ``--adb`` has adb and a
+    litert row to run: a bad file or setup fails at once, not after the work."""
     from .device import adb_exe, read_latency_file
 
     if cfg.adb:
@@ -197,7 +201,6 @@ def _device_source(cfg: BenchConfig, runtimes: list[str], run: RunDir) -> list |
     if not cfg.latency_from:
         return None
     latencies = read_latency_file(cfg.latency_from)
-    stages = [s for s in run.stages if not cfg.stages or s in cfg.stages]
     files = row_files(run, stages, runtimes, cfg.precisions)
     named = sorted({d.file for d in latencies})
     if not files:
@@ -284,17 +287,17 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
     scale = run.scale
     if scale is None:
         raise SRShrinkError(f"{run.root / 'run.json'}: scale {run.run.get('scale')!r} is not a number.")
-    run.check_stages([s for s in run.stages if not cfg.stages or s in cfg.stages])  # before any row is exported
+    stages = [s for s in run.stages if cfg.benches(s)]
+    run.check_stages(stages)  # before any row is exported
     runtimes, notes = settle_runtimes(cfg.runtimes)
-    latencies = _device_source(cfg, runtimes, run)
+    latencies = _device_source(cfg, runtimes, run, stages)
     threads = cfg.threads or torch.get_num_threads()
     pairs = load_eval_set(scale, cfg.eval_dir, cfg.max_images)
     bicubic = evaluate_bicubic(pairs, scale)
     teacher, references, t_notes = teacher_score(run, pairs, cfg.device, log)
     metric = choose_metric(cfg.metric, teacher, bicubic, bool(references))
     x = bench_input(cfg.input_size)
-    n_rows = sum(1 for s in run.stages if not cfg.stages or s in cfg.stages) * (1 + (len(runtimes) - 1) *
-                                                                              len(cfg.precisions))
+    n_rows = len(stages) * (1 + (len(runtimes) - 1) * len(cfg.precisions))
     if exporter is None:  # the export's own notes (a generator.pt it cannot read) go to bench's log
         exporter = functools.partial(export_with_api, log=log)
     with task(f"opening {n_rows} rows (exporting the files not in exports/ yet)", total=n_rows) as advance:
