@@ -94,7 +94,7 @@ class _Job:
     cfg: ExportConfig
     fmt: Target
     options: dict = field(default_factory=dict)  # the file-shaping options the call gave (export.json "options")
-    calib_src: CalibSource | None = None  # where calibration inputs come from (None: read cfg.calib when needed)
+    calib_src: CalibSource | None = None  # where calibration inputs come from (export_run sets it when calibrated)
     _pairs: dict = field(default_factory=dict)
     _calib: dict = field(default_factory=dict)
     _teacher: dict = field(default_factory=dict)
@@ -108,7 +108,7 @@ class _Job:
     def calib(self, scale: int) -> tuple[list[torch.Tensor], dict]:
         """Return (calibration inputs, their export.json record) for ``scale`` (made once)."""
         if scale not in self._calib:
-            src = self.calib_src or calib_source(self.run, self.cfg.calib)
+            src = self.calib_src
             inputs = calib_inputs(src, scale, self.cfg.calib_samples, self.cfg.input_size, self.cfg.seed)
             rec = {**src.describe(), "samples": len(inputs), "seed": self.cfg.seed,
                    "input_shape": list(inputs[0].shape[1:])}
