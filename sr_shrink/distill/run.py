@@ -196,7 +196,7 @@ def run_stages(job: Job, resume: bool) -> dict:
         cb.call("stage_end", idx, student)
         run.stages.append(finish_stage(job, state, student, blocks[idx], seconds, fidelity_pairs))
         if budgeted:  # the steps it took (fewer when its deadline shortened it)
-            plan.stage_steps[idx] = state.stage_steps or cfg.steps_per_stage
+            plan.stage_steps[idx] = run.stages[-1].steps
         if budgeted and idx + 1 < len(blocks):  # the next stages' steps, from the pace this one kept
             steps = rank0(replan(plan, idx + 1, spent(), seconds, time.time() - t_stage - seconds + 1.0), env.world)
             if steps == 0 and plan.stage_steps[idx] and env.main:
@@ -247,7 +247,7 @@ def finish_stage(job: Job, state: TrainState, student: SRStudent, n_blocks: int,
     recent = state.kd_hist[-20:]
     entry = StageRecord(stage=idx + 1, n_blocks=n_blocks, channels=cfg.channels,
                         params=sum(p.numel() for p in shipped.parameters()), checkpoint=path.name,
-                        steps=state.stage_steps or cfg.steps_per_stage,
+                        steps=state.total_steps,
                         first_kd_loss=round(state.first_kd or float("nan"), 6),
                         final_kd_loss=round(sum(recent) / len(recent), 6) if recent else float("nan"),
                         seconds=round(seconds, 2))

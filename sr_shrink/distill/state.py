@@ -52,6 +52,11 @@ class TrainState:
     stage_steps: int | None = None  # the stage's steps when it was shortened while it ran (None: the config's)
     timing: dict = field(default_factory=lambda: dict.fromkeys(TIMING, 0.0))
 
+    @property
+    def total_steps(self) -> int:
+        """Return the steps of the stage in progress: ``stage_steps`` when it was shortened, else the config's."""
+        return self.stage_steps or self.cfg.steps_per_stage
+
     # ---- the lists
     def local(self) -> dict:
         """Return this rank's share: its random generators and replay buffer (CPU copies)."""

@@ -139,7 +139,7 @@ def train_stage(state: TrainState, student, save: Callable[[int, float], None], 
     seconds included)."""
     cfg, callbacks = state.cfg, callbacks or Callbacks()
     idx, start = state.stage_idx, state.step
-    total = state.stage_steps or cfg.steps_per_stage
+    total = state.total_steps
     sched = schedule(state.opt, total, start)
     model = DDP(student) if world > 1 else student
     t_start, before, parts = time.time(), state.seconds, {}  # before: a resumed stage's earlier seconds
