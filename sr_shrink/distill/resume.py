@@ -48,14 +48,17 @@ def prepare_run_dir(root: Path, resume: bool, force: bool):
             orphans = sorted(p.name for p in [*root.glob("stage_*.pt"), rundir.state_path] if p.is_file())
             if orphans:  # run.json was written before any of them: it was lost since
                 raise SRShrinkError(f"{root}: holds {', '.join(orphans)} but no run.json, the only record of the "
-                                    "run's teacher and options, so --resume cannot check it continues the same run: "
-                                    "restore run.json and rerun with --resume, or start over in another --out "
-                                    "(--force here deletes the finished stages).")
+                                    f"run's teacher and options, {UNCHECKED}")
         try:
             yield RunDir.create(root)
         except BaseException:
             remove_empty(made)
             raise
+
+
+# the end of both refusals of a resume without a readable run.json
+UNCHECKED = ("so --resume cannot check it continues the same run: restore run.json and rerun with --resume, or start "
+             "over in another --out (--force here deletes the finished stages).")
 
 
 def readable_record(path: Path) -> dict:
@@ -66,10 +69,8 @@ def readable_record(path: Path) -> dict:
     try:
         return read_json_object(path, RUN_JSON)
     except SRShrinkError as exc:
-        raise SRShrinkError(f"{str(exc).rstrip('.')}; it is the only record of the run's teacher and options, so "
-                            "--resume cannot check it continues the same run: restore run.json and rerun with "
-                            "--resume, or start over in another --out (--force here deletes the finished stages)."
-                            ) from None
+        raise SRShrinkError(f"{str(exc).rstrip('.')}; it is the only record of the run's teacher and options, "
+                            f"{UNCHECKED}") from None
 
 
 def missing_folders(root: Path) -> list[Path]:
