@@ -11,7 +11,9 @@ the plain PTQ file's delta and the tuned float student's drift next to it. The r
 exported from a copy in a temporary folder. Results are appended to ``--out`` (JSON lines) as they come, and a
 rerun skips what is there; the table is printed at the end. ``--fidelity`` adds a table of the loss against each
 file's fidelity gap (its RGB PSNR against the student minus the student's Y-PSNR against the ground truth), binned,
-next to what an error independent of the student's own would cost (BENCHMARKS 25).
+next to what an error independent of the student's own would cost (BENCHMARKS 25). ``--per-image`` tabulates
+each file's loss on the image where it loses most (the student's Y-PSNR there) against its loss on the others,
+from ``verification.per_image`` (BENCHMARKS 31).
 
     OMP_NUM_THREADS=1 python benchmarks/int8_panel.py --panel ../panel_runs/panel --out runs/int8_panel.jsonl
 """
@@ -76,7 +78,8 @@ def measure(run: Path, stage: int, target: str, variant: str) -> dict:
             pipeline.equalize = equalize
         v = e["verification"]
         out = {"delta": v["delta_psnr_y"], "fp32": v["torch_psnr_y"], "psnr_vs_torch": v["psnr_vs_torch"],
-               "verified": v["verified"], "seconds": round(time.perf_counter() - t0, 1)}
+               "verified": v["verified"], "seconds": round(time.perf_counter() - t0, 1),
+               "per_image": v.get("per_image")}
         if e.get("qat_steps"):  # against the original fp32 student; the plain PTQ file and the tuned float's drift
             orig, ptq = e["qat"]["fp32_verification"], e["qat"]["ptq_verification"]
             out.update(delta=e["qat_delta_psnr_y"], fp32=orig["torch_psnr_y"], psnr_vs_torch=orig["psnr_vs_torch"],
@@ -139,6 +142,45 @@ def fidelity_table(rows: list[dict], bins: tuple[float, ...] = (18, 21, 24)) -> 
     return "\n".join(lines)
 
 
+def worst_image(row: dict) -> tuple[str, float, float, float]:
+    """Return (the image where ``row``'s file loses most, the student's Y-PSNR there, the file's delta there, its
+    mean delta over the other images) from the row's ``per_image`` record."""
+    per = {n: (r["torch_psnr_y"], r["psnr_y"] - r["torch_psnr_y"]) for n, r in row["per_image"].items()}
+    name = min(per, key=lambda n: per[n][1])
+    rest = [d for n, (_, d) in per.items() if n != name]
+    return name, per[name][0], per[name][1], statistics.mean(rest)
+
+
+def per_image_table(rows: list[dict], within: float = 0.03) -> str:
+    """Return a markdown table per target and variant (means over the rows of each teacher and stage, i.e. over
+    seeds): the delta, the worst image's delta and the student's Y-PSNR on it, the delta over the other images,
+    and how many files are within ``within`` dB on all images and without their worst one."""
+    rows = [r for r in rows if r.get("per_image")]
+    out = ["| teacher | blocks | target variant | files | delta | worst image: name (student Y-PSNR), delta | "
+           "delta without it |", "|---|---:|---|---:|---:|---|---:|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["variant"], r["teacher"], r["blocks"]), []).append(r)
+    order = sorted(groups, key=lambda k: (k[0], k[1], TEACHERS.index(k[2]) if k[2] in TEACHERS else 99, k[3]))
+    for key in order:
+        rs, worst = groups[key], [worst_image(r) for r in groups[key]]
+        names = sorted({w[0] for w in worst})
+        out.append(f"| {key[2]} | {key[3]} | {key[0]} {key[1]} | {len(rs)} | "
+                   f"{statistics.mean(r['delta'] for r in rs):+.4f} | {'/'.join(names)} "
+                   f"({statistics.mean(w[1] for w in worst):.2f}), {statistics.mean(w[2] for w in worst):+.3f} | "
+                   f"{statistics.mean(w[3] for w in worst):+.4f} |")
+    out += ["", f"| target variant | files | within {within:g} dB | within {within:g} dB without the worst image | "
+                "worst image's share of the loss |", "|---|---:|---:|---:|---:|"]
+    for tv in sorted({k[:2] for k in groups}):
+        rs = [r for k in order if k[:2] == tv for r in groups[k]]
+        worst = [worst_image(r) for r in rs]
+        n = [len(r["per_image"]) for r in rs]
+        share = [w[2] / (w[2] + (k - 1) * w[3]) for w, k in zip(worst, n) if w[2] + (k - 1) * w[3] < 0]
+        out.append(f"| {tv[0]} {tv[1]} | {len(rs)} | {sum(r['delta'] >= -within for r in rs)} | "
+                   f"{sum(w[3] >= -within for w in worst)} | {statistics.mean(share):.0%} (files that lose) |")
+    return "\n".join(out)
+
+
 def paired(rows: list[dict], base: str, new: str) -> str:
     """Return a markdown table comparing variant ``new`` with ``base`` file by file (same result file, teacher,
     stage and target): files where ``new``'s delta is higher, where its loss is smaller, the mean and largest
@@ -187,6 +229,8 @@ def main() -> None:
     ap.add_argument("--within", type=float, default=None, help="count the files that lose at most this many dB")
     ap.add_argument("--paired", nargs=2, action="append", default=[], metavar=("BASE", "NEW"),
                     help="also compare variant NEW with BASE file by file (repeatable; BENCHMARKS 29)")
+    ap.add_argument("--per-image", action="store_true",
+                    help="also tabulate each file's loss on its worst image against the others (BENCHMARKS 31)")
     ap.add_argument("--fidelity", action="store_true",
                     help="also tabulate the loss against the file's fidelity gap to the student (BENCHMARKS 25)")
     args = ap.parse_args()
@@ -218,6 +262,8 @@ def main() -> None:
     print(table(rows, args.targets, args.columns, args.within))
     for base, new in args.paired:
         print(paired([r for r in rows if r["target"] in args.targets], base, new))
+    if args.per_image:
+        print(per_image_table([r for r in rows if r["variant"] in args.columns and r["target"] in args.targets]))
     if args.fidelity:
         print(fidelity_table([r for r in rows if r["variant"] in args.columns and r["target"] in args.targets]))
 

@@ -365,6 +365,27 @@ def test_verify_needs_the_y_psnr_within_tolerance(student):
     assert not verify(lambda x: exact(x) + 1 / 255, student, pairs, 2, None, "fp32", "t")["verified"]  # not fp32's
 
 
+def test_verification_records_each_image(student):
+    """``per_image`` holds each eval image's Y-PSNR of file and student, so a loss concentrated on one image (an
+    int8 file on a near-lossless one, BENCHMARKS 31) can be seen; the headline figures are their means."""
+    from sr_shrink.export.verify import verify
+
+    pairs = load_eval_set(2, max_images=3)
+
+    def one_image_worse(x):  # the student's output, one 8-bit level brighter on the second image only
+        with torch.no_grad():
+            y = student(torch.from_numpy(x)).clamp(0, 1).numpy()
+        return y + (1 / 255 if np.array_equal(x[0], pairs[1].lr.numpy()) else 0)
+
+    v = verify(one_image_worse, student, pairs, 2, None, "int8", "test runtime")
+    per = v["per_image"]
+    assert list(per) == [p.name for p in pairs]
+    deltas = {n: r["psnr_y"] - r["torch_psnr_y"] for n, r in per.items()}
+    assert deltas[pairs[0].name] == deltas[pairs[2].name] == 0 and deltas[pairs[1].name] < -0.01
+    assert v["psnr_y"] == pytest.approx(sum(r["psnr_y"] for r in per.values()) / 3, abs=1e-3)
+    assert v["torch_psnr_y"] == pytest.approx(sum(r["torch_psnr_y"] for r in per.values()) / 3, abs=1e-3)
+
+
 def test_export_of_a_perturbed_model_is_not_verified(run, monkeypatch):
     """A file that does not compute what the student computes (here: noise added to its last conv before
     conversion) is exported, checked, and recorded as not verified, with the measured delta."""

@@ -5,7 +5,9 @@ exports with free input size; for fixed-size exports a centred crop of that size
 LR image is smaller (the pad is cut off the output before comparing with HR), on fewer images at sizes above
 :data:`FULL_PIXELS` (:func:`images_at`). Recorded: ``max_abs_err`` and
 ``psnr_vs_torch`` (dB, peak 1, RGB, unrounded outputs) between export and student, and the Y-PSNR against HR
-of both (``psnr_y``, ``torch_psnr_y``; outputs rounded to 8 bits, ``crop_border = scale``, mean over images).
+of both (``psnr_y``, ``torch_psnr_y``; outputs rounded to 8 bits, ``crop_border = scale``, mean over images;
+``per_image`` keeps each image's pair, since a file's loss can sit on one image: an int8 file's noise costs most
+where the student is nearly exact).
 
 An export is **verified** when ``delta_psnr_y`` (its Y-PSNR minus the student's) is within ``tolerance_db``
 of zero, the tolerance of its weight precision in :data:`TOLERANCE_DB`: the quality the user measured on
@@ -138,7 +140,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def verify(run: Runner, student: torch.nn.Module, pairs: list[EvalPair], scale: int,
            size: tuple[int, int] | None, tolerance: str, runtime: str) -> dict:
     """Return the verification record of ``run`` against ``student`` on ``pairs`` (see module docstring)."""
-    max_err, psnrs, ys, ts = 0.0, [], [], []
+    max_err, psnrs, ys, ts, names = 0.0, [], [], [], []
     key = _weights_key(student)
     at = f" at {size[0]}x{size[1]}" if size else ""
     n = f"{len(pairs)} eval image{'s' if len(pairs) != 1 else ''}"
@@ -154,8 +156,9 @@ def verify(run: Runner, student: torch.nn.Module, pairs: list[EvalPair], scale: 
             psnrs.append(_psnr(out.numpy(), ref.numpy()))
             ys.append(psnr_y(quantize(_valid(out, s.valid, scale)), s.hr, scale))
             ts.append(ref_y)
+            names.append(pair.name)
             advance()
-    return _record(max_err, psnrs, ys, ts, tolerance, runtime, size)
+    return _record(max_err, psnrs, ys, ts, tolerance, runtime, size, names)
 
 
 _REFS: OrderedDict[tuple, tuple[torch.Tensor, float]] = OrderedDict()
@@ -205,7 +208,7 @@ def _refs_bytes() -> int:
 
 
 def _record(max_err: float, psnrs: list[float], ys: list[float], ts: list[float], tolerance: str,
-            runtime: str, size: tuple[int, int] | None) -> dict:
+            runtime: str, size: tuple[int, int] | None, names: list[str]) -> dict:
     psnr_t = sum(psnrs) / len(psnrs)
     y, t = sum(ys) / len(ys), sum(ts) / len(ts)
     tol = TOLERANCE_DB[tolerance]
@@ -215,7 +218,8 @@ def _record(max_err: float, psnrs: list[float], ys: list[float], ts: list[float]
            "inputs": "whole LR images" if size is None else f"{size[0]}x{size[1]} centred LR crops (padded)",
            "max_abs_err": round(max_err, 7), "psnr_vs_torch": round(min(psnr_t, 999.0), 3),
            "psnr_y": round(y, 4), "torch_psnr_y": round(t, 4), "delta_psnr_y": round(delta, 6),
-           "tolerance_db": tol, "tolerance_for": tolerance}
+           "tolerance_db": tol, "tolerance_for": tolerance,
+           "per_image": {n: {"psnr_y": round(a, 4), "torch_psnr_y": round(b, 4)} for n, a, b in zip(names, ys, ts)}}
     if tolerance in LOSS_BOUND:
         rec["rule"] = "loss bound"
         rec["min_psnr_vs_torch"] = LOSS_BOUND[tolerance]
