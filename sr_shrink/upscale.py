@@ -3,7 +3,8 @@
 Every model runs through its runner from :mod:`sr_shrink.runtimes` (the same ones export verification and
 bench use), which handles the file's layout, fp16/int8 I/O and fixed input size.
 
-Images: RGB as is; grey (L, 16-bit) is processed as RGB and written back grey, 16-bit grey as 16-bit; an alpha
+Images are turned upright by their EXIF orientation first (a phone photo's; the PNG result has none). RGB as
+is; grey (L, 16-bit) is processed as RGB and written back grey, 16-bit grey as 16-bit; an alpha
 channel (RGBA, LA, palette with transparency) is upscaled with bicubic while the model upscales the colours. Large
 images run in tiles of ``tile`` input pixels overlapping by at least the model's receptive field radius, so the
 result equals an untiled run (see :mod:`sr_shrink.tiling`). Results are written as ``NAME_x{scale}.png`` into
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import SRShrinkError, first_line
 from .resize import upscale as bicubic
@@ -151,12 +152,13 @@ def _split(im: Image.Image) -> Picture:
 
 
 def read_picture(path: str | Path) -> Picture:
-    """Return the :class:`Picture` of the image file at ``path``, or raise a one-line SRShrinkError."""
+    """Return the :class:`Picture` of the image file at ``path``, turned upright by its EXIF orientation (as
+    viewers show it; the PNG written has no EXIF to turn it), or raise a one-line SRShrinkError."""
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
-            return _split(im)
+            return _split(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise SRShrinkError(f"{path}: no such image file; check the path.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:

@@ -85,6 +85,23 @@ def test_16_bit_grey_comes_back_16_bit(tiny_run, tmp_path):
     assert np.abs(got.astype(np.float64) - want.numpy()).max() <= 1.0
 
 
+def test_a_photo_with_an_exif_orientation_is_upscaled_upright(tiny_run, tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 (shown turned 90 degrees) used to come back sideways:
+    the PNG result has no EXIF to turn it. It is turned upright first, as viewers show it."""
+    src = _image(tmp_path / "upright.png", "RGB")  # 40 wide, 30 high as stored
+    sideways = Image.open(src)
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # stored turned; shown rotated 90 degrees clockwise: 30 wide, 40 high
+    sideways.save(tmp_path / "phone.png", exif=exif)
+    written = upscale_files(tiny_run / "stage_01.pt", [tmp_path / "phone.png"], tmp_path / "out")
+    out = Image.open(written[0])
+    assert out.size == (60, 80)
+    upright = Image.open(src).transpose(Image.Transpose.ROTATE_270)  # what orientation 6 shows
+    model, _ = load_student(tiny_run / "stage_01.pt")
+    rgb = torch.from_numpy(np.asarray(upright, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    assert np.array_equal(np.asarray(out), _model_sr(model, rgb))
+
+
 def test_rgba_keeps_bicubic_alpha(tiny_run, tmp_path):
     src = _image(tmp_path / "logo.png", "RGBA", size=(20, 16))
     written = upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out", tile=None)
