@@ -55,6 +55,16 @@ class Upscaler:
         ov = max(self.radius, min(overlap, ((tile or 0) - 1) // 2))
         return tiled_apply(self.fn, lr, self.scale, tile, ov)
 
+    def check_tile(self, tile: int | None, sizes: list[tuple[int, int]]) -> None:
+        """Return None when tiles of ``tile`` input pixels can cover images of ``sizes`` (h, w); else raise a
+        one-line SRShrinkError saying which --tile to pass. A tile must be larger than twice the receptive field
+        radius (the overlap never goes below it), on images larger than the tile and models of free size."""
+        if not tile or self.input_hw or tile > 2 * self.radius or all(max(hw) <= tile for hw in sizes):
+            return
+        raise SRShrinkError(f"--tile {tile} is too small for {self.path.name}: tiles overlap by its receptive field "
+                            f"radius ({self.radius} px) on every side, so they must be larger than {2 * self.radius} "
+                            f"px; pass --tile {max(256, 4 * self.radius)}, or --tile 0 for whole images.")
+
 
 def _student_upscaler(path: Path, threads: int, device: str) -> Upscaler:
     from .run import load_stage
@@ -234,6 +244,7 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     up = load_upscaler(model, scale, threads, device)
     _check_outputs(images, out_dir, up.scale, compare)
     pictures = [read_picture(p) for p in images]  # fail on a bad image before any work
+    up.check_tile(tile, [tuple(pic.rgb.shape[-2:]) for pic in pictures])
     ref = None
     if compare:
         from .compare import reference_teacher

@@ -126,6 +126,17 @@ def test_tiled_equals_untiled_for_a_float_model(tiny_run):
     assert (too_small - whole).abs().max() > 1e-3
 
 
+def test_a_tile_below_the_receptive_field_says_which_tile_to_pass(tiny_run, tmp_path):
+    """--tile 8 on a model of radius 6 used to fail after the output folder was made, advising 'a smaller
+    --overlap', which cannot help (the overlap is raised to the radius). It fails first, naming a tile that works."""
+    src = _image(tmp_path / "p.png", "RGB")
+    line = one_error_line(_run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "out", "--tile", "8", "--overlap", "0"))
+    assert line == ("error: --tile 8 is too small for stage_02.pt: tiles overlap by its receptive field radius (6 px) "
+                    "on every side, so they must be larger than 12 px; pass --tile 256, or --tile 0 for whole images.")
+    assert not (tmp_path / "out").exists()
+    assert _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "out", "--tile", "13").exit_code == 0  # 13 > 12
+
+
 def test_tile_plan_covers_every_pixel_once_or_more():
     for length, tile, ov in [(100, 32, 6), (33, 32, 6), (64, 32, 0), (20, 32, 6)]:
         covered = np.zeros(length, bool)
