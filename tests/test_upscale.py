@@ -102,6 +102,38 @@ def test_a_photo_with_an_exif_orientation_is_upscaled_upright(tiny_run, tmp_path
     assert np.array_equal(np.asarray(out), _model_sr(model, rgb))
 
 
+def _png16(path: Path, arr: np.ndarray) -> Path:
+    """Write ``arr`` (h, w, 3) uint16 as a 16-bit RGB PNG (PIL cannot write one); return its path."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = arr.shape[:2]
+    rows = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_what_an_image_loses_is_said(tiny_run, tmp_path):
+    """A 16-bit colour PNG (read by PIL with 8 bits) and an animated GIF (one frame taken) used to be upscaled
+    to 8-bit RGB and to their first frame without a word; a note line says so for each."""
+    deep = _png16(tmp_path / "deep.png", np.full((12, 10, 3), 40000, np.uint16))
+    frames = [Image.new("RGB", (10, 8), c) for c in ("red", "blue", "green")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    plain = _image(tmp_path / "plain.png", "RGB")
+    res = _run(tiny_run / "stage_01.pt", deep, tmp_path / "anim.gif", plain, "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    notes = [ln for ln in res.output.splitlines() if ln.startswith("note:")]
+    assert notes == [f"note: {deep}: its 16-bit samples are read and written with 8 bits (PIL keeps 16 bits for grey "
+                     "without alpha only).",
+                     f"note: {tmp_path / 'anim.gif'}: it has 3 frames; only the first is upscaled."]
+    assert Image.open(tmp_path / "out" / "deep_x2.png").size == (20, 24)
+    assert Image.open(tmp_path / "out" / "anim_x2.png").size == (20, 16)
+
+
 def test_rgba_keeps_bicubic_alpha(tiny_run, tmp_path):
     src = _image(tmp_path / "logo.png", "RGBA", size=(20, 16))
     written = upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out", tile=None)
