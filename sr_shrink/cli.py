@@ -225,7 +225,8 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def info(path: str | None, scale: int | None, value_range: str | None, res_scale: float | None, trust_pickle: bool,
          as_json: bool) -> None:
-    """Show what PATH holds (default: the bundled x2 teacher): format, architecture, scale, size."""
+    """Show what the model file PATH holds (a teacher or a run's stage_XX.pt; default: the bundled x2 teacher):
+    format, architecture, scale, size."""
     import json
 
     from rich.table import Table
