@@ -75,6 +75,27 @@ def test_latency_files(tmp_path):
         read_latency_file(tmp_path / "nope.csv")
 
 
+def test_latency_csv_from_a_spreadsheet_is_read(tmp_path):
+    """Latencies with a unit ('2.5 ms') made a one-row CSV 'no latencies found' (its row taken for a header) and
+    a longer one fail on line 2 with line 1 dropped; Excel's byte order mark stuck to the first file name (so it
+    matched no row) and hid a JSON object; 'inf' was taken as a latency."""
+    csv = tmp_path / "phone.csv"
+    csv.write_bytes("\ufeffstage_01_fp32.tflite, 2.5 ms\r\nstage_02_fp32.tflite,3100us\r\n".encode())
+    assert [(d.file, d.ms) for d in read_latency_file(csv)] == [("stage_01_fp32.tflite", 2.5),
+                                                               ("stage_02_fp32.tflite", 3.1)]
+    csv.write_text("stage_01_fp32.tflite,2.5ms\n")
+    assert [(d.file, d.ms) for d in read_latency_file(csv)] == [("stage_01_fp32.tflite", 2.5)]
+    csv.write_text("file,ms\nstage_01_fp32.tflite,2.5 fast\n")
+    with pytest.raises(SRShrinkError, match=r"line 2 'stage_01_fp32.tflite,2.5 fast' is not 'file,ms'"):
+        read_latency_file(csv)
+    js = tmp_path / "lat.json"
+    js.write_bytes("\ufeff".encode() + json.dumps({"stage_01_fp32.tflite": 4.25}).encode())
+    assert [(d.file, d.ms) for d in read_latency_file(js)] == [("stage_01_fp32.tflite", 4.25)]
+    csv.write_text("stage_01_fp32.tflite,inf\n")
+    with pytest.raises(SRShrinkError, match=r"is inf; must be > 0 ms \(a finite number\)"):
+        read_latency_file(csv)
+
+
 def _row(stage, runtime, precision, ms, psnr):
     return {"stage": stage, "n_blocks": stage, "runtime": runtime, "precision": precision, "psnr_y": psnr,
             "latency_ms_median": ms, "latency_ms_p90": ms, "path": f"/x/stage_{stage:02d}_{precision}.tflite"}
