@@ -155,6 +155,26 @@ def test_bench_latency_from_ranks_with_device_numbers(phone_run, tmp_path):
     assert json.loads((tmp_path / "b.json").read_text())["recommended"]["latency_source"].startswith("device")
 
 
+def test_a_cut_short_log_or_a_model_named_twice_is_said(phone_run, tmp_path):
+    """benchmark_model output cut short before any run finished was read as a CSV ("line 1 'INFO: STARTING!' is
+    not 'file,ms'"); one cut short after some runs dropped the last run, and a model benchmarked twice kept its
+    last latency, without a word. Now: an error that says the output was cut short, and a note for each."""
+    log = tmp_path / "bm.txt"
+    cut = RUN_NEW.format(name="stage_02_fp32.tflite", median=90000).split("INFO: Running benchmark")[0]
+    log.write_text(cut)
+    with pytest.raises(SRShrinkError, match="no finished run .* cut short: rerun the tool"):
+        read_latency_file(log)
+    log.write_text(RUN_OLD.format(name="stage_01_fp32.tflite") + RUN_NEW.format(name="stage_01_fp32.tflite",
+                                                                                median=2000) + cut)
+    result = run_bench(phone_run, _cfg(latency_from=str(log)))
+    assert "--latency-from bm.txt names stage_01_fp32.tflite 2 times (1240.27, 2 ms); the last is used" in \
+        result["notes"]
+    assert ("--latency-from bm.txt: the benchmark_model run of stage_02_fp32.tflite has no 'Inference timings' (cut "
+            "short or failed); it is left out") in result["notes"]
+    lite = {r["stage"]: r for r in result["rows"] if r["runtime"] == "litert"}
+    assert lite[1]["latency_ms_median"] == 2.0 and lite[2]["latency_ms_median"] is None
+
+
 STAND_IN_ADB = """#!{python}
 import sys, pathlib
 log = pathlib.Path({log!r})

@@ -15,7 +15,8 @@ of most phone CPUs and NPUs), so bench can rank its rows by latencies measured o
     is not parsed: copy its medians into such a CSV;
   * a JSON object ``{"file": ms, ...}``.
 
-  A UTF-8 byte order mark (Excel's) is skipped.
+  A UTF-8 byte order mark (Excel's) is skipped. A model named twice keeps its last latency, and a
+  ``benchmark_model`` run cut short (its model named, no timings) is left out; a note says so.
 
 - ``--adb PATH`` runs ``benchmark_model`` on an attached Android device through ``adb`` (``$SR_SHRINK_ADB`` or
   the ``adb`` on PATH): a ``PATH`` that exists here is pushed to ``/data/local/tmp/sr_shrink/`` first, anything
@@ -37,6 +38,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,18 +126,36 @@ def _parse_csv(text: str, source: str) -> list[DeviceLatency]:
     return out
 
 
-def read_latency_file(path: str | Path) -> list[DeviceLatency]:
+def _unfinished(text: str) -> list[str]:
+    """Return the model of each ``benchmark_model`` run in ``text`` that has no ``Inference timings`` line before
+    the next run's ``Graph:`` line or the end (the output was cut short, or the run failed)."""
+    marks = list(_GRAPH.finditer(text))
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return [Path(m.group(1).strip()).name for m, end in zip(marks, ends)
+            if "Inference timings in us" not in text[m.end():end]]
+
+
+def read_latency_file(path: str | Path, note: Callable[[str], None] | None = None) -> list[DeviceLatency]:
     """Return the device latencies in ``path`` (benchmark_model output, a ``file,ms`` CSV or a JSON object; see
-    the module docstring)."""
+    the module docstring), passing ``note`` one line for each model named twice and for each benchmark_model
+    run cut short."""
     path = Path(path)
+    note = note or (lambda _m: None)
     if not path.is_file():
         raise SRShrinkError(f"--latency-from {path}: no such file.")
     text = path.read_bytes().decode("utf-8-sig", errors="replace")  # utf-8-sig: without Excel's byte order mark
-    if "Inference timings in us" in text:
+    if "Inference timings in us" in text or _GRAPH.search(text):
         found = parse_benchmark_model(text, f"benchmark_model output {path.name}")
         if any(not d.file for d in found):
             raise SRShrinkError(f"--latency-from {path}: a benchmark_model run has no 'Graph: [...]' line naming "
                                 "its model; keep the tool's full output.")
+        if not found:
+            raise SRShrinkError(f"--latency-from {path}: benchmark_model output with no finished run (no "
+                                "'Inference timings in us' line); it was cut short: rerun the tool and keep its "
+                                "full output.")
+        for file in _unfinished(text):
+            note(f"--latency-from {path.name}: the benchmark_model run of {file} has no 'Inference timings' (cut "
+                 "short or failed); it is left out")
     elif text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
@@ -151,6 +171,13 @@ def read_latency_file(path: str | Path) -> list[DeviceLatency]:
     if bad:
         raise SRShrinkError(f"--latency-from {path}: latency of {bad[0].file} is {bad[0].ms}; must be > 0 ms (a "
                             "finite number).")
+    twice: dict[str, list[float]] = {}
+    for d in found:
+        twice.setdefault(d.file, []).append(d.ms)
+    for file, values in twice.items():
+        if len(values) > 1:
+            note(f"--latency-from {path.name} names {file} {len(values)} times ({', '.join(f'{v:g}' for v in values)} "
+                 "ms); the last is used")
     return found
 
 
