@@ -225,7 +225,8 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def info(path: str | None, scale: int | None, value_range: str | None, res_scale: float | None, trust_pickle: bool,
          as_json: bool) -> None:
-    """Show what PATH holds (default: the bundled x2 teacher): format, architecture, scale, size."""
+    """Show what the model file PATH holds (a teacher or a run's stage_XX.pt; default: the bundled x2 teacher):
+    format, architecture, scale, size."""
     import json
 
     from rich.table import Table
@@ -448,7 +449,11 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 @res_scale_option
 def upscale(model, images, out, tile, overlap, compare, crops, teacher, scale, threads, device, value_range,
             res_scale) -> None:
-    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx, .tflite or .mlpackage) into NAME_x{s}.png files."""
+    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx, .tflite or .mlpackage) into NAME_x{s}.png files.
+
+    Images are turned upright by their EXIF orientation. Grey images come back grey (16-bit grey as 16-bit;
+    16-bit colour comes back 8-bit), an alpha channel is upscaled with bicubic, and of an animation only the
+    first frame is upscaled (a note says so)."""
     from .upscale import upscale_files
 
     upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, crops=crops,

@@ -63,6 +63,7 @@ class RunDir(TeacherOfRun):
     stages: dict[int, Path]
     generator: Path | None = None
     _teachers: dict = field(default_factory=dict, repr=False, compare=False)
+    from_file: bool = False  # opened from one stage_XX.pt: ``stages`` holds that stage alone
 
     @classmethod
     def open(cls, path: str | Path | RunDir) -> RunDir:
@@ -75,7 +76,7 @@ class RunDir(TeacherOfRun):
             m = STAGE_RE.match(path.name)
             stage = int(m.group(1)) if m else _stage_from_ckpt(path)
             return cls(path.parent, read_json_object(path.parent / RUN_JSON, RUN_JSON), {stage: path},
-                       _generator(path.parent))
+                       _generator(path.parent), from_file=True)
         if not path.is_dir():
             raise SRShrinkError(f"{path}: no such run directory or stage_XX.pt file.")
         stages = {int(m.group(1)): p for p in path.iterdir() if (m := STAGE_RE.match(p.name)) and p.is_file()}
@@ -204,6 +205,10 @@ class RunDir(TeacherOfRun):
             n = int(stage)
         except (TypeError, ValueError):
             raise SRShrinkError(f"--stage {stage!r}: pass a stage number, 'all' or 'last'.") from None
+        if n not in self.stages and self.from_file:
+            (only, path), = self.stages.items()
+            raise SRShrinkError(f"--stage {n}: {path} holds stage {only} alone; drop --stage, or pass the run folder "
+                                f"{self.root} to pick among its stages.")
         if n not in self.stages:
             raise SRShrinkError(f"{self.root}: no stage {n}; this run has stage(s) {', '.join(map(str, have))}.")
         return [n]

@@ -3,7 +3,10 @@
 Every model runs through its runner from :mod:`sr_shrink.runtimes` (the same ones export verification and
 bench use), which handles the file's layout, fp16/int8 I/O and fixed input size.
 
-Images: RGB as is; grey (L, 16-bit) is processed as RGB and written back grey, 16-bit grey as 16-bit; an alpha
+Images are turned upright by their EXIF orientation first (a phone photo's; the PNG result has none). RGB as
+is; grey (L, 16-bit) is processed as RGB and written back grey, 16-bit grey as 16-bit (16-bit colour is read
+with 8 bits per channel, the most PIL holds, and of an animation only the first frame is taken: a note says
+so); an alpha
 channel (RGBA, LA, palette with transparency) is upscaled with bicubic while the model upscales the colours. Large
 images run in tiles of ``tile`` input pixels overlapping by at least the model's receptive field radius, so the
 result equals an untiled run (see :mod:`sr_shrink.tiling`). Results are written as ``NAME_x{scale}.png`` into
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import SRShrinkError, first_line
 from .resize import upscale as bicubic
@@ -53,6 +56,16 @@ class Upscaler:
             return tiled_apply(self.fn, lr, self.scale, self.input_hw, ov, fixed=True)
         ov = max(self.radius, min(overlap, ((tile or 0) - 1) // 2))
         return tiled_apply(self.fn, lr, self.scale, tile, ov)
+
+    def check_tile(self, tile: int | None, sizes: list[tuple[int, int]]) -> None:
+        """Return None when tiles of ``tile`` input pixels can cover images of ``sizes`` (h, w); else raise a
+        one-line SRShrinkError saying which --tile to pass. A tile must be larger than twice the receptive field
+        radius (the overlap never goes below it), on images larger than the tile and models of free size."""
+        if not tile or self.input_hw or tile > 2 * self.radius or all(max(hw) <= tile for hw in sizes):
+            return
+        raise SRShrinkError(f"--tile {tile} is too small for {self.path.name}: tiles overlap by its receptive field "
+                            f"radius ({self.radius} px) on every side, so they must be larger than {2 * self.radius} "
+                            f"px; pass --tile {max(256, 4 * self.radius)}, or --tile 0 for whole images.")
 
 
 def _student_upscaler(path: Path, threads: int, device: str) -> Upscaler:
@@ -121,12 +134,14 @@ def load_upscaler(path: str | Path, scale: int | None = None, threads: int | Non
 @dataclass
 class Picture:
     """An image split for SR: ``rgb`` (3,H,W) in [0,1], optional ``alpha`` (1,H,W), whether it was grey, and the
-    bits per sample it is written back with (16 for 16-bit grey, else 8)."""
+    bits per sample it is written back with (16 for 16-bit grey, else 8); ``note`` says what of the file it leaves
+    out (16-bit colour read with 8 bits, frames after the first), else None."""
 
     rgb: torch.Tensor
     alpha: torch.Tensor | None
     grey: bool
     bits: int = 8
+    note: str | None = None
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -150,13 +165,30 @@ def _split(im: Image.Image) -> Picture:
     return Picture(_to_tensor(arr[..., :3]), _to_tensor(arr[..., 3]) if has_alpha else None, False)
 
 
+def _left_out(im: Image.Image) -> str | None:
+    """Return what reading the opened (not yet loaded) ``im`` as a :class:`Picture` leaves out: 16-bit colour
+    samples (PIL has no 16-bit colour mode and reads them with 8 bits; 16-bit grey is kept), frames after the
+    first; None when nothing."""
+    rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in im.tile]
+    deep = any(isinstance(r, str) and ";16" in r for r in rawmodes) and im.mode not in GREY_MODES
+    frames = getattr(im, "n_frames", 1)
+    parts = (["its 16-bit samples are read and written with 8 bits (PIL keeps 16 bits for grey without alpha "
+              "only)"] if deep
+             else []) + ([f"it has {frames} frames; only the first is upscaled"] if frames > 1 else [])
+    return "; ".join(parts) or None
+
+
 def read_picture(path: str | Path) -> Picture:
-    """Return the :class:`Picture` of the image file at ``path``, or raise a one-line SRShrinkError."""
+    """Return the :class:`Picture` of the image file at ``path``, turned upright by its EXIF orientation (as
+    viewers show it; the PNG written has no EXIF to turn it), or raise a one-line SRShrinkError."""
     path = Path(path)
     try:
         with Image.open(path) as im:
+            note = _left_out(im)
             im.load()
-            return _split(im)
+            pic = _split(ImageOps.exif_transpose(im))
+            pic.note = note
+            return pic
     except FileNotFoundError:
         raise SRShrinkError(f"{path}: no such image file; check the path.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -232,6 +264,10 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     up = load_upscaler(model, scale, threads, device)
     _check_outputs(images, out_dir, up.scale, compare)
     pictures = [read_picture(p) for p in images]  # fail on a bad image before any work
+    up.check_tile(tile, [tuple(pic.rgb.shape[-2:]) for pic in pictures])
+    for path, pic in zip(images, pictures):
+        if pic.note:
+            log(f"note: {path}: {pic.note}.")
     ref = None
     if compare:
         from .compare import reference_teacher

@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_tiny_eval, make_tiny_run, make_tiny_teacher
+from conftest import make_tiny_eval, make_tiny_run, make_tiny_teacher, one_error_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -102,6 +102,17 @@ def test_export_bad_values(files, bad):
     if "--target" not in bad:
         args += ["--target", "onnx"]
     _assert_one_error_line(_invoke(args), args)
+
+
+@pytest.mark.parametrize("target", ["tflite", "onnx"])
+def test_export_io_image_names_the_target_not_flags_never_given(files, target):
+    """--target tflite --io image said 'drop --layout nhwc / --native-io' though neither was passed (nhwc is
+    TFLite's default); the error names the target --io image is for."""
+    line = one_error_line(_invoke(["export", str(files["run"]), "--target", target, "--io", "image"]))
+    assert line == (f"error: --io image is for Core ML (an RGB image input and output), not {target}; drop --io "
+                    "image, or use --target coreml.")
+    line = one_error_line(_invoke(["export", str(files["run"]), "--target", "coreml", "--io", "image", "--native-io"]))
+    assert line == "error: --io image is for Core ML with the default nchw layout and float I/O; drop --native-io."
 
 
 def test_export_bad_run_folder(tmp_path):

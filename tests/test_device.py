@@ -75,6 +75,27 @@ def test_latency_files(tmp_path):
         read_latency_file(tmp_path / "nope.csv")
 
 
+def test_latency_csv_from_a_spreadsheet_is_read(tmp_path):
+    """Latencies with a unit ('2.5 ms') made a one-row CSV 'no latencies found' (its row taken for a header) and
+    a longer one fail on line 2 with line 1 dropped; Excel's byte order mark stuck to the first file name (so it
+    matched no row) and hid a JSON object; 'inf' was taken as a latency."""
+    csv = tmp_path / "phone.csv"
+    csv.write_bytes("\ufeffstage_01_fp32.tflite, 2.5 ms\r\nstage_02_fp32.tflite,3100us\r\n".encode())
+    assert [(d.file, d.ms) for d in read_latency_file(csv)] == [("stage_01_fp32.tflite", 2.5),
+                                                               ("stage_02_fp32.tflite", 3.1)]
+    csv.write_text("stage_01_fp32.tflite,2.5ms\n")
+    assert [(d.file, d.ms) for d in read_latency_file(csv)] == [("stage_01_fp32.tflite", 2.5)]
+    csv.write_text("file,ms\nstage_01_fp32.tflite,2.5 fast\n")
+    with pytest.raises(SRShrinkError, match=r"line 2 'stage_01_fp32.tflite,2.5 fast' is not 'file,ms'"):
+        read_latency_file(csv)
+    js = tmp_path / "lat.json"
+    js.write_bytes("\ufeff".encode() + json.dumps({"stage_01_fp32.tflite": 4.25}).encode())
+    assert [(d.file, d.ms) for d in read_latency_file(js)] == [("stage_01_fp32.tflite", 4.25)]
+    csv.write_text("stage_01_fp32.tflite,inf\n")
+    with pytest.raises(SRShrinkError, match=r"is inf; must be > 0 ms \(a finite number\)"):
+        read_latency_file(csv)
+
+
 def _row(stage, runtime, precision, ms, psnr):
     return {"stage": stage, "n_blocks": stage, "runtime": runtime, "precision": precision, "psnr_y": psnr,
             "latency_ms_median": ms, "latency_ms_p90": ms, "path": f"/x/stage_{stage:02d}_{precision}.tflite"}
@@ -132,6 +153,26 @@ def test_bench_latency_from_ranks_with_device_numbers(phone_run, tmp_path):
                                     "--plot", str(tmp_path / "b.png")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "b.json").read_text())["recommended"]["latency_source"].startswith("device")
+
+
+def test_a_cut_short_log_or_a_model_named_twice_is_said(phone_run, tmp_path):
+    """benchmark_model output cut short before any run finished was read as a CSV ("line 1 'INFO: STARTING!' is
+    not 'file,ms'"); one cut short after some runs dropped the last run, and a model benchmarked twice kept its
+    last latency, without a word. Now: an error that says the output was cut short, and a note for each."""
+    log = tmp_path / "bm.txt"
+    cut = RUN_NEW.format(name="stage_02_fp32.tflite", median=90000).split("INFO: Running benchmark")[0]
+    log.write_text(cut)
+    with pytest.raises(SRShrinkError, match="no finished run .* cut short: rerun the tool"):
+        read_latency_file(log)
+    log.write_text(RUN_OLD.format(name="stage_01_fp32.tflite") + RUN_NEW.format(name="stage_01_fp32.tflite",
+                                                                                median=2000) + cut)
+    result = run_bench(phone_run, _cfg(latency_from=str(log)))
+    assert "--latency-from bm.txt names stage_01_fp32.tflite 2 times (1240.27, 2 ms); the last is used" in \
+        result["notes"]
+    assert ("--latency-from bm.txt: the benchmark_model run of stage_02_fp32.tflite has no 'Inference timings' (cut "
+            "short or failed); it is left out") in result["notes"]
+    lite = {r["stage"]: r for r in result["rows"] if r["runtime"] == "litert"}
+    assert lite[1]["latency_ms_median"] == 2.0 and lite[2]["latency_ms_median"] is None
 
 
 STAND_IN_ADB = """#!{python}

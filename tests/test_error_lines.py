@@ -8,6 +8,7 @@ import io
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import make_tiny_run, one_error_line
 from PIL import Image
 
 from sr_shrink.cli import main
@@ -85,6 +86,20 @@ def test_cli_info_and_distill_of_a_photo(tmp_path, command):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "JPEG image" in lines[0], result.output
     assert "--trust-pickle" not in result.output
     assert not (tmp_path / "run").exists()  # nothing written for a wrong input
+
+
+@pytest.mark.parametrize("command", ["info", "distill"])
+def test_a_folder_given_as_the_model_is_named_a_folder(tmp_path, command):
+    """info RUN_DIR (or any folder) said 'no such file' of a folder that exists; it says it is a folder, and of a
+    distill run which of its files to pass."""
+    run = make_tiny_run(tmp_path / "run")
+    (tmp_path / "weights").mkdir()
+    for folder, says in ((run, f"its students are files such as {run / 'stage_02.pt'}."),
+                         (tmp_path / "weights", "pass a teacher file (.pt/.pth/.safetensors state_dict")):
+        args = [command, str(folder)] + (["--out", str(tmp_path / "new"), "--quiet"] if command == "distill" else [])
+        line = one_error_line(CliRunner().invoke(main, args))
+        assert line.startswith(f"error: {folder}: is a folder, not a model file; {says}"), line
+    assert not (tmp_path / "new").exists()
 
 
 def _exported_models(folder) -> list:

@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from conftest import make_tiny_run, one_error_line
 from onnx import TensorProto, helper
+from PIL import Image
 
 from sr_shrink import mil_eval
 from sr_shrink.cli import main
@@ -614,6 +615,23 @@ def test_an_unreadable_stage_file_fails_before_any_export_is_written(tiny_run):
     assert line.startswith(f"error: {path}: not a readable sr-shrink checkpoint (")
     assert line.endswith(f"; rerun `sr-shrink distill ... --out {tiny_run} --resume` with the run's teacher and "
                           "options to train stage 2 and the stages after it again.")
+    assert not (tiny_run / "exports").exists()
+
+
+@pytest.mark.parametrize("eval_folder", ["missing", "empty", "tiny images"])
+def test_a_bad_eval_folder_fails_before_any_export_is_written(tiny_run, tmp_path, eval_folder):
+    """--eval naming no folder, one with no images or with images too small to verify on was found only after
+    stage 1's file had been written (and left there, in no export.json)."""
+    folder = tmp_path / eval_folder
+    if eval_folder != "missing":
+        folder.mkdir()
+    if eval_folder == "tiny images":
+        Image.new("RGB", (3, 2)).save(folder / "dot.png")
+    says = {"missing": "not a folder of images", "empty": "holds no PNG/JPEG images",
+            "tiny images": "image too small for x2 evaluation"}[eval_folder]
+    line = one_error_line(CliRunner().invoke(main, ["export", str(tiny_run), "--target", "onnx", "--eval",
+                                                    str(folder)]))
+    assert line.startswith("error: ") and says in line, line
     assert not (tiny_run / "exports").exists()
 
 

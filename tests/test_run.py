@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_tiny_run
+from conftest import make_tiny_run, one_error_line
 
 from sr_shrink.cli import main
 from sr_shrink.errors import SRShrinkError
@@ -33,6 +33,16 @@ def test_select_stages(tiny_run):
         run.select(3)
     with pytest.raises(SRShrinkError, match="pass a stage number"):
         run.select("first")
+
+
+def test_a_stage_file_asked_for_another_stage_says_so(tiny_run):
+    """export RUN/stage_01.pt --stage 2 said 'RUN: no stage 2; this run has stage(s) 1' of a run that has stage 2:
+    the file holds one stage; the error says so and names the folder to pass."""
+    line = one_error_line(CliRunner().invoke(main, ["export", str(tiny_run / "stage_01.pt"), "--target", "onnx",
+                                                    "--stage", "2"]))
+    assert line == (f"error: --stage 2: {tiny_run / 'stage_01.pt'} holds stage 1 alone; drop --stage, or pass the "
+                    f"run folder {tiny_run} to pick among its stages.")
+    assert RunDir.open(tiny_run / "stage_01.pt").select("1") == [1]
 
 
 def test_bad_folders_and_run_json(tmp_path, tiny_run):

@@ -85,6 +85,55 @@ def test_16_bit_grey_comes_back_16_bit(tiny_run, tmp_path):
     assert np.abs(got.astype(np.float64) - want.numpy()).max() <= 1.0
 
 
+def test_a_photo_with_an_exif_orientation_is_upscaled_upright(tiny_run, tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 (shown turned 90 degrees) used to come back sideways:
+    the PNG result has no EXIF to turn it. It is turned upright first, as viewers show it."""
+    src = _image(tmp_path / "upright.png", "RGB")  # 40 wide, 30 high as stored
+    sideways = Image.open(src)
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # stored turned; shown rotated 90 degrees clockwise: 30 wide, 40 high
+    sideways.save(tmp_path / "phone.png", exif=exif)
+    written = upscale_files(tiny_run / "stage_01.pt", [tmp_path / "phone.png"], tmp_path / "out")
+    out = Image.open(written[0])
+    assert out.size == (60, 80)
+    upright = Image.open(src).transpose(Image.Transpose.ROTATE_270)  # what orientation 6 shows
+    model, _ = load_student(tiny_run / "stage_01.pt")
+    rgb = torch.from_numpy(np.asarray(upright, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    assert np.array_equal(np.asarray(out), _model_sr(model, rgb))
+
+
+def _png16(path: Path, arr: np.ndarray) -> Path:
+    """Write ``arr`` (h, w, 3) uint16 as a 16-bit RGB PNG (PIL cannot write one); return its path."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = arr.shape[:2]
+    rows = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_what_an_image_loses_is_said(tiny_run, tmp_path):
+    """A 16-bit colour PNG (read by PIL with 8 bits) and an animated GIF (one frame taken) used to be upscaled
+    to 8-bit RGB and to their first frame without a word; a note line says so for each."""
+    deep = _png16(tmp_path / "deep.png", np.full((12, 10, 3), 40000, np.uint16))
+    frames = [Image.new("RGB", (10, 8), c) for c in ("red", "blue", "green")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    plain = _image(tmp_path / "plain.png", "RGB")
+    res = _run(tiny_run / "stage_01.pt", deep, tmp_path / "anim.gif", plain, "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    notes = [ln for ln in res.output.splitlines() if ln.startswith("note:")]
+    assert notes == [f"note: {deep}: its 16-bit samples are read and written with 8 bits (PIL keeps 16 bits for grey "
+                     "without alpha only).",
+                     f"note: {tmp_path / 'anim.gif'}: it has 3 frames; only the first is upscaled."]
+    assert Image.open(tmp_path / "out" / "deep_x2.png").size == (20, 24)
+    assert Image.open(tmp_path / "out" / "anim_x2.png").size == (20, 16)
+
+
 def test_rgba_keeps_bicubic_alpha(tiny_run, tmp_path):
     src = _image(tmp_path / "logo.png", "RGBA", size=(20, 16))
     written = upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out", tile=None)
@@ -107,6 +156,17 @@ def test_tiled_equals_untiled_for_a_float_model(tiny_run):
     assert (tiled - whole).abs().max() < 1e-5
     too_small = tiled_apply(up.fn, lr, 2, 24, overlap=2)  # the check above can fail: a seam shows
     assert (too_small - whole).abs().max() > 1e-3
+
+
+def test_a_tile_below_the_receptive_field_says_which_tile_to_pass(tiny_run, tmp_path):
+    """--tile 8 on a model of radius 6 used to fail after the output folder was made, advising 'a smaller
+    --overlap', which cannot help (the overlap is raised to the radius). It fails first, naming a tile that works."""
+    src = _image(tmp_path / "p.png", "RGB")
+    line = one_error_line(_run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "out", "--tile", "8", "--overlap", "0"))
+    assert line == ("error: --tile 8 is too small for stage_02.pt: tiles overlap by its receptive field radius (6 px) "
+                    "on every side, so they must be larger than 12 px; pass --tile 256, or --tile 0 for whole images.")
+    assert not (tmp_path / "out").exists()
+    assert _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "out", "--tile", "13").exit_code == 0  # 13 > 12
 
 
 def test_tile_plan_covers_every_pixel_once_or_more():

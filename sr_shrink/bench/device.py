@@ -9,10 +9,14 @@ of most phone CPUs and NPUs), so bench can rank its rows by latencies measured o
     ``I tflite :`` prefix and ``INFO:`` prefixes are fine): the model is the ``Graph: [...]`` line of each run,
     the latency the ``median=`` of its ``count=... avg=...`` line when the tool prints percentiles, else
     ``Inference (avg)`` of its ``Inference timings in us:`` line (microseconds, converted to ms);
-  * a CSV of ``file,ms`` rows (a header row is optional; ``#`` starts a comment), e.g. the median prediction
+  * a CSV of ``file,ms`` rows (a header row is optional; ``#`` starts a comment; a unit after the number, ``ms``,
+    ``us``/``µs`` or ``s``, is converted to ms), e.g. the median prediction
     times read off an Xcode Core ML performance report. Xcode's report has no documented export format, so it
     is not parsed: copy its medians into such a CSV;
   * a JSON object ``{"file": ms, ...}``.
+
+  A UTF-8 byte order mark (Excel's) is skipped. A model named twice keeps its last latency, and a
+  ``benchmark_model`` run cut short (its model named, no timings) is left out; a note says so.
 
 - ``--adb PATH`` runs ``benchmark_model`` on an attached Android device through ``adb`` (``$SR_SHRINK_ADB`` or
   the ``adb`` on PATH): a ``PATH`` that exists here is pushed to ``/data/local/tmp/sr_shrink/`` first, anything
@@ -28,11 +32,13 @@ becomes None), with ``latency_source`` naming where it came from; rows without a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,6 +86,26 @@ def parse_benchmark_model(text: str, source: str = "benchmark_model") -> list[De
     return out
 
 
+_MS = re.compile(_NUM + r"\s*(ms|us|µs|μs|s)?", re.IGNORECASE)
+_PER_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "μs": 1e-3, "s": 1e3}
+
+
+def _ms(value: str) -> float | None:
+    """Return the milliseconds of a CSV latency (``3.2``, ``3.2 ms``, ``3200us``, ``0.0032 s``; ``nan`` and
+    ``inf`` as such, for the caller to refuse), or None."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    m = _MS.fullmatch(value)
+    if not m:
+        return None
+    try:
+        return float(m.group(1)) * _PER_MS[(m.group(2) or "ms").lower()]
+    except ValueError:  # "1.2.3"
+        return None
+
+
 def _parse_csv(text: str, source: str) -> list[DeviceLatency]:
     out, first = [], True
     for n, raw in enumerate(text.splitlines(), 1):
@@ -87,31 +113,49 @@ def _parse_csv(text: str, source: str) -> list[DeviceLatency]:
         if not line:
             continue
         parts = [p.strip() for p in line.split(",")]
-        try:
-            ms = float(parts[1]) if len(parts) == 2 else None
-        except ValueError:
-            ms = None
-        if ms is None and first and len(parts) == 2:  # a header row
+        ms = _ms(parts[1]) if len(parts) == 2 else None
+        # a header row: the first row, two columns, no number in the second (one with a number is a bad row)
+        if ms is None and first and len(parts) == 2 and not re.search(r"\d", parts[1]):
             first = False
             continue
         first = False
         if ms is None:
-            raise SRShrinkError(f"{source}: line {n} {raw.strip()!r} is not 'file,ms'.")
+            raise SRShrinkError(f"--latency-from {source}: line {n} {raw.strip()!r} is not 'file,ms' (e.g. "
+                                "stage_02_int8.tflite,3.2).")
         out.append(DeviceLatency(Path(parts[0]).name, ms, "given", source))
     return out
 
 
-def read_latency_file(path: str | Path) -> list[DeviceLatency]:
-    """Return the device latencies in ``path`` (benchmark_model output, a ``file,ms`` CSV or a JSON object)."""
+def _unfinished(text: str) -> list[str]:
+    """Return the model of each ``benchmark_model`` run in ``text`` that has no ``Inference timings`` line before
+    the next run's ``Graph:`` line or the end (the output was cut short, or the run failed)."""
+    marks = list(_GRAPH.finditer(text))
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return [Path(m.group(1).strip()).name for m, end in zip(marks, ends)
+            if "Inference timings in us" not in text[m.end():end]]
+
+
+def read_latency_file(path: str | Path, note: Callable[[str], None] | None = None) -> list[DeviceLatency]:
+    """Return the device latencies in ``path`` (benchmark_model output, a ``file,ms`` CSV or a JSON object; see
+    the module docstring), passing ``note`` one line for each model named twice and for each benchmark_model
+    run cut short."""
     path = Path(path)
+    note = note or (lambda _m: None)
     if not path.is_file():
         raise SRShrinkError(f"--latency-from {path}: no such file.")
-    text = path.read_text(errors="replace")
-    if "Inference timings in us" in text:
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")  # utf-8-sig: without Excel's byte order mark
+    if "Inference timings in us" in text or _GRAPH.search(text):
         found = parse_benchmark_model(text, f"benchmark_model output {path.name}")
         if any(not d.file for d in found):
             raise SRShrinkError(f"--latency-from {path}: a benchmark_model run has no 'Graph: [...]' line naming "
                                 "its model; keep the tool's full output.")
+        if not found:
+            raise SRShrinkError(f"--latency-from {path}: benchmark_model output with no finished run (no "
+                                "'Inference timings in us' line); it was cut short: rerun the tool and keep its "
+                                "full output.")
+        for file in _unfinished(text):
+            note(f"--latency-from {path.name}: the benchmark_model run of {file} has no 'Inference timings' (cut "
+                 "short or failed); it is left out")
     elif text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
@@ -123,9 +167,17 @@ def read_latency_file(path: str | Path) -> list[DeviceLatency]:
     if not found:
         raise SRShrinkError(f"--latency-from {path}: no latencies found; expected benchmark_model output or "
                             "'file,ms' rows.")
-    bad = [d for d in found if not (d.ms > 0)]
+    bad = [d for d in found if not (math.isfinite(d.ms) and d.ms > 0)]
     if bad:
-        raise SRShrinkError(f"--latency-from {path}: latency of {bad[0].file} is {bad[0].ms}; must be > 0 ms.")
+        raise SRShrinkError(f"--latency-from {path}: latency of {bad[0].file} is {bad[0].ms}; must be > 0 ms (a "
+                            "finite number).")
+    twice: dict[str, list[float]] = {}
+    for d in found:
+        twice.setdefault(d.file, []).append(d.ms)
+    for file, values in twice.items():
+        if len(values) > 1:
+            note(f"--latency-from {path.name} names {file} {len(values)} times ({', '.join(f'{v:g}' for v in values)} "
+                 "ms); the last is used")
     return found
 
 

@@ -188,10 +188,12 @@ def open_rows(run: RunDir, cfg: BenchConfig, runtimes: list[str], threads: int, 
 NO_LITERT_ROW = "--adb runs .tflite files, but no litert row was benchmarked; add --runtimes litert."
 
 
-def _device_source(cfg: BenchConfig, runtimes: list[str], run: RunDir, stages: list[int]) -> list | None:
+def _device_source(cfg: BenchConfig, runtimes: list[str], run: RunDir, stages: list[int],
+                   notes: list[str]) -> list | None:
     """Return the latencies of ``--latency-from`` (None without it), read before any row is measured, and check
     that they name at least one file the rows of ``run``'s ``stages`` can run, and that ``--adb`` has adb and a
-    litert row to run: a bad file or setup fails at once, not after the work."""
+    litert row to run: a bad file or setup fails at once, not after the work. The file's notes (a model named
+    twice, a run cut short) are appended to ``notes``."""
     from .device import adb_exe, read_latency_file
 
     if cfg.adb:
@@ -200,7 +202,7 @@ def _device_source(cfg: BenchConfig, runtimes: list[str], run: RunDir, stages: l
         adb_exe()
     if not cfg.latency_from:
         return None
-    latencies = read_latency_file(cfg.latency_from)
+    latencies = read_latency_file(cfg.latency_from, notes.append)
     files = row_files(run, stages, runtimes, cfg.precisions)
     named = sorted({d.file for d in latencies})
     if not files:
@@ -290,7 +292,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
     stages = [s for s in run.stages if cfg.benches(s)]
     run.check_stages(stages)  # before any row is exported
     runtimes, notes = settle_runtimes(cfg.runtimes)
-    latencies = _device_source(cfg, runtimes, run, stages)
+    latencies = _device_source(cfg, runtimes, run, stages, notes)
     threads = cfg.threads or torch.get_num_threads()
     pairs = load_eval_set(scale, cfg.eval_dir, cfg.max_images)
     bicubic = evaluate_bicubic(pairs, scale)

@@ -105,9 +105,13 @@ class ExportConfig:
         self._check_palettize()
         self._check_shapes()
         self.io = _choice("io", self.io or "tensor", ("tensor", "image"))
-        if self.io == "image" and ("image_io" not in rec.options or self.layout != "nchw" or self.native_io):
-            raise SRShrinkError("--io image is for Core ML with the default nchw layout and float I/O "
-                                "(drop --layout nhwc / --native-io, or use --target coreml).")
+        if self.io == "image" and "image_io" not in rec.options:  # not "drop --layout nhwc": tflite's default
+            raise SRShrinkError(f"--io image is for Core ML (an RGB image input and output), not {self.target}; "
+                                "drop --io image, or use --target coreml.")
+        if self.io == "image" and (self.layout != "nchw" or self.native_io):
+            given = " and ".join(f for f, v in (("--layout nhwc", self.layout != "nchw"),
+                                                ("--native-io", self.native_io)) if v)
+            raise SRShrinkError(f"--io image is for Core ML with the default nchw layout and float I/O; drop {given}.")
         if self.precision == "w8a16" and "w8a16" not in rec.options:
             raise SRShrinkError("--precision w8a16 is for onnx and tflite; Core ML quantises activations only on "
                                 "macOS (use --precision int8 or --palettize for Core ML).")

@@ -74,6 +74,10 @@ def load_teacher(path: str | Path | None = None, scale: int | None = None, trust
     """
     path = Path(path) if path else default_teacher(scale)
     refuse_non_teacher(path)
+    if path.is_dir():  # a distill run, a folder of weights: not "no such file"
+        stages = sorted(path.glob("stage_*.pt"))
+        hint = f"its students are files such as {stages[-1]}" if stages else f"pass a teacher file ({TEACHER_FILES})"
+        raise SRShrinkError(f"{path}: is a folder, not a model file; {hint}.")
     if not path.is_file():
         raise SRShrinkError(f"{path}: no such file; pass the path to a teacher ({TEACHER_FILES}).")
     if path.stat().st_size == 0:
