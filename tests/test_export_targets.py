@@ -135,3 +135,30 @@ def test_cli_export_prints_the_int8_note(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "stage_01_int8.onnx: int8 costs" in text and "--qat 1000" in text and "--float-stream (" not in text
+
+
+def test_options_an_export_does_not_use_get_a_note():
+    """``--calib`` and ``--equalize`` on an fp32 file, ``--equalize`` on w8a16: accepted (bench and scripts pass
+    one set of options to every precision) but said to do nothing, instead of silently; used options get none."""
+    from sr_shrink.export.options import unused_options_note
+
+    def note(precision, **opts):
+        return unused_options_note(opts, ExportConfig(target="onnx", precision=precision, **opts))
+
+    line = note("fp32", calib="generator", equalize=True, calib_samples=8)
+    assert line == ("--calib (for int8 and w8a16), --calib-samples (for int8 and w8a16), --equalize (for int8) do "
+                    "nothing for fp32 onnx files; ignored.")
+    assert note("w8a16", equalize=True) == "--equalize (for int8) does nothing for w8a16 onnx files; ignored."
+    assert note("fp32", bias_correction=False).startswith("--no-bias-correction (for int8 and w8a16) does")
+    assert note("int8", calib="generator", equalize=True, calib_samples=8) is None
+    assert note("fp32") is None and note("fp32", input_size=(32, 32)) is None
+
+
+def test_cli_export_says_an_unused_option_does_nothing(tmp_path):
+    from click.testing import CliRunner
+
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    res = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--out", str(tmp_path / "x"),
+                                    "--equalize"])
+    assert res.exit_code == 0, res.output
+    assert "--equalize (for int8) does nothing for fp32 onnx files; ignored." in " ".join(res.output.split())

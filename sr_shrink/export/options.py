@@ -245,6 +245,19 @@ def given_options(opts: dict, cfg: ExportConfig | None = None) -> dict:
             and (cfg is None or cfg.shapes_the_file(name))}
 
 
+def unused_options_note(opts: dict, cfg: ExportConfig) -> str | None:
+    """Return the note line for the options of an export call ``opts`` that its resolved ``cfg`` leaves unused
+    (:meth:`ExportConfig.shapes_the_file`: ``--calib`` on fp32, ``--equalize`` on w8a16, ...), each spelled as
+    given with what it is for; None when every given option is used."""
+    unused = {k: v for k, v in given_options(opts).items() if not cfg.shapes_the_file(k)}
+    if not unused:
+        return None
+    what = {"equalize": "int8", "seed": "int8, w8a16 or --qat"}
+    flags = [f"{option_args({k: v})[0]} (for {what.get(k, 'int8 and w8a16')})" for k, v in unused.items()]
+    verb = "does" if len(flags) == 1 else "do"
+    return f"{', '.join(flags)} {verb} nothing for {cfg.precision} {cfg.target} files; ignored."
+
+
 def _cli_value(value):
     """Return ``value`` as the command line spells it: a size (h, w) as ``HxW``, a list of sizes as
     ``HxW,HxW``, a path as a string; anything else as it is."""

@@ -38,7 +38,7 @@ from .calib import CalibSource, calib_inputs, calib_source, without_unreadable_g
 from .equalize import equalize
 from .graph import GraphInfo, check_graph
 from .onnx import CALIB_PERCENTILE
-from .options import ExportConfig, given_options
+from .options import ExportConfig, given_options, unused_options_note
 from .qat import DEFAULT_LR, STUDENT_LR, DataFreeInputs, QATConfig, finetune, run_teacher
 from .targets import Target, get_target
 from .verify import images_at, not_verified, tolerance_key, verify
@@ -65,8 +65,9 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     fmt.require(cfg.precision)
     calibrated = fmt.calibrated(cfg.precision)
     run, note = without_unreadable_generator(run, cfg.calib, calibrated, bool(cfg.qat_steps))
-    if note and log is not None:
-        log(note)
+    for line in (unused_options_note(opts, cfg), note):
+        if line and log is not None:
+            log(line)
     job = _Job(run, cfg, fmt, given_options(opts, cfg))
     if calibrated:  # a bad --calib fails before the first file is written
         job.calib_src = calib_source(run, cfg.calib)
