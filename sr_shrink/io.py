@@ -21,10 +21,12 @@ def load_problem(exc: BaseException) -> str:
     state.pt, generator.pt): "truncated or damaged" for a broken zip archive, "its bytes are not a PyTorch
     checkpoint" for text or junk (whose own messages talk about ``weights_only`` defaults or a bare ``KeyError``),
     else the exception's first line."""
+    import errno
     import pickle
 
     text = str(exc)
-    if "PytorchStreamReader" in text or "zip archive" in text or isinstance(exc, EOFError):
+    if ("PytorchStreamReader" in text or "zip archive" in text or isinstance(exc, EOFError)
+            or (isinstance(exc, OSError) and exc.errno == errno.EINVAL)):  # a zip cut short: "[Errno 22] Invalid ..."
         return "truncated or damaged"
     if isinstance(exc, (pickle.UnpicklingError, KeyError, UnicodeDecodeError)) or "Weights only load failed" in text:
         return "its bytes are not a PyTorch checkpoint"

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import SRShrinkError, first_line
+from ..io import load_problem
 
 ZOO_INSTALL = "pip install 'sr-shrink[zoo]'"
 # Keys under which training code stores the weights, in the order they are preferred (EMA weights first).
@@ -180,10 +181,8 @@ def read(path: Path, trust_pickle: bool = False) -> Loaded:
                 "the file. Pass --trust-pickle only if you trust its source, or save model.state_dict() instead."
             ) from None
         raise SRShrinkError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)}).") from None
-    except Exception as exc:
-        raise SRShrinkError(
-            f"{path}: truncated or not a PyTorch checkpoint ({first_line(exc)}); check the file or download it again."
-        ) from None
+    except Exception as exc:  # torch's own words for text are a bare "KeyError: 101" (io.load_problem)
+        raise SRShrinkError(f"{path}: {load_problem(exc)}; check the file or download it again.") from None
     return Loaded("pickled nn.Module" if isinstance(obj, nn.Module) else "state_dict", obj)
 
 
