@@ -449,7 +449,8 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 @res_scale_option
 def upscale(model, images, out, tile, overlap, compare, crops, teacher, scale, threads, device, value_range,
             res_scale) -> None:
-    """Upscale IMAGES with MODEL (stage_XX.pt, .onnx, .tflite or .mlpackage) into NAME_x{s}.png files.
+    """Upscale IMAGES (files, or folders: the images in them) with MODEL (stage_XX.pt, .onnx, .tflite or
+    .mlpackage) into NAME_x{s}.png files.
 
     Images are turned upright by their EXIF orientation. Grey images come back grey (16-bit grey as 16-bit;
     16-bit colour comes back 8-bit), an alpha channel is upscaled with bicubic, and of an animation only the

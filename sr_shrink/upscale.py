@@ -15,6 +15,7 @@ the output folder, or next to each input when none is given; a result never over
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .data import list_images
 from .errors import SRShrinkError, first_line
 from .resize import upscale as bicubic
 from .runtimes import SUFFIXES, TorchRunner, open_runner
@@ -226,6 +228,27 @@ def output_path(out_dir: Path | None, image: Path, scale: int, suffix: str = "")
     return (image.parent if out_dir is None else out_dir) / f"{image.stem}_x{scale}{suffix}.png"
 
 
+def expand_folders(images: list[Path], scale: int, log: Log) -> list[Path]:
+    """Return ``images`` with each folder among them replaced by the images directly inside it, sorted by name
+    (:func:`~sr_shrink.data.list_images`), less the results an earlier upscale by ``scale`` wrote there
+    (``NAME_x{scale}.png``, ``NAME_x{scale}_compare.png``; ``log`` gets a note of how many were left out)."""
+    out: list[Path] = []
+    for path in images:
+        if not path.is_dir():
+            out.append(path)
+            continue
+        files = list_images(path)
+        own = [f for f in files if f.suffix.lower() == ".png" and re.fullmatch(rf".+_x{scale}(_compare)?", f.stem)]
+        if len(own) == len(files):
+            raise SRShrinkError(f"{path}: holds only results of an earlier upscale (*_x{scale}.png); pass a folder "
+                                "of images to upscale.")
+        if own:
+            log(f"note: {path}: left out {len(own)} result{'s' if len(own) > 1 else ''} of an earlier upscale "
+                f"(*_x{scale}.png); pass a file by name to upscale it.")
+        out += [f for f in files if f not in own]
+    return out
+
+
 def _check_outputs(images: list[Path], out_dir: Path | None, scale: int, compare: bool) -> None:
     """Raise a one-line SRShrinkError when two results would share a file or a result would replace an input."""
     inputs = {p.resolve(): p for p in images}
@@ -248,10 +271,11 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
                   teacher: str | Path | None = None, scale: int | None = None, threads: int | None = None,
                   device: str = "cpu", log: Log | None = None, value_range: float | None = None,
                   res_scale: float | None = None, crops: int = 1) -> list[Path]:
-    """Upscale every image with ``model`` into ``out_dir`` (None: next to each input) as ``NAME_x{s}.png``;
-    return the paths written (results, then any ``NAME_x{s}_compare.png`` strips of ``crops`` windows when
-    ``compare``, whose teacher takes the ``value_range`` and ``res_scale`` overrides). A result that would
-    replace an input, or two results sharing a file, is an error before anything is written."""
+    """Upscale every image (a folder: the images in it, :func:`expand_folders`) with ``model`` into ``out_dir``
+    (None: next to each input) as ``NAME_x{s}.png``; return the paths written (results, then any
+    ``NAME_x{s}_compare.png`` strips of ``crops`` windows when ``compare``, whose teacher takes the ``value_range``
+    and ``res_scale`` overrides). A result that would replace an input, or two results sharing a file, is an error
+    before anything is written."""
     log = log or (lambda _m: None)
     given = [f for f, v in (("--teacher", teacher), ("--crops", crops != 1), ("--value-range", value_range),
                             ("--res-scale", res_scale)) if v]
@@ -262,6 +286,7 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     if threads:
         torch.set_num_threads(threads)
     up = load_upscaler(model, scale, threads, device)
+    images = expand_folders(images, up.scale, log)
     _check_outputs(images, out_dir, up.scale, compare)
     pictures = [read_picture(p) for p in images]  # fail on a bad image before any work
     up.check_tile(tile, [tuple(pic.rgb.shape[-2:]) for pic in pictures])

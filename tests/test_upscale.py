@@ -289,6 +289,38 @@ def test_a_result_never_replaces_an_input(tiny_run, tmp_path):
         upscale_files(tiny_run / "stage_01.pt", [src, src.parent / "." / "cat.png"], tmp_path / "out")
 
 
+def test_a_folder_of_images_upscales_each_and_leaves_out_earlier_results(tiny_run, tmp_path):
+    """As Real-ESRGAN's ``-i FOLDER``: a folder stands for the images in it (sorted, not its subfolders or other
+    files); a rerun next to the results leaves the earlier results out with a note instead of upscaling them."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    a, b = _image(photos / "a.png", "RGB"), _image(photos / "b.jpg", "RGB", seed=1)
+    (photos / "notes.txt").write_text("not an image")
+    (photos / "sub").mkdir()
+    _image(photos / "sub" / "c.png", "RGB")
+    single = _image(tmp_path / "d.png", "RGB", seed=2)
+    res = _run(tiny_run / "stage_01.pt", photos, single)
+    assert res.exit_code == 0, res.output
+    wrote = [line.split()[-1] for line in res.output.splitlines() if line.startswith("wrote ")]
+    assert wrote == [str(photos / "a_x2.png"), str(photos / "b_x2.png"), str(tmp_path / "d_x2.png")]
+    model = load_student(tiny_run / "stage_01.pt")[0]
+    got = np.asarray(Image.open(photos / "a_x2.png"))
+    assert np.abs(got.astype(int) - _model_sr(model, read_picture(a).rgb).astype(int)).max() <= 1
+    again = _run(tiny_run / "stage_01.pt", photos)  # the results are in the folder now
+    assert again.exit_code == 0, again.output
+    assert "note: " + str(photos) + ": left out 2 results of an earlier upscale (*_x2.png)" in again.output
+    assert not (photos / "a_x2_x2.png").exists() and not (photos / "sub" / "c_x2.png").exists()
+    results_only = tmp_path / "results"
+    results_only.mkdir()
+    _image(results_only / "e_x2.png", "RGB")
+    assert one_error_line(_run(tiny_run / "stage_01.pt", results_only)) == (
+        f"error: {results_only}: holds only results of an earlier upscale (*_x2.png); pass a folder of images to "
+        "upscale.")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "holds no PNG/JPEG images" in one_error_line(_run(tiny_run / "stage_01.pt", empty))
+
+
 def test_an_image_passed_as_the_model_is_named(tmp_path):
     photo = _image(tmp_path / "photo.png", "RGB")
     res = _run(photo, photo)
