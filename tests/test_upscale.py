@@ -294,7 +294,8 @@ def test_a_folder_of_images_upscales_each_and_leaves_out_earlier_results(tiny_ru
     files); a rerun next to the results leaves the earlier results out with a note instead of upscaling them."""
     photos = tmp_path / "photos"
     photos.mkdir()
-    a, b = _image(photos / "a.png", "RGB"), _image(photos / "b.jpg", "RGB", seed=1)
+    a = _image(photos / "a.png", "RGB")
+    _image(photos / "b.jpg", "RGB", seed=1)
     (photos / "notes.txt").write_text("not an image")
     (photos / "sub").mkdir()
     _image(photos / "sub" / "c.png", "RGB")
