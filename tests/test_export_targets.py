@@ -110,6 +110,30 @@ def test_int8_notes_say_one_advice_once_for_every_file_it_fits():
     assert int8_notes(files[1:2], lambda _e: closer) == []
 
 
+def test_int8_notes_say_when_one_image_carries_most_of_the_loss():
+    """An int8 file's loss often sits on one near-exact image (BENCHMARKS 31); the note says so when one image
+    carries more than half of every file's loss, from ``verification.per_image``."""
+    from sr_shrink.export.verify import int8_notes
+
+    def entry(stage: int, per: dict[str, tuple[float, float]]) -> dict:
+        e = _int8_entry(sum(a - b for a, b in per.values()) / len(per))
+        e["file"] = f"stage_0{stage}_int8.onnx"
+        e["verification"]["per_image"] = {n: {"psnr_y": a, "torch_psnr_y": b} for n, (a, b) in per.items()}
+        return e
+
+    closer = targets.get_target("onnx").int8_closer
+    flat = entry(1, {"ladybird": (50.6, 51.0), "bridge": (37.99, 38.0), "coffee": (33.99, 34.0)})
+    flat4 = entry(2, {"ladybird": (50.5, 51.04), "bridge": (37.98, 38.0), "coffee": (33.99, 34.0)})
+    line, = int8_notes([flat, flat4], lambda _e: closer)
+    assert ("int8 costs 0.140, 0.190 dB Y-PSNR against their fp32 students here (more than 0.03); most of it on "
+            "ladybird, where the student is at 51.0 dB (rounding noise") in line
+    spread = entry(1, {"ladybird": (50.9, 51.0), "bridge": (37.9, 38.0), "coffee": (33.9, 34.0)})
+    assert "most of it" not in int8_notes([spread], lambda _e: closer)[0]  # a third each
+    other = entry(2, {"ladybird": (51.0, 51.0), "bridge": (37.7, 38.0), "coffee": (34.0, 34.0)})
+    assert "most of it" not in int8_notes([flat, other], lambda _e: closer)[0]  # not the same image
+    assert "most of it" not in int8_notes([_int8_entry(-0.1)], lambda _e: closer)[0]  # no per_image record
+
+
 def test_every_int8_option_named_is_an_export_option_of_its_target():
     flags = {o for p in main.commands["export"].params for o in (*p.opts, *p.secondary_opts)}
     names = {f.name for f in dataclasses.fields(ExportConfig)}

@@ -68,23 +68,42 @@ def int8_notes(entries: list[dict], closer_of) -> list[str]:
     """Return :func:`int8_note`'s lines for the export.json ``entries`` of one export, one line for all the files
     whose note names the same options (``closer_of(entry)``: its target's ``int8_closer``), so an export of every
     stage says it once with each file's loss, in order."""
-    groups: dict[str, list[tuple[str, float]]] = {}
+    groups: dict[str, list[tuple[str, float, tuple | None]]] = {}
     for entry in entries:
-        delta = (entry.get("qat_delta_psnr_y") if entry.get("qat_steps")
-                 else (entry.get("verification") or {}).get("delta_psnr_y"))
+        qat = bool(entry.get("qat_steps"))
+        rec = ((entry.get("qat") or {}).get("fp32_verification") if qat else entry.get("verification")) or {}
+        delta = entry.get("qat_delta_psnr_y") if qat else rec.get("delta_psnr_y")
         if entry.get("precision") != "int8" or delta is None or not delta < -INT8_NEAR:
             continue
         left = [o for o in closer_of(entry) if not o.given(entry.get("options") or {})]
         if left:
             tries = ", ".join(f"{o.args} ({o.when})" if o.when else o.args for o in left)
-            groups.setdefault(tries, []).append((entry["file"], -delta))
+            groups.setdefault(tries, []).append((entry["file"], -delta, _most_of_the_loss(rec.get("per_image"))))
     lines = []
     for tries, files in groups.items():
-        names, losses = ", ".join(f for f, _ in files), ", ".join(f"{loss:.3f}" for _, loss in files)
+        names, losses = ", ".join(f for f, _, _ in files), ", ".join(f"{loss:.3f}" for _, loss, _ in files)
         whose = "its fp32 student" if len(files) == 1 else "their fp32 students"
-        lines.append(f"{names}: int8 costs {losses} dB Y-PSNR against {whose} here (more than {INT8_NEAR:g}); "
-                     f"measured closer on the teacher panel: {tries} (BENCHMARKS.md, sections 19, 23, 25)")
+        where = {w[0] if w else None for _, _, w in files}
+        most = ""
+        if len(where) == 1 and None not in where:  # one image carries most of every file's loss
+            lo, hi = (f(w[1] for _, _, w in files) for f in (min, max))
+            at = f"{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}-{hi:.1f}"
+            most = (f"; most of it on {where.pop()}, where the student is at {at} dB (rounding noise costs most "
+                    "where the student is nearly exact)")
+        lines.append(f"{names}: int8 costs {losses} dB Y-PSNR against {whose} here (more than {INT8_NEAR:g}){most}; "
+                     f"measured closer on the teacher panel: {tries} (BENCHMARKS.md, sections 19, 23, 25, 31)")
     return lines
+
+
+def _most_of_the_loss(per_image: dict | None) -> tuple[str, float] | None:
+    """Return (the image, the student's Y-PSNR there) when one image of a verification's ``per_image`` record
+    carries more than half of the file's summed Y-PSNR loss, else None."""
+    if not per_image:
+        return None
+    deltas = {n: r["psnr_y"] - r["torch_psnr_y"] for n, r in per_image.items()}
+    name = min(deltas, key=deltas.get)
+    total = sum(deltas.values())
+    return (name, per_image[name]["torch_psnr_y"]) if total < 0 and deltas[name] < total / 2 else None
 
 
 def images_at(n_images: int, sizes) -> dict[tuple[int, int], int]:
