@@ -180,6 +180,25 @@ def _left_out(im: Image.Image) -> str | None:
     return "; ".join(parts) or None
 
 
+def probe_picture(path: str | Path) -> tuple[tuple[int, int], str | None]:
+    """Return ((h, w) as the image will be upscaled, upright by its EXIF orientation; :func:`_left_out`'s note)
+    of the image file at ``path`` from its header, without decoding its pixels (a folder of photos is checked
+    before any work, then read one at a time), or raise :func:`read_picture`'s one-line SRShrinkError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.verify()  # a damaged PNG fails here; a JPEG's pixels are checked only when read
+        with Image.open(path) as im:  # verify() leaves the image unusable
+            w, h = im.size
+            note = _left_out(im)  # before getexif(), which loads a PNG's pixels
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF Orientation: rotated by 90 or 270 degrees
+            return ((w, h) if turned else (h, w)), note
+    except FileNotFoundError:
+        raise SRShrinkError(f"{path}: no such image file; check the path.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise SRShrinkError(f"{path}: cannot read this image ({first_line(exc)}); pass a PNG or JPEG file.") from None
+
+
 def read_picture(path: str | Path) -> Picture:
     """Return the :class:`Picture` of the image file at ``path``, turned upright by its EXIF orientation (as
     viewers show it; the PNG written has no EXIF to turn it), or raise a one-line SRShrinkError."""
@@ -288,11 +307,11 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     up = load_upscaler(model, scale, threads, device)
     images = expand_folders(images, up.scale, log)
     _check_outputs(images, out_dir, up.scale, compare)
-    pictures = [read_picture(p) for p in images]  # fail on a bad image before any work
-    up.check_tile(tile, [tuple(pic.rgb.shape[-2:]) for pic in pictures])
-    for path, pic in zip(images, pictures):
-        if pic.note:
-            log(f"note: {path}: {pic.note}.")
+    headers = [probe_picture(p) for p in images]  # fail on a bad image before any work
+    up.check_tile(tile, [hw for hw, _ in headers])
+    for path, (_, note) in zip(images, headers):
+        if note:
+            log(f"note: {path}: {note}.")
     ref = None
     if compare:
         from .compare import reference_teacher
@@ -301,7 +320,8 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, pic in zip(images, pictures):
+    for path in images:  # one image in memory at a time
+        pic = read_picture(path)
         sr = upscale_picture(up, pic, tile, overlap)
         written.append(output_path(out_dir, path, up.scale))
         picture_image(sr).save(written[-1])

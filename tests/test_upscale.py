@@ -322,6 +322,24 @@ def test_a_folder_of_images_upscales_each_and_leaves_out_earlier_results(tiny_ru
     assert "holds no PNG/JPEG images" in one_error_line(_run(tiny_run / "stage_01.pt", empty))
 
 
+def test_images_are_checked_first_then_read_one_at_a_time(tiny_run, tmp_path, monkeypatch):
+    """A folder of photos is not held in memory at once: headers are checked before any work (a bad file fails
+    with nothing written), then each image is decoded just before it is upscaled."""
+    import sr_shrink.upscale as up_mod
+
+    a, b = _image(tmp_path / "a.png", "RGB"), _image(tmp_path / "b.png", "RGB", seed=1)
+    events: list[str] = []
+    real = up_mod.read_picture
+    monkeypatch.setattr(up_mod, "read_picture", lambda p: events.append(f"read {Path(p).name}") or real(p))
+    upscale_files(tiny_run / "stage_01.pt", [a, b], tmp_path / "out", log=lambda m: events.append(m.split("/")[-1]))
+    assert events == ["read a.png", "a_x2.png", "read b.png", "b_x2.png"]
+    bad = tmp_path / "c.png"
+    bad.write_bytes(a.read_bytes()[:60])  # a PNG cut short in its pixel data: its header reads
+    with pytest.raises(SRShrinkError, match="c.png: cannot read this image"):
+        upscale_files(tiny_run / "stage_01.pt", [a, bad], tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
 def test_an_image_passed_as_the_model_is_named(tmp_path):
     photo = _image(tmp_path / "photo.png", "RGB")
     res = _run(photo, photo)
