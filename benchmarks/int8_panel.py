@@ -12,8 +12,8 @@ exported from a copy in a temporary folder. Results are appended to ``--out`` (J
 rerun skips what is there; the table is printed at the end. ``--fidelity`` adds a table of the loss against each
 file's fidelity gap (its RGB PSNR against the student minus the student's Y-PSNR against the ground truth), binned,
 next to what an error independent of the student's own would cost (BENCHMARKS 25). ``--per-image`` tabulates
-each file's loss on the image where it loses most (the student's Y-PSNR there) against its loss on the others,
-from ``verification.per_image`` (BENCHMARKS 31).
+each file's loss on the image where it loses most (the student's Y-PSNR there) and its loss without one image
+(``--leave-out``, ladybird: the near-exact one), from ``verification.per_image`` (BENCHMARKS 31).
 
     OMP_NUM_THREADS=1 python benchmarks/int8_panel.py --panel ../panel_runs/panel --out runs/int8_panel.jsonl
 """
@@ -142,22 +142,28 @@ def fidelity_table(rows: list[dict], bins: tuple[float, ...] = (18, 21, 24)) -> 
     return "\n".join(lines)
 
 
-def worst_image(row: dict) -> tuple[str, float, float, float]:
-    """Return (the image where ``row``'s file loses most, the student's Y-PSNR there, the file's delta there, its
-    mean delta over the other images) from the row's ``per_image`` record."""
+def worst_image(row: dict) -> tuple[str, float, float]:
+    """Return (the image where ``row``'s file loses most, the student's Y-PSNR there, the file's delta there) from
+    the row's ``per_image`` record."""
     per = {n: (r["torch_psnr_y"], r["psnr_y"] - r["torch_psnr_y"]) for n, r in row["per_image"].items()}
     name = min(per, key=lambda n: per[n][1])
-    rest = [d for n, (_, d) in per.items() if n != name]
-    return name, per[name][0], per[name][1], statistics.mean(rest)
+    return name, per[name][0], per[name][1]
 
 
-def per_image_table(rows: list[dict], within: float = 0.03) -> str:
+def without(row: dict, image: str) -> float:
+    """Return ``row``'s mean delta over its ``per_image`` images other than ``image``."""
+    return statistics.mean(r["psnr_y"] - r["torch_psnr_y"] for n, r in row["per_image"].items() if n != image)
+
+
+def per_image_table(rows: list[dict], within: float = 0.03, leave_out: str = "ladybird") -> str:
     """Return a markdown table per target and variant (means over the rows of each teacher and stage, i.e. over
-    seeds): the delta, the worst image's delta and the student's Y-PSNR on it, the delta over the other images,
-    and how many files are within ``within`` dB on all images and without their worst one."""
+    seeds): the delta, the worst image's delta and the student's Y-PSNR on it, the delta over the images other
+    than ``leave_out``; then per target and variant the files within ``within`` dB on all images and without
+    ``leave_out``, on how many files ``leave_out`` is the worst image, and its median share of a losing file's
+    summed loss."""
     rows = [r for r in rows if r.get("per_image")]
     out = ["| teacher | blocks | target variant | files | delta | worst image: name (student Y-PSNR), delta | "
-           "delta without it |", "|---|---:|---|---:|---:|---|---:|"]
+           f"delta without {leave_out} |", "|---|---:|---|---:|---:|---|---:|"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["target"], r["variant"], r["teacher"], r["blocks"]), []).append(r)
@@ -168,16 +174,21 @@ def per_image_table(rows: list[dict], within: float = 0.03) -> str:
         out.append(f"| {key[2]} | {key[3]} | {key[0]} {key[1]} | {len(rs)} | "
                    f"{statistics.mean(r['delta'] for r in rs):+.4f} | {'/'.join(names)} "
                    f"({statistics.mean(w[1] for w in worst):.2f}), {statistics.mean(w[2] for w in worst):+.3f} | "
-                   f"{statistics.mean(w[3] for w in worst):+.4f} |")
-    out += ["", f"| target variant | files | within {within:g} dB | within {within:g} dB without the worst image | "
-                "worst image's share of the loss |", "|---|---:|---:|---:|---:|"]
+                   f"{statistics.mean(without(r, leave_out) for r in rs):+.4f} |")
+    out += ["", f"| target variant | files | within {within:g} dB | within {within:g} dB without {leave_out} | "
+                f"{leave_out} the worst image | its median share of the loss (files that lose) |",
+            "|---|---:|---:|---:|---:|---:|"]
     for tv in sorted({k[:2] for k in groups}):
         rs = [r for k in order if k[:2] == tv for r in groups[k]]
-        worst = [worst_image(r) for r in rs]
-        n = [len(r["per_image"]) for r in rs]
-        share = [w[2] / (w[2] + (k - 1) * w[3]) for w, k in zip(worst, n) if w[2] + (k - 1) * w[3] < 0]
+        share = []
+        for r in rs:
+            d = {n: v["psnr_y"] - v["torch_psnr_y"] for n, v in r["per_image"].items()}
+            if sum(d.values()) < 0 and leave_out in d:
+                share.append(d[leave_out] / sum(d.values()))
         out.append(f"| {tv[0]} {tv[1]} | {len(rs)} | {sum(r['delta'] >= -within for r in rs)} | "
-                   f"{sum(w[3] >= -within for w in worst)} | {statistics.mean(share):.0%} (files that lose) |")
+                   f"{sum(without(r, leave_out) >= -within for r in rs)} | "
+                   f"{sum(worst_image(r)[0] == leave_out for r in rs)} | "
+                   f"{statistics.median(share):.0%} ({len(share)}) |")
     return "\n".join(out)
 
 
@@ -230,7 +241,8 @@ def main() -> None:
     ap.add_argument("--paired", nargs=2, action="append", default=[], metavar=("BASE", "NEW"),
                     help="also compare variant NEW with BASE file by file (repeatable; BENCHMARKS 29)")
     ap.add_argument("--per-image", action="store_true",
-                    help="also tabulate each file's loss on its worst image against the others (BENCHMARKS 31)")
+                    help="also tabulate each file's loss on its worst image and without --leave-out (BENCHMARKS 31)")
+    ap.add_argument("--leave-out", default="ladybird", help="--per-image: the image left out [default: ladybird]")
     ap.add_argument("--fidelity", action="store_true",
                     help="also tabulate the loss against the file's fidelity gap to the student (BENCHMARKS 25)")
     args = ap.parse_args()
@@ -263,7 +275,8 @@ def main() -> None:
     for base, new in args.paired:
         print(paired([r for r in rows if r["target"] in args.targets], base, new))
     if args.per_image:
-        print(per_image_table([r for r in rows if r["variant"] in args.columns and r["target"] in args.targets]))
+        print(per_image_table([r for r in rows if r["variant"] in args.columns and r["target"] in args.targets],
+                              0.03 if args.within is None else args.within, args.leave_out))
     if args.fidelity:
         print(fidelity_table([r for r in rows if r["variant"] in args.columns and r["target"] in args.targets]))
 
