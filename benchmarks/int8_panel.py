@@ -155,12 +155,20 @@ def without(row: dict, image: str) -> float:
     return statistics.mean(r["psnr_y"] - r["torch_psnr_y"] for n, r in row["per_image"].items() if n != image)
 
 
+def pooled(row: dict) -> float:
+    """Return ``row``'s Y-PSNR delta (dB) with the squared errors of all its ``per_image`` images pooled (the PSNR of
+    the summed MSE, each image weighted by its error) instead of the mean of per-image PSNRs."""
+    per = row["per_image"].values()
+    student, file = (sum(10 ** (-r[k] / 10) for r in per) for k in ("torch_psnr_y", "psnr_y"))
+    return 10 * math.log10(student / file)
+
+
 def per_image_table(rows: list[dict], within: float = 0.03, leave_out: str = "ladybird") -> str:
     """Return a markdown table per target and variant (means over the rows of each teacher and stage, i.e. over
     seeds): the delta, the worst image's delta and the student's Y-PSNR on it, the delta over the images other
     than ``leave_out``; then per target and variant the files within ``within`` dB on all images and without
-    ``leave_out``, on how many files ``leave_out`` is the worst image, and its median share of a losing file's
-    summed loss."""
+    ``leave_out``, on how many files ``leave_out`` is the worst image, its median share of a losing file's
+    summed loss, and the files within ``within`` dB by the pooled-MSE delta (:func:`pooled`)."""
     rows = [r for r in rows if r.get("per_image")]
     out = ["| teacher | blocks | target variant | files | delta | worst image: name (student Y-PSNR), delta | "
            f"delta without {leave_out} |", "|---|---:|---|---:|---:|---|---:|"]
@@ -176,8 +184,8 @@ def per_image_table(rows: list[dict], within: float = 0.03, leave_out: str = "la
                    f"({statistics.mean(w[1] for w in worst):.2f}), {statistics.mean(w[2] for w in worst):+.3f} | "
                    f"{statistics.mean(without(r, leave_out) for r in rs):+.4f} |")
     out += ["", f"| target variant | files | within {within:g} dB | within {within:g} dB without {leave_out} | "
-                f"{leave_out} the worst image | its median share of the loss (files that lose) |",
-            "|---|---:|---:|---:|---:|---:|"]
+                f"{leave_out} the worst image | its median share of the loss (files that lose) | "
+                f"within {within:g} dB, pooled MSE |", "|---|---:|---:|---:|---:|---:|---:|"]
     for tv in sorted({k[:2] for k in groups}):
         rs = [r for k in order if k[:2] == tv for r in groups[k]]
         share = []
@@ -188,7 +196,7 @@ def per_image_table(rows: list[dict], within: float = 0.03, leave_out: str = "la
         out.append(f"| {tv[0]} {tv[1]} | {len(rs)} | {sum(r['delta'] >= -within for r in rs)} | "
                    f"{sum(without(r, leave_out) >= -within for r in rs)} | "
                    f"{sum(worst_image(r)[0] == leave_out for r in rs)} | "
-                   f"{statistics.median(share):.0%} ({len(share)}) |")
+                   f"{statistics.median(share):.0%} ({len(share)}) | {sum(pooled(r) >= -within for r in rs)} |")
     return "\n".join(out)
 
 
