@@ -11,6 +11,9 @@ channel (RGBA, LA, palette with transparency) is upscaled with bicubic while the
 images run in tiles of ``tile`` input pixels overlapping by at least the model's receptive field radius, so the
 result equals an untiled run (see :mod:`sr_shrink.tiling`). Results are written as ``NAME_x{scale}.png`` into
 the output folder, or next to each input when none is given; a result never overwrites an input image.
+
+A folder among the inputs stands for the images directly inside it, less the results an earlier upscale wrote
+there. Every input's header is checked before any work; the images are then read one at a time.
 """
 
 from __future__ import annotations
