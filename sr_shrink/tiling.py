@@ -73,46 +73,31 @@ def axis_spans(length: int, tile: int, overlap: int, fixed: bool = False) -> lis
     return [Span(s, s + tile, 0, 0, *_core(s, tile, length, overlap)) for s in tile_starts(length, tile, overlap)]
 
 
-def _pieces(h: int, w: int, tile: int | tuple[int, int], overlap: int, fixed: bool) -> list[tuple[Span, Span]] | None:
-    """Return the (row, column) spans :func:`tiled_apply` runs for an (h, w) input, or None for one whole call."""
-    th, tw = (tile, tile) if isinstance(tile, int) else tile
-    ys, xs = axis_spans(h, th, overlap, fixed), axis_spans(w, tw, overlap, fixed)
-    if len(ys) == len(xs) == 1 and ys[0].pad_after == xs[0].pad_after == 0:
-        return None
-    return [(sy, sx) for sy in ys for sx in xs if sy.lo < sy.hi and sx.lo < sx.hi]
-
-
-def tile_count(h: int, w: int, tile: int | tuple[int, int] | None = 256, overlap: int = 16,
-               fixed: bool = False) -> int:
-    """Return how many calls of ``fn`` :func:`tiled_apply` makes for an (h, w) input with these settings."""
-    pieces = _pieces(h, w, tile, overlap, fixed) if tile else None
-    return 1 if pieces is None else len(pieces)
-
-
 def tiled_apply(fn: SRFn, x: torch.Tensor, scale: int, tile: int | tuple[int, int] | None = 256,
-                overlap: int = 16, fixed: bool = False, advance: Callable[[], None] | None = None) -> torch.Tensor:
+                overlap: int = 16, fixed: bool = False) -> torch.Tensor:
     """Return ``fn(x)`` for an LR batch ``x`` (N,C,H,W), computed in tiles of ``tile`` input pixels.
 
     ``tile=None`` (or 0) runs one call. ``fixed=True`` means ``fn`` only accepts inputs of exactly
-    ``tile`` = (h, w); see :func:`axis_spans` for images smaller than that. ``advance`` is called after each call
-    of ``fn`` (:func:`tile_count` of them), for progress.
+    ``tile`` = (h, w); see :func:`axis_spans` for images smaller than that.
     """
-    advance = advance or (lambda: None)
-    pieces = _pieces(x.shape[-2], x.shape[-1], tile, overlap, fixed) if tile else None
-    if pieces is None:
-        whole = fn(x)
-        advance()
-        return whole
+    if not tile:
+        return fn(x)
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    ys, xs = axis_spans(x.shape[-2], th, overlap, fixed), axis_spans(x.shape[-1], tw, overlap, fixed)
+    if len(ys) == len(xs) == 1 and ys[0].pad_after == xs[0].pad_after == 0:
+        return fn(x)
     out: torch.Tensor | None = None
-    for sy, sx in pieces:
-        piece = x[..., sy.start : sy.stop, sx.start : sx.stop]
-        if sy.pad_before + sy.pad_after + sx.pad_before + sx.pad_after:
-            piece = F.pad(piece, (sx.pad_before, sx.pad_after, sy.pad_before, sy.pad_after), mode="replicate")
-        res = fn(piece)
-        advance()
-        if out is None:
-            out = res.new_zeros(*res.shape[:2], x.shape[-2] * scale, x.shape[-1] * scale)
-        oy, ox = sy.pad_before - sy.start, sx.pad_before - sx.start  # input index -> piece index
-        out[..., sy.lo * scale : sy.hi * scale, sx.lo * scale : sx.hi * scale] = res[
-            ..., (sy.lo + oy) * scale : (sy.hi + oy) * scale, (sx.lo + ox) * scale : (sx.hi + ox) * scale]
+    for sy in ys:
+        for sx in xs:
+            if sy.lo >= sy.hi or sx.lo >= sx.hi:
+                continue
+            piece = x[..., sy.start : sy.stop, sx.start : sx.stop]
+            if sy.pad_before + sy.pad_after + sx.pad_before + sx.pad_after:
+                piece = F.pad(piece, (sx.pad_before, sx.pad_after, sy.pad_before, sy.pad_after), mode="replicate")
+            res = fn(piece)
+            if out is None:
+                out = res.new_zeros(*res.shape[:2], x.shape[-2] * scale, x.shape[-1] * scale)
+            oy, ox = sy.pad_before - sy.start, sx.pad_before - sx.start  # input index -> piece index
+            out[..., sy.lo * scale : sy.hi * scale, sx.lo * scale : sx.hi * scale] = res[
+                ..., (sy.lo + oy) * scale : (sy.hi + oy) * scale, (sx.lo + ox) * scale : (sx.hi + ox) * scale]
     return out

@@ -29,11 +29,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data import list_images
 from .errors import SRShrinkError, first_line
-from .progress import task
 from .resize import upscale as bicubic
 from .runtimes import SUFFIXES, TorchRunner, open_runner
 from .teachers.formats import image_kind
-from .tiling import tile_count, tiled_apply
+from .tiling import tiled_apply
 
 LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)  # PIL's RGB -> L weights (ITU-R 601-2)
 GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -53,24 +52,15 @@ class Upscaler:
     input_hw: tuple[int, int] | None
     path: Path
 
-    def _tiling(self, tile: int | None, overlap: int) -> dict:
-        """Return :func:`~sr_shrink.tiling.tiled_apply`'s tiling arguments for ``tile`` and ``overlap``: a static
-        graph's own size instead of ``tile``, and ``overlap`` cut to fit the tile but never below the receptive
-        field radius, which is what makes the seams exact."""
+    def apply(self, lr: torch.Tensor, tile: int | None = 256, overlap: int = 16) -> torch.Tensor:
+        """Return the upscaled (1,3,sH,sW) image of ``lr``, in tiles of ``tile`` input pixels (a static
+        graph's own size instead). The overlap is ``overlap`` cut to fit the tile, but never below the
+        receptive field radius, which is what makes the seams exact."""
         if self.input_hw:
             ov = max(self.radius, min(overlap, (min(self.input_hw) - 1) // 2))
-            return {"tile": self.input_hw, "overlap": ov, "fixed": True}
-        return {"tile": tile, "overlap": max(self.radius, min(overlap, ((tile or 0) - 1) // 2)), "fixed": False}
-
-    def apply(self, lr: torch.Tensor, tile: int | None = 256, overlap: int = 16,
-              advance: Callable[[], None] | None = None) -> torch.Tensor:
-        """Return the upscaled (1,3,sH,sW) image of ``lr``, in tiles of ``tile`` input pixels (:meth:`_tiling`),
-        calling ``advance`` after each tile."""
-        return tiled_apply(self.fn, lr, self.scale, advance=advance, **self._tiling(tile, overlap))
-
-    def tiles(self, hw: tuple[int, int], tile: int | None = 256, overlap: int = 16) -> int:
-        """Return how many tiles :meth:`apply` runs for an (h, w) image."""
-        return tile_count(*hw, **self._tiling(tile, overlap))
+            return tiled_apply(self.fn, lr, self.scale, self.input_hw, ov, fixed=True)
+        ov = max(self.radius, min(overlap, ((tile or 0) - 1) // 2))
+        return tiled_apply(self.fn, lr, self.scale, tile, ov)
 
     def check_tile(self, tile: int | None, sizes: list[tuple[int, int]]) -> None:
         """Return None when tiles of ``tile`` input pixels can cover images of ``sizes`` (h, w); else raise a
@@ -248,11 +238,9 @@ def picture_image(pic: Picture) -> Image.Image:
     return colour
 
 
-def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap: int = 16,
-                    advance: Callable[[], None] | None = None) -> Picture:
-    """Return the upscaled :class:`Picture`: colours by the model (tiled, ``advance`` called after each tile),
-    alpha by bicubic."""
-    sr = up.apply(pic.rgb.unsqueeze(0), tile, overlap, advance)[0]
+def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap: int = 16) -> Picture:
+    """Return the upscaled :class:`Picture`: colours by the model (tiled), alpha by bicubic."""
+    sr = up.apply(pic.rgb.unsqueeze(0), tile, overlap)[0]
     alpha = bicubic(pic.alpha.unsqueeze(0), up.scale)[0].clamp(0, 1) if pic.alpha is not None else None
     return Picture(sr, alpha, pic.grey, pic.bits)
 
@@ -335,18 +323,16 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    n = f"{len(images)} image{'s' if len(images) > 1 else ''}"
-    with task(f"upscaling {n} (tiles)", total=sum(up.tiles(hw, tile, overlap) for hw, _ in headers)) as advance:
-        for path in images:  # one image in memory at a time
-            pic = read_picture(path)
-            sr = upscale_picture(up, pic, tile, overlap, advance)
-            written.append(output_path(out_dir, path, up.scale))
-            picture_image(sr).save(written[-1])
-            log(f"wrote {written[-1]}")
-            if compare:
-                from .compare import compare_strip
+    for path in images:  # one image in memory at a time
+        pic = read_picture(path)
+        sr = upscale_picture(up, pic, tile, overlap)
+        written.append(output_path(out_dir, path, up.scale))
+        picture_image(sr).save(written[-1])
+        log(f"wrote {written[-1]}")
+        if compare:
+            from .compare import compare_strip
 
-                written.append(output_path(out_dir, path, up.scale, "_compare"))
-                compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops).save(written[-1])
-                log(f"wrote {written[-1]}")
+            written.append(output_path(out_dir, path, up.scale, "_compare"))
+            compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops).save(written[-1])
+            log(f"wrote {written[-1]}")
     return written

@@ -18,7 +18,7 @@ from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import SRStudent, load_student
 from sr_shrink.resize import upscale as bicubic
-from sr_shrink.tiling import axis_spans, tile_count, tile_starts, tiled_apply
+from sr_shrink.tiling import axis_spans, tile_starts, tiled_apply
 from sr_shrink.upscale import load_upscaler, read_picture, upscale_files
 
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
@@ -179,33 +179,6 @@ def test_tile_plan_covers_every_pixel_once_or_more():
     assert tile_starts(100, 32, 6) == [0, 20, 40, 60, 68]
     with pytest.raises(SRShrinkError, match="too small for overlap"):
         tile_starts(100, 12, 6)
-
-
-def test_tile_count_is_the_calls_tiled_apply_makes():
-    """``tile_count`` is what upscale's progress counts; it must match the calls made, fixed sizes included."""
-    cases = [((100, 70), 32, 6, False), ((30, 20), 32, 6, False), ((30, 20), 32, 6, True), ((64, 64), 32, 0, False),
-             ((90, 75), (40, 24), 6, True), ((50, 50), None, 6, False)]
-    for (h, w), tile, ov, fixed in cases:
-        calls: list[str] = []
-
-        def fn(x, calls=calls):
-            calls.append("fn")
-            return x.repeat_interleave(2, -1).repeat_interleave(2, -2)
-
-        out = tiled_apply(fn, torch.rand(1, 3, h, w), 2, tile, ov, fixed, advance=lambda calls=calls: calls.append("+"))
-        assert out.shape[-2:] == (2 * h, 2 * w)
-        assert calls == ["fn", "+"] * tile_count(h, w, tile, ov, fixed) and len(calls) >= 2, (h, w, tile, fixed)
-
-
-def test_upscale_shows_its_progress_in_tiles(tiny_run, tmp_path):
-    src = _image(tmp_path / "big.png", "RGB", size=(90, 75))
-    res = _run(tiny_run / "stage_02.pt", src, _image(tmp_path / "small.png", "RGB"), "-o", tmp_path / "a",
-               "--tile", "32")
-    assert res.exit_code == 0, res.output
-    up = load_upscaler(tiny_run / "stage_02.pt")
-    total = up.tiles((75, 90), 32) + up.tiles((30, 40), 32)
-    assert total > 2 and f"upscaling 2 images (tiles): started ({total} items)" in res.output
-    assert "upscaling 2 images (tiles): done in" in res.output
 
 
 def test_large_image_through_the_cli_is_tiled_exactly(tiny_run, tmp_path):
