@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from conftest import one_error_line
 from torch import nn
 
 import sr_shrink.teachers.zoo as zoo
@@ -23,7 +24,7 @@ from sr_shrink.teachers import SizeRequirements, count_macs, load_teacher
 if zoo.import_spandrel() is None:  # the optional `zoo` extra (part of `all`, which CI installs)
     pytest.skip("spandrel is not installed: pip install 'sr-shrink[zoo]'", allow_module_level=True)
 
-from zoo_checkpoints import BUILDERS, ESRGAN, Compact, compact, rrdbnet_x2_unshuffle, rrdbnet_x4, swinir  # noqa: E402
+from zoo_checkpoints import BUILDERS, ESRGAN, Compact, compact, rrdbnet_x2_unshuffle, rrdbnet_x4, span, swinir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -223,3 +224,17 @@ def test_realesrgan_x4plus_size_rrdbnet_loads_and_counts_fast(tmp_path):
     rdb = sum((nf + i * gc) * gc for i in range(4)) + (nf + 4 * gc) * nf  # 5 convs of one dense block
     per_lr_px = 9 * (3 * nf + 69 * rdb + nf * nf + 4 * nf * nf + 16 * nf * nf + 16 * nf * nf + 16 * nf * 3)
     assert count_macs(t) == 256 * 256 * per_lr_px == 1_174_853_910_528
+
+
+def test_half_recognised_checkpoint_names_the_missing_key(tmp_path):
+    """A SPAN file with one tensor gone: spandrel knows the keys but cannot build it; the error line says which
+    key is missing (torch's first line, "Error(s) in loading state_dict for SPAN:", says nothing by itself)."""
+    path = span(tmp_path).path
+    sd = torch.load(path, map_location="cpu")
+    params = sd["params_ema"]
+    gone = sorted(params)[3]
+    del params[gone]
+    torch.save(sd, path)
+    line = one_error_line(CliRunner().invoke(main, ["info", str(path)]))
+    assert line.startswith("error: ") and "could not build" in line
+    assert "Missing key(s)" in line and gone in line
