@@ -457,6 +457,7 @@ def upscale(model, images, out, tile, overlap, compare, crops, teacher, scale, t
     first frame is upscaled (a note says so)."""
     from .upscale import upscale_files
 
+    progress.enable(console)
     upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, crops=crops,
                   teacher=teacher,
                   scale=scale, threads=threads, device=device, log=_note,

@@ -79,9 +79,9 @@ def _plain(console: Console, text: str) -> None:
 
 
 @contextmanager
-def task(description: str, total: int | None = None) -> Iterator[Advance]:
-    """Yield ``advance(n=1)`` for one phase of ``total`` items (None: unknown, elapsed time only); see the
-    module docstring for what is shown. Reporting off: ``advance`` does nothing."""
+def task(description: str, total: int | None = None, unit: str = "items") -> Iterator[Advance]:
+    """Yield ``advance(n=1)`` for one phase of ``total`` items (None: unknown, elapsed time only), which plain
+    lines call ``unit``; see the module docstring for what is shown. Reporting off: ``advance`` does nothing."""
     console = _state["console"]
     if console is None:
         yield lambda n=1: None
@@ -90,7 +90,7 @@ def task(description: str, total: int | None = None) -> Iterator[Advance]:
         with _bar(console, description, total) as advance:
             yield advance
         return
-    with _lines(console, description, total) as advance:
+    with _lines(console, description, total, unit) as advance:
         yield advance
 
 
@@ -158,9 +158,9 @@ class Lines:
 
 
 @contextmanager
-def _lines(console: Console, description: str, total: int | None) -> Iterator[Advance]:
+def _lines(console: Console, description: str, total: int | None, unit: str = "items") -> Iterator[Advance]:
     """Plain lines: at the start, every PLAIN_EVERY_S seconds, and at the end (:class:`Lines`)."""
-    lines = Lines(console, description, total)
+    lines = Lines(console, description, total, unit=unit)
     try:
         yield lines.advance
     finally:

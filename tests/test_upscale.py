@@ -13,12 +13,14 @@ from conftest import one_error_line
 from export_helpers import export_onnx, export_tflite
 from PIL import Image
 
+import sr_shrink.upscale as upscale_mod
+from sr_shrink import progress
 from sr_shrink.cli import main
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import SRStudent, load_student
 from sr_shrink.resize import upscale as bicubic
-from sr_shrink.tiling import axis_spans, tile_starts, tiled_apply
+from sr_shrink.tiling import axis_spans, tile_calls, tile_starts, tiled_apply
 from sr_shrink.upscale import load_upscaler, read_picture, upscale_files
 
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
@@ -190,6 +192,40 @@ def test_large_image_through_the_cli_is_tiled_exactly(tiny_run, tmp_path):
     # exact up to float rounding (see test_tiled_equals_untiled_for_a_float_model): a value that lands within
     # ~1e-7 of a .5 boundary may round to the neighbouring 8-bit level, so allow that, on a handful of values
     assert a.shape == (150, 180, 3) and np.abs(a - b).max() <= 1 and (a != b).sum() <= 3
+
+
+def test_tile_calls_counts_the_calls_of_tiled_apply():
+    for (h, w), tile, ov, fixed in [((75, 90), 32, 6, False), ((20, 20), 32, 6, False), ((45, 70), (32, 32), 6, True),
+                                    ((20, 26), (32, 32), 6, True), ((64, 64), 0, 6, False)]:
+        calls: list[int] = []
+
+        def fn(x: torch.Tensor, calls: list[int] = calls) -> torch.Tensor:
+            calls.append(1)
+            return x.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+        tiled_apply(fn, torch.zeros(1, 3, h, w), 2, tile, ov, fixed=fixed)
+        assert tile_calls((h, w), tile, ov, fixed) == len(calls), (h, w, tile)
+
+
+def test_upscale_shows_progress_on_a_big_image(tiny_run, tmp_path, monkeypatch):
+    """A big photo takes minutes on a phone-class CPU: the tiles are counted as they run, a big result's PNG
+    encoding is a phase of its own, and so are --compare's scan and teacher windows (plain lines when piped)."""
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # a line on every tile
+    monkeypatch.setattr(upscale_mod, "WRITE_PHASE_PIXELS", 10_000)
+    teacher = SRStudent(2, 1, 8)
+    t_path = save_model_checkpoint(teacher, "student", teacher.config(), tmp_path / "teacher.pt")
+    src = _image(tmp_path / "big.png", "RGB", size=(300, 280))
+    res = _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "out", "--tile", "64", "--compare",
+               "--teacher", t_path)
+    assert res.exit_code == 0, res.output
+    err = res.stderr.splitlines()
+    n = upscale_mod.load_upscaler(tiny_run / "stage_02.pt").calls((280, 300), 64, 16)
+    assert n > 4 and f"upscaling big.png with stage_02.pt: started ({n} tiles)" in err, res.stderr
+    assert any(ln.startswith(f"upscaling big.png with stage_02.pt: 2/{n}, ") and "left" in ln for ln in err)
+    assert any(ln.startswith("upscaling big.png with stage_02.pt: done in ") for ln in err)
+    assert "writing big_x2.png (600x560 px): started" in err
+    assert any(ln.startswith("finding where the student differs most from bicubic: started (2 bands") for ln in err)
+    assert any(ln.startswith("running the teacher for the comparison: started (3 candidate windows)") for ln in err)
 
 
 @pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")
