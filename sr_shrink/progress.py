@@ -152,9 +152,13 @@ class Lines:
         return text
 
     def close(self) -> None:
-        """Write the phase's last line (and the count when it stopped short of its total)."""
-        short = f" ({self.done}/{self.total})" if self.total and self.done != self.total else ""
-        _plain(self.console, f"{self.description}: done in {clock(time.perf_counter() - self.t0)}{short}")
+        """Write the phase's last line, with the count when it stopped short of its total, or, for a phase of
+        unknown total, how many items it did (when it counted any)."""
+        if self.total:
+            count = f" ({self.done}/{self.total})" if self.done != self.total else ""
+        else:
+            count = f" ({self.done} {self.unit})" if self.done else ""
+        _plain(self.console, f"{self.description}: done in {clock(time.perf_counter() - self.t0)}{count}")
 
 
 @contextmanager
