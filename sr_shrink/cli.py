@@ -413,6 +413,7 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 
     from .bench import BenchConfig, parse_size, run_bench
     from .bench.report import plot, print_report, write_json
+    from .run import BENCH_JSON, BENCH_PLOT
 
     cfg = BenchConfig(device=device, runtimes=_csv(runtimes), precisions=_csv(precisions) or (),
                       input_size=parse_size(input_size), threads=threads, eval_dir=eval_dir, max_images=max_images,
@@ -420,8 +421,8 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
                       metric=metric, latency_from=latency_from, adb=adb_tool, adb_args=adb_args)
     progress.enable(console)
     result = run_bench(run_dir, cfg, log=_note)
-    json_out = write_json(result, json_path or Path(run_dir) / "bench.json")
-    png_out = plot(result, plot_path or Path(run_dir) / "bench.png")
+    json_out = write_json(result, json_path or Path(run_dir) / BENCH_JSON)
+    png_out = plot(result, plot_path or Path(run_dir) / BENCH_PLOT)
     print_report(result, progress.stdout_console())
     _note(f"wrote {json_out} and {png_out}")
     if result.get("pick_error"):

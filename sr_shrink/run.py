@@ -39,6 +39,7 @@ GENERATOR = "generator.pt"
 STATE = "state.pt"
 LOCK = ".lock"
 EXPORTS = "exports"
+BENCH_JSON, BENCH_PLOT = "bench.json", "bench.png"  # what `sr-shrink bench RUN` writes into the run by default
 INDEX_NAME = "export.json"
 SUMMARY_KEYS = ("scale", "mode", "seed", "teacher_psnr_y", "bicubic_psnr_y")
 
@@ -145,8 +146,10 @@ class RunDir(TeacherOfRun):
             yield
 
     def clear(self) -> None:
-        """Delete the run's files (stages, run.json, state.pt, generator.pt, exports/) for a fresh run."""
-        for p in [*self.root.glob("stage_*.pt"), self.run_path, self.state_path, self.generator_path]:
+        """Delete the run's files (stages, run.json, state.pt, generator.pt, exports/, and the bench.json and
+        bench.png a bench of the old run wrote) for a fresh run."""
+        for p in [*self.root.glob("stage_*.pt"), self.run_path, self.state_path, self.generator_path,
+                  self.root / BENCH_JSON, self.root / BENCH_PLOT]:
             p.unlink(missing_ok=True)
         shutil.rmtree(self.exports_dir, ignore_errors=True)
         self.run, self.stages, self.generator = {}, {}, None

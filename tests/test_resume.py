@@ -447,3 +447,21 @@ def test_a_killed_run_leaves_no_stale_lock(tiny_teacher, tmp_path):
     assert (out / ".lock").exists()  # the file stays, the lock died with the process
     _run(_cli(_args(tiny_teacher, out, 40) + ["--resume"]))
     assert json.loads((out / "run.json").read_text())["complete"]
+
+
+def test_force_deletes_the_old_runs_bench_results(tiny_teacher, tmp_path):
+    """--force deleted the old stages and exports/ but left the bench.json and bench.png of the run it replaced
+    (another teacher's numbers, naming files that no longer exist) beside the new stages."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    out = tmp_path / "run"
+    assert CliRunner().invoke(main, _args(tiny_teacher, out, 2, "1:1")).exit_code == 0
+    (out / "bench.json").write_text('{"rows": []}')
+    (out / "bench.png").write_bytes(b"old plot")
+    (out / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 2, "1:1"), "--force"])
+    assert r.exit_code == 0, r.output
+    assert (out / "stage_01.pt").is_file() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "bench.json").exists() and not (out / "bench.png").exists()
