@@ -231,12 +231,13 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 
     from rich.table import Table
 
-    from .teachers import count_macs, load_teacher
+    from .teachers import count_inference_params, count_macs, load_teacher
 
     teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle,
                            value_range=float(value_range) if value_range else None, res_scale=res_scale)
     d = teacher.info.to_dict()
     d["macs_256x256"] = count_macs(teacher)
+    d["inference_params"] = count_inference_params(teacher)
     if d["value_range_guessed"]:
         click.echo(f"note: value range [0, {d['value_range']:g}] is a guess (the probe could not tell 1 from 255); "
                    "pass --value-range 1 or 255 if the outputs look wrong.", err=True)
@@ -246,7 +247,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
     req = teacher.size_requirements
     arch = d["arch_name"] or d["arch"]
     rows = [("format", d["format"]), ("architecture", f"{arch} ({d['detected_by']})" if d["detected_by"] else arch),
-            ("scale", f"x{d['scale']}"), ("tags", ", ".join(d["tags"]) or "-"), ("params", f"{d['params']:,}"),
+            ("scale", f"x{d['scale']}"), ("tags", ", ".join(d["tags"]) or "-"),
+            ("params", _params_row(d["params"], d["inference_params"])),
             ("MACs at 256x256", f"{d['macs_256x256'] / 1e9:.2f} G"),
             ("value range", f"[0, {d['value_range']:g}]" + (" (guessed)" if d["value_range_guessed"] else "")),
             ("input", "Y channel" if d["y_only"] else "RGB"), ("input size", req.describe()),
@@ -256,6 +258,14 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
     for k, v in rows:
         table.add_row(k, str(v))
     progress.stdout_console().print(table)
+
+
+def _params_row(params: int, inference: int) -> str:
+    """Return info's params cell: the count, and the share an eval forward uses when training-only branches
+    (a re-parameterised network's) make it smaller."""
+    if inference >= params:
+        return f"{params:,}"
+    return f"{params:,} ({inference:,} at inference; the rest are training-only branches)"
 
 
 @main.command("export")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -238,3 +239,21 @@ def test_half_recognised_checkpoint_names_the_missing_key(tmp_path):
     line = one_error_line(CliRunner().invoke(main, ["info", str(path)]))
     assert line.startswith("error: ") and "could not build" in line
     assert "Missing key(s)" in line and gone in line
+
+
+def test_info_says_how_many_params_a_reparameterised_teacher_runs_with(tmp_path):
+    """SPAN keeps Conv3XC's training branches (conv.0-2, sk) beside the collapsed eval_conv its eval forward uses:
+    info said 'params 2,621,964' for a network that runs with 498,208 (and whose MACs it counted at inference)."""
+    case = span(tmp_path)
+    names = dict(case.ref.named_parameters())
+    branches = sum(p.numel() for n, p in names.items() if re.search(r"\.(sk|conv\.\d+)\.(weight|bias)$", n))
+    total = sum(p.numel() for p in names.values())
+    assert branches > 0
+    r = CliRunner().invoke(main, ["info", str(case.path), "--json"])
+    d = json.loads(r.stdout)
+    assert (d["params"], d["inference_params"]) == (total, total - branches)
+    r = CliRunner().invoke(main, ["info", str(case.path)], terminal_width=250)
+    assert f"{total:,} ({total - branches:,} at inference; the rest are training-only branches)" in r.stdout
+    plain = rrdbnet_x4(tmp_path).path  # nothing unused: the count alone
+    d = json.loads(CliRunner().invoke(main, ["info", str(plain), "--json"]).stdout)
+    assert d["inference_params"] == d["params"]
