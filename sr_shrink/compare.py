@@ -47,6 +47,11 @@ def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
         if path is None:
             log("no teacher found (pass --teacher); the comparison shows bicubic | student only.")
             return None
+        if run_teacher is None:  # not necessarily the teacher this model learnt from: say so
+            why = (f"{up.path.name} is not in a run folder (nor listed by an export.json beside it)" if run is None
+                   else f"the teacher its run.json names ({(run.record.teacher or {}).get('path', '?')}) is not there")
+            log(f"note: {why}, so the teacher panel shows sr-shrink's bundled x{up.scale} teacher; pass --teacher "
+                "for the one it was distilled from.")
         try:  # the run's teacher reloads as it was distilled (run.json's value range and res_scale)
             net = (run.load_teacher(up.scale, device, value_range=value_range, res_scale=res_scale).net
                    if run_teacher is not None else

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import one_error_line
+from conftest import make_tiny_teacher, one_error_line
 from export_helpers import export_onnx, export_tflite
 from PIL import Image
 
@@ -20,6 +21,8 @@ from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import SRStudent, load_student
 from sr_shrink.resize import upscale as bicubic
+from sr_shrink.run import RunDir
+from sr_shrink.teachers import sha256_file
 from sr_shrink.tiling import axis_spans, tile_calls, tile_starts, tiled_apply
 from sr_shrink.upscale import load_upscaler, read_picture, upscale_files
 
@@ -461,3 +464,30 @@ def test_a_model_that_does_not_upscale_by_a_whole_factor_is_refused(tmp_path, fa
     assert says in lines[0] and lines[0].endswith("upscales by a whole factor of 2 or more (x2, x3, x4).")
     assert not (tmp_path / "out").exists()
     assert load_upscaler(_foreign_onnx(tmp_path / "x3.onnx", 3, 3, 3.0)).scale == 3
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")
+def test_compare_uses_the_run_of_a_file_exported_elsewhere(tiny_run, tmp_path):
+    """`export --out APP/` writes the file and its export.json outside the run: --compare used to show the bundled
+    teacher in the 'teacher' panel without a word. The export.json beside the file now leads to the run (and its
+    teacher); a file with no run says which teacher the panel shows."""
+    teacher = make_tiny_teacher(tmp_path / "teacher.pt")
+    record = json.loads((tiny_run / "run.json").read_text())
+    record["teacher"] = {"path": str(teacher), "sha256": sha256_file(teacher)}
+    (tiny_run / "run.json").write_text(json.dumps(record))
+    model, _ = load_student(tiny_run / "stage_02.pt")
+    app = export_onnx(model, tmp_path / "app" / "sr.onnx")
+    (app.parent / "export.json").write_text(json.dumps({"sr_shrink_exports": 1, "run": {"path": str(tiny_run)},
+                                                          "exports": [{"file": "sr.onnx"}]}))
+    assert RunDir.find(app).root.resolve() == tiny_run.resolve()
+    src = _image(tmp_path / "scene.png", "RGB", size=(60, 50))
+    notes: list[str] = []
+    upscale_files(app, [src], tmp_path / "out", compare=True, log=notes.append)
+    assert not any("teacher" in n for n in notes), notes  # the run's own teacher, nothing to say
+    lonely = tmp_path / "elsewhere" / "sr.onnx"
+    lonely.parent.mkdir()
+    lonely.write_bytes(app.read_bytes())
+    assert RunDir.find(lonely) is None
+    notes.clear()
+    upscale_files(lonely, [src], tmp_path / "out2", compare=True, log=notes.append)
+    assert any(n.startswith("note: sr.onnx is not in a run folder") and "bundled x2 teacher" in n for n in notes)
