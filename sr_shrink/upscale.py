@@ -134,6 +134,11 @@ def load_upscaler(path: str | Path, scale: int | None = None, threads: int | Non
     """Return an :class:`Upscaler` for a stage_XX.pt, .onnx, .tflite or .mlpackage; checks ``scale`` if given."""
     path = Path(path)
     exported = path.suffix.lower() in SUFFIXES
+    if path.is_dir() and not exported:  # `upscale RUN PHOTO`: the run folder itself, not one of its students
+        stages = sorted(path.glob("stage_*.pt"))
+        hint = (f"pass one of its students, e.g. {stages[-1]} (the last stage)" if stages
+                else "pass a stage_XX.pt, .onnx, .tflite or .mlpackage file")
+        raise SRShrinkError(f"{path}: is a folder, not a model file; {hint}.")
     if not (path.exists() if exported else path.is_file()):
         raise SRShrinkError(f"{path}: no such model file; pass a stage_XX.pt, .onnx, .tflite or .mlpackage.")
     kind = image_kind(path) if path.is_file() else None

@@ -491,3 +491,14 @@ def test_compare_uses_the_run_of_a_file_exported_elsewhere(tiny_run, tmp_path):
     notes.clear()
     upscale_files(lonely, [src], tmp_path / "out2", compare=True, log=notes.append)
     assert any(n.startswith("note: sr.onnx is not in a run folder") and "bundled x2 teacher" in n for n in notes)
+
+
+def test_a_run_folder_as_the_model_names_its_last_stage(tiny_run, tmp_path):
+    """`upscale RUN PHOTO` said 'RUN: no such model file' of a folder that exists; it now names the file to pass."""
+    src = _image(tmp_path / "photo.png", "RGB")
+    line = one_error_line(_run(tiny_run, src))
+    assert line == (f"error: {tiny_run}: is a folder, not a model file; pass one of its students, e.g. "
+                    f"{tiny_run / 'stage_02.pt'} (the last stage).")
+    (tmp_path / "empty").mkdir()
+    line = one_error_line(_run(tmp_path / "empty", src))
+    assert "is a folder, not a model file; pass a stage_XX.pt, .onnx, .tflite or .mlpackage file." in line
