@@ -51,8 +51,11 @@ class Group(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"error: {where}{exc.strerror or exc}; check the path and its permissions.", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
+        except KeyboardInterrupt:  # only distill and demo can --resume; bench, export and upscale start over
+            sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            resumable = sub is not None and any(p.name == "resume" for p in sub.params)
+            click.echo("interrupted; rerun with --resume to continue from the last checkpoint" if resumable
+                       else "interrupted", err=True)
             sys.exit(130)
         finally:
             progress.disable()
