@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data import list_images
 from .errors import SRShrinkError, first_line
+from .io import atomic_path
 from .progress import task
 from .resize import upscale as bicubic
 from .runtimes import SUFFIXES, TorchRunner, open_runner
@@ -267,6 +268,14 @@ def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap:
     return Picture(sr, alpha, pic.grey, pic.bits)
 
 
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write ``image`` to ``path`` as PNG through a temp file renamed into place (returns nothing): a big result
+    takes seconds to encode, and one cut short (Ctrl-C, a kill, a full disk) must not be left as a truncated
+    NAME_x{s}.png that looks like a result."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
 def output_path(out_dir: Path | None, image: Path, scale: int, suffix: str = "") -> Path:
     """Return ``OUT/NAME_x{scale}{suffix}.png`` for an input image path (``out_dir`` None: the image's folder)."""
     return (image.parent if out_dir is None else out_dir) / f"{image.stem}_x{scale}{suffix}.png"
@@ -355,12 +364,12 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
             image = picture_image(sr)
             big = image.width * image.height >= WRITE_PHASE_PIXELS
             with task(f"writing {written[-1].name} ({image.width}x{image.height} px)") if big else nullcontext():
-                image.save(written[-1])
+                _save_png(image, written[-1])
             log(f"wrote {written[-1]}")
             if compare:
                 from .compare import compare_strip
 
                 written.append(output_path(out_dir, path, up.scale, "_compare"))
-                compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops).save(written[-1])
+                _save_png(compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops), written[-1])
                 log(f"wrote {written[-1]}")
     return written

@@ -502,3 +502,24 @@ def test_a_run_folder_as_the_model_names_its_last_stage(tiny_run, tmp_path):
     (tmp_path / "empty").mkdir()
     line = one_error_line(_run(tmp_path / "empty", src))
     assert "is a folder, not a model file; pass a stage_XX.pt, .onnx, .tflite or .mlpackage file." in line
+
+
+def test_an_interrupted_write_leaves_no_truncated_result(tiny_run, tmp_path, monkeypatch):
+    """Ctrl-C while a big result was PNG-encoded (seconds for a 48 MP image) left a truncated NAME_x{s}.png that
+    looked like a result; results are now written to a temp file and renamed into place."""
+    src = _image(tmp_path / "photo.png", "RGB")
+    real_save = Image.Image.save
+
+    def cut_short(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        with open(fp, "r+b") as f:  # the encoder got half way
+            f.truncate(50)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []  # no photo_x2.png, no temp file
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out")
+    assert Image.open(tmp_path / "out" / "photo_x2.png").size == (80, 60)
