@@ -151,14 +151,16 @@ class Lines:
             text += f", about {clock(elapsed / ran * (self.total - self.done))} left"
         return text
 
-    def close(self) -> None:
-        """Write the phase's last line, with the count when it stopped short of its total, or, for a phase of
-        unknown total, how many items it did (when it counted any)."""
+    def close(self, stopped: bool = False) -> None:
+        """Write the phase's last line (returns nothing): "done in" (``stopped``: "stopped after", for a phase an
+        exception or Ctrl-C cut short) and the time, with the count when it stopped short of its total, or, for a
+        phase of unknown total, how many items it did (when it counted any)."""
         if self.total:
             count = f" ({self.done}/{self.total})" if self.done != self.total else ""
         else:
             count = f" ({self.done} {self.unit})" if self.done else ""
-        _plain(self.console, f"{self.description}: done in {clock(time.perf_counter() - self.t0)}{count}")
+        ended = "stopped after" if stopped else "done in"
+        _plain(self.console, f"{self.description}: {ended} {clock(time.perf_counter() - self.t0)}{count}")
 
 
 @contextmanager
@@ -167,5 +169,7 @@ def _lines(console: Console, description: str, total: int | None, unit: str = "i
     lines = Lines(console, description, total, unit=unit)
     try:
         yield lines.advance
-    finally:
-        lines.close()
+    except BaseException:  # an error or Ctrl-C: the phase did not get done
+        lines.close(stopped=True)
+        raise
+    lines.close()
