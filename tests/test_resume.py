@@ -465,3 +465,21 @@ def test_force_deletes_the_old_runs_bench_results(tiny_teacher, tmp_path):
     assert r.exit_code == 0, r.output
     assert (out / "stage_01.pt").is_file() and (out / "notes.txt").read_text() == "mine"
     assert not (out / "bench.json").exists() and not (out / "bench.png").exists()
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny_teacher, tmp_path):
+    """--resume on a finished run re-scored the teacher and reprinted the table without a word: it looked as if
+    the resume had trained something."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    out = tmp_path / "run"
+    assert CliRunner().invoke(main, _args(tiny_teacher, out, 2, "1:2")).exit_code == 0
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 2, "1:2"), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert f"note: {out} already holds all 2 stages; nothing to train" in r.stderr
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, tmp_path / "half", 2, "1:2")])
+    (tmp_path / "half" / "stage_02.pt").unlink()  # a stage to train: no such note
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, tmp_path / "half", 2, "1:2"), "--resume"])
+    assert r.exit_code == 0 and "nothing to train" not in r.stderr, r.output

@@ -109,6 +109,9 @@ def run_stages(job: Job, resume: bool) -> dict:
     if note and env.main:
         job.log(note)
     done = len(state.stages)
+    if old is not None and done >= len(blocks) and not lost and env.main:  # else it re-scores and reprints silently
+        job.log(f"note: {rundir.root} already holds all {len(blocks)} stages; nothing to train, the table below is the "
+                "finished run (pass --force to start it over).")
     if saved is not None and saved["stage_idx"] != done:
         saved = None  # a stale state (its stage's checkpoint is gone): start that stage afresh
     if (old is not None or saved is not None) and done < len(blocks):
