@@ -366,13 +366,14 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     from .export.coreml import input_note
     from .export.delegates import delegate_warning
     from .export.targets import get_target
+    from .export.tflite import input_note as tflite_input_note
     from .export.verify import int8_notes
 
     for e in entries:
         warning = delegate_warning(e["file"], (e.get("delegates") or {}).get("gpu", {}))
         if warning:
             console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
-        if note := input_note(e):
+        if note := input_note(e) or tflite_input_note(e):
             _note(note)
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
