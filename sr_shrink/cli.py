@@ -361,7 +361,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
         ok = "yes" if e["verified"] else f"NO: {v.get('reason', 'outside the tolerance')}"
         delta = f"{v['delta_psnr_y']:+.4f} (±{v['tolerance_db']:g})" if "delta_psnr_y" in v else "-"
         table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}",
-                      f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", delta, ok)
+                      f"{_db(v.get('psnr_y'))} ({_db(v.get('torch_psnr_y'))})", delta, ok)
     progress.stdout_console().print(table)
     from .export.coreml import input_note
     from .export.delegates import delegate_warning
@@ -382,6 +382,11 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
                   "fine-tuned student)")
     for note in int8_notes(entries, lambda e: get_target(e["target"]).int8_closer):  # one line per advice
         _note(note)
+
+
+def _db(value) -> str:
+    """Return a PSNR for export's table with 4 decimals, as every row shows it ("-" when there is none)."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:

@@ -205,3 +205,20 @@ def test_cli_tflite_export_says_its_fixed_input_size(tmp_path):
             "size): cut larger images into overlapping 24x32 tiles") in text, text
     onnx = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--out", str(tmp_path / "o")])
     assert onnx.exit_code == 0 and "takes LR" not in onnx.output  # free size: nothing to say
+
+
+def test_cli_export_table_shows_every_psnr_with_four_decimals(tmp_path, monkeypatch):
+    """The table printed the rounded floats as they came: '32.054 (32.054)' on one row, '32.0082 (32.0082)' on
+    the next, as if one were measured less precisely."""
+    from click.testing import CliRunner
+
+    import sr_shrink.export as export_pkg
+
+    entry = {"file": "stage_03_fp32.onnx", "path": str(tmp_path / "stage_03_fp32.onnx"), "target": "onnx",
+             "size_bytes": 90421, "verified": True,
+             "verification": {"psnr_y": 32.054, "torch_psnr_y": 32.05, "delta_psnr_y": 0.004, "tolerance_db": 0.001}}
+    monkeypatch.setattr(export_pkg, "export_run", lambda *a, **k: [entry])
+    res = CliRunner().invoke(main, ["export", str(make_tiny_run(tmp_path / "r")), "--target", "onnx"],
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "32.0540 (32.0500)" in res.output, res.output
