@@ -20,7 +20,7 @@ import sr_shrink.teachers.zoo as zoo
 from sr_shrink.cli import main
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.edsr import EDSR
-from sr_shrink.teachers import SizeRequirements, count_macs, load_teacher
+from sr_shrink.teachers import SizeRequirements, count_inference_params, count_macs, load_teacher
 
 if zoo.import_spandrel() is None:  # the optional `zoo` extra (part of `all`, which CI installs)
     pytest.skip("spandrel is not installed: pip install 'sr-shrink[zoo]'", allow_module_level=True)
@@ -257,3 +257,21 @@ def test_info_says_how_many_params_a_reparameterised_teacher_runs_with(tmp_path)
     plain = rrdbnet_x4(tmp_path).path  # nothing unused: the count alone
     d = json.loads(CliRunner().invoke(main, ["info", str(plain), "--json"]).stdout)
     assert d["inference_params"] == d["params"]
+
+
+def test_distill_table_gives_a_span_teacher_the_params_it_runs_with(tmp_path):
+    """The distill table put SPAN's stored count (its training-only Conv3XC branches included) beside students
+    counted as they run; the teacher row now leads with what its eval forward uses, and run.json records it."""
+    from conftest import make_tiny_eval
+
+    case = span(tmp_path)
+    used = count_inference_params(load_teacher(case.path))
+    stored = sum(p.numel() for p in case.ref.parameters())
+    assert used < stored
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["distill", str(case.path), "--out", str(out), "--stages", "1:1",
+                                  "--steps-per-stage", "2", "--batch", "2", "--pool", "0", "--channels", "4",
+                                  "--eval", str(make_tiny_eval(tmp_path / "eval", n=1))], terminal_width=250)
+    assert r.exit_code == 0, r.output
+    assert f"{used:,} ({stored:,} stored)" in r.stdout, r.stdout
+    assert json.loads((out / "run.json").read_text())["teacher"]["inference_params"] == used
