@@ -122,7 +122,8 @@ def choose_windows(lr: torch.Tensor, sr: torch.Tensor, scale: int, teacher: SRFn
     if teacher is None:
         return [(y, x, None) for y, x in cands]
     ranked = []
-    with task("running the teacher for the comparison", total=len(cands), unit="candidate windows") as advance:
+    unit = "candidate window" + "s" * (len(cands) != 1)
+    with task("running the teacher for the comparison", total=len(cands), unit=unit) as advance:
         for y, x in cands:
             ctx, oy, ox = _context(lr, y, x, h, w)
             cut = (slice(oy * scale, (oy + h) * scale), slice(ox * scale, (ox + w) * scale))

@@ -229,6 +229,8 @@ def test_upscale_shows_progress_on_a_big_image(tiny_run, tmp_path, monkeypatch):
     assert "writing big_x2.png (600x560 px): started" in err
     assert any(ln.startswith("finding where the student differs most from bicubic: started (2 bands") for ln in err)
     assert any(ln.startswith("running the teacher for the comparison: started (3 candidate windows)") for ln in err)
+    res = _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "whole", "--tile", "0")
+    assert "upscaling big.png with stage_02.pt: started (1 tile)" in res.stderr.splitlines(), res.stderr
 
 
 @pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")
