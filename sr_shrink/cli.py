@@ -51,8 +51,11 @@ class Group(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"error: {where}{exc.strerror or exc}; check the path and its permissions.", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
+        except KeyboardInterrupt:  # only distill and demo can --resume; bench, export and upscale start over
+            sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            resumable = sub is not None and any(p.name == "resume" for p in sub.params)
+            click.echo("interrupted; rerun with --resume to continue from the last checkpoint" if resumable
+                       else "interrupted", err=True)
             sys.exit(130)
         finally:
             progress.disable()
@@ -231,12 +234,13 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 
     from rich.table import Table
 
-    from .teachers import count_macs, load_teacher
+    from .teachers import count_inference_params, count_macs, load_teacher
 
     teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle,
                            value_range=float(value_range) if value_range else None, res_scale=res_scale)
     d = teacher.info.to_dict()
     d["macs_256x256"] = count_macs(teacher)
+    d["inference_params"] = count_inference_params(teacher)
     if d["value_range_guessed"]:
         click.echo(f"note: value range [0, {d['value_range']:g}] is a guess (the probe could not tell 1 from 255); "
                    "pass --value-range 1 or 255 if the outputs look wrong.", err=True)
@@ -246,7 +250,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
     req = teacher.size_requirements
     arch = d["arch_name"] or d["arch"]
     rows = [("format", d["format"]), ("architecture", f"{arch} ({d['detected_by']})" if d["detected_by"] else arch),
-            ("scale", f"x{d['scale']}"), ("tags", ", ".join(d["tags"]) or "-"), ("params", f"{d['params']:,}"),
+            ("scale", f"x{d['scale']}"), ("tags", ", ".join(d["tags"]) or "-"),
+            ("params", _params_row(d["params"], d["inference_params"])),
             ("MACs at 256x256", f"{d['macs_256x256'] / 1e9:.2f} G"),
             ("value range", f"[0, {d['value_range']:g}]" + (" (guessed)" if d["value_range_guessed"] else "")),
             ("input", "Y channel" if d["y_only"] else "RGB"), ("input size", req.describe()),
@@ -256,6 +261,14 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
     for k, v in rows:
         table.add_row(k, str(v))
     progress.stdout_console().print(table)
+
+
+def _params_row(params: int, inference: int) -> str:
+    """Return info's params cell: the count, and the share an eval forward uses when training-only branches
+    (a re-parameterised network's) make it smaller."""
+    if inference >= params:
+        return f"{params:,}"
+    return f"{params:,} ({inference:,} at inference; the rest are training-only branches)"
 
 
 @main.command("export")
@@ -348,18 +361,19 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
         ok = "yes" if e["verified"] else f"NO: {v.get('reason', 'outside the tolerance')}"
         delta = f"{v['delta_psnr_y']:+.4f} (±{v['tolerance_db']:g})" if "delta_psnr_y" in v else "-"
         table.add_row(e["file"], f"{e['size_bytes'] / 1024:.1f}",
-                      f"{v.get('psnr_y', '-')} ({v.get('torch_psnr_y', '-')})", delta, ok)
+                      f"{_db(v.get('psnr_y'))} ({_db(v.get('torch_psnr_y'))})", delta, ok)
     progress.stdout_console().print(table)
     from .export.coreml import input_note
     from .export.delegates import delegate_warning
     from .export.targets import get_target
+    from .export.tflite import input_note as tflite_input_note
     from .export.verify import int8_notes
 
     for e in entries:
         warning = delegate_warning(e["file"], (e.get("delegates") or {}).get("gpu", {}))
         if warning:
             console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
-        if note := input_note(e):
+        if note := input_note(e) or tflite_input_note(e):
             _note(note)
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
@@ -368,6 +382,11 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
                   "fine-tuned student)")
     for note in int8_notes(entries, lambda e: get_target(e["target"]).int8_closer):  # one line per advice
         _note(note)
+
+
+def _db(value) -> str:
+    """Return a PSNR for export's table with 4 decimals, as every row shows it ("-" when there is none)."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -413,6 +432,7 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 
     from .bench import BenchConfig, parse_size, run_bench
     from .bench.report import plot, print_report, write_json
+    from .run import BENCH_JSON, BENCH_PLOT
 
     cfg = BenchConfig(device=device, runtimes=_csv(runtimes), precisions=_csv(precisions) or (),
                       input_size=parse_size(input_size), threads=threads, eval_dir=eval_dir, max_images=max_images,
@@ -420,8 +440,8 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
                       metric=metric, latency_from=latency_from, adb=adb_tool, adb_args=adb_args)
     progress.enable(console)
     result = run_bench(run_dir, cfg, log=_note)
-    json_out = write_json(result, json_path or Path(run_dir) / "bench.json")
-    png_out = plot(result, plot_path or Path(run_dir) / "bench.png")
+    json_out = write_json(result, json_path or Path(run_dir) / BENCH_JSON)
+    png_out = plot(result, plot_path or Path(run_dir) / BENCH_PLOT)
     print_report(result, progress.stdout_console())
     _note(f"wrote {json_out} and {png_out}")
     if result.get("pick_error"):
@@ -457,6 +477,7 @@ def upscale(model, images, out, tile, overlap, compare, crops, teacher, scale, t
     first frame is upscaled (a note says so)."""
     from .upscale import upscale_files
 
+    progress.enable(console)
     upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, crops=crops,
                   teacher=teacher,
                   scale=scale, threads=threads, device=device, log=_note,

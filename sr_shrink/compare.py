@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from .errors import SRShrinkError
+from .progress import task
 from .resize import upscale as bicubic
 from .run import RunDir
 
@@ -45,6 +47,11 @@ def reference_teacher(up, teacher: str | Path | None, device: str = "cpu",
         if path is None:
             log("no teacher found (pass --teacher); the comparison shows bicubic | student only.")
             return None
+        if run_teacher is None:  # not necessarily the teacher this model learnt from: say so
+            why = (f"{up.path.name} is not in a run folder (nor listed by an export.json beside it)" if run is None
+                   else f"the teacher its run.json names ({(run.record.teacher or {}).get('path', '?')}) is not there")
+            log(f"note: {why}, so the teacher panel shows sr-shrink's bundled x{up.scale} teacher; pass --teacher "
+                "for the one it was distilled from.")
         try:  # the run's teacher reloads as it was distilled (run.json's value range and res_scale)
             net = (run.load_teacher(up.scale, device, value_range=value_range, res_scale=res_scale).net
                    if run_teacher is not None else
@@ -84,14 +91,18 @@ def top_windows(score: torch.Tensor, h: int, w: int, n: int) -> list[tuple[int, 
 
 def _lr_difference(lr: torch.Tensor, sr: torch.Tensor, scale: int, band: int = 256) -> torch.Tensor:
     """Return |sr - bicubic(lr)| averaged over channels and each scale x scale block, (h, w): computed in
-    bands of LR rows, so memory stays bounded on big images."""
+    bands of LR rows, so memory stays bounded on big images (a progress phase on images of several bands)."""
     h = lr.shape[-2]
     rows = []
-    for y in range(0, h, band):
-        y0, y1 = max(0, y - 4), min(h, y + band + 4)
-        up = bicubic(lr[:, y0:y1].unsqueeze(0), scale)[0, :, (y - y0) * scale:(min(h, y + band) - y0) * scale]
-        diff = (sr[:, y * scale:min(h, y + band) * scale] - up).abs().mean(dim=0, keepdim=True)
-        rows.append(F.avg_pool2d(diff.unsqueeze(0), scale)[0, 0])
+    starts = range(0, h, band)
+    with task("finding where the student differs most from bicubic", total=len(starts),
+              unit="bands of rows") if len(starts) > 1 else nullcontext(lambda: None) as advance:
+        for y in starts:
+            y0, y1 = max(0, y - 4), min(h, y + band + 4)
+            up = bicubic(lr[:, y0:y1].unsqueeze(0), scale)[0, :, (y - y0) * scale:(min(h, y + band) - y0) * scale]
+            diff = (sr[:, y * scale:min(h, y + band) * scale] - up).abs().mean(dim=0, keepdim=True)
+            rows.append(F.avg_pool2d(diff.unsqueeze(0), scale)[0, 0])
+            advance()
     return torch.cat(rows)
 
 
@@ -111,12 +122,15 @@ def choose_windows(lr: torch.Tensor, sr: torch.Tensor, scale: int, teacher: SRFn
     if teacher is None:
         return [(y, x, None) for y, x in cands]
     ranked = []
-    for y, x in cands:
-        ctx, oy, ox = _context(lr, y, x, h, w)
-        cut = (slice(oy * scale, (oy + h) * scale), slice(ox * scale, (ox + w) * scale))
-        t = teacher(ctx)[0][:, cut[0], cut[1]]
-        b = bicubic(ctx, scale)[0][:, cut[0], cut[1]]
-        ranked.append((float((t - b).abs().mean()), y, x, t))
+    unit = "candidate window" + "s" * (len(cands) != 1)
+    with task("running the teacher for the comparison", total=len(cands), unit=unit) as advance:
+        for y, x in cands:
+            ctx, oy, ox = _context(lr, y, x, h, w)
+            cut = (slice(oy * scale, (oy + h) * scale), slice(ox * scale, (ox + w) * scale))
+            t = teacher(ctx)[0][:, cut[0], cut[1]]
+            b = bicubic(ctx, scale)[0][:, cut[0], cut[1]]
+            ranked.append((float((t - b).abs().mean()), y, x, t))
+            advance()
     ranked.sort(key=lambda r: -r[0])
     return [(y, x, t) for _, y, x, t in ranked[:crops]]
 

@@ -32,11 +32,17 @@ def shorten(text: str, limit: int = FIRST_LINE_MAX) -> str:
 
 def first_line(exc: BaseException | None, limit: int = FIRST_LINE_MAX) -> str:
     """Return the first non-empty line of ``exc``'s message, shortened by :func:`shorten` to ``limit``
-    characters; the exception's type name when it has no message; "no error" for None."""
+    characters; the exception's type name when it has no message; "no error" for None.
+
+    A first line that only announces what follows (it ends with ":", as torch's "Error(s) in loading
+    state_dict for X:") is returned with the next non-empty line, which holds the actual reason."""
     if exc is None:
         return "no error"
-    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-    return shorten(line, limit) if line else type(exc).__name__
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return shorten(line, limit)
 
 
 def one_line(message: str) -> str:

@@ -79,9 +79,9 @@ def _plain(console: Console, text: str) -> None:
 
 
 @contextmanager
-def task(description: str, total: int | None = None) -> Iterator[Advance]:
-    """Yield ``advance(n=1)`` for one phase of ``total`` items (None: unknown, elapsed time only); see the
-    module docstring for what is shown. Reporting off: ``advance`` does nothing."""
+def task(description: str, total: int | None = None, unit: str = "items") -> Iterator[Advance]:
+    """Yield ``advance(n=1)`` for one phase of ``total`` items (None: unknown, elapsed time only), which plain
+    lines call ``unit``; see the module docstring for what is shown. Reporting off: ``advance`` does nothing."""
     console = _state["console"]
     if console is None:
         yield lambda n=1: None
@@ -90,7 +90,7 @@ def task(description: str, total: int | None = None) -> Iterator[Advance]:
         with _bar(console, description, total) as advance:
             yield advance
         return
-    with _lines(console, description, total) as advance:
+    with _lines(console, description, total, unit) as advance:
         yield advance
 
 
@@ -151,17 +151,25 @@ class Lines:
             text += f", about {clock(elapsed / ran * (self.total - self.done))} left"
         return text
 
-    def close(self) -> None:
-        """Write the phase's last line (and the count when it stopped short of its total)."""
-        short = f" ({self.done}/{self.total})" if self.total and self.done != self.total else ""
-        _plain(self.console, f"{self.description}: done in {clock(time.perf_counter() - self.t0)}{short}")
+    def close(self, stopped: bool = False) -> None:
+        """Write the phase's last line (returns nothing): "done in" (``stopped``: "stopped after", for a phase an
+        exception or Ctrl-C cut short) and the time, with the count when it stopped short of its total, or, for a
+        phase of unknown total, how many items it did (when it counted any)."""
+        if self.total:
+            count = f" ({self.done}/{self.total})" if self.done != self.total else ""
+        else:
+            count = f" ({self.done} {self.unit})" if self.done else ""
+        ended = "stopped after" if stopped else "done in"
+        _plain(self.console, f"{self.description}: {ended} {clock(time.perf_counter() - self.t0)}{count}")
 
 
 @contextmanager
-def _lines(console: Console, description: str, total: int | None) -> Iterator[Advance]:
+def _lines(console: Console, description: str, total: int | None, unit: str = "items") -> Iterator[Advance]:
     """Plain lines: at the start, every PLAIN_EVERY_S seconds, and at the end (:class:`Lines`)."""
-    lines = Lines(console, description, total)
+    lines = Lines(console, description, total, unit=unit)
     try:
         yield lines.advance
-    finally:
-        lines.close()
+    except BaseException:  # an error or Ctrl-C: the phase did not get done
+        lines.close(stopped=True)
+        raise
+    lines.close()

@@ -39,6 +39,7 @@ GENERATOR = "generator.pt"
 STATE = "state.pt"
 LOCK = ".lock"
 EXPORTS = "exports"
+BENCH_JSON, BENCH_PLOT = "bench.json", "bench.png"  # what `sr-shrink bench RUN` writes into the run by default
 INDEX_NAME = "export.json"
 SUMMARY_KEYS = ("scale", "mode", "seed", "teacher_psnr_y", "bicubic_psnr_y")
 
@@ -46,6 +47,24 @@ SUMMARY_KEYS = ("scale", "mode", "seed", "teacher_psnr_y", "bicubic_psnr_y")
 def now_iso() -> str:
     """Return the current UTC time as an ISO 8601 string (seconds)."""
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _indexed_run(model_path: Path) -> Path | None:
+    """Return the run folder that the export.json beside ``model_path`` records for it (the index lists the
+    file, and the recorded run still holds run.json), or None."""
+    try:
+        index = read_json_object(model_path.parent / INDEX_NAME, INDEX_NAME)
+    except SRShrinkError:
+        return None
+    entries = index.get("exports")
+    listed = isinstance(entries, list) and any(isinstance(e, dict) and e.get("file") == model_path.name
+                                               for e in entries)
+    run = index.get("run")
+    recorded = run.get("path") if isinstance(run, dict) else None
+    if not listed or not isinstance(recorded, str) or not recorded:
+        return None
+    folder = Path(recorded)
+    return folder if (folder / RUN_JSON).is_file() else None
 
 
 def stage_file(stage: int) -> str:
@@ -100,14 +119,21 @@ class RunDir(TeacherOfRun):
     @classmethod
     def find(cls, model_path: str | Path, levels: int = 3) -> RunDir | None:
         """Return the run a model file belongs to: the nearest of its ``levels`` parent folders that holds
-        run.json (``RUN/stage_XX.pt``, ``RUN/exports/x.onnx``, ``RUN/exports/bench_HxW/x.tflite``), or None."""
+        run.json (``RUN/stage_XX.pt``, ``RUN/exports/x.onnx``, ``RUN/exports/bench_HxW/x.tflite``), else the run
+        that the export.json beside the file names for it (a file exported with ``--out`` elsewhere), or None."""
         for folder in list(Path(model_path).resolve().parents)[:levels]:
             if (folder / RUN_JSON).is_file():
                 try:
                     return cls.open(folder)
                 except SRShrinkError:
                     return None
-        return None
+        recorded = _indexed_run(Path(model_path))
+        if recorded is None:
+            return None
+        try:
+            return cls.open(recorded)
+        except SRShrinkError:
+            return None
 
     # ---- the paths of the folder (every file name a run holds is written here and nowhere else)
 
@@ -145,8 +171,10 @@ class RunDir(TeacherOfRun):
             yield
 
     def clear(self) -> None:
-        """Delete the run's files (stages, run.json, state.pt, generator.pt, exports/) for a fresh run."""
-        for p in [*self.root.glob("stage_*.pt"), self.run_path, self.state_path, self.generator_path]:
+        """Delete the run's files (stages, run.json, state.pt, generator.pt, exports/, and the bench.json and
+        bench.png a bench of the old run wrote) for a fresh run."""
+        for p in [*self.root.glob("stage_*.pt"), self.run_path, self.state_path, self.generator_path,
+                  self.root / BENCH_JSON, self.root / BENCH_PLOT]:
             p.unlink(missing_ok=True)
         shutil.rmtree(self.exports_dir, ignore_errors=True)
         self.run, self.stages, self.generator = {}, {}, None

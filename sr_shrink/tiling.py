@@ -73,6 +73,17 @@ def axis_spans(length: int, tile: int, overlap: int, fixed: bool = False) -> lis
     return [Span(s, s + tile, 0, 0, *_core(s, tile, length, overlap)) for s in tile_starts(length, tile, overlap)]
 
 
+def tile_calls(size: tuple[int, int], tile: int | tuple[int, int] | None = 256, overlap: int = 16,
+               fixed: bool = False) -> int:
+    """Return how many times :func:`tiled_apply` calls its function on an LR image of ``size`` (h, w) with these
+    tiling arguments (1 for ``tile`` None or 0, or an image that fits one tile)."""
+    if not tile:
+        return 1
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    ys, xs = axis_spans(size[0], th, overlap, fixed), axis_spans(size[1], tw, overlap, fixed)
+    return sum(1 for sy in ys for sx in xs if sy.lo < sy.hi and sx.lo < sx.hi)
+
+
 def tiled_apply(fn: SRFn, x: torch.Tensor, scale: int, tile: int | tuple[int, int] | None = 256,
                 overlap: int = 16, fixed: bool = False) -> torch.Tensor:
     """Return ``fn(x)`` for an LR batch ``x`` (N,C,H,W), computed in tiles of ``tile`` input pixels.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +30,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data import list_images
 from .errors import SRShrinkError, first_line
+from .io import atomic_path
+from .progress import task
 from .resize import upscale as bicubic
 from .runtimes import SUFFIXES, TorchRunner, open_runner
 from .teachers.formats import image_kind
-from .tiling import tiled_apply
+from .tiling import tile_calls, tiled_apply
 
 LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)  # PIL's RGB -> L weights (ITU-R 601-2)
 GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 Log = Callable[[str], None]
+WRITE_PHASE_PIXELS = 8_000_000  # results this large take seconds to PNG-encode: a progress phase of their own
 UPSCALER_TIP = "pass a super-resolution model that upscales by a whole factor of 2 or more (x2, x3, x4)."
 
 
@@ -52,15 +56,30 @@ class Upscaler:
     input_hw: tuple[int, int] | None
     path: Path
 
-    def apply(self, lr: torch.Tensor, tile: int | None = 256, overlap: int = 16) -> torch.Tensor:
+    def _tiling(self, tile: int | None, overlap: int) -> tuple[int | tuple[int, int] | None, int, bool]:
+        """Return the (tile, overlap, fixed) arguments :func:`tiled_apply` runs with for these options."""
+        if self.input_hw:
+            return self.input_hw, max(self.radius, min(overlap, (min(self.input_hw) - 1) // 2)), True
+        return tile, max(self.radius, min(overlap, ((tile or 0) - 1) // 2)), False
+
+    def apply(self, lr: torch.Tensor, tile: int | None = 256, overlap: int = 16,
+              advance: Callable[[], None] | None = None) -> torch.Tensor:
         """Return the upscaled (1,3,sH,sW) image of ``lr``, in tiles of ``tile`` input pixels (a static
         graph's own size instead). The overlap is ``overlap`` cut to fit the tile, but never below the
-        receptive field radius, which is what makes the seams exact."""
-        if self.input_hw:
-            ov = max(self.radius, min(overlap, (min(self.input_hw) - 1) // 2))
-            return tiled_apply(self.fn, lr, self.scale, self.input_hw, ov, fixed=True)
-        ov = max(self.radius, min(overlap, ((tile or 0) - 1) // 2))
-        return tiled_apply(self.fn, lr, self.scale, tile, ov)
+        receptive field radius, which is what makes the seams exact. ``advance()`` is called after each tile."""
+        fn = self.fn
+        if advance is not None:
+            def fn(x: torch.Tensor) -> torch.Tensor:
+                out = self.fn(x)
+                advance()
+                return out
+        tile_arg, ov, fixed = self._tiling(tile, overlap)
+        return tiled_apply(fn, lr, self.scale, tile_arg, ov, fixed=fixed)
+
+    def calls(self, size: tuple[int, int], tile: int | None = 256, overlap: int = 16) -> int:
+        """Return how many model calls (tiles) :meth:`apply` makes on an LR image of ``size`` (h, w)."""
+        tile_arg, ov, fixed = self._tiling(tile, overlap)
+        return tile_calls(size, tile_arg, ov, fixed)
 
     def check_tile(self, tile: int | None, sizes: list[tuple[int, int]]) -> None:
         """Return None when tiles of ``tile`` input pixels can cover images of ``sizes`` (h, w); else raise a
@@ -119,6 +138,11 @@ def load_upscaler(path: str | Path, scale: int | None = None, threads: int | Non
     """Return an :class:`Upscaler` for a stage_XX.pt, .onnx, .tflite or .mlpackage; checks ``scale`` if given."""
     path = Path(path)
     exported = path.suffix.lower() in SUFFIXES
+    if path.is_dir() and not exported:  # `upscale RUN PHOTO`: the run folder itself, not one of its students
+        stages = sorted(path.glob("stage_*.pt"))
+        hint = (f"pass one of its students, e.g. {stages[-1]} (the last stage)" if stages
+                else "pass a stage_XX.pt, .onnx, .tflite or .mlpackage file")
+        raise SRShrinkError(f"{path}: is a folder, not a model file; {hint}.")
     if not (path.exists() if exported else path.is_file()):
         raise SRShrinkError(f"{path}: no such model file; pass a stage_XX.pt, .onnx, .tflite or .mlpackage.")
     kind = image_kind(path) if path.is_file() else None
@@ -238,11 +262,21 @@ def picture_image(pic: Picture) -> Image.Image:
     return colour
 
 
-def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap: int = 16) -> Picture:
-    """Return the upscaled :class:`Picture`: colours by the model (tiled), alpha by bicubic."""
-    sr = up.apply(pic.rgb.unsqueeze(0), tile, overlap)[0]
+def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap: int = 16,
+                    advance: Callable[[], None] | None = None) -> Picture:
+    """Return the upscaled :class:`Picture`: colours by the model (tiled; ``advance()`` after each tile), alpha
+    by bicubic."""
+    sr = up.apply(pic.rgb.unsqueeze(0), tile, overlap, advance)[0]
     alpha = bicubic(pic.alpha.unsqueeze(0), up.scale)[0].clamp(0, 1) if pic.alpha is not None else None
     return Picture(sr, alpha, pic.grey, pic.bits)
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write ``image`` to ``path`` as PNG through a temp file renamed into place (returns nothing): a big result
+    takes seconds to encode, and one cut short (Ctrl-C, a kill, a full disk) must not be left as a truncated
+    NAME_x{s}.png that looks like a result."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def output_path(out_dir: Path | None, image: Path, scale: int, suffix: str = "") -> Path:
@@ -323,16 +357,22 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in images:  # one image in memory at a time
-        pic = read_picture(path)
-        sr = upscale_picture(up, pic, tile, overlap)
-        written.append(output_path(out_dir, path, up.scale))
-        picture_image(sr).save(written[-1])
-        log(f"wrote {written[-1]}")
-        if compare:
-            from .compare import compare_strip
-
-            written.append(output_path(out_dir, path, up.scale, "_compare"))
-            compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops).save(written[-1])
+    tiles = sum(up.calls(hw, tile, overlap) for hw, _ in headers)
+    what = images[0].name if len(images) == 1 else f"{len(images)} images"
+    with task(f"upscaling {what} with {up.path.name}", total=tiles, unit="tile" + "s" * (tiles != 1)) as advance:
+        for path in images:  # one image in memory at a time
+            pic = read_picture(path)
+            sr = upscale_picture(up, pic, tile, overlap, advance)
+            written.append(output_path(out_dir, path, up.scale))
+            image = picture_image(sr)
+            big = image.width * image.height >= WRITE_PHASE_PIXELS
+            with task(f"writing {written[-1].name} ({image.width}x{image.height} px)") if big else nullcontext():
+                _save_png(image, written[-1])
             log(f"wrote {written[-1]}")
+            if compare:
+                from .compare import compare_strip
+
+                written.append(output_path(out_dir, path, up.scale, "_compare"))
+                _save_png(compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops), written[-1])
+                log(f"wrote {written[-1]}")
     return written

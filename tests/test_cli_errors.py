@@ -243,3 +243,22 @@ def test_the_cli_offers_the_config_choices_without_importing_torch():
         if option != "data_target":
             with pytest.raises(SRShrinkError, match="choose"):
                 DistillConfig(**{option: "nope"}).validate()
+
+
+@pytest.mark.parametrize("command, resumable", [("bench", False), ("demo", True)])
+def test_ctrl_c_mentions_resume_only_where_the_command_has_it(tmp_path, monkeypatch, command, resumable):
+    """Ctrl-C in bench (or export, upscale) said 'rerun with --resume to continue from the last checkpoint':
+    those commands have no --resume option."""
+    import sr_shrink.bench as bench_mod
+    import sr_shrink.demo as demo_mod
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_mod, "run_bench", stop)
+    monkeypatch.setattr(demo_mod, "run_demo", stop)
+    args = ["bench", str(tmp_path)] if command == "bench" else ["demo", "--out", str(tmp_path / "demo")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 130
+    want = "interrupted; rerun with --resume to continue from the last checkpoint" if resumable else "interrupted"
+    assert r.stderr.strip().splitlines() == [want]

@@ -47,6 +47,12 @@ def test_first_line_takes_the_first_non_empty_line():
     assert len(long) <= 200 and long.endswith("word...")
 
 
+def test_first_line_keeps_the_reason_after_a_header_line():
+    exc = RuntimeError('Error(s) in loading state_dict for SPAN:\n\tMissing key(s) in state_dict: "a.bias".')
+    assert first_line(exc) == 'Error(s) in loading state_dict for SPAN: Missing key(s) in state_dict: "a.bias".'
+    assert first_line(ValueError("only a header:")) == "only a header:"
+
+
 def _image_bytes(fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, format=fmt)

@@ -4,6 +4,7 @@ demo and the CLI."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import pytest
 from conftest import make_tiny_run
@@ -186,3 +187,38 @@ def test_cli_export_says_an_unused_option_does_nothing(tmp_path):
                                     "--equalize"])
     assert res.exit_code == 0, res.output
     assert "--equalize (for int8) does nothing for fp32 onnx files; ignored." in " ".join(res.output.split())
+
+
+@pytest.mark.skipif(not (importlib.util.find_spec("ai_edge_litert") and importlib.util.find_spec("litert_torch")),
+                    reason="litert not installed")
+def test_cli_tflite_export_says_its_fixed_input_size(tmp_path):
+    """A TFLite file takes one LR size (256x256 by default) and an app must tile larger images; export printed
+    that for Core ML packages only, so the one-line table gave no hint that the file refuses a 720p frame."""
+    from click.testing import CliRunner
+
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    res = CliRunner().invoke(main, ["export", str(run), "--target", "tflite", "--out", str(tmp_path / "x"),
+                                    "--input-size", "24x32"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert ("stage_01_fp32.tflite: takes LR 24x32 only (input serving_default_lr: 1x24x32x3 float32, a fixed "
+            "size): cut larger images into overlapping 24x32 tiles") in text, text
+    onnx = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--out", str(tmp_path / "o")])
+    assert onnx.exit_code == 0 and "takes LR" not in onnx.output  # free size: nothing to say
+
+
+def test_cli_export_table_shows_every_psnr_with_four_decimals(tmp_path, monkeypatch):
+    """The table printed the rounded floats as they came: '32.054 (32.054)' on one row, '32.0082 (32.0082)' on
+    the next, as if one were measured less precisely."""
+    from click.testing import CliRunner
+
+    import sr_shrink.export as export_pkg
+
+    entry = {"file": "stage_03_fp32.onnx", "path": str(tmp_path / "stage_03_fp32.onnx"), "target": "onnx",
+             "size_bytes": 90421, "verified": True,
+             "verification": {"psnr_y": 32.054, "torch_psnr_y": 32.05, "delta_psnr_y": 0.004, "tolerance_db": 0.001}}
+    monkeypatch.setattr(export_pkg, "export_run", lambda *a, **k: [entry])
+    res = CliRunner().invoke(main, ["export", str(make_tiny_run(tmp_path / "r")), "--target", "onnx"],
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "32.0540 (32.0500)" in res.output, res.output

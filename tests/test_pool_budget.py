@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from sr_shrink import progress
 from sr_shrink.cli import main
 from sr_shrink.distill import Callbacks, DistillConfig, distill
 from sr_shrink.distill.pool import MAX_POOL_BYTES, LabelledPool, PoolPlan, plan_pool
@@ -38,6 +39,25 @@ def test_pool_crops_are_aligned_and_turned_together():
     assert torch.equal(only_x, x)
     none_x, none_t = pool.crops(0, 8, torch.Generator().manual_seed(1))  # batch 1 in datafree mode asks for none
     assert none_x.shape == (0, 3, 8, 8) and none_t.shape == (0, 3, 16, 16)
+
+
+def test_a_pool_cut_to_its_time_share_says_how_many_images_it_labelled(capsys):
+    """Under --time-budget the pool stops at the images that fit its share; the progress lines said '512 images'
+    while it labelled 18: the first line now says 'up to', the last how many it did."""
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.05)
+        return _nearest(x)
+
+    progress.enable(progress.stderr_console())
+    try:
+        pool = LabelledPool.build(PoolPlan(64, 16, 2), ["deadleaves"], slow, torch.Generator().manual_seed(0),
+                                  batch=4, seconds=0.01)
+    finally:
+        progress.disable()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(pool) == 4  # the first chunk only
+    assert lines[0].startswith("labelling the pool (up to 64 images, as many as fit")
+    assert lines[-1].startswith("labelling the pool (up to 64 images") and lines[-1].endswith(" (4 images)")
 
 
 def test_plan_pool_caps():

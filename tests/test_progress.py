@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import make_tiny_eval, make_tiny_run, make_tiny_teacher
 
 from sr_shrink import progress
@@ -37,6 +38,22 @@ def test_plain_lines_with_estimate(capsys, monkeypatch):
     assert lines[0] == "verifying " + "x" * 150 + ": started (4 items)"  # a 170-character line, whole
     assert any(", about " in ln and ln.startswith("verifying " + "x" * 150 + ": 2/4, ") for ln in lines)
     assert lines[-1].startswith("verifying " + "x" * 150 + ": done in 0:0")
+
+
+def test_a_phase_cut_short_says_stopped_not_done(capsys):
+    """Ctrl-C (or an error) inside a phase printed 'PHASE: done in 0:03' just before 'interrupted'."""
+    progress.enable(progress.stderr_console())
+    try:
+        with pytest.raises(KeyboardInterrupt), task("writing big_x4.png", total=4) as advance:
+            advance()
+            raise KeyboardInterrupt
+        with task("labelling", total=2) as advance:
+            advance(2)
+    finally:
+        progress.disable()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1].startswith("writing big_x4.png: stopped after 0:0") and lines[1].endswith(" (1/4)")
+    assert lines[-1].startswith("labelling: done in 0:0")
 
 
 def test_clock():

@@ -447,3 +447,39 @@ def test_a_killed_run_leaves_no_stale_lock(tiny_teacher, tmp_path):
     assert (out / ".lock").exists()  # the file stays, the lock died with the process
     _run(_cli(_args(tiny_teacher, out, 40) + ["--resume"]))
     assert json.loads((out / "run.json").read_text())["complete"]
+
+
+def test_force_deletes_the_old_runs_bench_results(tiny_teacher, tmp_path):
+    """--force deleted the old stages and exports/ but left the bench.json and bench.png of the run it replaced
+    (another teacher's numbers, naming files that no longer exist) beside the new stages."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    out = tmp_path / "run"
+    assert CliRunner().invoke(main, _args(tiny_teacher, out, 2, "1:1")).exit_code == 0
+    (out / "bench.json").write_text('{"rows": []}')
+    (out / "bench.png").write_bytes(b"old plot")
+    (out / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 2, "1:1"), "--force"])
+    assert r.exit_code == 0, r.output
+    assert (out / "stage_01.pt").is_file() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "bench.json").exists() and not (out / "bench.png").exists()
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny_teacher, tmp_path):
+    """--resume on a finished run re-scored the teacher and reprinted the table without a word: it looked as if
+    the resume had trained something."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    out = tmp_path / "run"
+    assert CliRunner().invoke(main, _args(tiny_teacher, out, 2, "1:2")).exit_code == 0
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 2, "1:2"), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert f"note: {out} already holds all 2 stages; nothing to train" in r.stderr
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, tmp_path / "half", 2, "1:2")])
+    (tmp_path / "half" / "stage_02.pt").unlink()  # a stage to train: no such note
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, tmp_path / "half", 2, "1:2"), "--resume"])
+    assert r.exit_code == 0 and "nothing to train" not in r.stderr, r.output

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import one_error_line
+from conftest import make_tiny_teacher, one_error_line
 from export_helpers import export_onnx, export_tflite
 from PIL import Image
 
+import sr_shrink.upscale as upscale_mod
+from sr_shrink import progress
 from sr_shrink.cli import main
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.registry import save_model_checkpoint
 from sr_shrink.models.student import SRStudent, load_student
 from sr_shrink.resize import upscale as bicubic
-from sr_shrink.tiling import axis_spans, tile_starts, tiled_apply
+from sr_shrink.run import RunDir
+from sr_shrink.teachers import sha256_file
+from sr_shrink.tiling import axis_spans, tile_calls, tile_starts, tiled_apply
 from sr_shrink.upscale import load_upscaler, read_picture, upscale_files
 
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
@@ -190,6 +195,42 @@ def test_large_image_through_the_cli_is_tiled_exactly(tiny_run, tmp_path):
     # exact up to float rounding (see test_tiled_equals_untiled_for_a_float_model): a value that lands within
     # ~1e-7 of a .5 boundary may round to the neighbouring 8-bit level, so allow that, on a handful of values
     assert a.shape == (150, 180, 3) and np.abs(a - b).max() <= 1 and (a != b).sum() <= 3
+
+
+def test_tile_calls_counts_the_calls_of_tiled_apply():
+    for (h, w), tile, ov, fixed in [((75, 90), 32, 6, False), ((20, 20), 32, 6, False), ((45, 70), (32, 32), 6, True),
+                                    ((20, 26), (32, 32), 6, True), ((64, 64), 0, 6, False)]:
+        calls: list[int] = []
+
+        def fn(x: torch.Tensor, calls: list[int] = calls) -> torch.Tensor:
+            calls.append(1)
+            return x.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+        tiled_apply(fn, torch.zeros(1, 3, h, w), 2, tile, ov, fixed=fixed)
+        assert tile_calls((h, w), tile, ov, fixed) == len(calls), (h, w, tile)
+
+
+def test_upscale_shows_progress_on_a_big_image(tiny_run, tmp_path, monkeypatch):
+    """A big photo takes minutes on a phone-class CPU: the tiles are counted as they run, a big result's PNG
+    encoding is a phase of its own, and so are --compare's scan and teacher windows (plain lines when piped)."""
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # a line on every tile
+    monkeypatch.setattr(upscale_mod, "WRITE_PHASE_PIXELS", 10_000)
+    teacher = SRStudent(2, 1, 8)
+    t_path = save_model_checkpoint(teacher, "student", teacher.config(), tmp_path / "teacher.pt")
+    src = _image(tmp_path / "big.png", "RGB", size=(300, 280))
+    res = _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "out", "--tile", "64", "--compare",
+               "--teacher", t_path)
+    assert res.exit_code == 0, res.output
+    err = res.stderr.splitlines()
+    n = upscale_mod.load_upscaler(tiny_run / "stage_02.pt").calls((280, 300), 64, 16)
+    assert n > 4 and f"upscaling big.png with stage_02.pt: started ({n} tiles)" in err, res.stderr
+    assert any(ln.startswith(f"upscaling big.png with stage_02.pt: 2/{n}, ") and "left" in ln for ln in err)
+    assert any(ln.startswith("upscaling big.png with stage_02.pt: done in ") for ln in err)
+    assert "writing big_x2.png (600x560 px): started" in err
+    assert any(ln.startswith("finding where the student differs most from bicubic: started (2 bands") for ln in err)
+    assert any(ln.startswith("running the teacher for the comparison: started (3 candidate windows)") for ln in err)
+    res = _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "whole", "--tile", "0")
+    assert "upscaling big.png with stage_02.pt: started (1 tile)" in res.stderr.splitlines(), res.stderr
 
 
 @pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")
@@ -425,3 +466,62 @@ def test_a_model_that_does_not_upscale_by_a_whole_factor_is_refused(tmp_path, fa
     assert says in lines[0] and lines[0].endswith("upscales by a whole factor of 2 or more (x2, x3, x4).")
     assert not (tmp_path / "out").exists()
     assert load_upscaler(_foreign_onnx(tmp_path / "x3.onnx", 3, 3, 3.0)).scale == 3
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="onnxruntime not installed")
+def test_compare_uses_the_run_of_a_file_exported_elsewhere(tiny_run, tmp_path):
+    """`export --out APP/` writes the file and its export.json outside the run: --compare used to show the bundled
+    teacher in the 'teacher' panel without a word. The export.json beside the file now leads to the run (and its
+    teacher); a file with no run says which teacher the panel shows."""
+    teacher = make_tiny_teacher(tmp_path / "teacher.pt")
+    record = json.loads((tiny_run / "run.json").read_text())
+    record["teacher"] = {"path": str(teacher), "sha256": sha256_file(teacher)}
+    (tiny_run / "run.json").write_text(json.dumps(record))
+    model, _ = load_student(tiny_run / "stage_02.pt")
+    app = export_onnx(model, tmp_path / "app" / "sr.onnx")
+    (app.parent / "export.json").write_text(json.dumps({"sr_shrink_exports": 1, "run": {"path": str(tiny_run)},
+                                                          "exports": [{"file": "sr.onnx"}]}))
+    assert RunDir.find(app).root.resolve() == tiny_run.resolve()
+    src = _image(tmp_path / "scene.png", "RGB", size=(60, 50))
+    notes: list[str] = []
+    upscale_files(app, [src], tmp_path / "out", compare=True, log=notes.append)
+    assert not any("teacher" in n for n in notes), notes  # the run's own teacher, nothing to say
+    lonely = tmp_path / "elsewhere" / "sr.onnx"
+    lonely.parent.mkdir()
+    lonely.write_bytes(app.read_bytes())
+    assert RunDir.find(lonely) is None
+    notes.clear()
+    upscale_files(lonely, [src], tmp_path / "out2", compare=True, log=notes.append)
+    assert any(n.startswith("note: sr.onnx is not in a run folder") and "bundled x2 teacher" in n for n in notes)
+
+
+def test_a_run_folder_as_the_model_names_its_last_stage(tiny_run, tmp_path):
+    """`upscale RUN PHOTO` said 'RUN: no such model file' of a folder that exists; it now names the file to pass."""
+    src = _image(tmp_path / "photo.png", "RGB")
+    line = one_error_line(_run(tiny_run, src))
+    assert line == (f"error: {tiny_run}: is a folder, not a model file; pass one of its students, e.g. "
+                    f"{tiny_run / 'stage_02.pt'} (the last stage).")
+    (tmp_path / "empty").mkdir()
+    line = one_error_line(_run(tmp_path / "empty", src))
+    assert "is a folder, not a model file; pass a stage_XX.pt, .onnx, .tflite or .mlpackage file." in line
+
+
+def test_an_interrupted_write_leaves_no_truncated_result(tiny_run, tmp_path, monkeypatch):
+    """Ctrl-C while a big result was PNG-encoded (seconds for a 48 MP image) left a truncated NAME_x{s}.png that
+    looked like a result; results are now written to a temp file and renamed into place."""
+    src = _image(tmp_path / "photo.png", "RGB")
+    real_save = Image.Image.save
+
+    def cut_short(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        with open(fp, "r+b") as f:  # the encoder got half way
+            f.truncate(50)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []  # no photo_x2.png, no temp file
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out")
+    assert Image.open(tmp_path / "out" / "photo_x2.png").size == (80, 60)

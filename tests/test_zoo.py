@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,18 +13,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from conftest import one_error_line
 from torch import nn
 
 import sr_shrink.teachers.zoo as zoo
 from sr_shrink.cli import main
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.models.edsr import EDSR
-from sr_shrink.teachers import SizeRequirements, count_macs, load_teacher
+from sr_shrink.teachers import SizeRequirements, count_inference_params, count_macs, load_teacher
 
 if zoo.import_spandrel() is None:  # the optional `zoo` extra (part of `all`, which CI installs)
     pytest.skip("spandrel is not installed: pip install 'sr-shrink[zoo]'", allow_module_level=True)
 
-from zoo_checkpoints import BUILDERS, ESRGAN, Compact, compact, rrdbnet_x2_unshuffle, rrdbnet_x4, swinir  # noqa: E402
+from zoo_checkpoints import BUILDERS, ESRGAN, Compact, compact, rrdbnet_x2_unshuffle, rrdbnet_x4, span, swinir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -223,3 +225,53 @@ def test_realesrgan_x4plus_size_rrdbnet_loads_and_counts_fast(tmp_path):
     rdb = sum((nf + i * gc) * gc for i in range(4)) + (nf + 4 * gc) * nf  # 5 convs of one dense block
     per_lr_px = 9 * (3 * nf + 69 * rdb + nf * nf + 4 * nf * nf + 16 * nf * nf + 16 * nf * nf + 16 * nf * 3)
     assert count_macs(t) == 256 * 256 * per_lr_px == 1_174_853_910_528
+
+
+def test_half_recognised_checkpoint_names_the_missing_key(tmp_path):
+    """A SPAN file with one tensor gone: spandrel knows the keys but cannot build it; the error line says which
+    key is missing (torch's first line, "Error(s) in loading state_dict for SPAN:", says nothing by itself)."""
+    path = span(tmp_path).path
+    sd = torch.load(path, map_location="cpu")
+    params = sd["params_ema"]
+    gone = sorted(params)[3]
+    del params[gone]
+    torch.save(sd, path)
+    line = one_error_line(CliRunner().invoke(main, ["info", str(path)]))
+    assert line.startswith("error: ") and "could not build" in line
+    assert "Missing key(s)" in line and gone in line
+
+
+def test_info_says_how_many_params_a_reparameterised_teacher_runs_with(tmp_path):
+    """SPAN keeps Conv3XC's training branches (conv.0-2, sk) beside the collapsed eval_conv its eval forward uses:
+    info said 'params 2,621,964' for a network that runs with 498,208 (and whose MACs it counted at inference)."""
+    case = span(tmp_path)
+    names = dict(case.ref.named_parameters())
+    branches = sum(p.numel() for n, p in names.items() if re.search(r"\.(sk|conv\.\d+)\.(weight|bias)$", n))
+    total = sum(p.numel() for p in names.values())
+    assert branches > 0
+    r = CliRunner().invoke(main, ["info", str(case.path), "--json"])
+    d = json.loads(r.stdout)
+    assert (d["params"], d["inference_params"]) == (total, total - branches)
+    r = CliRunner().invoke(main, ["info", str(case.path)], terminal_width=250)
+    assert f"{total:,} ({total - branches:,} at inference; the rest are training-only branches)" in r.stdout
+    plain = rrdbnet_x4(tmp_path).path  # nothing unused: the count alone
+    d = json.loads(CliRunner().invoke(main, ["info", str(plain), "--json"]).stdout)
+    assert d["inference_params"] == d["params"]
+
+
+def test_distill_table_gives_a_span_teacher_the_params_it_runs_with(tmp_path):
+    """The distill table put SPAN's stored count (its training-only Conv3XC branches included) beside students
+    counted as they run; the teacher row now leads with what its eval forward uses, and run.json records it."""
+    from conftest import make_tiny_eval
+
+    case = span(tmp_path)
+    used = count_inference_params(load_teacher(case.path))
+    stored = sum(p.numel() for p in case.ref.parameters())
+    assert used < stored
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["distill", str(case.path), "--out", str(out), "--stages", "1:1",
+                                  "--steps-per-stage", "2", "--batch", "2", "--pool", "0", "--channels", "4",
+                                  "--eval", str(make_tiny_eval(tmp_path / "eval", n=1))], terminal_width=250)
+    assert r.exit_code == 0, r.output
+    assert f"{used:,} ({stored:,} stored)" in r.stdout, r.stdout
+    assert json.loads((out / "run.json").read_text())["teacher"]["inference_params"] == used

@@ -179,6 +179,15 @@ def padded_patch_warning(cfg: DistillConfig, teacher) -> str | None:
             f"padding; use --lr-patch {fit} or leave --lr-patch out.")
 
 
+def _teacher_params(teacher: dict) -> str:
+    """Return the teacher's params cell: what its eval forward uses (the students' counts are what they run with
+    too), and the stored count beside it when training-only branches (SPAN's Conv3XC) make that larger."""
+    params, used = teacher.get("params", 0), teacher.get("inference_params")
+    if isinstance(used, int) and 0 < used < params:
+        return f"{used:,} ({params:,} stored)"
+    return f"{params:,}"
+
+
 def summary_table(run: dict) -> Table:
     """Return a rich table with one row per stage (blocks, params, KD loss, Y-PSNR/SSIM, seconds), with a caption
     saying to judge the students by fidelity when the teacher scores less than ``PERCEPTUAL_MARGIN_DB`` over
@@ -204,7 +213,7 @@ def summary_table(run: dict) -> Table:
                       metric(s, "val_psnr_y", 2), metric(s, "val_ssim_y", 4), metric(s, "fidelity_psnr_y", 2),
                       f"{s['seconds']:.0f}")
     if "teacher_psnr_y" in run:
-        table.add_row("teacher", "", f"{run['teacher'].get('params', 0):,}", "", f"{run['teacher_psnr_y']:.2f}",
+        table.add_row("teacher", "", _teacher_params(run["teacher"]), "", f"{run['teacher_psnr_y']:.2f}",
                       f"{run['teacher_ssim_y']:.4f}", "", "")
         table.add_row("bicubic", "", "", "", f"{run['bicubic_psnr_y']:.2f}", f"{run['bicubic_ssim_y']:.4f}", "", "")
     return table

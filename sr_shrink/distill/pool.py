@@ -82,8 +82,9 @@ class LabelledPool:
         that many images, so a resumed run rebuilds it from its recorded size."""
         xs, ts = [], []
         images, start, t0 = plan.images, 0, time.perf_counter()
-        what = f"labelling the pool ({plan.images} images{', as many as fit' if seconds is not None else ''})"
-        with task(what, total=None if seconds is not None else images) as advance:
+        what = (f"labelling the pool (up to {plan.images} images, as many as fit its share of the time)"
+                if seconds is not None else f"labelling the pool ({plan.images} images)")
+        with task(what, total=None if seconds is not None else images, unit="images") as advance:
             while start < images:
                 x = render_mix(kinds, min(batch, images - start), plan.side, g, label, plan.scale, device)
                 xs.append(x)

@@ -23,6 +23,7 @@ from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, collapse, grow, load_student, to_rep
 from ..record import RunRecord, StageRecord
 from ..run import RunDir
+from ..teachers import count_inference_params
 from .budget import CHECK_STEPS, eval_images_that_fit, first_plan, pool_seconds, refuse_if_short, replan
 from .buffer import ReplayBuffer
 from .config import DistillConfig
@@ -60,7 +61,8 @@ def new_record(job: Job, cfg: DistillConfig, dtype: str) -> RunRecord:
     info = job.teacher.info
     d = info.to_dict()
     run = RunRecord(scale=cfg.scale, teacher={"path": info.path, "sha256": info.sha256,
-                                              **{k: d[k] for k in TEACHER_KEYS if k in d}},
+                                              **{k: d[k] for k in TEACHER_KEYS if k in d},
+                                              "inference_params": count_inference_params(job.teacher)},
                     mode=cfg.mode, seed=cfg.seed, recipe=cfg.recipe(), config=cfg.to_dict(), world_size=job.env.world,
                     teacher_dtype=dtype, stages=[], complete=False)
     if getattr(info, "value_range_guessed", False):
@@ -109,6 +111,9 @@ def run_stages(job: Job, resume: bool) -> dict:
     if note and env.main:
         job.log(note)
     done = len(state.stages)
+    if old is not None and done >= len(blocks) and not lost and env.main:  # else it re-scores and reprints silently
+        job.log(f"note: {rundir.root} already holds all {len(blocks)} stages; nothing to train, the table below is the "
+                "finished run (pass --force to start it over).")
     if saved is not None and saved["stage_idx"] != done:
         saved = None  # a stale state (its stage's checkpoint is gone): start that stage afresh
     if (old is not None or saved is not None) and done < len(blocks):

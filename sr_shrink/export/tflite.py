@@ -41,6 +41,19 @@ if TYPE_CHECKING:
     from .options import ExportConfig
 
 
+def input_note(entry: dict) -> str | None:
+    """Return the line ``export`` prints on the LR size a TFLite file takes (None for other targets or a file of
+    free size): TFLite files here have one fixed input size, which an app must tile larger images to."""
+    if entry.get("target") != "tflite" or not entry.get("input_size"):
+        return None
+    h, w = entry["input_size"]
+    inp = (entry.get("inputs") or [{}])[0]
+    shape = "x".join(map(str, inp.get("shape") or [])) or "?"
+    return (f"{entry['file']}: takes LR {h}x{w} only (input {inp.get('name', '?')}: {shape} {inp.get('dtype', '?')}, "
+            f"a fixed size): cut larger images into overlapping {h}x{w} tiles, as 'sr-shrink upscale' does, or "
+            "export another size with --input-size HxW")
+
+
 def require_tflite(precision: str = "fp32") -> None:
     """Import what the TFLite export needs; a clear error naming the extra if something is missing."""
     mods = ["litert_torch", "ai_edge_litert.interpreter"]

@@ -15,8 +15,9 @@ TeacherInfo, YCbCr), ``load`` (load_teacher).
 
 from .formats import sha256_file
 from .load import DEFAULT_TEACHER, default_teacher, load_teacher
-from .probe import SizeRequirements, count_macs
+from .probe import SizeRequirements, count_inference_params, count_macs
 from .wrapper import Teacher, TeacherInfo, rgb_to_ycbcr, ycbcr_to_rgb
 
-__all__ = ["DEFAULT_TEACHER", "SizeRequirements", "Teacher", "TeacherInfo", "count_macs", "default_teacher",
+__all__ = ["DEFAULT_TEACHER", "SizeRequirements", "Teacher", "TeacherInfo", "count_inference_params", "count_macs",
+           "default_teacher",
            "load_teacher", "rgb_to_ycbcr", "sha256_file", "ycbcr_to_rgb"]

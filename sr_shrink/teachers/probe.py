@@ -8,6 +8,8 @@
   like an upscaler of the test image, and whether that choice was clear-cut.
 * :func:`count_macs`: multiply-accumulates of one forward, counted on fake tensors (no arithmetic is done,
   so a 16.7 M-parameter RRDBNet costs a second or two, not minutes).
+* :func:`count_inference_params`: the parameters the output depends on in eval mode (re-parameterised networks
+  such as SPAN keep training-only branches that an eval forward never reads).
 """
 
 from __future__ import annotations
@@ -185,3 +187,39 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] = (256, 256), chann
     with torch.no_grad(), counter:
         model(torch.rand(1, channels, sh, sw, device=device))
     return round(counter.get_total_flops() // 2 * (h * w) / (sh * sw))
+
+
+def count_inference_params(model: nn.Module, size: int = 32, channels: int = 3) -> int:
+    """Return how many of ``model``'s parameters its eval-mode output on a (1, channels, size, size) input
+    depends on: those the autograd graph of that output reaches. Re-parameterised networks (SPAN's Conv3XC,
+    RepVGG-style blocks) keep training-only branches their eval forward never reads, which
+    ``sum(p.numel() for p in model.parameters())`` counts too. Returns the total parameter count when the graph
+    cannot be followed (a network that runs under no_grad, a fixed torch.export graph, or a failing forward)."""
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            out = model(torch.rand(1, channels, size, size, device=params[0].device if params else None))
+    except Exception:
+        return total
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    by_id = {id(p): p.numel() for p in params}
+    found: set[int] = set()
+    seen: set = set()
+    stack = [out.grad_fn] if isinstance(out, torch.Tensor) else []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        leaf = getattr(fn, "variable", None)  # AccumulateGrad: a parameter the output depends on
+        if leaf is not None:
+            found.add(id(leaf))
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    used = sum(by_id[i] for i in found if i in by_id)
+    return used if used else total
