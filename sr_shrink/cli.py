@@ -400,7 +400,7 @@ def _note(msg: str) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path())
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--runtimes", help="Comma list of torch, onnxruntime, litert [default: all installed].")
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="For the exported runtimes.")
@@ -434,6 +434,9 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
     from .bench.report import plot, print_report, write_json
     from .run import BENCH_JSON, BENCH_PLOT
 
+    if Path(run_dir).is_file():  # click's own "Directory ... is a file" does not say what to pass
+        raise SRShrinkError(f"{run_dir}: bench compares the stages of a distill run; pass its folder "
+                            f"{Path(run_dir).parent}, not one file.")
     cfg = BenchConfig(device=device, runtimes=_csv(runtimes), precisions=_csv(precisions) or (),
                       input_size=parse_size(input_size), threads=threads, eval_dir=eval_dir, max_images=max_images,
                       budget_ms=budget_ms, min_psnr=min_psnr, repeats=repeats, warmup=warmup, rounds=rounds,

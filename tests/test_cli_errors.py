@@ -155,6 +155,13 @@ def test_bench_bad_values(files, bad):
     _assert_one_error_line(_invoke(args), args)
 
 
+def test_bench_of_one_stage_file_names_the_run_folder(files):
+    stage = files["run"] / "stage_01.pt"
+    line = one_error_line(_invoke(["bench", str(stage), "--runtimes", "torch"]))
+    assert line == (f"error: {stage}: bench compares the stages of a distill run; pass its folder {files['run']}, "
+                    "not one file.")
+
+
 @pytest.mark.parametrize("bad", ["--tile -1", "--overlap -2", "--scale 3", "--scale 0", "--threads 0",
                                  "--device tpu", "--teacher /no/such/teacher.pt", "--crops 3", "--value-range 255",
                                  "--res-scale 0.1"])
