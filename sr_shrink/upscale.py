@@ -271,12 +271,17 @@ def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap:
     return Picture(sr, alpha, pic.grey, pic.bits)
 
 
+# zlib level of the PNGs written: OpenCV's default, which Real-ESRGAN's and chaiNNer's writers use; Pillow's
+# default 6 took 4.5x as long for files about a fifth smaller (11 s for an 8000x6000 result; BENCHMARKS.md, 32).
+PNG_LEVEL = 1
+
+
 def _save_png(image: Image.Image, path: Path) -> None:
     """Write ``image`` to ``path`` as PNG through a temp file renamed into place (returns nothing): a big result
     takes seconds to encode, and one cut short (Ctrl-C, a kill, a full disk) must not be left as a truncated
     NAME_x{s}.png that looks like a result."""
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=PNG_LEVEL)
 
 
 def output_path(out_dir: Path | None, image: Path, scale: int, suffix: str = "") -> Path:
