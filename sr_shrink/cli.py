@@ -159,7 +159,8 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--scale", type=SCALE, help="Upscaling factor (checked against the teacher).")
 @click.option("--eval", "eval_dir", help="Eval images folder (default: bundled split; 'none' to skip).")
 @click.option("--seed", default=0, type=SEED, show_default=True)
-@click.option("--save-every", default=100, type=POS, show_default=True, help="Steps between resumable checkpoints.")
+@click.option("--save-every", default=100, type=POS, show_default=True,
+              help="Steps between resumable checkpoints (and one at least every 2 minutes).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite a run already in --out.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)

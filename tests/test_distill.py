@@ -223,3 +223,26 @@ def test_atomic_writes_leave_no_partial_file(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "w.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would create it
+
+
+def test_a_checkpoint_comes_by_time_too_and_does_not_change_the_run(tiny_teacher, tiny_eval, tmp_path, monkeypatch):
+    """A stage shorter than --save-every (a slow teacher under --time-budget) still gets mid-stage checkpoints,
+    one whenever SAVE_EVERY_S has passed; saving reads the state only, so the students are the same."""
+    from sr_shrink.distill import train
+    from sr_shrink.distill.train import Callbacks
+
+    def run(name: str) -> tuple[list, list]:
+        saves: list = []
+        cfg = _cfg(save_every=1000, steps_per_stage=5)
+        distill(str(tiny_teacher), tmp_path / name, cfg, eval_dir=str(tiny_eval), quiet=True, device="cpu",
+                callbacks=Callbacks(saved=lambda idx, step: saves.append((idx, step))))
+        return saves, [load_student(tmp_path / name / f"stage_0{i}.pt")[0].state_dict() for i in (1, 2)]
+
+    plain_saves, plain = run("steps")
+    assert plain_saves and all(step == 0 for _, step in plain_saves), plain_saves  # at stage ends only
+    monkeypatch.setattr(train, "SAVE_EVERY_S", 0.0)
+    timed_saves, timed = run("timed")
+    assert [(i, s) for i, s in timed_saves if s > 0] == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (1, 2), (1, 3),
+                                                          (1, 4)]  # every step but the last of each stage
+    for a, b in zip(plain, timed):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

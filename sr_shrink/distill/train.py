@@ -66,6 +66,12 @@ def kd_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Op
     return loss.item()
 
 
+# A single-process run also writes state.pt when this many seconds have passed since the last one, whatever
+# ``save_every`` says: under --time-budget a slow teacher's stage can be shorter than 100 steps (Real-CUGAN: 52),
+# and a kill mid-stage then lost the whole stage. Saving is a read of the state: the run is the same either way.
+SAVE_EVERY_S = 120.0
+
+
 @dataclass
 class Callbacks:
     """Hooks of a run: ``stage_start(idx, student, state)`` once the stage's student is in place (grown or
@@ -133,7 +139,9 @@ def train_stage(state: TrainState, student, save: Callable[[int, float], None], 
                 world: int = 1, pace: Callable[[int, int], int] | None = None) -> float:
     """Train ``student`` for stage ``state.stage_idx`` from ``state.step`` (0, or where a resumed stage stopped;
     ``state.opt`` then holds the restored optimiser) to ``state.stage_steps`` (None: ``cfg.steps_per_stage``);
-    ``save(step, seconds)`` checkpoints every ``save_every`` steps. ``pace(steps done, total)``, called after every
+    ``save(step, seconds)`` checkpoints every ``save_every`` steps, and in a single process also when
+    :data:`SAVE_EVERY_S` seconds have passed since the last checkpoint (a slow teacher's stage can be shorter than
+    ``save_every`` steps; a kill should not lose it). ``pace(steps done, total)``, called after every
     step, returns the stage's total steps: fewer than ``total`` shortens the stage (``state.stage_steps``, the
     cosine's end, ``callbacks.shortened``). Return the seconds the stage has taken (a resumed stage's earlier
     seconds included)."""
@@ -143,6 +151,7 @@ def train_stage(state: TrainState, student, save: Callable[[int, float], None], 
     sched = schedule(state.opt, total, start)
     model = DDP(student) if world > 1 else student
     t_start, before, parts = time.time(), state.seconds, {}  # before: a resumed stage's earlier seconds
+    last_save = t_start
     if start == 0 < total:  # a resumed stage goes on with its saved buffer, as the uninterrupted run did
         refill(state)
     step = start
@@ -167,6 +176,9 @@ def train_stage(state: TrainState, student, save: Callable[[int, float], None], 
         state.step = step = step + 1
         recent = state.kd_hist[-20:]
         callbacks.call("step", idx, step - 1, sum(recent) / len(recent), parts)
-        if step % cfg.save_every == 0 and step < total:
+        # by time too in one process only: with several, every rank must reach the (gathering) save together
+        due = step % cfg.save_every == 0 or (world == 1 and time.time() - last_save >= SAVE_EVERY_S)
+        if due and step < total:
             save(step, before + time.time() - t_start)
+            last_save = time.time()
     return before + time.time() - t_start
