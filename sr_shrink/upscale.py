@@ -19,8 +19,8 @@ there. Every input's header is checked before any work; the images are then read
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,14 +163,12 @@ def load_upscaler(path: str | Path, scale: int | None = None, threads: int | Non
 @dataclass
 class Picture:
     """An image split for SR: ``rgb`` (3,H,W) in [0,1], optional ``alpha`` (1,H,W), whether it was grey, and the
-    bits per sample it is written back with (16 for 16-bit grey, else 8); ``note`` says what of the file it leaves
-    out (16-bit colour read with 8 bits, frames after the first), else None."""
+    bits per sample it is written back with (16 for 16-bit grey, else 8)."""
 
     rgb: torch.Tensor
     alpha: torch.Tensor | None
     grey: bool
     bits: int = 8
-    note: str | None = None
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -212,7 +210,7 @@ def probe_picture(path: str | Path) -> tuple[tuple[int, int], str | None]:
     of the image file at ``path`` from its header, without decoding its pixels (a folder of photos is checked
     before any work, then read one at a time), or raise :func:`read_picture`'s one-line SRShrinkError."""
     path = Path(path)
-    try:
+    with _read_errors(path):
         with Image.open(path) as im:
             im.verify()  # a damaged PNG fails here; a JPEG's pixels are checked only when read
         with Image.open(path) as im:  # verify() leaves the image unusable
@@ -220,23 +218,23 @@ def probe_picture(path: str | Path) -> tuple[tuple[int, int], str | None]:
             note = _left_out(im)  # before getexif(), which loads a PNG's pixels
             turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF Orientation: rotated by 90 or 270 degrees
             return ((w, h) if turned else (h, w)), note
-    except FileNotFoundError:
-        raise SRShrinkError(f"{path}: no such image file; check the path.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise SRShrinkError(f"{path}: cannot read this image ({first_line(exc)}); pass a PNG or JPEG file.") from None
 
 
 def read_picture(path: str | Path) -> Picture:
     """Return the :class:`Picture` of the image file at ``path``, turned upright by its EXIF orientation (as
     viewers show it; the PNG written has no EXIF to turn it), or raise a one-line SRShrinkError."""
     path = Path(path)
+    with _read_errors(path), Image.open(path) as im:
+        im.load()
+        return _split(ImageOps.exif_transpose(im))
+
+
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Turn what reading the image file ``path`` raises (missing, not an image, damaged) into one-line
+    SRShrinkErrors (yields nothing)."""
     try:
-        with Image.open(path) as im:
-            note = _left_out(im)
-            im.load()
-            pic = _split(ImageOps.exif_transpose(im))
-            pic.note = note
-            return pic
+        yield
     except FileNotFoundError:
         raise SRShrinkError(f"{path}: no such image file; check the path.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -299,7 +297,7 @@ def expand_folders(images: list[Path], scale: int, log: Log) -> list[Path]:
             out.append(path)
             continue
         files = list_images(path)
-        own = [f for f in files if f.suffix.lower() == ".png" and re.fullmatch(rf".+_x{scale}(_compare)?", f.stem)]
+        own = {f for f in files if f.suffix.lower() == ".png" and re.fullmatch(rf".+_x{scale}(_compare)?", f.stem)}
         if len(own) == len(files):
             raise SRShrinkError(f"{path}: holds only results of an earlier upscale (*_x{scale}.png); pass a folder "
                                 "of images to upscale.")
