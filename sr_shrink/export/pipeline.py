@@ -71,7 +71,7 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     job = _Job(run, cfg, fmt, given_options(opts, cfg))
     if calibrated:  # a bad --calib fails before the first file is written
         job.calib_src = calib_source(run, cfg.calib)
-    scale = load_stage(run.stages[stages[0]])[0].scale
+    scale = run.scale or load_stage(run.stages[stages[0]])[0].scale  # check_stages read it already: not again
     if cfg.qat_steps and cfg.qat_target == "teacher":  # a missing or unloadable teacher fails before any write
         job.teacher(scale)
     if cfg.verify:  # so does a bad --eval folder (missing, no images, images too small)
