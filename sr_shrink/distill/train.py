@@ -35,17 +35,12 @@ class Cosine:
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, self.steps) / max(1, self.steps)))
 
 
-def cosine(steps: int) -> Cosine:
-    """Return the factor of the base learning rate at each step: cosine from 1 down to 1 % over ``steps``."""
-    return Cosine(steps)
-
-
 def schedule(opt: torch.optim.Optimizer, steps: int, start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """Return the cosine ``LambdaLR`` of ``opt`` over ``steps``, its learning rate already at step ``start``
     (its :class:`Cosine` is ``lr_lambdas[0]``)."""
     for group in opt.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    return torch.optim.lr_scheduler.LambdaLR(opt, cosine(steps), last_epoch=start - 1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, Cosine(steps), last_epoch=start - 1)
 
 
 def kd_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer, x: torch.Tensor,
