@@ -73,15 +73,19 @@ def axis_spans(length: int, tile: int, overlap: int, fixed: bool = False) -> lis
     return [Span(s, s + tile, 0, 0, *_core(s, tile, length, overlap)) for s in tile_starts(length, tile, overlap)]
 
 
+def _tiles(h: int, w: int, tile: int | tuple[int, int], overlap: int, fixed: bool) -> list[tuple[Span, Span]]:
+    """Return the (row span, column span) of every tile :func:`tiled_apply` runs on an (h, w) input (the spans
+    whose kept core is empty are left out)."""
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    ys, xs = axis_spans(h, th, overlap, fixed), axis_spans(w, tw, overlap, fixed)
+    return [(sy, sx) for sy in ys for sx in xs if sy.lo < sy.hi and sx.lo < sx.hi]
+
+
 def tile_calls(size: tuple[int, int], tile: int | tuple[int, int] | None = 256, overlap: int = 16,
                fixed: bool = False) -> int:
     """Return how many times :func:`tiled_apply` calls its function on an LR image of ``size`` (h, w) with these
     tiling arguments (1 for ``tile`` None or 0, or an image that fits one tile)."""
-    if not tile:
-        return 1
-    th, tw = (tile, tile) if isinstance(tile, int) else tile
-    ys, xs = axis_spans(size[0], th, overlap, fixed), axis_spans(size[1], tw, overlap, fixed)
-    return sum(1 for sy in ys for sx in xs if sy.lo < sy.hi and sx.lo < sx.hi)
+    return len(_tiles(*size, tile, overlap, fixed)) if tile else 1
 
 
 def tiled_apply(fn: SRFn, x: torch.Tensor, scale: int, tile: int | tuple[int, int] | None = 256,
@@ -93,22 +97,19 @@ def tiled_apply(fn: SRFn, x: torch.Tensor, scale: int, tile: int | tuple[int, in
     """
     if not tile:
         return fn(x)
-    th, tw = (tile, tile) if isinstance(tile, int) else tile
-    ys, xs = axis_spans(x.shape[-2], th, overlap, fixed), axis_spans(x.shape[-1], tw, overlap, fixed)
-    if len(ys) == len(xs) == 1 and ys[0].pad_after == xs[0].pad_after == 0:
+    tiles = _tiles(x.shape[-2], x.shape[-1], tile, overlap, fixed)
+    if len(tiles) == 1 and all(sp.start == sp.pad_before == sp.pad_after == 0 and sp.stop == n
+                               for sp, n in zip(tiles[0], x.shape[-2:])):  # one unpadded tile: the whole image
         return fn(x)
     out: torch.Tensor | None = None
-    for sy in ys:
-        for sx in xs:
-            if sy.lo >= sy.hi or sx.lo >= sx.hi:
-                continue
-            piece = x[..., sy.start : sy.stop, sx.start : sx.stop]
-            if sy.pad_before + sy.pad_after + sx.pad_before + sx.pad_after:
-                piece = F.pad(piece, (sx.pad_before, sx.pad_after, sy.pad_before, sy.pad_after), mode="replicate")
-            res = fn(piece)
-            if out is None:
-                out = res.new_zeros(*res.shape[:2], x.shape[-2] * scale, x.shape[-1] * scale)
-            oy, ox = sy.pad_before - sy.start, sx.pad_before - sx.start  # input index -> piece index
-            out[..., sy.lo * scale : sy.hi * scale, sx.lo * scale : sx.hi * scale] = res[
-                ..., (sy.lo + oy) * scale : (sy.hi + oy) * scale, (sx.lo + ox) * scale : (sx.hi + ox) * scale]
+    for sy, sx in tiles:
+        piece = x[..., sy.start : sy.stop, sx.start : sx.stop]
+        if sy.pad_before + sy.pad_after + sx.pad_before + sx.pad_after:
+            piece = F.pad(piece, (sx.pad_before, sx.pad_after, sy.pad_before, sy.pad_after), mode="replicate")
+        res = fn(piece)
+        if out is None:
+            out = res.new_zeros(*res.shape[:2], x.shape[-2] * scale, x.shape[-1] * scale)
+        oy, ox = sy.pad_before - sy.start, sx.pad_before - sx.start  # input index -> piece index
+        out[..., sy.lo * scale : sy.hi * scale, sx.lo * scale : sx.hi * scale] = res[
+            ..., (sy.lo + oy) * scale : (sy.hi + oy) * scale, (sx.lo + ox) * scale : (sx.hi + ox) * scale]
     return out
