@@ -215,9 +215,12 @@ def probe_picture(path: str | Path) -> tuple[tuple[int, int], str | None]:
             im.verify()  # a damaged PNG fails here; a JPEG's pixels are checked only when read
         with Image.open(path) as im:  # verify() leaves the image unusable
             w, h = im.size
-            note = _left_out(im)  # before getexif(), which loads a PNG's pixels
-            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF Orientation: rotated by 90 or 270 degrees
-            return ((w, h) if turned else (h, w)), note
+            # A PNG's getexif() decodes the whole image to look for an eXIf chunk after the pixels unless one came
+            # before them: only that one is read here (read_picture turns the image by either; only the tile count
+            # of the progress would be off).
+            exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
+            turned = exif.get(0x0112) in (5, 6, 7, 8)  # EXIF Orientation: rotated by 90 or 270 degrees
+            return ((w, h) if turned else (h, w)), _left_out(im)
 
 
 def read_picture(path: str | Path) -> Picture:

@@ -400,6 +400,25 @@ def test_images_are_checked_first_then_read_one_at_a_time(tiny_run, tmp_path, mo
     assert not (tmp_path / "out2").exists()
 
 
+def test_the_header_check_does_not_decode_the_pixels(tmp_path, monkeypatch):
+    """probe_picture runs on every input before any work (a folder of photos): it must not decode them, which a
+    PNG's getexif() does when no eXIf chunk precedes the pixels."""
+    from PIL import PngImagePlugin
+
+    from sr_shrink.upscale import probe_picture
+
+    plain = _image(tmp_path / "plain.png", "RGB", size=(40, 30))
+    turned = tmp_path / "turned.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(plain).save(turned, exif=exif)
+    loads: list[str] = []
+    real = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda im: loads.append("load") or real(im))
+    assert probe_picture(plain) == ((30, 40), None) and probe_picture(turned) == ((40, 30), None)
+    assert loads == []
+
+
 def test_an_image_passed_as_the_model_is_named(tmp_path):
     photo = _image(tmp_path / "photo.png", "RGB")
     res = _run(photo, photo)
