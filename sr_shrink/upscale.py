@@ -348,13 +348,14 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     if threads:
         torch.set_num_threads(threads)
     up = load_upscaler(model, scale, threads, device)
-    images = expand_folders(images, up.scale, log)
+    notes: list[str] = []  # said once every input has passed its checks: a refused run prints its error alone
+    images = expand_folders(images, up.scale, notes.append)
     _check_outputs(images, out_dir, up.scale, compare)
     headers = [probe_picture(p) for p in images]  # fail on a bad image before any work
     up.check_tile(tile, [hw for hw, _ in headers])
-    for path, (_, note) in zip(images, headers):
-        if note:
-            log(f"note: {path}: {note}.")
+    notes += [f"note: {path}: {note}." for path, (_, note) in zip(images, headers) if note]
+    for note in notes:
+        log(note)
     ref = None
     if compare:
         from .compare import reference_teacher
