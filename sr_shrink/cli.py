@@ -328,6 +328,8 @@ def _params_row(params: int, inference: int) -> str:
                    "ARM, x86 with VNNI and NPUs (on AVX2-only x86 they saturate).")
 @click.option("--float-stream", is_flag=True, help="ONNX int8: keep the residual stream float between the int8 convs "
               "(more accurate, slower: BENCHMARKS.md section 19).")
+@click.option("--float-first-conv", is_flag=True, help="ONNX int8: keep the first body conv float too, reading the "
+              "head's output unrounded (more accurate, slower: BENCHMARKS.md section 33).")
 @click.option("--tail-refit/--no-tail-refit", default=None,
               help="ONNX int8: refit the float tail conv by least squares to the stream the int8 body gives it "
                    "on the calibration inputs (not after --qat) [default: on].")
@@ -338,7 +340,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
            qat_steps: int, qat_target: str | None, qat_lr: float | None, teacher: str | None, trust_pickle: bool,
            shapes: str | None,
            io_kind: str, bias_correction: bool | None, equalize: bool, reduce_range: bool | None,
-           float_stream: bool, tail_refit: bool | None) -> None:
+           float_stream: bool, float_first_conv: bool, tail_refit: bool | None) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
     from pathlib import Path
 
@@ -353,7 +355,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
                          native_io=native_io, qat_steps=qat_steps, qat_target=qat_target, qat_lr=qat_lr,
                          teacher=teacher, trust_pickle=trust_pickle, shapes=shapes, io=io_kind,
                          bias_correction=bias_correction, equalize=equalize, reduce_range=reduce_range,
-                         float_stream=float_stream, tail_refit=tail_refit)
+                         float_stream=float_stream, float_first_conv=float_first_conv, tail_refit=tail_refit)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
     for col in ("file", "KiB", "PSNR-Y (torch)", "Δ dB (tolerance)", "verified"):
         table.add_column(col)

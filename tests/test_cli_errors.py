@@ -96,7 +96,8 @@ def test_distill_missing_or_bad_teacher(files, tmp_path):
                                  "--float-stream", "--no-reduce-range --precision w8a16",
                                  "--target tflite --precision int8 --float-stream", "--tail-refit",
                                  "--target tflite --precision int8 --no-tail-refit",
-                                 "--precision int8 --qat 2 --tail-refit"])
+                                 "--precision int8 --qat 2 --tail-refit", "--float-first-conv",
+                                 "--target tflite --precision int8 --float-first-conv"])
 def test_export_bad_values(files, bad):
     args = ["export", str(files["run"]), *shlex.split(bad)]
     if "--target" not in bad:

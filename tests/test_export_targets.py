@@ -75,10 +75,11 @@ def test_int8_note_names_the_closer_options_not_already_given():
     closer = targets.get_target("onnx").int8_closer
     line = int8_note(_int8_entry(-0.1846), closer)
     assert line.startswith("stage_02_int8.onnx: int8 costs 0.185 dB")
-    for flag in ("--no-reduce-range", "--float-stream", "--qat 1000", "--precision w8a16"):
+    for flag in ("--no-reduce-range", "--float-stream", "--float-first-conv", "--qat 1000", "--precision w8a16"):
         assert flag in line
     line = int8_note(_int8_entry(-0.068, {"reduce_range": False, "float_stream": True}), closer)
     assert "--float-stream" not in line and "--no-reduce-range" not in line and "--qat 1000" in line
+    assert "--float-first-conv" in line
     # --reduce-range (the default's 7-bit weights, given explicitly) is not --no-reduce-range
     assert "--no-reduce-range" in int8_note(_int8_entry(-0.1, {"reduce_range": True}), closer)
     assert int8_note(_int8_entry(-INT8_NEAR / 2), closer) is None  # close enough: no note

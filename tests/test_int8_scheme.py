@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 import torch
 from conftest import make_tiny_run
 from onnx import numpy_helper
@@ -127,3 +128,58 @@ def test_refit_tail_recovers_a_tail_from_an_exact_stream(exported, tmp_path):
     assert rec["rms_before"] > 1e-3 and rec["rms_after"] < 1e-5
     for k, v in original.items():
         np.testing.assert_allclose(numpy_helper.to_array(inits[k]), v, atol=1e-4)
+
+
+def _first_conv_input(path: str, name: str) -> str:
+    """Return the op type that writes the input of the conv ``name`` in the file at ``path``."""
+    g = onnx.load(path).graph
+    producer = {o: n for n in g.node for o in n.output}
+    (node,) = [n for n in g.node if n.name == name]
+    return producer[node.input[0]].op_type
+
+
+@pytest.mark.parametrize("float_stream", [False, True])
+def test_float_first_conv_reads_the_head_unrounded(exported, float_stream):
+    """--float-first-conv: the first body conv stays float and reads the head's output itself (with the int8
+    stream too, where the first Add still sums a rounded copy); one QLinearConv fewer; recorded in export.json."""
+    from sr_shrink.export.onnx import first_body_convs
+
+    (name,) = first_body_convs(onnx.load(exported("onnx", "fp32")["path"]))
+    base = exported("onnx", "int8", float_stream=float_stream, reduce_range=False)
+    first = exported("onnx", "int8", float_stream=float_stream, reduce_range=False, float_first_conv=True)
+    assert _first_conv_input(base["path"], name) == "DequantizeLinear"  # negative control: a rounded copy
+    assert _first_conv_input(first["path"], name) == "Conv"  # the float head
+    ops_base, ops_first = ort_optimized_ops(base["path"]), ort_optimized_ops(first["path"])
+    assert ops_first.get("QLinearConv", 0) == ops_base.get("QLinearConv", 0) - 1 > 0
+    assert "first_body_conv" in first["quantization"] and "first_body_conv" not in base["quantization"]
+    assert len(first["quantization"]["float_nodes"]) == len(base["quantization"]["float_nodes"]) + 1
+    assert first["verified"]
+
+
+def test_qat_and_bias_correction_mirror_the_float_first_conv(tmp_path, monkeypatch):
+    import sr_shrink.export.qat as qat
+    from sr_shrink.export.biascorr import correct_bias
+
+    st, _ = load_student(make_tiny_run(tmp_path / "r", n_stages=2) / "stage_02.pt")
+    x = torch.rand(2, 3, 12, 12)
+    rounded = QATStudent(st, float_ends=True, float_stream=True).train()
+    first = QATStudent(st, float_ends=True, float_stream=True, float_first=True).train()
+    rounded(x), first(x)
+    assert bool(rounded.q_head.seen) and not first.q_head.enabled  # the head's output is rounded for nobody
+    convs = [c for c, _ in first.quantized_convs()]
+    assert st.body[0].conv1 not in convs and first.net.body[0].conv1 not in convs
+    assert len(convs) == len(rounded.quantized_convs()) - 1
+    # the first conv reads the head's float output with float weights
+    calls = {}
+    conv = qat._conv
+    monkeypatch.setattr(qat, "_conv", lambda c, inp, qmax=127: calls.setdefault(c, (inp, qmax)) and conv(c, inp, qmax))
+    first.eval()(x)
+    inp, qmax = calls[first.net.body[0].conv1]
+    with torch.no_grad():
+        assert qmax is None and torch.equal(inp, first.net.head(x))
+    assert calls[first.net.body[0].conv2][1] == 127 and calls[first.net.body[1].conv1][1] == 127
+    calib = [torch.rand(1, 3, 16, 16) for _ in range(2)]
+    _, rec_all = correct_bias(st, calib, qmax=127, ends=False)
+    fixed, rec = correct_bias(st, calib, qmax=127, ends=False, first=False)
+    assert rec["convs"] == rec_all["convs"] - 1
+    assert torch.equal(fixed.body[0].conv1.bias, st.body[0].conv1.bias)  # a float conv's bias is left as it was

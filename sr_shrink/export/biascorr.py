@@ -26,15 +26,16 @@ from .qat import fake_quant_weight, quantized_convs
 
 @torch.no_grad()
 def correct_bias(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127, ends: bool = True,
-                 max_inputs: int = 256) -> tuple[SRStudent, dict]:
+                 first: bool = True, max_inputs: int = 256) -> tuple[SRStudent, dict]:
     """Return (a copy of the plain ``student`` whose quantized convs' biases are corrected for the mean error of
     rounding their weights to [-qmax, qmax] per channel, its export.json record). ``calib``: NCHW inputs (up to
-    ``max_inputs`` used); ``ends``: whether the head and tail convs are quantized too."""
+    ``max_inputs`` used); ``ends``: whether the head and tail convs are quantized too, ``first``: whether the
+    first body conv is (:func:`~sr_shrink.export.qat.quantized_convs`)."""
     if student.block != "plain":
         raise ValueError("correct_bias takes a collapsed (plain) student")
     out = copy.deepcopy(student).float().eval()
     batches = calib_batches(calib[:max_inputs])
-    convs = quantized_convs(out, ends)
+    convs = quantized_convs(out, ends, first)
     shifts = []
     for conv in convs:
         seen: list[torch.Tensor] = []
@@ -49,7 +50,7 @@ def correct_bias(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127,
         conv.bias -= err
         conv.weight.copy_(wq)  # later convs see this conv as the int8 file computes it
         shifts.append(round(float(err.abs().max()), 6))
-    for conv, src in zip(convs, quantized_convs(student, ends)):  # hand back the float weights, corrected biases
+    for conv, src in zip(convs, quantized_convs(student, ends, first)):  # hand back the float weights, corrected biases
         conv.weight.copy_(src.weight)
     rec = {"method": "empirical bias correction of int8 weight rounding", "weights": f"per channel, [-{qmax}, {qmax}]",
            "convs": len(convs), "inputs": sum(x.shape[0] for x in batches), "max_bias_shift": max(shifts, default=0.0)}

@@ -17,6 +17,9 @@ Two opt-in changes trade that for accuracy (BENCHMARKS.md, section 19): ``--no-r
 [-127, 127] weights, for CPUs and NPUs that sum int8 products without saturating (ARM dot-product
 instructions, x86 with VNNI, QNN), and ``--float-stream`` keeps the residual stream float between the int8
 convs (:func:`float_stream_skips`), which costs latency where the Adds would have run in int8.
+``--float-first-conv`` also keeps the first body conv float, reading the head's output unrounded
+(:func:`first_body_convs`): that rounding is the one that costs the most (BENCHMARKS.md, section 33), and the conv
+runs at fp32 speed.
 
 w8a16 (:data:`W8A16_SCHEME`) is QDQ with uint16 activations and int8 weights, the A16W8 form NPU stacks
 (QNN's HTP, ...) take; ONNX Runtime's CPU provider runs it unfused, as its float simulation.
@@ -142,6 +145,17 @@ def float_end_convs(proto) -> list[str]:
     return sorted(set(names + tail_convs(proto)))
 
 
+def first_body_convs(proto) -> list[str]:
+    """Return the names of the first body convs: the 3x3 convs other than the head and tail that read the head's
+    output (the residual stream as the head writes it)."""
+    g = proto.graph
+    ends = set(float_end_convs(proto))
+    tails = set(tail_convs(proto))
+    heads = {o for n in g.node if n.name in ends and n.name not in tails for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    return sorted(n.name for n in g.node if _is_3x3_conv(n, inits) and n.input[0] in heads and n.name not in ends)
+
+
 def _is_3x3_conv(node, inits: dict) -> bool:
     """Return True for a Conv whose weight is the initializer of a spatial (not 1x1) kernel."""
     return node.op_type == "Conv" and node.input[1] in inits and list(inits[node.input[1]].dims[2:]) != [1, 1]
@@ -183,11 +197,12 @@ class Int8Scheme:
     tensor; ranges from the ``percentile`` of the calibration values, or min/max when it is None);
     ``reduce_range`` 7-bit weights (int8 in [-64, 64], symmetric, per channel; False: [-127, 127]);
     ``float_tail`` keeps the anchor conv, the last Add and DepthToSpace in float (:func:`float_tail_nodes`);
-    ``float_end_convs`` the first and last 3x3 convs (:func:`float_end_convs`); ``float_stream`` keeps the
+    ``float_end_convs`` the first and last 3x3 convs (:func:`float_end_convs`); ``float_first_conv`` the first
+    body conv too, reading the head's output unrounded (:func:`first_body_convs`); ``float_stream`` keeps the
     residual stream float (every Add float, reading its float inputs, :func:`float_stream_skips`), so only the
     convs see a rounded copy of it; ``tail_refit`` refits the float tail conv to the quantized stream
     (:func:`~sr_shrink.export.refit.refit_tail`). The default is the int8 export's scheme (``sr-shrink export
-    --no-reduce-range / --float-stream / --[no-]tail-refit`` change it, :meth:`with_options`);
+    --no-reduce-range / --float-stream / --float-first-conv / --[no-]tail-refit`` change it, :meth:`with_options`);
     :data:`W8A16_SCHEME` the w8a16 one."""
 
     activations: str = "uint8"
@@ -197,14 +212,16 @@ class Int8Scheme:
     percentile: float | None = CALIB_PERCENTILE
     float_stream: bool = False
     tail_refit: bool = True
+    float_first_conv: bool = False
 
     def with_options(self, reduce_range: bool | None = None, float_stream: bool = False,
-                     tail_refit: bool | None = None) -> Int8Scheme:
-        """Return this scheme with an export's ``--[no-]reduce-range``, ``--[no-]tail-refit`` (None: keep) and
-        ``--float-stream``."""
+                     tail_refit: bool | None = None, float_first_conv: bool = False) -> Int8Scheme:
+        """Return this scheme with an export's ``--[no-]reduce-range``, ``--[no-]tail-refit`` (None: keep),
+        ``--float-stream`` and ``--float-first-conv``."""
         return replace(self, reduce_range=self.reduce_range if reduce_range is None else reduce_range,
                        float_stream=self.float_stream or float_stream,
-                       tail_refit=self.tail_refit if tail_refit is None else tail_refit)
+                       tail_refit=self.tail_refit if tail_refit is None else tail_refit,
+                       float_first_conv=self.float_first_conv or float_first_conv)
 
     @property
     def refits_tail(self) -> bool:
@@ -219,6 +236,8 @@ class Int8Scheme:
                "weights": f"int8 (symmetric, per channel, {bits})"}
         if self.float_stream:
             rec["residual_stream"] = "float (the Adds run in float; each conv reads a rounded copy)"
+        if self.float_first_conv:
+            rec["first_body_conv"] = "float (reads the head's output unrounded)"
         if self.refits_tail:
             rec["tail"] = "float, refitted by least squares to the quantized stream (export.refit)"
         return rec
@@ -241,7 +260,8 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
     adds = [n.name for n in proto.graph.node if n.op_type == "Add"]
     keep_float = sorted(set((float_tail_nodes(proto) if scheme.float_tail else [])
                             + (float_end_convs(proto) if scheme.float_end_convs else [])
-                            + (adds if scheme.float_stream else [])))
+                            + (adds if scheme.float_stream else [])
+                            + (first_body_convs(proto) if scheme.float_first_conv else [])))
     act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16,
            "int16": QuantType.QInt16}[scheme.activations]
     calib_opts = ({"calibrate_method": CalibrationMethod.Percentile,
@@ -259,6 +279,8 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
         out = onnx.load(str(dst))
     if scheme.float_stream:
         float_stream_skips(out)
+    if scheme.float_first_conv:
+        read_unrounded(out, first_body_convs(proto))
     info = {"method": "onnxruntime static QDQ", **scheme.record(), "float_nodes": keep_float,
             "calibration_inputs": len(arrays)}
     if scheme.refits_tail:
@@ -292,6 +314,24 @@ def float_stream_skips(proto) -> int:
             if src is not None and not quantized_conv and src.op_type in ("Add", "Conv"):
                 n.input[k] = q.input[0]
                 rewired += 1
+    return rewired
+
+
+def read_unrounded(proto, names: list[str]) -> int:
+    """Rewire, in place, each node of ``names`` in the QDQ model ``proto`` that reads DequantizeLinear(
+    QuantizeLinear(x)) to read ``x`` itself; return how many inputs were rewired. onnxruntime's quantizer gives a
+    node it leaves float (``nodes_to_exclude``) the rounded copy of a tensor that another consumer needs
+    quantized (by default the int8 stream's first Add)."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    rewired = 0
+    for n in proto.graph.node:
+        if n.name not in names:
+            continue
+        dq = producer.get(n.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            n.input[0] = q.input[0]
+            rewired += 1
     return rewired
 
 
@@ -356,5 +396,6 @@ TARGET = Target(
     # BENCHMARKS 29)
     int8_closer=(Int8Option("--no-reduce-range", "reduce_range", False, "ARM, x86 with VNNI, NPUs"),
                  Int8Option("--float-stream", "float_stream", True, "slower"),
+                 Int8Option("--float-first-conv", "float_first_conv", True, "slower"),
                  Int8Option("--qat 1000", "qat_steps"),
                  Int8Option("--precision w8a16", None, when="NPUs")))

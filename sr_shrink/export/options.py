@@ -36,7 +36,7 @@ FILE_OPTIONS = {"input_size": "--input-size", "shapes": "--shapes", "io": "--io"
                 "native_io": "--native-io", "qat_steps": "--qat", "qat_target": "--qat-target", "qat_lr": "--qat-lr",
                 "teacher": "--teacher", "trust_pickle": "--trust-pickle", "bias_correction": "--bias-correction",
                 "equalize": "--equalize", "reduce_range": "--reduce-range", "float_stream": "--float-stream",
-                "tail_refit": "--tail-refit"}
+                "float_first_conv": "--float-first-conv", "tail_refit": "--tail-refit"}
 
 
 @dataclass
@@ -61,8 +61,9 @@ class ExportConfig:
     int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`; None: on for w8a16,
     where it measured better on the panel at 3 seeds, BENCHMARKS 27, off for int8). ONNX int8 only:
     ``reduce_range`` False writes full-range [-127, 127] weights instead of 7-bit ones (None: the scheme's
-    default, 7-bit), ``float_stream`` keeps the residual stream float, ``tail_refit`` refits the float tail conv to the
-    quantized stream (None: the scheme's default; :class:`~sr_shrink.export.onnx.Int8Scheme`).
+    default, 7-bit), ``float_stream`` keeps the residual stream float, ``float_first_conv`` the first body conv
+    (reading the head's output unrounded), ``tail_refit`` refits the float tail conv to the quantized stream (None:
+    the scheme's default; :class:`~sr_shrink.export.onnx.Int8Scheme`).
     """
 
     target: str
@@ -89,6 +90,7 @@ class ExportConfig:
     bias_correction: bool | None = None
     reduce_range: bool | None = None
     float_stream: bool = False
+    float_first_conv: bool = False
     calib_method: str | None = None
     tail_refit: bool | None = None
 
@@ -136,6 +138,7 @@ class ExportConfig:
     def _check_int8_scheme(self) -> None:
         given = [f for f, v in (("--reduce-range" if self.reduce_range else "--no-reduce-range",
                                  self.reduce_range is not None), ("--float-stream", self.float_stream),
+                                ("--float-first-conv", self.float_first_conv),
                                 ("--tail-refit" if self.tail_refit else "--no-tail-refit",
                                  self.tail_refit is not None)) if v]
         if given and (get_target(self.target).int8_scheme is None or self.precision != "int8"):

@@ -147,6 +147,7 @@ class _Job:
                          weight_max=64 if scheme is not None and scheme.reduce_range else 127,
                          float_ends=bool(scheme is not None and scheme.float_end_convs),
                          float_stream=bool(scheme is not None and scheme.float_stream),
+                         float_first=bool(scheme is not None and scheme.float_first_conv),
                          target=cfg.qat_target, ranges=ranges, percentile=percentile)
         inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
         tuned, rec = finetune(student, label, inputs, qcfg, calib)
@@ -173,14 +174,15 @@ def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | 
         raise SRShrinkError(f"stage {stage}: {cfg.target} {cfg.tag} export failed: {first_line(exc)}") from exc
 
 
-def _weight_scheme(fmt: Target, cfg: ExportConfig) -> tuple[int, bool]:
-    """Return (the int8 weights' largest level, whether head and tail convs are quantized) of ``fmt``'s
-    ``cfg.precision`` export: ONNX int8 has 7-bit weights (unless ``--no-reduce-range``) and float head/tail
-    (``Int8Scheme``); w8a16 and TFLite int8 quantize every conv to [-127, 127]."""
+def _weight_scheme(fmt: Target, cfg: ExportConfig) -> tuple[int, bool, bool]:
+    """Return (the int8 weights' largest level, whether head and tail convs are quantized, whether the first body
+    conv is) of ``fmt``'s ``cfg.precision`` export: ONNX int8 has 7-bit weights (unless ``--no-reduce-range``), float
+    head/tail and a float first body conv with ``--float-first-conv`` (``Int8Scheme``); w8a16 and TFLite int8
+    quantize every conv to [-127, 127]."""
     scheme = fmt.scheme_for(cfg) if cfg.precision == "int8" else None
     if scheme is None:
-        return 127, True
-    return (64 if scheme.reduce_range else 127), not scheme.float_end_convs
+        return 127, True, True
+    return (64 if scheme.reduce_range else 127), not scheme.float_end_convs, not scheme.float_first_conv
 
 
 def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:

@@ -123,10 +123,12 @@ class ActQuant(nn.Module):
         return [round(float(self.lo), 5), round(float(self.hi), 5)]
 
 
-def quantized_convs(student: SRStudent, ends: bool) -> list[nn.Conv2d]:
+def quantized_convs(student: SRStudent, ends: bool, first: bool = True) -> list[nn.Conv2d]:
     """Return the student's convs in network order: head, each block's two, tail; without head and tail when
-    ``ends`` is False (the ONNX int8 scheme keeps them float)."""
+    ``ends`` is False (the ONNX int8 scheme keeps them float), without the first block's first conv when
+    ``first`` is False (ONNX ``--float-first-conv``)."""
     body = [c for blk in student.body for c in (blk.conv1, blk.conv2)]
+    body = body if first else body[1:]
     return [student.head, *body, student.tail] if ends else body
 
 
@@ -142,20 +144,21 @@ class QATStudent(nn.Module):
     ``weight_max``: the weights' integer range [-weight_max, weight_max] (127, or 64 for ONNX's 7-bit weights);
     ``float_ends``: the head and tail convs stay float, as the ONNX export keeps them (so the input and the
     tail's output are not quantized either); ``float_stream``: the residual stream stays float and each block's
-    first conv reads a rounded copy of it (ONNX ``--float-stream``). :meth:`student` returns the float student
-    with the current weights."""
+    first conv reads a rounded copy of it (ONNX ``--float-stream``); ``float_first``: the first block's first conv
+    stays float and reads the head's output unrounded (ONNX ``--float-first-conv``). :meth:`student` returns the
+    float student with the current weights."""
 
     def __init__(self, student: SRStudent, activations: bool = True, weight_max: int = INT8_W[1],
-                 float_ends: bool = False, float_stream: bool = False):
+                 float_ends: bool = False, float_stream: bool = False, float_first: bool = False):
         super().__init__()
-        self.float_stream = float_stream
+        self.float_stream, self.float_first = float_stream, float_first
         if student.block != "plain":
             raise SRShrinkError("--qat needs a collapsed (plain) student; stage_XX.pt files hold one.")
         self.net = copy.deepcopy(student).float()
         n = student.n_blocks
         self.weight_max, self.end_max = weight_max, None if float_ends else weight_max
         self.q_in, self.q_tail = (ActQuant(activations and not float_ends) for _ in range(2))
-        self.q_head = ActQuant(activations)
+        self.q_head = ActQuant(activations and not (float_stream and float_first))  # float stream: only conv1 read it
         self.q_mid = nn.ModuleList(ActQuant(activations) for _ in range(n))
         self.q_conv2 = nn.ModuleList(ActQuant(activations) for _ in range(n))
         self.q_add = nn.ModuleList(ActQuant(activations) for _ in range(n))
@@ -163,13 +166,16 @@ class QATStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.net.scale
         xq = self.q_in(x)
-        feat = _conv(self.net.head, xq, self.end_max)
+        head = feat = _conv(self.net.head, xq, self.end_max)
         stream_q = [self.q_head, *self.q_add]  # the stream's rounding after the head and after each Add
         if not self.float_stream:
             feat = self.q_head(feat)
         for i, blk in enumerate(self.net.body):
             inp = stream_q[i](feat) if self.float_stream else feat  # float stream: only the conv's copy is rounded
-            mid = self.q_mid[i](F.relu(_conv(blk.conv1, inp, self.weight_max)))
+            wmax = self.weight_max
+            if i == 0 and self.float_first:
+                inp, wmax = head, None
+            mid = self.q_mid[i](F.relu(_conv(blk.conv1, inp, wmax)))
             feat = feat + self.q_conv2[i](_conv(blk.conv2, mid, self.weight_max))
             if not self.float_stream:
                 feat = self.q_add[i](feat)
@@ -180,7 +186,7 @@ class QATStudent(nn.Module):
         """Return (conv, its weights' largest integer level) for every conv whose weights the file rounds."""
         ends = (self.net.head, self.net.tail)
         return [(c, self.end_max if c in ends else self.weight_max)
-                for c in quantized_convs(self.net, self.end_max is not None)]
+                for c in quantized_convs(self.net, self.end_max is not None, not self.float_first)]
 
     def ranges(self) -> dict[str, list[float]]:
         """Return the activation ranges by Q/DQ point (``input``, ``head``, ``body.N.relu`` ...) of the points
@@ -217,6 +223,7 @@ class QATConfig:
     weight_max: int = INT8_W[1]  # 64: ONNX's 7-bit weights
     float_ends: bool = False  # ONNX keeps the head and tail convs float
     float_stream: bool = False  # ONNX --float-stream: the residual Adds float, only conv inputs rounded
+    float_first: bool = False  # ONNX --float-first-conv: the first body conv float, reading the head unrounded
     target: str = "teacher"
     ranges: str = "ema"
     percentile: float = CALIB_PERCENTILE
@@ -377,7 +384,8 @@ def finetune(student: SRStudent, label_net: nn.Module, inputs: DataFreeInputs, c
     KD step; benchmarks pass variants of the loss). ``student`` itself is left untouched. Deterministic for a given
     seed and thread count."""
     torch.manual_seed(cfg.seed)
-    model = QATStudent(student, cfg.activations, cfg.weight_max, cfg.float_ends, cfg.float_stream).train()
+    model = QATStudent(student, cfg.activations, cfg.weight_max, cfg.float_ends, cfg.float_stream,
+                       cfg.float_first).train()
     if cfg.activations and cfg.ranges != "ema":  # frozen at a calibration rule
         if not calib:
             raise SRShrinkError("QAT with frozen calibrated ranges needs the export's calibration inputs.")
@@ -415,6 +423,7 @@ def finetune(student: SRStudent, label_net: nn.Module, inputs: DataFreeInputs, c
                              "; activations float")
                           + ("; head and tail convs float" if cfg.float_ends else "")
                           + ("; residual stream float" if cfg.float_stream else "")
+                          + ("; first body conv float" if cfg.float_first else "")
                           + ("; rounding only (weights within half a step of the original)" if cfg.bounded else "")),
            "first_loss": round(sum(head) / len(head), 6) if head else None,
            "final_loss": round(sum(tail) / len(tail), 6) if tail else None,

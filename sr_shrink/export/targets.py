@@ -79,11 +79,12 @@ class Target:
 
     def scheme_for(self, cfg) -> object:
         """Return the :class:`~sr_shrink.export.onnx.Int8Scheme` this target's int8 exporter uses for the export
-        ``cfg`` (its ``--[no-]reduce-range`` / ``--float-stream`` / ``--[no-]tail-refit`` applied), or None when the
-        target has none (TFLite, Core ML). The exporter and everything that mirrors it (QAT, bias correction) ask
-        here."""
+        ``cfg`` (its ``--[no-]reduce-range`` / ``--float-stream`` / ``--float-first-conv`` / ``--[no-]tail-refit``
+        applied), or None when the target has none (TFLite, Core ML). The exporter and everything that mirrors it
+        (QAT, bias correction) ask here."""
         scheme = self.int8_scheme
-        return None if scheme is None else scheme.with_options(cfg.reduce_range, cfg.float_stream, cfg.tail_refit)
+        return None if scheme is None else scheme.with_options(cfg.reduce_range, cfg.float_stream, cfg.tail_refit,
+                                                           cfg.float_first_conv)
 
 
 TARGETS: dict[str, Target] = {}
