@@ -321,6 +321,9 @@ def _params_row(params: int, inference: int) -> str:
 @click.option("--bias-correction/--no-bias-correction", default=None,
               help="int8/w8a16: correct the biases for the mean error of the weights' rounding (calibration inputs) "
                    "[default: on for w8a16, off for int8].")
+@click.option("--gptq/--no-gptq", default=None,
+              help="int8/w8a16: choose each conv's int8 weights against the calibration inputs (GPTQ error feedback) "
+                   "instead of rounding to nearest [default: off].")
 @click.option("--equalize", is_flag=True, help="int8: rescale the residual stream and hidden channels towards equal "
               "ranges first (the same function).")
 @click.option("--reduce-range/--no-reduce-range", default=None,
@@ -339,7 +342,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
            calib_method: str | None, calib_samples: int | None, seed: int, eval_dir: str | None, native_io: bool,
            qat_steps: int, qat_target: str | None, qat_lr: float | None, teacher: str | None, trust_pickle: bool,
            shapes: str | None,
-           io_kind: str, bias_correction: bool | None, equalize: bool, reduce_range: bool | None,
+           io_kind: str, bias_correction: bool | None, gptq: bool | None, equalize: bool, reduce_range: bool | None,
            float_stream: bool, float_first_conv: bool, tail_refit: bool | None) -> None:
     """Export stage(s) of a distill RUN_DIR (or one stage_XX.pt) for phones, checked and verified."""
     from pathlib import Path
@@ -354,7 +357,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
                          calib_method=calib_method, calib_samples=calib_samples, seed=seed, eval_dir=eval_dir,
                          native_io=native_io, qat_steps=qat_steps, qat_target=qat_target, qat_lr=qat_lr,
                          teacher=teacher, trust_pickle=trust_pickle, shapes=shapes, io=io_kind,
-                         bias_correction=bias_correction, equalize=equalize, reduce_range=reduce_range,
+                         bias_correction=bias_correction, gptq=gptq, equalize=equalize, reduce_range=reduce_range,
                          float_stream=float_stream, float_first_conv=float_first_conv, tail_refit=tail_refit)
     table = Table(title=f"sr-shrink export -> {Path(entries[0]['path']).parent}")
     for col in ("file", "KiB", "PSNR-Y (torch)", "Δ dB (tolerance)", "verified"):

@@ -419,14 +419,16 @@ def test_export_command_names_every_option_the_file_was_made_with(tmp_path):
         pytest.skip("onnxruntime is not installed")
     run = make_tiny_run(tmp_path / "run")
     args = ["export", str(run), "--target", "onnx", "--stage", "2", "--precision", "int8", "--no-reduce-range",
-            "--float-stream", "--float-first-conv", "--no-tail-refit", "--equalize", "--bias-correction",
-            "--calib-samples", "4", "--seed", "3", "--qat", "2", "--qat-lr", "2e-05", "--shuffle", "convt", "--out", str(tmp_path / "a")]
+            "--float-stream", "--float-first-conv", "--no-tail-refit", "--equalize", "--bias-correction", "--gptq",
+            "--calib-samples", "4", "--seed", "3", "--qat", "2", "--qat-lr", "2e-05", "--shuffle", "convt",
+            "--out", str(tmp_path / "a")]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     first = json.loads((tmp_path / "a" / "export.json").read_text())["exports"][0]
     cmd = export_command(RunDir.open(run), tmp_path / "a" / first["file"])
     for flag in ("--no-reduce-range", "--float-stream", "--float-first-conv", "--no-tail-refit", "--equalize",
-                 "--bias-correction", "--calib-samples 4", "--seed 3", "--qat 2", "--qat-lr 2e-05", "--shuffle convt"):
+                 "--bias-correction", "--gptq", "--calib-samples 4", "--seed 3", "--qat 2", "--qat-lr 2e-05",
+                 "--shuffle convt"):
         assert f" {flag}" in cmd, cmd
     again = cmd.split()[1:-1] + [str(tmp_path / "b")]  # the same command into another folder
     res = CliRunner().invoke(main, again)

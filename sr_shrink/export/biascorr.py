@@ -26,25 +26,30 @@ from .qat import fake_quant_weight, quantized_convs
 
 @torch.no_grad()
 def correct_bias(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127, ends: bool = True,
-                 first: bool = True, max_inputs: int = 256) -> tuple[SRStudent, dict]:
+                 first: bool = True, max_inputs: int = 256,
+                 reference: SRStudent | None = None) -> tuple[SRStudent, dict]:
     """Return (a copy of the plain ``student`` whose quantized convs' biases are corrected for the mean error of
     rounding their weights to [-qmax, qmax] per channel, its export.json record). ``calib``: NCHW inputs (up to
     ``max_inputs`` used); ``ends``: whether the head and tail convs are quantized too, ``first``: whether the
-    first body conv is (:func:`~sr_shrink.export.qat.quantized_convs`)."""
+    first body conv is (:func:`~sr_shrink.export.qat.quantized_convs`). ``reference``: the student whose weights the
+    error is taken against (default ``student``; the fp32 student when ``student``'s weights were already chosen on
+    the grid, :func:`~sr_shrink.export.gptq.gptq_round`)."""
     if student.block != "plain":
         raise ValueError("correct_bias takes a collapsed (plain) student")
     out = copy.deepcopy(student).float().eval()
     batches = calib_batches(calib[:max_inputs])
     convs = quantized_convs(out, ends, first)
+    refs = quantized_convs(reference if reference is not None else student, ends, first)
     shifts = []
-    for conv in convs:
+    for conv, ref in zip(convs, refs):
         seen: list[torch.Tensor] = []
         hook = conv.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
         for x in batches:
             out(x)
         hook.remove()
         wq = fake_quant_weight(conv.weight, qmax)
-        total = sum(F.conv2d(x, wq - conv.weight, None, padding=conv.padding).sum(dim=(0, 2, 3)) for x in seen)
+        diff = wq - ref.weight.float()
+        total = sum(F.conv2d(x, diff, None, padding=conv.padding).sum(dim=(0, 2, 3)) for x in seen)
         count = sum(x.shape[0] * x.shape[2] * x.shape[3] for x in seen)
         err = total / count
         conv.bias -= err

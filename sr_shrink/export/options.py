@@ -35,6 +35,7 @@ FILE_OPTIONS = {"input_size": "--input-size", "shapes": "--shapes", "io": "--io"
                 "calib_method": "--calib-method", "calib_samples": "--calib-samples", "seed": "--seed",
                 "native_io": "--native-io", "qat_steps": "--qat", "qat_target": "--qat-target", "qat_lr": "--qat-lr",
                 "teacher": "--teacher", "trust_pickle": "--trust-pickle", "bias_correction": "--bias-correction",
+                "gptq": "--gptq",
                 "equalize": "--equalize", "reduce_range": "--reduce-range", "float_stream": "--float-stream",
                 "float_first_conv": "--float-first-conv", "tail_refit": "--tail-refit"}
 
@@ -59,7 +60,9 @@ class ExportConfig:
     ``equalize`` rescales the student's stream and hidden channels towards equal ranges before an int8 export
     (:mod:`~sr_shrink.export.equalize`; the same function, off by default); ``bias_correction`` corrects the
     int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`; None: on for w8a16,
-    where it measured better on the panel at 3 seeds, BENCHMARKS 27, off for int8). ONNX int8 only:
+    where it measured better on the panel at 3 seeds, BENCHMARKS 27, off for int8); ``gptq`` chooses the int8
+    weights' grid points against the calibration inputs instead of rounding to nearest (:mod:`~sr_shrink.export.gptq`;
+    None: off). ONNX int8 only:
     ``reduce_range`` False writes full-range [-127, 127] weights instead of 7-bit ones (None: the scheme's
     default, 7-bit), ``float_stream`` keeps the residual stream float, ``float_first_conv`` the first body conv
     (reading the head's output unrounded), ``tail_refit`` refits the float tail conv to the quantized stream (None:
@@ -88,6 +91,7 @@ class ExportConfig:
     io: str = "tensor"
     equalize: bool = False
     bias_correction: bool | None = None
+    gptq: bool | None = None
     reduce_range: bool | None = None
     float_stream: bool = False
     float_first_conv: bool = False
@@ -119,6 +123,8 @@ class ExportConfig:
                                 "macOS (use --precision int8 or --palettize for Core ML).")
         if self.bias_correction is None:
             self.bias_correction = self.precision == "w8a16"
+        if self.gptq is None:
+            self.gptq = False
         if self.calib_samples is None:
             self.calib_samples = auto_calib_samples(self.input_size)
         if self.calib_samples < 1:
@@ -216,9 +222,9 @@ class ExportConfig:
 
     def shapes_the_file(self, name: str) -> bool:
         """Return False for a file-shaping option (a :data:`FILE_OPTIONS` field) that this export leaves unused:
-        the calibration settings (``calib``, ``calib_samples``, ``bias_correction``; ``seed`` unless QAT uses
+        the calibration settings (``calib``, ``calib_samples``, ``bias_correction``, ``gptq``; ``seed`` unless QAT uses
         it) when the export is not calibrated, ``equalize`` except on a calibrated int8 export."""
-        if name in ("calib", "calib_samples", "bias_correction"):
+        if name in ("calib", "calib_samples", "bias_correction", "gptq"):
             return self.calibrated
         if name == "seed":
             return self.calibrated or bool(self.qat_steps)
@@ -278,7 +284,7 @@ def option_args(options: dict) -> list[str]:
         if flag is None:
             continue
         if isinstance(value, bool):
-            if name in ("reduce_range", "bias_correction", "tail_refit"):  # on/off pairs: either can be the default
+            if name in ("reduce_range", "bias_correction", "gptq", "tail_refit"):  # on/off pairs: either default
                 args.append(flag if value else "--no-" + flag[2:])
             elif value:
                 args.append(flag)

@@ -36,6 +36,7 @@ from ..runtimes import open_runner, runtime_label
 from .biascorr import correct_bias
 from .calib import CalibSource, calib_inputs, calib_source, without_unreadable_generator
 from .equalize import equalize
+from .gptq import gptq_round
 from .graph import GraphInfo, check_graph
 from .onnx import CALIB_PERCENTILE
 from .options import ExportConfig, given_options, unused_options_note
@@ -162,8 +163,12 @@ def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | 
     recs = {}
     if cfg.equalize and calib and cfg.precision == "int8":  # same function, int8-friendlier ranges
         student, recs["equalization"] = equalize(student, calib)
+    fp32 = student
+    if cfg.gptq and calib:  # int8 / w8a16: the weights' grid points chosen against the calibration inputs
+        student, recs["gptq"] = gptq_round(student, calib, *_weight_scheme(job.fmt, cfg))
     if cfg.bias_correction and calib:  # int8 / w8a16: biases corrected for the weights' rounding
-        student, recs["bias_correction"] = correct_bias(student, calib, *_weight_scheme(job.fmt, cfg))
+        student, recs["bias_correction"] = correct_bias(student, calib, *_weight_scheme(job.fmt, cfg),
+                                                        reference=fp32)
     try:
         extra = job.fmt.export(build_wrapper(student, cfg.layout, cfg.shuffle), path, cfg, calib,
                                _metadata(job.run, stage, student, cfg, qat))

@@ -1,0 +1,100 @@
+"""GPTQ weight rounding: each conv's int8 weights chosen against the calibration inputs, not rounded to nearest.
+
+The exporters round a conv's weights per output channel to the symmetric grid ``max |w| / qmax`` (the scale is
+the channel's largest weight). Round-to-nearest picks each weight's grid point alone; GPTQ (Frantar et al. 2022,
+after Optimal Brain Quantization) picks them one input column at a time and spreads each column's rounding error
+over the columns not yet rounded, weighted by the inverse of the inputs' second-moment matrix ``H = E[x xᵀ]`` (x:
+the conv's input patches, ``Cin * kh * kw`` long), so that the channel's output on those inputs stays as close
+as least squares allows. Convs are taken in network order, each seeing the inputs that the already rounded convs
+before it give (as :mod:`~sr_shrink.export.biascorr` does). The grid is the exporter's own: every weight of the
+result is a grid point and each channel keeps a weight at ``±qmax``, so the exporter's own rounding leaves the
+weights as they are (a channel where the error feedback would move the largest weight off the top level keeps
+round-to-nearest). The biases are not changed here; bias correction (:func:`~sr_shrink.export.biascorr.
+correct_bias` with ``reference``) then takes out the mean error against the original weights.
+
+The calibration inputs are the export's own (the run's generator samples by default). The fp32 student is never
+modified: :func:`gptq_round` returns a copy for the quantized file only.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from ..models.student import SRStudent
+from .calib import calib_batches
+from .qat import fake_quant_weight, quantized_convs
+
+DAMP = 0.01  # added to H's diagonal, as a share of its mean (GPTQ's default): H may be singular (flat inputs)
+CHUNK = 8  # inputs unfolded at once when H is summed
+MAX_INPUTS = 32  # calibration inputs H is taken over: 32 of the default 96x96 crops are ~300k patches per conv
+
+
+@torch.no_grad()
+def input_moments(conv: torch.nn.Conv2d, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Return ``E[x xᵀ]`` (float64) over every input patch ``x`` that ``conv`` sees in ``inputs`` (its NCHW
+    input batches), padding included, as the conv computes it."""
+    k = conv.kernel_size
+    total, count = None, 0
+    for batch in inputs:
+        for part in batch.split(CHUNK):
+            cols = F.unfold(part, k, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+            cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            part_sum = (cols.T @ cols).double()
+            total = part_sum if total is None else total + part_sum
+            count += cols.shape[0]
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def gptq_weights(weight: torch.Tensor, moments: torch.Tensor, qmax: int,
+                 damp: float = DAMP) -> tuple[torch.Tensor, int]:
+    """Return (``weight`` (O, I, kh, kw) rounded by GPTQ to the symmetric per-output-channel grid of ``qmax``
+    levels given the inputs' second moments ``moments``, the number of channels left at round-to-nearest because
+    the error feedback took their largest weight off the top level)."""
+    w0 = weight.reshape(weight.shape[0], -1).double()
+    scale = (w0.abs().amax(dim=1).clamp_min(1e-8) / qmax)[:, None]
+    h = moments + damp * moments.diagonal().mean().clamp_min(1e-12) * torch.eye(len(moments), dtype=moments.dtype)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    w, q = w0.clone(), torch.empty_like(w0)
+    for i in range(w.shape[1]):
+        q[:, i] = (w[:, i:i + 1] / scale).round().clamp(-qmax, qmax).squeeze(1) * scale.squeeze(1)
+        err = (w[:, i] - q[:, i]) / u[i, i]
+        w[:, i + 1:] -= err[:, None] * u[i, i + 1:][None, :]
+    nearest = (w0 / scale).round().clamp(-qmax, qmax) * scale
+    off_top = (q.abs() / scale).round().amax(dim=1) < qmax
+    q[off_top] = nearest[off_top]
+    return q.reshape(weight.shape).to(weight.dtype), int(off_top.sum())
+
+
+@torch.no_grad()
+def gptq_round(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127, ends: bool = True,
+               first: bool = True, max_inputs: int = MAX_INPUTS) -> tuple[SRStudent, dict]:
+    """Return (a copy of the plain ``student`` whose quantized convs' weights are rounded by GPTQ on the calibration
+    inputs ``calib`` (NCHW, up to ``max_inputs`` used) to the per-channel grid of ``qmax``, its export.json
+    record). ``ends``: whether the head and tail convs are quantized too, ``first``: whether the first body conv
+    is (:func:`~sr_shrink.export.qat.quantized_convs`)."""
+    if student.block != "plain":
+        raise ValueError("gptq_round takes a collapsed (plain) student")
+    out = copy.deepcopy(student).float().eval()
+    batches = calib_batches(calib[:max_inputs])
+    convs = quantized_convs(out, ends, first)
+    kept = changed = 0
+    for conv in convs:
+        seen: list[torch.Tensor] = []
+        hook = conv.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
+        for x in batches:
+            out(x)
+        hook.remove()
+        nearest = fake_quant_weight(conv.weight, qmax)
+        q, off_top = gptq_weights(conv.weight, input_moments(conv, seen), qmax)
+        conv.weight.copy_(q)  # later convs see this conv as the file computes it
+        kept += off_top
+        changed += int((q != nearest).flatten(1).any(dim=1).sum())
+    rec = {"method": "GPTQ weight rounding (error feedback through the calibration inputs' second moments)",
+           "weights": f"per channel, [-{qmax}, {qmax}]", "convs": len(convs),
+           "channels": sum(c.weight.shape[0] for c in convs), "channels_changed": changed,
+           "channels_nearest": kept, "inputs": sum(x.shape[0] for x in batches)}
+    return out, rec
