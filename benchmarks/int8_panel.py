@@ -13,7 +13,8 @@ rerun skips what is there; the table is printed at the end. ``--fidelity`` adds 
 file's fidelity gap (its RGB PSNR against the student minus the student's Y-PSNR against the ground truth), binned,
 next to what an error independent of the student's own would cost (BENCHMARKS 25). ``--per-image`` tabulates
 each file's loss on the image where it loses most (the student's Y-PSNR there) and its loss without one image
-(``--leave-out``, ladybird: the near-exact one), from ``verification.per_image`` (BENCHMARKS 31).
+(``--leave-out``, ladybird: the near-exact one), from ``verification.per_image`` (BENCHMARKS 31). ``ffc``
+variants add ``--float-first-conv`` (BENCHMARKS 33), ``gptq`` variants ``--gptq`` (BENCHMARKS 34).
 
     OMP_NUM_THREADS=1 python benchmarks/int8_panel.py --panel ../panel_runs/panel --out runs/int8_panel.jsonl
 """
@@ -46,9 +47,9 @@ from sr_shrink.run import RunDir  # noqa: E402
 TEACHERS = ("edsr_x2", "edsr_x4", "span_x2", "span_x4", "realcugan_x4", "realesrgan_anime_x4")
 VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", equalize=True),
             "int8 eq0.5": dict(precision="int8", equalize=True),
-            "w8a16": dict(precision="w8a16", bias_correction=False),  # plain (bias correction is w8a16's default)
+            "w8a16": dict(precision="w8a16", bias_correction=False, gptq=False),  # plain (w8a16 has both by default)
             "int8 bc": dict(precision="int8", bias_correction=True),
-            "w8a16 bc": dict(precision="w8a16", bias_correction=True),
+            "w8a16 bc": dict(precision="w8a16", bias_correction=True, gptq=False),
             "int8 pct": dict(precision="int8", calib_method="percentile"),
             "int8 qat pct": dict(precision="int8", calib_method="percentile", qat_steps=1000),
             "int8 nrr fs": dict(precision="int8", reduce_range=False, float_stream=True),

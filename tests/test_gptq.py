@@ -66,7 +66,7 @@ def test_gptq_round_then_bias_correction_against_the_fp32_weights(tmp_path):
 @pytest.mark.parametrize("precision", ["w8a16", "int8"])
 def test_gptq_export_writes_the_chosen_weights(tmp_path, monkeypatch, precision):
     """--gptq: the file's int8 weights are exactly the GPTQ student's (the exporter's own rounding keeps them),
-    not the nearest ones; export.json records it; a file without it rounds to nearest."""
+    not the nearest ones; export.json records it; a file with --no-gptq rounds to nearest."""
     run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
     chosen = {}
 
@@ -76,7 +76,7 @@ def test_gptq_export_writes_the_chosen_weights(tmp_path, monkeypatch, precision)
 
     monkeypatch.setattr(pipeline, "gptq_round", spy)
     e = export_run(run, "onnx", precision=precision, gptq=True, out=tmp_path / "a", **FAST)[0]
-    plain = export_run(run, "onnx", precision=precision, out=tmp_path / "b", **FAST)[0]
+    plain = export_run(run, "onnx", precision=precision, gptq=False, out=tmp_path / "b", **FAST)[0]
     assert e["gptq"]["convs"] == (4 if precision == "w8a16" else 2) and "gptq" not in plain and e["verified"]
     st = chosen["student"]
     qmax = 64 if precision == "int8" else 127  # ONNX int8's 7-bit weights by default
@@ -96,6 +96,11 @@ def test_gptq_export_writes_the_chosen_weights(tmp_path, monkeypatch, precision)
 
 def test_gptq_is_recorded_as_a_file_option_and_unused_on_float_files(tmp_path):
     from sr_shrink.export.options import ExportConfig, given_options, option_args, unused_options_note
+
+    # on by default for w8a16 only (BENCHMARKS 34)
+    assert ExportConfig("onnx", "w8a16").gptq and ExportConfig("tflite", "w8a16").gptq
+    assert not ExportConfig("onnx", "int8").gptq and not ExportConfig("tflite", "int8").gptq
+    assert not ExportConfig("onnx", "w8a16", gptq=False).gptq
 
     assert option_args(given_options({"gptq": True})) == ["--gptq"]
     assert option_args(given_options({"gptq": False})) == ["--no-gptq"]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.student import SRStudent
-from .calib import calib_batches
+from .calib import calib_batches, conv_inputs
 from .qat import fake_quant_weight, quantized_convs
 
 
@@ -42,11 +42,7 @@ def correct_bias(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127,
     refs = quantized_convs(reference if reference is not None else student, ends, first)
     shifts = []
     for conv, ref in zip(convs, refs):
-        seen: list[torch.Tensor] = []
-        hook = conv.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
-        for x in batches:
-            out(x)
-        hook.remove()
+        seen = conv_inputs(out, conv, batches)
         wq = fake_quant_weight(conv.weight, qmax)
         diff = wq - ref.weight.float()
         total = sum(F.conv2d(x, diff, None, padding=conv.padding).sum(dim=(0, 2, 3)) for x in seen)

@@ -121,6 +121,19 @@ def calib_batches(calib: list[torch.Tensor], size: int = 64) -> list[torch.Tenso
     return [torch.cat(xs[i:i + size]) for xs in by_shape.values() for i in range(0, len(xs), size)]
 
 
+@torch.no_grad()
+def conv_inputs(net: torch.nn.Module, conv: torch.nn.Conv2d, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Return the input batches ``conv`` (a module of ``net``) sees when ``net`` runs on ``batches``."""
+    seen: list[torch.Tensor] = []
+    hook = conv.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    try:
+        for x in batches:
+            net(x)
+    finally:
+        hook.remove()
+    return seen
+
+
 def _fingerprint(path: Path) -> tuple:
     """Return what identifies the content at ``path``: a file's SHA-256, or each image's name, size and mtime."""
     path = Path(path)

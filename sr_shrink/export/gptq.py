@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.student import SRStudent
-from .calib import calib_batches
+from .calib import calib_batches, conv_inputs
 from .qat import fake_quant_weight, quantized_convs
 
 DAMP = 0.01  # added to H's diagonal, as a share of its mean (GPTQ's default): H may be singular (flat inputs)
@@ -83,13 +83,8 @@ def gptq_round(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127, e
     convs = quantized_convs(out, ends, first)
     kept = changed = 0
     for conv in convs:
-        seen: list[torch.Tensor] = []
-        hook = conv.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
-        for x in batches:
-            out(x)
-        hook.remove()
         nearest = fake_quant_weight(conv.weight, qmax)
-        q, off_top = gptq_weights(conv.weight, input_moments(conv, seen), qmax)
+        q, off_top = gptq_weights(conv.weight, input_moments(conv, conv_inputs(out, conv, batches)), qmax)
         conv.weight.copy_(q)  # later convs see this conv as the file computes it
         kept += off_top
         changed += int((q != nearest).flatten(1).any(dim=1).sum())

@@ -158,7 +158,8 @@ class QATStudent(nn.Module):
         n = student.n_blocks
         self.weight_max, self.end_max = weight_max, None if float_ends else weight_max
         self.q_in, self.q_tail = (ActQuant(activations and not float_ends) for _ in range(2))
-        self.q_head = ActQuant(activations and not (float_stream and float_first))  # float stream: only conv1 read it
+        # with the float stream the head's output is rounded only for the first conv: not at all when that is float
+        self.q_head = ActQuant(activations and not (float_stream and float_first))
         self.q_mid = nn.ModuleList(ActQuant(activations) for _ in range(n))
         self.q_conv2 = nn.ModuleList(ActQuant(activations) for _ in range(n))
         self.q_add = nn.ModuleList(ActQuant(activations) for _ in range(n))
@@ -171,10 +172,10 @@ class QATStudent(nn.Module):
         if not self.float_stream:
             feat = self.q_head(feat)
         for i, blk in enumerate(self.net.body):
-            inp = stream_q[i](feat) if self.float_stream else feat  # float stream: only the conv's copy is rounded
-            wmax = self.weight_max
-            if i == 0 and self.float_first:
+            if i == 0 and self.float_first:  # a float conv reading the head's output itself
                 inp, wmax = head, None
+            else:  # float stream: only the conv's copy is rounded
+                inp, wmax = (stream_q[i](feat) if self.float_stream else feat), self.weight_max
             mid = self.q_mid[i](F.relu(_conv(blk.conv1, inp, wmax)))
             feat = feat + self.q_conv2[i](_conv(blk.conv2, mid, self.weight_max))
             if not self.float_stream:
