@@ -323,7 +323,8 @@ def _params_row(params: int, inference: int) -> str:
                    "[default: on for w8a16, off for int8].")
 @click.option("--gptq/--no-gptq", default=None,
               help="int8/w8a16: choose each conv's int8 weights against the calibration inputs (GPTQ error feedback) "
-                   "instead of rounding to nearest [default: on for w8a16, off for int8].")
+                   "instead of rounding to nearest [default: on for w8a16 and TFLite int8 (not after --qat), off for "
+                   "ONNX int8].")
 @click.option("--equalize", is_flag=True, help="int8: rescale the residual stream and hidden channels towards equal "
               "ranges first (the same function).")
 @click.option("--reduce-range/--no-reduce-range", default=None,

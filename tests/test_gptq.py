@@ -97,9 +97,11 @@ def test_gptq_export_writes_the_chosen_weights(tmp_path, monkeypatch, precision)
 def test_gptq_is_recorded_as_a_file_option_and_unused_on_float_files(tmp_path):
     from sr_shrink.export.options import ExportConfig, given_options, option_args, unused_options_note
 
-    # on by default for w8a16 only (BENCHMARKS 34)
+    # on by default for w8a16 and TFLite int8 (BENCHMARKS 34), not for ONNX int8 nor after --qat
     assert ExportConfig("onnx", "w8a16").gptq and ExportConfig("tflite", "w8a16").gptq
-    assert not ExportConfig("onnx", "int8").gptq and not ExportConfig("tflite", "int8").gptq
+    assert ExportConfig("tflite", "int8").gptq and not ExportConfig("onnx", "int8").gptq
+    assert not ExportConfig("tflite", "int8", qat_steps=5).gptq and ExportConfig("tflite", "int8", qat_steps=5,
+                                                                                   gptq=True).gptq
     assert not ExportConfig("onnx", "w8a16", gptq=False).gptq
 
     assert option_args(given_options({"gptq": True})) == ["--gptq"]

@@ -62,8 +62,8 @@ class ExportConfig:
     int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`; None: on for w8a16,
     where it measured better on the panel at 3 seeds, BENCHMARKS 27, off for int8); ``gptq`` chooses the int8
     weights' grid points against the calibration inputs instead of rounding to nearest (:mod:`~sr_shrink.export.gptq`;
-    None: on for w8a16, where it measured better on the panel at 3 seeds, BENCHMARKS 34, off for int8). ONNX int8
-    only:
+    None: the target's ``gptq_by_default`` precisions, w8a16 and TFLite int8, where it measured better on the panel
+    at 3 seeds, BENCHMARKS 34, unless ``qat_steps``). ONNX int8 only:
     ``reduce_range`` False writes full-range [-127, 127] weights instead of 7-bit ones (None: the scheme's
     default, 7-bit), ``float_stream`` keeps the residual stream float, ``float_first_conv`` the first body conv
     (reading the head's output unrounded), ``tail_refit`` refits the float tail conv to the quantized stream (None:
@@ -124,8 +124,8 @@ class ExportConfig:
                                 "macOS (use --precision int8 or --palettize for Core ML).")
         if self.bias_correction is None:
             self.bias_correction = self.precision == "w8a16"
-        if self.gptq is None:
-            self.gptq = self.precision == "w8a16"
+        if self.gptq is None:  # not after --qat, which fitted the weights to round to nearest
+            self.gptq = self.precision in rec.gptq_by_default and not self.qat_steps
         if self.calib_samples is None:
             self.calib_samples = auto_calib_samples(self.input_size)
         if self.calib_samples < 1:

@@ -48,7 +48,9 @@ class Target:
     "calib_method");
     ``int8_scheme``: what its int8 exporter quantizes (QAT mirrors it); ``check_io`` / ``verify_shapes``:
     extra verification steps (or None); ``benched``: ``sr-shrink bench`` times it; ``int8_closer``: the
-    :class:`Int8Option` s that measured closer to the fp32 student than its default int8 file.
+    :class:`Int8Option` s that measured closer to the fp32 student than its default int8 file; ``gptq_by_default``:
+    the precisions whose weights are GPTQ-rounded unless ``--no-gptq`` (:mod:`~sr_shrink.export.gptq`; measured on
+    the panel, BENCHMARKS.md section 34).
     """
 
     name: str
@@ -72,6 +74,7 @@ class Target:
     verify_shapes: Callable | None = None
     benched: bool = False
     int8_closer: tuple[Int8Option, ...] = ()
+    gptq_by_default: frozenset[str] = frozenset({"w8a16"})
 
     def calibrated(self, precision: str) -> bool:
         """Return True when an export at ``precision`` quantises activations and so needs calibration inputs."""

@@ -334,7 +334,7 @@ TARGET = Target(
                            "TRANSPOSE", "QUANTIZE", "DEQUANTIZE"}),
     runtime="litert", converter="litert_torch", require=require_tflite, export=export_tflite, graph=tflite_graph,
     size_range=(4, 8192), demo_precisions=("fp32", "int8"), fixed_size=(256, 256), benched=True,
-    options=frozenset({"w8a16", "calib_method"}),
+    options=frozenset({"w8a16", "calib_method"}), gptq_by_default=frozenset({"int8", "w8a16"}),  # BENCHMARKS 34
     # BENCHMARKS 23c/e: mean int8 loss on the panel 0.070 dB by default, 0.052 with both; w8a16 0.004
     int8_closer=(Int8Option("--calib-method percentile", "calib_method", "percentile"),
                  Int8Option("--qat 1000", "qat_steps"),
