@@ -91,7 +91,7 @@ def int8_notes(entries: list[dict], closer_of) -> list[str]:
             most = (f"; most of it on {where.pop()}, where the student is at {at} dB (rounding noise costs most "
                     "where the student is nearly exact)")
         lines.append(f"{names}: int8 costs {losses} dB Y-PSNR against {whose} here (more than {INT8_NEAR:g}){most}; "
-                     f"measured closer on the teacher panel: {tries} (BENCHMARKS.md, sections 19, 23, 25, 31)")
+                     f"measured closer on the teacher panel: {tries} (BENCHMARKS.md, sections 19, 23, 25, 31, 33)")
     return lines
 
 
