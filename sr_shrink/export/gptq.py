@@ -9,8 +9,8 @@ as least squares allows. Convs are taken in network order, each seeing the input
 before it give (as :mod:`~sr_shrink.export.biascorr` does). The grid is the exporter's own: every weight of the
 result is a grid point and each channel keeps a weight at ``±qmax``, so the exporter's own rounding leaves the
 weights as they are (a channel where the error feedback would move the largest weight off the top level keeps
-round-to-nearest). The biases are not changed here; bias correction (:func:`~sr_shrink.export.biascorr.
-correct_bias` with ``reference``) then takes out the mean error against the original weights.
+round-to-nearest). The biases are not changed here; where bias correction is on (w8a16 by default), it then
+takes out the mean error against the original weights (``correct_bias(..., reference=)``).
 
 The calibration inputs are the export's own (the run's generator samples by default). The fp32 student is never
 modified: :func:`gptq_round` returns a copy for the quantized file only.
