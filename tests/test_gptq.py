@@ -15,6 +15,7 @@ from onnx import numpy_helper
 import sr_shrink.export.pipeline as pipeline
 from sr_shrink.export import export_run
 from sr_shrink.export.biascorr import correct_bias
+from sr_shrink.export.calib import conv_inputs
 from sr_shrink.export.gptq import gptq_round, gptq_weights, input_moments
 from sr_shrink.export.qat import fake_quant_weight, quantized_convs
 from sr_shrink.models.student import load_student
@@ -109,3 +110,22 @@ def test_gptq_is_recorded_as_a_file_option_and_unused_on_float_files(tmp_path):
     note = unused_options_note({"gptq": True}, ExportConfig("onnx", "fp32"))
     assert note is not None and "--gptq" in note
     assert unused_options_note({"gptq": True}, ExportConfig("onnx", "w8a16")) is None
+
+
+def test_one_pass_rounds_as_the_pass_per_conv_does(tmp_path, monkeypatch):
+    """Calibration inputs of one size are rounded in a single forward pass (each conv as the batch reaches it),
+    with the same weights the pass per conv gives; inputs of two sizes take the pass per conv."""
+    import sr_shrink.export.gptq as gptq
+
+    student, _ = load_student(make_tiny_run(tmp_path / "r", n_stages=2) / "stage_02.pt")
+    calib = [torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    calls = []
+    monkeypatch.setattr(gptq, "conv_inputs", lambda *a: calls.append(1) or conv_inputs(*a))
+    fast, rec = gptq_round(student, calib)
+    assert calls == []  # one pass, no pass per conv
+    slow, _ = gptq_round(student, calib, one_pass=False)
+    assert len(calls) == rec["convs"]
+    for a, b in zip(quantized_convs(fast, True), quantized_convs(slow, True), strict=True):
+        assert torch.equal(a.weight, b.weight)
+    gptq_round(student, [*calib, torch.rand(1, 3, 24, 24)])  # two sizes: two batches
+    assert len(calls) == 2 * rec["convs"]

@@ -71,23 +71,47 @@ def gptq_weights(weight: torch.Tensor, moments: torch.Tensor, qmax: int,
 
 @torch.no_grad()
 def gptq_round(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127, ends: bool = True,
-               first: bool = True, max_inputs: int = MAX_INPUTS) -> tuple[SRStudent, dict]:
+               first: bool = True, max_inputs: int = MAX_INPUTS,
+               one_pass: bool | None = None) -> tuple[SRStudent, dict]:
     """Return (a copy of the plain ``student`` whose quantized convs' weights are rounded by GPTQ on the calibration
     inputs ``calib`` (NCHW, up to ``max_inputs`` used) to the per-channel grid of ``qmax``, its export.json
     record). ``ends``: whether the head and tail convs are quantized too, ``first``: whether the first body conv
-    is (:func:`~sr_shrink.export.qat.quantized_convs`)."""
+    is (:func:`~sr_shrink.export.qat.quantized_convs`). ``one_pass`` (default: when the inputs make one batch)
+    rounds each conv as a single forward pass reaches it instead of running the student once per conv: the same
+    inputs reach every conv either way (with several batches, a conv's rounding would see the first one only)."""
     if student.block != "plain":
         raise ValueError("gptq_round takes a collapsed (plain) student")
     out = copy.deepcopy(student).float().eval()
     batches = calib_batches(calib[:max_inputs])
     convs = quantized_convs(out, ends, first)
-    kept = changed = 0
-    for conv in convs:
+    counts = {"kept": 0, "changed": 0}
+
+    def round_conv(conv: torch.nn.Conv2d, inputs: list[torch.Tensor]) -> None:
         nearest = fake_quant_weight(conv.weight, qmax)
-        q, off_top = gptq_weights(conv.weight, input_moments(conv, conv_inputs(out, conv, batches)), qmax)
+        q, off_top = gptq_weights(conv.weight, input_moments(conv, inputs), qmax)
         conv.weight.copy_(q)  # later convs see this conv as the file computes it
-        kept += off_top
-        changed += int((q != nearest).flatten(1).any(dim=1).sum())
+        counts["kept"] += off_top
+        counts["changed"] += int((q != nearest).flatten(1).any(dim=1).sum())
+
+    if len(batches) == 1 if one_pass is None else one_pass:  # each conv rounded as the pass reaches it
+        done: set[torch.nn.Conv2d] = set()
+
+        def hook(conv, args):
+            if conv not in done:
+                done.add(conv)
+                round_conv(conv, [args[0]])
+
+        handles = [conv.register_forward_pre_hook(hook) for conv in convs]
+        try:
+            for x in batches:
+                out(x)
+        finally:
+            for h in handles:
+                h.remove()
+    else:  # a pass over every batch per conv
+        for conv in convs:
+            round_conv(conv, conv_inputs(out, conv, batches))
+    kept, changed = counts["kept"], counts["changed"]
     rec = {"method": "GPTQ weight rounding (error feedback through the calibration inputs' second moments)",
            "weights": f"per channel, [-{qmax}, {qmax}]", "convs": len(convs),
            "channels": sum(c.weight.shape[0] for c in convs), "channels_changed": changed,
