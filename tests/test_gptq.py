@@ -15,7 +15,6 @@ from onnx import numpy_helper
 import sr_shrink.export.pipeline as pipeline
 from sr_shrink.export import export_run
 from sr_shrink.export.biascorr import correct_bias
-from sr_shrink.export.calib import conv_inputs
 from sr_shrink.export.gptq import gptq_round, gptq_weights, input_moments
 from sr_shrink.export.qat import fake_quant_weight, quantized_convs
 from sr_shrink.models.student import load_student
@@ -37,11 +36,11 @@ def test_gptq_weights_are_grid_points_with_a_smaller_output_error(qmax):
     conv = torch.nn.Conv2d(4, 6, 3, padding=1)
     torch.nn.init.normal_(conv.weight, generator=g)
     x = F.avg_pool2d(torch.rand(8, 4, 40, 40, generator=g), 5, 1, 2)  # smooth: strongly correlated patches
-    q, kept = gptq_weights(conv.weight.detach(), input_moments(conv, [x]), qmax)
+    q, changed, kept = gptq_weights(conv.weight.detach(), input_moments(conv, [x]), qmax)
     nearest = fake_quant_weight(conv.weight.detach(), qmax)
     lv = _levels(q, qmax)
     assert torch.allclose(lv, lv.round(), atol=1e-4) and (lv.abs().amax(dim=(1, 2, 3)).round() == qmax).all()
-    assert not torch.equal(q, nearest) and kept < conv.out_channels
+    assert not torch.equal(q, nearest) and changed > 0 and kept < conv.out_channels
     with torch.no_grad():
         err_q = F.conv2d(x, q - conv.weight, padding=1).pow(2).mean()
         err_n = F.conv2d(x, nearest - conv.weight, padding=1).pow(2).mean()
@@ -112,20 +111,18 @@ def test_gptq_is_recorded_as_a_file_option_and_unused_on_float_files(tmp_path):
     assert unused_options_note({"gptq": True}, ExportConfig("onnx", "w8a16")) is None
 
 
-def test_one_pass_rounds_as_the_pass_per_conv_does(tmp_path, monkeypatch):
+def test_one_pass_rounds_as_the_pass_per_conv_does(tmp_path):
     """Calibration inputs of one size are rounded in a single forward pass (each conv as the batch reaches it),
     with the same weights the pass per conv gives; inputs of two sizes take the pass per conv."""
-    import sr_shrink.export.gptq as gptq
-
     student, _ = load_student(make_tiny_run(tmp_path / "r", n_stages=2) / "stage_02.pt")
     calib = [torch.rand(1, 3, 20, 20, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    calls = []
-    monkeypatch.setattr(gptq, "conv_inputs", lambda *a: calls.append(1) or conv_inputs(*a))
+    passes = []
+    student.register_forward_pre_hook(lambda mod, args: passes.append(1))  # deepcopied into gptq_round's copy
     fast, rec = gptq_round(student, calib)
-    assert calls == []  # one pass, no pass per conv
-    slow, _ = gptq_round(student, calib, one_pass=False)
-    assert len(calls) == rec["convs"]
+    assert len(passes) == 1  # one pass
+    slow, _ = gptq_round(student, calib, per_conv=True)
+    assert len(passes) == 1 + rec["convs"]
     for a, b in zip(quantized_convs(fast, True), quantized_convs(slow, True), strict=True):
         assert torch.equal(a.weight, b.weight)
-    gptq_round(student, [*calib, torch.rand(1, 3, 24, 24)])  # two sizes: two batches
-    assert len(calls) == 2 * rec["convs"]
+    gptq_round(student, [*calib, torch.rand(1, 3, 24, 24)])  # two sizes: two batches, per conv
+    assert len(passes) == 1 + rec["convs"] + 2 * rec["convs"]  # each conv: a pass over both batches

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.student import SRStudent
-from .calib import calib_batches, conv_inputs
+from .calib import calib_batches, visit_convs
 from .qat import fake_quant_weight, quantized_convs
 
 
@@ -40,17 +40,20 @@ def correct_bias(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127,
     batches = calib_batches(calib[:max_inputs])
     convs = quantized_convs(out, ends, first)
     refs = quantized_convs(reference if reference is not None else student, ends, first)
+    ref_of = dict(zip(convs, refs))
     shifts = []
-    for conv, ref in zip(convs, refs):
-        seen = conv_inputs(out, conv, batches)
+
+    def correct(conv: torch.nn.Conv2d, seen: list[torch.Tensor]) -> None:
         wq = fake_quant_weight(conv.weight, qmax)
-        diff = wq - ref.weight.float()
+        diff = wq - ref_of[conv].weight.float()
         total = sum(F.conv2d(x, diff, None, padding=conv.padding).sum(dim=(0, 2, 3)) for x in seen)
         count = sum(x.shape[0] * x.shape[2] * x.shape[3] for x in seen)
         err = total / count
         conv.bias -= err
         conv.weight.copy_(wq)  # later convs see this conv as the int8 file computes it
         shifts.append(round(float(err.abs().max()), 6))
+
+    visit_convs(out, convs, batches, correct)
     for conv, src in zip(convs, quantized_convs(student, ends, first)):  # hand back the float weights, corrected biases
         conv.weight.copy_(src.weight)
     rec = {"method": "empirical bias correction of int8 weight rounding", "weights": f"per channel, [-{qmax}, {qmax}]",

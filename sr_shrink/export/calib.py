@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -122,16 +123,36 @@ def calib_batches(calib: list[torch.Tensor], size: int = 64) -> list[torch.Tenso
 
 
 @torch.no_grad()
-def conv_inputs(net: torch.nn.Module, conv: torch.nn.Conv2d, batches: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Return the input batches ``conv`` (a module of ``net``) sees when ``net`` runs on ``batches``."""
-    seen: list[torch.Tensor] = []
-    hook = conv.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
-    try:
-        for x in batches:
-            net(x)
-    finally:
-        hook.remove()
-    return seen
+def visit_convs(net: torch.nn.Module, convs: list[torch.nn.Conv2d], batches: list[torch.Tensor],
+                fn: Callable[[torch.nn.Conv2d, list[torch.Tensor]], None], per_conv: bool = False) -> None:
+    """Call ``fn(conv, inputs)`` for each of ``convs`` (modules of ``net``, in network order; returns nothing):
+    ``inputs`` are the batches the conv sees when ``net`` runs on ``batches`` with whatever ``fn`` changed in the
+    convs before it. With one batch a single forward pass does it, each conv visited as the pass reaches it; with
+    several (or ``per_conv``) ``net`` runs over every batch once per conv. The inputs are the same either way."""
+    if len(batches) == 1 and not per_conv:
+        done: set[torch.nn.Module] = set()
+
+        def visit(conv, args):
+            if conv not in done:  # a conv the forward calls twice is visited once, as below
+                done.add(conv)
+                fn(conv, [args[0]])
+
+        handles = [conv.register_forward_pre_hook(visit) for conv in convs]
+        try:
+            net(batches[0])
+        finally:
+            for h in handles:
+                h.remove()
+        return
+    for conv in convs:
+        seen: list[torch.Tensor] = []
+        hook = conv.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
+        try:
+            for x in batches:
+                net(x)
+        finally:
+            hook.remove()
+        fn(conv, seen)
 
 
 def _fingerprint(path: Path) -> tuple:

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.student import SRStudent
-from .calib import calib_batches, conv_inputs
-from .qat import fake_quant_weight, quantized_convs
+from .calib import calib_batches, visit_convs
+from .qat import quantized_convs
 
 DAMP = 0.01  # added to H's diagonal, as a share of its mean (GPTQ's default): H may be singular (flat inputs)
 CHUNK = 8  # inputs unfolded at once when H is summed
@@ -50,70 +50,52 @@ def input_moments(conv: torch.nn.Conv2d, inputs: list[torch.Tensor]) -> torch.Te
 
 @torch.no_grad()
 def gptq_weights(weight: torch.Tensor, moments: torch.Tensor, qmax: int,
-                 damp: float = DAMP) -> tuple[torch.Tensor, int]:
+                 damp: float = DAMP) -> tuple[torch.Tensor, int, int]:
     """Return (``weight`` (O, I, kh, kw) rounded by GPTQ to the symmetric per-output-channel grid of ``qmax``
-    levels given the inputs' second moments ``moments``, the number of channels left at round-to-nearest because
-    the error feedback took their largest weight off the top level)."""
+    levels given the inputs' second moments ``moments``, the number of channels whose levels differ from
+    round-to-nearest's, the number left at round-to-nearest because the error feedback took their largest weight
+    off the top level)."""
     w0 = weight.reshape(weight.shape[0], -1).double()
-    scale = (w0.abs().amax(dim=1).clamp_min(1e-8) / qmax)[:, None]
+    scale = w0.abs().amax(dim=1).clamp_min(1e-8) / qmax
     h = moments + damp * moments.diagonal().mean().clamp_min(1e-12) * torch.eye(len(moments), dtype=moments.dtype)
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    w, q = w0.clone(), torch.empty_like(w0)
+    w, levels = w0.clone(), torch.empty_like(w0)
     for i in range(w.shape[1]):
-        q[:, i] = (w[:, i:i + 1] / scale).round().clamp(-qmax, qmax).squeeze(1) * scale.squeeze(1)
-        err = (w[:, i] - q[:, i]) / u[i, i]
+        levels[:, i] = (w[:, i] / scale).round().clamp(-qmax, qmax)
+        err = (w[:, i] - levels[:, i] * scale) / u[i, i]
         w[:, i + 1:] -= err[:, None] * u[i, i + 1:][None, :]
-    nearest = (w0 / scale).round().clamp(-qmax, qmax) * scale
-    off_top = (q.abs() / scale).round().amax(dim=1) < qmax
-    q[off_top] = nearest[off_top]
-    return q.reshape(weight.shape).to(weight.dtype), int(off_top.sum())
+    nearest = (w0 / scale[:, None]).round().clamp(-qmax, qmax)
+    off_top = levels.abs().amax(dim=1) < qmax
+    levels[off_top] = nearest[off_top]
+    changed = int((levels != nearest).any(dim=1).sum())
+    return (levels * scale[:, None]).reshape(weight.shape).to(weight.dtype), changed, int(off_top.sum())
 
 
 @torch.no_grad()
 def gptq_round(student: SRStudent, calib: list[torch.Tensor], qmax: int = 127, ends: bool = True,
-               first: bool = True, max_inputs: int = MAX_INPUTS,
-               one_pass: bool | None = None) -> tuple[SRStudent, dict]:
+               first: bool = True, max_inputs: int = MAX_INPUTS, per_conv: bool = False) -> tuple[SRStudent, dict]:
     """Return (a copy of the plain ``student`` whose quantized convs' weights are rounded by GPTQ on the calibration
     inputs ``calib`` (NCHW, up to ``max_inputs`` used) to the per-channel grid of ``qmax``, its export.json
     record). ``ends``: whether the head and tail convs are quantized too, ``first``: whether the first body conv
-    is (:func:`~sr_shrink.export.qat.quantized_convs`). ``one_pass`` (default: when the inputs make one batch)
-    rounds each conv as a single forward pass reaches it instead of running the student once per conv: the same
-    inputs reach every conv either way (with several batches, a conv's rounding would see the first one only)."""
+    is (:func:`~sr_shrink.export.qat.quantized_convs`). Inputs of one size are taken in one forward pass, each conv
+    rounded as the pass reaches it; ``per_conv`` runs the student once per conv instead (the same result;
+    :func:`~sr_shrink.export.calib.visit_convs`)."""
     if student.block != "plain":
         raise ValueError("gptq_round takes a collapsed (plain) student")
     out = copy.deepcopy(student).float().eval()
     batches = calib_batches(calib[:max_inputs])
     convs = quantized_convs(out, ends, first)
-    counts = {"kept": 0, "changed": 0}
+    counts = [0, 0]
 
     def round_conv(conv: torch.nn.Conv2d, inputs: list[torch.Tensor]) -> None:
-        nearest = fake_quant_weight(conv.weight, qmax)
-        q, off_top = gptq_weights(conv.weight, input_moments(conv, inputs), qmax)
+        q, changed, kept = gptq_weights(conv.weight, input_moments(conv, inputs), qmax)
         conv.weight.copy_(q)  # later convs see this conv as the file computes it
-        counts["kept"] += off_top
-        counts["changed"] += int((q != nearest).flatten(1).any(dim=1).sum())
+        counts[0] += changed
+        counts[1] += kept
 
-    if len(batches) == 1 if one_pass is None else one_pass:  # each conv rounded as the pass reaches it
-        done: set[torch.nn.Conv2d] = set()
-
-        def hook(conv, args):
-            if conv not in done:
-                done.add(conv)
-                round_conv(conv, [args[0]])
-
-        handles = [conv.register_forward_pre_hook(hook) for conv in convs]
-        try:
-            for x in batches:
-                out(x)
-        finally:
-            for h in handles:
-                h.remove()
-    else:  # a pass over every batch per conv
-        for conv in convs:
-            round_conv(conv, conv_inputs(out, conv, batches))
-    kept, changed = counts["kept"], counts["changed"]
+    visit_convs(out, convs, batches, round_conv, per_conv)
     rec = {"method": "GPTQ weight rounding (error feedback through the calibration inputs' second moments)",
            "weights": f"per channel, [-{qmax}, {qmax}]", "convs": len(convs),
-           "channels": sum(c.weight.shape[0] for c in convs), "channels_changed": changed,
-           "channels_nearest": kept, "inputs": sum(x.shape[0] for x in batches)}
+           "channels": sum(c.weight.shape[0] for c in convs), "channels_changed": counts[0],
+           "channels_nearest": counts[1], "inputs": sum(x.shape[0] for x in batches)}
     return out, rec

@@ -149,9 +149,8 @@ def first_body_convs(proto) -> list[str]:
     """Return the names of the first body convs: the 3x3 convs other than the head and tail that read the head's
     output (the residual stream as the head writes it)."""
     g = proto.graph
-    ends = set(float_end_convs(proto))
-    tails = set(tail_convs(proto))
-    heads = {o for n in g.node if n.name in ends and n.name not in tails for o in n.output}
+    ends = set(float_end_convs(proto))  # the head and the tail convs
+    heads = {o for n in g.node if n.name in ends - set(tail_convs(proto)) for o in n.output}
     inits = {t.name: t for t in g.initializer}
     return sorted(n.name for n in g.node if _is_3x3_conv(n, inits) and n.input[0] in heads and n.name not in ends)
 
@@ -258,10 +257,10 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
 
     arrays = [(c.permute(0, 2, 3, 1) if nhwc else c).numpy().astype(np.float32) for c in calib]
     adds = [n.name for n in proto.graph.node if n.op_type == "Add"]
+    first = first_body_convs(proto) if scheme.float_first_conv else []
     keep_float = sorted(set((float_tail_nodes(proto) if scheme.float_tail else [])
                             + (float_end_convs(proto) if scheme.float_end_convs else [])
-                            + (adds if scheme.float_stream else [])
-                            + (first_body_convs(proto) if scheme.float_first_conv else [])))
+                            + (adds if scheme.float_stream else []) + first))
     act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16,
            "int16": QuantType.QInt16}[scheme.activations]
     calib_opts = ({"calibrate_method": CalibrationMethod.Percentile,
@@ -279,8 +278,8 @@ def to_int8(proto, calib: list[torch.Tensor], nhwc: bool, scheme: Int8Scheme = I
         out = onnx.load(str(dst))
     if scheme.float_stream:
         float_stream_skips(out)
-    if scheme.float_first_conv:
-        read_unrounded(out, first_body_convs(proto))
+    if first:
+        read_unrounded(out, first)
     info = {"method": "onnxruntime static QDQ", **scheme.record(), "float_nodes": keep_float,
             "calibration_inputs": len(arrays)}
     if scheme.refits_tail:
