@@ -6,6 +6,7 @@ Every command turns an :class:`SRShrinkError` into one line on stderr and exit s
 from __future__ import annotations
 
 import math
+import pathlib
 import sys
 
 import click
@@ -229,14 +230,17 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def info(path: str | None, scale: int | None, value_range: str | None, res_scale: float | None, trust_pickle: bool,
          as_json: bool) -> None:
-    """Show what the model file PATH holds (a teacher or a run's stage_XX.pt; default: the bundled x2 teacher):
-    format, architecture, scale, size."""
+    """Show what the model file PATH holds (a teacher, a run's stage_XX.pt, or an exported .onnx, .tflite or
+    .mlpackage; default: the bundled x2 teacher): format, architecture, scale, size."""
     import json
 
     from rich.table import Table
 
     from .teachers import count_inference_params, count_macs, load_teacher
 
+    if path is not None and pathlib.Path(path).suffix.lower() in (".onnx", ".tflite", ".mlpackage"):
+        _info_exported(path, scale, value_range, res_scale, as_json)
+        return
     teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle,
                            value_range=float(value_range) if value_range else None, res_scale=res_scale)
     d = teacher.info.to_dict()
@@ -261,6 +265,31 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
     table = Table(title=f"sr-shrink info: {d['path']}", show_header=False)
     for k, v in rows:
         table.add_row(k, str(v))
+    progress.stdout_console().print(table)
+
+
+def _info_exported(path: str, scale: int | None, value_range: str | None, res_scale: float | None,
+                   as_json: bool) -> None:
+    """``info`` on an exported file: its :class:`~sr_shrink.export.describe.ExportedInfo` as a table or JSON."""
+    import json
+
+    from rich.table import Table
+
+    from .export.describe import describe_export, info_rows
+
+    if value_range or res_scale is not None:
+        flag = "--value-range" if value_range else "--res-scale"
+        raise SRShrinkError(f"{flag} describes a teacher file; {path} is an exported student, whose input and "
+                            "output are RGB in [0, 1] (drop the option).")
+    info = describe_export(path)
+    if scale is not None and scale != info.scale:
+        raise SRShrinkError(f"{path} upscales x{info.scale}, not x{scale}.")
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
+        return
+    table = Table(title=f"sr-shrink info: {path}", show_header=False)
+    for k, v in info_rows(info):
+        table.add_row(k, v)
     progress.stdout_console().print(table)
 
 

@@ -62,9 +62,11 @@ def _on_device(model: torch.nn.Module) -> SRFn:
     return lambda x: model(x.to(device))
 
 
-def evaluate_model(model: torch.nn.Module, pairs: list[EvalPair], scale: int) -> dict:
-    """Return the Y-PSNR/SSIM of ``model`` (put in eval mode) on ``pairs``; see ``evaluate_fn``."""
-    return evaluate_fn(_on_device(model), pairs, scale)
+def evaluate_model(model: torch.nn.Module, pairs: list[EvalPair], scale: int,
+                   advance: Callable[[], None] | None = None) -> dict:
+    """Return the Y-PSNR/SSIM of ``model`` (put in eval mode) on ``pairs``, calling ``advance()`` (a progress
+    callback) after each image; see ``evaluate_fn``."""
+    return score_outputs(model_outputs(_on_device(model), pairs, advance), pairs, scale)
 
 
 def evaluate_bicubic(pairs: list[EvalPair], scale: int) -> dict:

@@ -23,6 +23,7 @@ import torch
 from ..data import EvalPair, load_eval_set, make_lr
 from ..errors import SRShrinkError
 from ..evaluate import PERCEPTUAL_MARGIN_DB, evaluate_bicubic, evaluate_model
+from ..progress import task
 from .config import AUTO_SYNTHETIC, DistillConfig
 from .sources.label import is_oom
 
@@ -67,7 +68,9 @@ def centre_crops(scale: int, side: int = CROP) -> list[EvalPair]:
 def teacher_kind(teacher: torch.nn.Module, scale: int) -> TeacherKind:
     """Return the :class:`TeacherKind` of ``teacher`` (on its own device) from :func:`centre_crops`."""
     pairs = centre_crops(scale)
-    t = evaluate_model(teacher, pairs, scale)["psnr_y"]
+    with task(f"scoring the teacher on {len(pairs)} photo crops (PSNR-trained or perceptual?)",
+              total=len(pairs)) as advance:
+        t = evaluate_model(teacher, pairs, scale, advance)["psnr_y"]
     b = evaluate_bicubic(pairs, scale)["psnr_y"]
     return TeacherKind(round(float(t), 4), round(float(b), 4), len(pairs))
 

@@ -63,8 +63,9 @@ class Runner:
     """``runner(x)`` maps float32 NCHW (N,3,h,w) in [0, 1] to float32 NCHW (N,3,s*h,s*w); see the module.
 
     Attributes: ``runtime`` (a key of RUNTIMES), ``path``, ``threads``, ``device``, ``layout`` (of the
-    model's I/O), ``io_dtype`` (its input dtype name), ``input_hw`` (None when free) and ``precision``
-    (a label callers may set, e.g. bench's row precision).
+    model's I/O), ``io_dtype`` (its input dtype name), ``input_hw`` (None when free), ``metadata`` (the entries
+    the file carries, as ``sr-shrink export`` writes them: scale, stage, precision, ...; {} for a file without)
+    and ``precision`` (a label callers may set, e.g. bench's row precision).
     """
 
     runtime = "?"
@@ -80,6 +81,7 @@ class Runner:
         self.in_quant: tuple[float, int] | None = None
         self.out_quant: tuple[float, int] | None = None
         self.precision: str | None = None
+        self.metadata: dict = {}
 
     def _take_input(self, shape, declared_layout: str | None) -> None:
         """Set ``layout`` (the declared one, else the one ``shape`` implies) and ``input_hw`` from the model's input

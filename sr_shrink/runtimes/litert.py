@@ -45,7 +45,7 @@ class LiteRTRunner(Runner):
             with quiet():
                 self.interp = Interpreter(model_path=str(self.path), num_threads=self.threads)
                 self.interp.allocate_tensors()
-            meta = tflite_metadata(self.path)
+            self.metadata = meta = tflite_metadata(self.path)
         except Exception as exc:  # noqa: BLE001 - LiteRT raises ValueError, RuntimeError or its own types
             raise SRShrinkError(f"{self.path}: LiteRT cannot load it ({first_line(exc)}).") from None
         inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]

@@ -33,6 +33,7 @@ class MILRunner(Runner):
         self.input_name, self.output_name = self.program.inputs[0], self.program.outputs[0]
         dtype, shape = self.program.input_specs[self.input_name]
         self.in_dtype = dtype
+        self.metadata = dict(self.program.metadata)
         self._take_input(shape, self.program.metadata.get("layout"))
         enumerated = self.program.input_shapes.get(self.input_name, ())
         self.input_sizes = tuple(fixed_hw(s, self.layout) for s in enumerated) or None

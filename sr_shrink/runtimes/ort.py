@@ -71,7 +71,7 @@ class OrtRunner(Runner):
             raise SRShrinkError(f"{self.path}: input type {inp.type} is not supported (sr-shrink runs float32 "
                                 "and float16 ONNX inputs; integer inputs carry no scale to quantise with).")
         self.input_name, self.in_dtype = inp.name, _ORT_DTYPES[inp.type]
-        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self._take_input(inp.shape, meta.get("layout"))
 
     def _run(self, feed: np.ndarray) -> np.ndarray:
