@@ -92,6 +92,8 @@ def test_piped_distill_reports_each_stage_and_prints_the_table_whole(tmp_path):
         assert f"stage {i} ({i} blk): started (3 steps)" in err, r.stderr
         assert any(ln.startswith(f"stage {i} ({i} blk): done in 0:") for ln in err), r.stderr
     assert not any("━" in ln for ln in err), r.stderr  # no bar frames in the log
+    # --synthetic auto scores the teacher on the bundled photos' crops before anything else: not in silence
+    assert err[0] == "scoring the teacher on 10 photo crops (PSNR-trained or perceptual?): started (10 items)", err
     rows = [ln for ln in r.stdout.splitlines() if "fidelity" in ln or "teacher" in ln]
     assert rows and not any("…" in ln for ln in r.stdout.splitlines()), r.stdout  # nothing truncated
 
