@@ -79,9 +79,11 @@ def _plain(console: Console, text: str) -> None:
 
 
 @contextmanager
-def task(description: str, total: int | None = None, unit: str = "items") -> Iterator[Advance]:
+def task(description: str, total: int | None = None, unit: str = "items", quiet_s: float = 0.0) -> Iterator[Advance]:
     """Yield ``advance(n=1)`` for one phase of ``total`` items (None: unknown, elapsed time only), which plain
-    lines call ``unit``; see the module docstring for what is shown. Reporting off: ``advance`` does nothing."""
+    lines call ``unit``; see the module docstring for what is shown. ``quiet_s``: plain lines start only once the
+    phase has run that long (checked at each ``advance``), so a phase that is quick on this machine and model
+    leaves no lines. Reporting off: ``advance`` does nothing."""
     console = _state["console"]
     if console is None:
         yield lambda n=1: None
@@ -90,7 +92,7 @@ def task(description: str, total: int | None = None, unit: str = "items") -> Ite
         with _bar(console, description, total) as advance:
             yield advance
         return
-    with _lines(console, description, total, unit) as advance:
+    with _lines(console, description, total, unit, quiet_s) as advance:
         yield advance
 
 
@@ -118,19 +120,36 @@ class Lines:
     """One phase as plain lines on ``console``: a line at the start, one every :data:`PLAIN_EVERY_S` seconds from
     :meth:`advance` (count, elapsed, an estimate of what is left, and ``note``), one from :meth:`close`. ``done``
     items may already be behind it (a resumed phase); the estimate counts only this process's pace. ``unit`` names
-    the items in the first line."""
+    the items in the first line. ``quiet_s``: the first line waits until an :meth:`advance` finds the phase that old
+    (it then says how far it got); a phase that ends sooner writes nothing."""
 
-    def __init__(self, console: Console, description: str, total: int | None, done: int = 0, unit: str = "items"):
+    def __init__(self, console: Console, description: str, total: int | None, done: int = 0, unit: str = "items",
+                 quiet_s: float = 0.0):
         self.console, self.description, self.total = console, description, total
-        self.start_done, self.done, self.unit = done, done, unit
+        self.start_done, self.done, self.unit, self.quiet_s = done, done, unit, quiet_s
         self.t0 = self.last = time.perf_counter()
-        resumed = f", {done} done before" if done else ""
-        _plain(console, f"{description}: started" + (f" ({total} {unit}{resumed})" if total else ""))
+        self.shown = False
+        if quiet_s <= 0:
+            self._start()
+
+    def _start(self) -> None:
+        self.shown = True
+        behind = self.done - self.start_done
+        resumed = f", {self.start_done} done before" if self.start_done else ""
+        so_far = f", {behind} done" if behind else ""
+        _plain(self.console, f"{self.description}: started"
+               + (f" ({self.total} {self.unit}{resumed}{so_far})" if self.total else ""))
 
     def advance(self, n: int = 1, note: str = "") -> None:
-        """Count ``n`` more items; write a line when :data:`PLAIN_EVERY_S` seconds have passed since the last."""
+        """Count ``n`` more items; write a line when :data:`PLAIN_EVERY_S` seconds have passed since the last (the
+        first one once the phase is ``quiet_s`` old)."""
         self.done += n
         now = time.perf_counter()
+        if not self.shown:
+            if now - self.t0 >= self.quiet_s:
+                self._start()
+                self.last = now
+            return
         if now - self.last >= PLAIN_EVERY_S:
             self.last = now
             _plain(self.console, f"{self.description}: {self.status(now)}" + (f", {note}" if note else ""))
@@ -154,7 +173,9 @@ class Lines:
     def close(self, stopped: bool = False) -> None:
         """Write the phase's last line (returns nothing): "done in" (``stopped``: "stopped after", for a phase an
         exception or Ctrl-C cut short) and the time, with the count when it stopped short of its total, or, for a
-        phase of unknown total, how many items it did (when it counted any)."""
+        phase of unknown total, how many items it did (when it counted any). Nothing for a phase never shown."""
+        if not self.shown:
+            return
         if self.total:
             count = f" ({self.done}/{self.total})" if self.done != self.total else ""
         else:
@@ -164,9 +185,11 @@ class Lines:
 
 
 @contextmanager
-def _lines(console: Console, description: str, total: int | None, unit: str = "items") -> Iterator[Advance]:
-    """Plain lines: at the start, every PLAIN_EVERY_S seconds, and at the end (:class:`Lines`)."""
-    lines = Lines(console, description, total, unit=unit)
+def _lines(console: Console, description: str, total: int | None, unit: str = "items",
+           quiet_s: float = 0.0) -> Iterator[Advance]:
+    """Plain lines: at the start (or once ``quiet_s`` old), every PLAIN_EVERY_S seconds, and at the end
+    (:class:`Lines`)."""
+    lines = Lines(console, description, total, unit=unit, quiet_s=quiet_s)
     try:
         yield lines.advance
     except BaseException:  # an error or Ctrl-C: the phase did not get done

@@ -28,6 +28,7 @@ from .config import AUTO_SYNTHETIC, DistillConfig
 from .sources.label import is_oom
 
 CROP = 48  # LR side of the centre crops the teacher is scored on
+QUIET_S = 1.0  # the scoring's progress lines start only once it has taken this long
 PSNR_SOURCES = "deadleaves"
 PERCEPTUAL_SOURCES = "grown-deadleaves,grown-smooth"  # BENCHMARKS.md section 20
 
@@ -68,8 +69,8 @@ def centre_crops(scale: int, side: int = CROP) -> list[EvalPair]:
 def teacher_kind(teacher: torch.nn.Module, scale: int) -> TeacherKind:
     """Return the :class:`TeacherKind` of ``teacher`` (on its own device) from :func:`centre_crops`."""
     pairs = centre_crops(scale)
-    with task(f"scoring the teacher on {len(pairs)} photo crops (PSNR-trained or perceptual?)",
-              total=len(pairs)) as advance:
+    with task(f"scoring the teacher on {len(pairs)} photo crops (PSNR-trained or perceptual?)", total=len(pairs),
+              quiet_s=QUIET_S) as advance:  # a second or more on a large teacher, nothing to show on a small one
         t = evaluate_model(teacher, pairs, scale, advance)["psnr_y"]
     b = evaluate_bicubic(pairs, scale)["psnr_y"]
     return TeacherKind(round(float(t), 4), round(float(b), 4), len(pairs))
