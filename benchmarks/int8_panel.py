@@ -14,7 +14,9 @@ file's fidelity gap (its RGB PSNR against the student minus the student's Y-PSNR
 next to what an error independent of the student's own would cost (BENCHMARKS 25). ``--per-image`` tabulates
 each file's loss on the image where it loses most (the student's Y-PSNR there) and its loss without one image
 (``--leave-out``, ladybird: the near-exact one), from ``verification.per_image`` (BENCHMARKS 31). ``ffc``
-variants add ``--float-first-conv`` (BENCHMARKS 33), ``gptq`` variants ``--gptq`` (BENCHMARKS 34).
+variants add ``--float-first-conv`` (BENCHMARKS 33), ``gptq`` variants ``--gptq`` (BENCHMARKS 34). TFLite int8
+files put the last Add's terms on the pixel grid (BENCHMARKS 35) unless the variant says ``nogrid``; ``grid``
+variants name that default.
 
     OMP_NUM_THREADS=1 python benchmarks/int8_panel.py --panel ../panel_runs/panel --out runs/int8_panel.jsonl
 """
@@ -39,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import sr_shrink.export.pipeline as pipeline  # noqa: E402
+import sr_shrink.export.tflite as tflite_export  # noqa: E402
 from sr_shrink.export import export_run  # noqa: E402
 from sr_shrink.export.equalize import EqualizeConfig, equalize  # noqa: E402
 from sr_shrink.export.onnx import Int8Scheme  # noqa: E402
@@ -61,6 +64,8 @@ VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", eq
             "w8a16 bc gptq": dict(precision="w8a16", bias_correction=True, gptq=True),
             "w8a16 gptq": dict(precision="w8a16", bias_correction=False, gptq=True),
             "int8 gptq": dict(precision="int8", gptq=True),
+            "int8 grid": dict(precision="int8"), "int8 nogrid": dict(precision="int8"),
+            "int8 grid pct": dict(precision="int8", calib_method="percentile"),
             "int8 refit gptq": dict(precision="int8", tail_refit=True, gptq=True),
             "int8 nrr fs refit ffc gptq": dict(precision="int8", reduce_range=False, float_stream=True, tail_refit=True,
                                                float_first_conv=True, gptq=True),
@@ -74,6 +79,7 @@ VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", eq
             "int8 nrr fs refit pct99.95": dict(precision="int8", reduce_range=False, float_stream=True,
                                                tail_refit=True)}
 ALPHA = {"int8 eq0.5": 0.5}  # equalization exponent of a variant (default 1: equal ranges)
+NO_PIXEL_GRID = {"int8 nogrid"}  # TFLite int8 with the observers' own tail/anchor/input ranges (before section 35)
 PERCENTILE = {"int8 nrr fs refit pct99.9": 99.9, "int8 nrr fs refit pct99.95": 99.95}  # ONNX activation ranges
 
 
@@ -95,11 +101,13 @@ def measure(run: Path, stage: int, target: str, variant: str) -> dict:
         if variant in PERCENTILE:  # the ONNX scheme's activation percentile (99.99 in the export)
             Int8Scheme.with_options = lambda self, *a, **k: dataclasses.replace(with_options(self, *a, **k),
                                                                                  percentile=PERCENTILE[variant])
+        tflite_export.PIXEL_GRID = variant not in NO_PIXEL_GRID
         try:
             e = export_run(copy, target, stage=stage, out=Path(tmp) / "ex", **opts)[0]
         finally:
             pipeline.equalize = equalize
             Int8Scheme.with_options = with_options
+            tflite_export.PIXEL_GRID = True
         v = e["verification"]
         out = {"delta": v["delta_psnr_y"], "fp32": v["torch_psnr_y"], "psnr_vs_torch": v["psnr_vs_torch"],
                "verified": v["verified"], "seconds": round(time.perf_counter() - t0, 1),

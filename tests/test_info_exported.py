@@ -8,11 +8,10 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import one_error_line
 
 from sr_shrink.cli import main
 from sr_shrink.export.describe import describe_export, info_rows
-
-from conftest import one_error_line
 
 # (target, precision, options, the input sizes the file takes)
 FILES = {"onnx": ("onnx", "fp32", {}, None),

@@ -59,6 +59,9 @@ def test_qat_beats_ptq_on_a_student_that_int8_hurts(tmp_path, target):
     opts = {"teacher": str(stage_file)} if target == "teacher" else {}  # self-distillation: the student is it
     e = export_run(run, "tflite", precision="int8", qat_steps=60, qat_lr=1e-3, **opts, **FAST)[0]
     assert e["qat"]["target"] == target and e["qat"]["ranges"] == ("ema" if target == "teacher" else "histogram")
+    # the file rounds the tail's output on the output's own pixel grid: QAT does not round it a second time
+    assert "pixel_grid" in e["quantization"] and "tail" not in e["qat"]["activation_ranges"]
+    assert "input" in e["qat"]["activation_ranges"] and "head" in e["qat"]["activation_ranges"]
     ptq, qat = e["qat"]["ptq_verification"], e["qat"]["fp32_verification"]
     assert e["ptq_delta_psnr_y"] == ptq["delta_psnr_y"] and e["qat_delta_psnr_y"] == qat["delta_psnr_y"]
     assert e["ptq_delta_psnr_y"] < -0.05  # int8 PTQ loses measurable Y-PSNR on this student
@@ -153,6 +156,9 @@ def test_student_target_freezes_the_files_calibration_ranges(tmp_path):
     lo, hi = np.percentile(head.numpy(), [0.05, 99.95])
     assert ranges["head"] == pytest.approx([min(lo, 0), max(hi, 0)], abs=1e-5)
     assert "input" not in ranges and not q.q_in.enabled  # float ends: the input is not rounded, nor reported
+    full, pixel = QATStudent(st), QATStudent(st, pixel_tail=True)  # TFLite's scheme, and its tail on the pixel grid
+    assert "tail" in freeze_ranges(full, calib, "minmax") and "tail" not in freeze_ranges(pixel, calib, "minmax")
+    assert "input" in freeze_ranges(pixel, calib, "minmax")
     assert calibrated_range(torch.arange(11.0), "minmax") == (0.0, 10.0)
     assert calibrated_range(torch.arange(10001.0), "percentile", 99.9) == pytest.approx((5.0, 9995.0))
     hlo, hhi = calibrated_range(torch.linspace(-1, 2, 5000), "histogram")

@@ -9,10 +9,11 @@ import torch
 from click.testing import CliRunner
 from conftest import make_tiny_run
 
+import sr_shrink.export.tflite as tflite_export
 from sr_shrink.cli import main
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.export import export_run
-from sr_shrink.export.tflite import percentile_range
+from sr_shrink.export.tflite import percentile_range, pixel_grid_qparams
 
 FAST = {"eval_images": 2, "calib_samples": 4, "input_size": "48x48"}
 
@@ -51,6 +52,45 @@ def test_tflite_int8_percentile_ranges_are_the_files(tmp_path):
     for name, (lo, hi) in q["activation_ranges"].items():  # every recorded range is a scale of the file
         assert any(abs(s - (hi - lo) / 255) <= 1e-4 * s + 1e-7 for s in in_file), name
     assert sorted(in_file) != sorted(scales(hist["path"]))  # the negative control: other ranges than the observer's
+
+
+def test_pixel_grid_qparams_hold_the_range_at_the_pixel_step():
+    for lo, hi in ((-0.43, 0.44), (0.0, 1.0), (-1.0, 0.0), (0.1, 0.5), (-0.5, 0.498)):
+        scale, zero = pixel_grid_qparams(lo, hi)
+        assert scale == 1 / 255 and -128 <= zero <= 127
+        assert (-128 - zero) * scale <= min(lo, 0.0) + 1e-9 and (127 - zero) * scale >= max(hi, 0.0) - 1e-9
+    assert pixel_grid_qparams(0.0, 1.0) == (1 / 255, -128)  # [0, 1]: the 8-bit image levels themselves
+    assert pixel_grid_qparams(-0.2, 0.9) is None and pixel_grid_qparams(0.0, 1.01) is None  # wider than 255 steps
+
+
+def _last_add_and_input_scales(path: str) -> tuple[list[float], float]:
+    """Return the scales of the last ADD's two int8 inputs and of the int8 model input of a .tflite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=path)
+    tensors = {d["index"]: d for d in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    add = [o for o in ops if o["op_name"] == "ADD"][-1]
+    first_conv = next(o for o in ops if o["op_name"] == "CONV_2D")
+    return [float(tensors[i]["quantization"][0]) for i in add["inputs"]], \
+        float(tensors[first_conv["inputs"][0]]["quantization"][0])
+
+
+def test_tflite_int8_sums_the_tail_and_anchor_on_the_pixel_grid(tmp_path, monkeypatch):
+    """The last Add's terms (tail conv, anchor conv) and the input are at the 8-bit pixel step in the file, so
+    the Add's output (pinned to [0, 1] at 1/255) is exact; without it (the negative control) both terms keep
+    their observers' own scales."""
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    on = export_run(run, "tflite", precision="int8", out=tmp_path / "on", **FAST)[0]
+    grid = on["quantization"]["pixel_grid"]
+    assert grid["input"] == grid["anchor"] == [0.0, 1.0] and len(grid["tail"]) == 2 and on["verified"]
+    terms, inp = _last_add_and_input_scales(on["path"])
+    assert terms == [pytest.approx(1 / 255, rel=1e-6)] * 2 and inp == pytest.approx(1 / 255, rel=1e-6)
+    monkeypatch.setattr(tflite_export, "PIXEL_GRID", False)
+    off = export_run(run, "tflite", precision="int8", out=tmp_path / "off", **FAST)[0]
+    assert "pixel_grid" not in off["quantization"]
+    terms, inp = _last_add_and_input_scales(off["path"])
+    assert all(abs(t * 255 - 1) > 1e-3 for t in terms)  # the observers' own scales, even the anchor's copy of x
 
 
 def test_calib_method_errors_are_one_line(tmp_path):

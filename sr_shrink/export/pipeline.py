@@ -149,6 +149,7 @@ class _Job:
                          float_ends=bool(scheme is not None and scheme.float_end_convs),
                          float_stream=bool(scheme is not None and scheme.float_stream),
                          float_first=bool(scheme is not None and scheme.float_first_conv),
+                         pixel_tail=activations and self.fmt.pixel_tail,
                          target=cfg.qat_target, ranges=ranges, percentile=percentile)
         inputs = DataFreeInputs(self.run, student.scale, None, cfg.seed)
         tuned, rec = finetune(student, label, inputs, qcfg, calib)

@@ -14,7 +14,9 @@ quantization in its forward pass, on the run's own data-free inputs (no photos):
 - **fake quantization** (:class:`QATStudent`) where the int8 exporters quantize: every conv weight per output
   channel, symmetric int8 [-127, 127]; activations per tensor, asymmetric int8, at the input, after the head
   conv, after each block's conv-ReLU and second conv, after each block's residual Add and after the tail conv
-  (TFLite PT2E puts Q/DQ there). The anchor (exact in int8) and the last Add stay float. For ONNX the fake
+  (TFLite PT2E puts Q/DQ there), except the tail's output for TFLite, whose file rounds it on the 8-bit pixel
+  grid, the output's own rounding (``pixel_tail``; :func:`~sr_shrink.export.tflite.align_to_pixel_grid`). The
+  anchor (exact in int8) and the last Add stay float. For ONNX the fake
   quantization follows its scheme (``export.onnx.INT8_SCHEME``): 7-bit weights in [-64, 64], and the head and
   tail convs float, so the input and the tail's output are not quantized.
   Rounding is a straight-through estimator (``torch.fake_quantize_per_*_affine``: gradient 1 inside the range,
@@ -145,11 +147,13 @@ class QATStudent(nn.Module):
     ``float_ends``: the head and tail convs stay float, as the ONNX export keeps them (so the input and the
     tail's output are not quantized either); ``float_stream``: the residual stream stays float and each block's
     first conv reads a rounded copy of it (ONNX ``--float-stream``); ``float_first``: the first block's first conv
-    stays float and reads the head's output unrounded (ONNX ``--float-first-conv``). :meth:`student` returns the
+    stays float and reads the head's output unrounded (ONNX ``--float-first-conv``); ``pixel_tail``: the tail's
+    output is not rounded (TFLite int8 rounds it on the output's own 8-bit grid). :meth:`student` returns the
     float student with the current weights."""
 
     def __init__(self, student: SRStudent, activations: bool = True, weight_max: int = INT8_W[1],
-                 float_ends: bool = False, float_stream: bool = False, float_first: bool = False):
+                 float_ends: bool = False, float_stream: bool = False, float_first: bool = False,
+                 pixel_tail: bool = False):
         super().__init__()
         self.float_stream, self.float_first = float_stream, float_first
         if student.block != "plain":
@@ -157,7 +161,8 @@ class QATStudent(nn.Module):
         self.net = copy.deepcopy(student).float()
         n = student.n_blocks
         self.weight_max, self.end_max = weight_max, None if float_ends else weight_max
-        self.q_in, self.q_tail = (ActQuant(activations and not float_ends) for _ in range(2))
+        self.q_in = ActQuant(activations and not float_ends)
+        self.q_tail = ActQuant(activations and not float_ends and not pixel_tail)
         # with the float stream the head's output is rounded only for the first conv: not at all when that is float
         self.q_head = ActQuant(activations and not (float_stream and float_first))
         self.q_mid = nn.ModuleList(ActQuant(activations) for _ in range(n))
@@ -225,6 +230,7 @@ class QATConfig:
     float_ends: bool = False  # ONNX keeps the head and tail convs float
     float_stream: bool = False  # ONNX --float-stream: the residual Adds float, only conv inputs rounded
     float_first: bool = False  # ONNX --float-first-conv: the first body conv float, reading the head unrounded
+    pixel_tail: bool = False  # TFLite: the tail's output rounded on the output's pixel grid (no rounding of its own)
     target: str = "teacher"
     ranges: str = "ema"
     percentile: float = CALIB_PERCENTILE
@@ -386,7 +392,7 @@ def finetune(student: SRStudent, label_net: nn.Module, inputs: DataFreeInputs, c
     seed and thread count."""
     torch.manual_seed(cfg.seed)
     model = QATStudent(student, cfg.activations, cfg.weight_max, cfg.float_ends, cfg.float_stream,
-                       cfg.float_first).train()
+                       cfg.float_first, cfg.pixel_tail).train()
     if cfg.activations and cfg.ranges != "ema":  # frozen at a calibration rule
         if not calib:
             raise SRShrinkError("QAT with frozen calibrated ranges needs the export's calibration inputs.")
