@@ -83,41 +83,47 @@ NO_PIXEL_GRID = {"int8 nogrid"}  # TFLite int8 with the observers' own tail/anch
 PERCENTILE = {"int8 nrr fs refit pct99.9": 99.9, "int8 nrr fs refit pct99.95": 99.95}  # ONNX activation ranges
 
 
-def measure(run: Path, stage: int, target: str, variant: str) -> dict:
-    """Return the verification figures of ``run``'s ``stage`` exported to ``target`` as ``variant``."""
+def export_copy(run: Path, target: str, stage: int, **opts) -> dict:
+    """Return the export.json entry of ``run``'s ``stage`` exported to ``target`` with ``opts`` from a copy of the
+    run in a temporary folder (the run itself is read only; the file is deleted with the folder)."""
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "run"
         copy.mkdir()
         for f in run.iterdir():
             if f.is_file() and not f.name.startswith("."):
                 shutil.copy(f, copy / f.name)
-        t0 = time.perf_counter()
-        cfg = EqualizeConfig(alpha=ALPHA.get(variant, 1.0))
-        pipeline.equalize = functools.partial(equalize, cfg=cfg)
-        opts = dict(VARIANTS[variant])
-        if target == "onnx" and opts["precision"] == "int8" and not opts.get("qat_steps"):
-            opts.setdefault("tail_refit", False)  # the variants without "refit" are the plain files (BENCHMARKS 29)
-        with_options = Int8Scheme.with_options
-        if variant in PERCENTILE:  # the ONNX scheme's activation percentile (99.99 in the export)
-            Int8Scheme.with_options = lambda self, *a, **k: dataclasses.replace(with_options(self, *a, **k),
-                                                                                 percentile=PERCENTILE[variant])
-        tflite_export.PIXEL_GRID = variant not in NO_PIXEL_GRID
-        try:
-            e = export_run(copy, target, stage=stage, out=Path(tmp) / "ex", **opts)[0]
-        finally:
-            pipeline.equalize = equalize
-            Int8Scheme.with_options = with_options
-            tflite_export.PIXEL_GRID = True
-        v = e["verification"]
-        out = {"delta": v["delta_psnr_y"], "fp32": v["torch_psnr_y"], "psnr_vs_torch": v["psnr_vs_torch"],
-               "verified": v["verified"], "seconds": round(time.perf_counter() - t0, 1),
-               "per_image": v.get("per_image")}
-        if e.get("qat_steps"):  # against the original fp32 student; the plain PTQ file and the tuned float's drift
-            orig, ptq = e["qat"]["fp32_verification"], e["qat"]["ptq_verification"]
-            out.update(delta=e["qat_delta_psnr_y"], fp32=orig["torch_psnr_y"], psnr_vs_torch=orig["psnr_vs_torch"],
-                       ptq_delta=e["ptq_delta_psnr_y"], ptq_psnr_vs_torch=ptq["psnr_vs_torch"],
-                       drift=round(v["torch_psnr_y"] - orig["torch_psnr_y"], 4), delta_vs_tuned=v["delta_psnr_y"])
-        return out
+        return export_run(copy, target, stage=stage, out=Path(tmp) / "ex", **opts)[0]
+
+
+def measure(run: Path, stage: int, target: str, variant: str) -> dict:
+    """Return the verification figures of ``run``'s ``stage`` exported to ``target`` as ``variant``."""
+    t0 = time.perf_counter()
+    cfg = EqualizeConfig(alpha=ALPHA.get(variant, 1.0))
+    pipeline.equalize = functools.partial(equalize, cfg=cfg)
+    opts = dict(VARIANTS[variant])
+    if target == "onnx" and opts["precision"] == "int8" and not opts.get("qat_steps"):
+        opts.setdefault("tail_refit", False)  # the variants without "refit" are the plain files (BENCHMARKS 29)
+    with_options = Int8Scheme.with_options
+    if variant in PERCENTILE:  # the ONNX scheme's activation percentile (99.99 in the export)
+        Int8Scheme.with_options = lambda self, *a, **k: dataclasses.replace(with_options(self, *a, **k),
+                                                                             percentile=PERCENTILE[variant])
+    tflite_export.PIXEL_GRID = variant not in NO_PIXEL_GRID
+    try:
+        e = export_copy(run, target, stage, **opts)
+    finally:
+        pipeline.equalize = equalize
+        Int8Scheme.with_options = with_options
+        tflite_export.PIXEL_GRID = True
+    v = e["verification"]
+    out = {"delta": v["delta_psnr_y"], "fp32": v["torch_psnr_y"], "psnr_vs_torch": v["psnr_vs_torch"],
+           "verified": v["verified"], "seconds": round(time.perf_counter() - t0, 1),
+           "per_image": v.get("per_image")}
+    if e.get("qat_steps"):  # against the original fp32 student; the plain PTQ file and the tuned float's drift
+        orig, ptq = e["qat"]["fp32_verification"], e["qat"]["ptq_verification"]
+        out.update(delta=e["qat_delta_psnr_y"], fp32=orig["torch_psnr_y"], psnr_vs_torch=orig["psnr_vs_torch"],
+                   ptq_delta=e["ptq_delta_psnr_y"], ptq_psnr_vs_torch=ptq["psnr_vs_torch"],
+                   drift=round(v["torch_psnr_y"] - orig["torch_psnr_y"], 4), delta_vs_tuned=v["delta_psnr_y"])
+    return out
 
 
 def table(rows: list[dict], targets: list[str], variants: list[str], within: float | None = None) -> str:

@@ -14,9 +14,7 @@ BENCHMARKS.md section 31).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +23,7 @@ sys.path.insert(0, str(REPO))
 import onnx  # noqa: E402
 
 import sr_shrink.export.onnx as onnx_export  # noqa: E402
-from sr_shrink.export import export_run  # noqa: E402
+from int8_panel import export_copy  # noqa: E402  (benchmarks/, the script's own folder)
 
 ALL = "all activations (int8 weights only)"
 
@@ -70,13 +68,7 @@ def measure(run: Path, stage: int, opts: dict, names: set[str] | str | None, ima
 
     onnx_export.refit_tail = patched
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp) / "run"
-            copy.mkdir()
-            for f in run.iterdir():
-                if f.is_file():
-                    shutil.copy(f, copy / f.name)
-            e = export_run(copy, "onnx", stage=stage, out=Path(tmp) / "ex", precision="int8", **opts)[0]
+        e = export_copy(run, "onnx", stage, precision="int8", **opts)
     finally:
         onnx_export.refit_tail = refit
     v = e["verification"]

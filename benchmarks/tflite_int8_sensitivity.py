@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -29,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import sr_shrink.export.tflite as tflite_export  # noqa: E402
 from sr_shrink.data import load_eval_set  # noqa: E402
-from sr_shrink.export import export_run  # noqa: E402
+from int8_panel import export_copy  # noqa: E402  (benchmarks/, the script's own folder)
 from sr_shrink.metrics import quantize  # noqa: E402
 
 
@@ -49,13 +47,7 @@ def export_and_keep_graph(run: Path, stage: int) -> tuple[dict, torch.nn.Module,
 
     tflite_export._convert, tflite_export._export_int8 = keep_convert, keep_model
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            copy_dir = Path(tmp) / "run"
-            copy_dir.mkdir()
-            for f in run.iterdir():
-                if f.is_file():
-                    shutil.copy(f, copy_dir / f.name)
-            entry = export_run(copy_dir, "tflite", stage=stage, out=Path(tmp) / "ex", precision="int8")[0]
+        entry = export_copy(run, "tflite", stage, precision="int8")
     finally:
         tflite_export._convert, tflite_export._export_int8 = convert, to_int8
     return entry, kept["model"], kept["graph"]
