@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import onnx  # noqa: E402
+from int8_panel import export_copy  # noqa: E402  (benchmarks/, the script's own folder)
 
 import sr_shrink.export.onnx as onnx_export  # noqa: E402
-from int8_panel import export_copy  # noqa: E402  (benchmarks/, the script's own folder)
 
 ALL = "all activations (int8 weights only)"
 

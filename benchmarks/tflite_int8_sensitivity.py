@@ -25,9 +25,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from int8_panel import export_copy  # noqa: E402  (benchmarks/, the script's own folder)
+
 import sr_shrink.export.tflite as tflite_export  # noqa: E402
 from sr_shrink.data import load_eval_set  # noqa: E402
-from int8_panel import export_copy  # noqa: E402  (benchmarks/, the script's own folder)
 from sr_shrink.metrics import quantize  # noqa: E402
 
 

@@ -334,7 +334,8 @@ def _params_row(params: int, inference: int) -> str:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=str),
               help="Folder of HR images for verification [default: the bundled eval split].")
-@click.option("--native-io", is_flag=True, help="I/O in the model precision (fp16 / int8) instead of float32.")
+@click.option("--native-io", is_flag=True, help="I/O in the model precision (fp16 / int8) instead of float32; "
+              "TFLite int8 takes and returns int8 pixel values minus 128 (scale 1/255, zero point -128).")
 @click.option("--qat", "qat_steps", type=NONNEG, default=0, metavar="STEPS",
               help="int8: fine-tune the student STEPS steps with fake quantization on the run's data-free inputs "
                    "before exporting (0: off).")

@@ -81,11 +81,16 @@ def test_tflite_int8_sums_the_tail_and_anchor_on_the_pixel_grid(tmp_path, monkey
     the Add's output (pinned to [0, 1] at 1/255) is exact; without it (the negative control) both terms keep
     their observers' own scales."""
     run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
-    on = export_run(run, "tflite", precision="int8", out=tmp_path / "on", **FAST)[0]
+    on = export_run(run, "tflite", precision="int8", native_io=True, out=tmp_path / "on", **FAST)[0]
     grid = on["quantization"]["pixel_grid"]
     assert grid["input"] == grid["anchor"] == [0.0, 1.0] and len(grid["tail"]) == 2 and on["verified"]
     terms, inp = _last_add_and_input_scales(on["path"])
     assert terms == [pytest.approx(1 / 255, rel=1e-6)] * 2 and inp == pytest.approx(1 / 255, rel=1e-6)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=on["path"])  # --native-io: int8 pixel values minus 128, in and out
+    for d in (interp.get_input_details()[0], interp.get_output_details()[0]):
+        assert d["dtype"] == np.int8 and d["quantization"] == (pytest.approx(1 / 255, rel=1e-6), -128)
     monkeypatch.setattr(tflite_export, "PIXEL_GRID", False)
     off = export_run(run, "tflite", precision="int8", out=tmp_path / "off", **FAST)[0]
     assert "pixel_grid" not in off["quantization"]
