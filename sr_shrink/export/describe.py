@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import SRShrinkError, first_line
 from ..io import read_json_object
 from ..run import INDEX_NAME
-from ..runtimes import SUFFIXES, open_runner
+from ..runtimes import open_runner
 from .targets import TARGETS
 
 FORMATS = {"onnx": "ONNX", "tflite": "TFLite (LiteRT flatbuffer)", "coreml": "Core ML ML Program (.mlpackage)"}
@@ -49,11 +49,6 @@ class ExportedInfo:
         d = asdict(self)
         d["input_sizes"] = None if self.input_sizes is None else [list(s) for s in self.input_sizes]
         return d
-
-
-def is_exported(path: str | Path) -> bool:
-    """Return True when ``path`` names an exported model by its suffix (.onnx, .tflite, .mlpackage)."""
-    return Path(path).suffix.lower() in SUFFIXES
 
 
 def _size_bytes(path: Path) -> int:

@@ -51,8 +51,8 @@ class Target:
     :class:`Int8Option` s that measured closer to the fp32 student than its default int8 file; ``gptq_by_default``:
     the precisions whose weights are GPTQ-rounded unless ``--no-gptq`` (:mod:`~sr_shrink.export.gptq`; measured on
     the panel, BENCHMARKS.md section 34); ``pixel_tail``: its int8 file rounds the tail conv's output on the
-    output's own 8-bit grid (TFLite, :func:`~sr_shrink.export.tflite.align_to_pixel_grid`), so QAT leaves it
-    unrounded.
+    output's own 8-bit grid (TFLite, :func:`~sr_shrink.export.tflite.align_to_pixel_grid`, wherever the tail's
+    calibrated range fits it), so QAT leaves it unrounded.
     """
 
     name: str
