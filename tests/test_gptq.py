@@ -94,6 +94,41 @@ def test_gptq_export_writes_the_chosen_weights(tmp_path, monkeypatch, precision)
     assert any(not np.array_equal(g, b) for g, b in zip(got, base, strict=True))
 
 
+def test_coreml_int8_takes_calibration_inputs_for_gptq_and_writes_its_weights(tmp_path, monkeypatch):
+    """Core ML int8 stores int8 weights only (fp16 compute): with --gptq it takes calibration inputs, and the
+    package's int8 weights (constexpr_affine_dequantize) are exactly the GPTQ student's levels, coremltools'
+    symmetric per-channel grid being the exporter's own; with neither --gptq nor --bias-correction it takes no
+    calibration inputs and rounds to nearest (the negative control)."""
+    from sr_shrink.mil_eval import load_program
+
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    chosen = {}
+
+    def spy(student, calib, *args, **kw):
+        chosen["student"], rec = gptq_round(student, calib, *args, **kw)
+        return chosen["student"], rec
+
+    monkeypatch.setattr(pipeline, "gptq_round", spy)
+    opts = {**FAST, "shapes": "32x32"}
+    e = export_run(run, "coreml", precision="int8", gptq=True, bias_correction=True, out=tmp_path / "a", **opts)[0]
+    plain = export_run(run, "coreml", precision="int8", gptq=False, bias_correction=False, out=tmp_path / "b",
+                       **opts)[0]
+    assert e["verified"] and e["gptq"]["convs"] == 4 and "bias_correction" in e and e["calibration"]["samples"] == 4
+    assert "gptq" not in plain and "calibration" not in plain
+
+    def file_levels(path):
+        ops = [o for o in load_program(path).ops if o.op_type == "constexpr_affine_dequantize"]
+        levels = [o.inputs["quantized_data"].val for o in ops]
+        return [q for q in levels if q.shape[-1] != 1]  # the wrapper's 1x1 anchor conv left out
+
+    want = [_levels(c.weight, 127).round().to(torch.int8).numpy() for c in quantized_convs(chosen["student"], True)]
+    got, base = file_levels(e["path"]), file_levels(plain["path"])
+    assert len(got) == len(want) == 4
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w)
+    assert any(not np.array_equal(g, b) for g, b in zip(got, base, strict=True))
+
+
 def test_gptq_is_recorded_as_a_file_option_and_unused_on_float_files(tmp_path):
     from sr_shrink.export.options import ExportConfig, given_options, option_args, unused_options_note
 

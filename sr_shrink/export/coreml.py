@@ -6,7 +6,9 @@ default; without ``shapes``: :data:`~sr_shrink.export.options.COREML_SHAPES`), u
 model at every listed size but a RangeDim one only at its default size (coremltools #2370). Every listed
 size is verified (:func:`verify_shapes`); output ``sr``. fp16 (the default) computes in
 float16, fp32 in float32; ``int8`` stores int8 weights
-(linear symmetric, per channel; fp16 compute); ``palettize`` stores 4/6/8-bit palettes (k-means when
+(linear symmetric, per channel, [-127, 127]; fp16 compute), by default chosen by GPTQ and with bias correction on
+calibration inputs before conversion (:mod:`~sr_shrink.export.gptq`, :mod:`~sr_shrink.export.biascorr`; the grid is
+coremltools' own, so it keeps them; BENCHMARKS.md section 36); ``palettize`` stores 4/6/8-bit palettes (k-means when
 scikit-learn is installed, else uniform). Core ML cannot run on Linux, so verification reads the program
 back and evaluates it in numpy (:mod:`sr_shrink.mil_eval`, run by :class:`sr_shrink.runtimes.MILRunner`).
 """
@@ -43,7 +45,8 @@ def require_coreml(precision: str = "fp16") -> None:
 def export_coreml(model: MobileSR, path: Path, cfg: ExportConfig, calib: None, meta: dict) -> dict:
     """Write ``model`` to ``path`` as an .mlpackage in ``cfg``'s precision; return the entry fields it sets.
 
-    ``calib`` is unused: Core ML int8 and palettes compress weights only (activation quantisation needs macOS).
+    ``calib`` is unused here: Core ML int8 and palettes compress weights only (activation quantisation needs
+    macOS); int8's calibration inputs have served GPTQ and bias correction before (export.pipeline).
     """
     import coremltools as ct
 
@@ -280,4 +283,6 @@ TARGET = Target(
                            "constexpr_blockwise_shift_scale"}),
     runtime="mil", converter="coremltools", require=require_coreml, export=export_coreml, graph=coreml_graph,
     size_range=RANGE, demo_precisions=("fp16",), quantizes_activations=False,
-    options=frozenset({"shapes", "palettize", "image_io"}), check_io=check_coreml_io, verify_shapes=verify_shapes)
+    options=frozenset({"shapes", "palettize", "image_io"}), check_io=check_coreml_io, verify_shapes=verify_shapes,
+    # BENCHMARKS 36: int8 weights rounded by GPTQ with bias correction, on the calibration inputs
+    gptq_by_default=frozenset({"int8"}), bias_correction_by_default=frozenset({"int8"}))

@@ -59,11 +59,13 @@ class ExportConfig:
     ranges; lr 1e-4); None resolves to "teacher" when ``teacher`` is given, else "student".
     ``equalize`` rescales the student's stream and hidden channels towards equal ranges before an int8 export
     (:mod:`~sr_shrink.export.equalize`; the same function, off by default); ``bias_correction`` corrects the
-    int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`; None: on for w8a16,
-    where it measured better on the panel at 3 seeds, BENCHMARKS 27, off for int8); ``gptq`` chooses the int8
-    weights' grid points against the calibration inputs instead of rounding to nearest (:mod:`~sr_shrink.export.gptq`;
-    None: the target's ``gptq_by_default`` precisions, w8a16 and TFLite int8, where it measured better on the panel
-    at 3 seeds, BENCHMARKS 34, unless ``qat_steps``). ONNX int8 only:
+    int8 / w8a16 file's biases for its weights' rounding (:mod:`~sr_shrink.export.biascorr`; None: the target's
+    ``bias_correction_by_default`` precisions, w8a16 and Core ML int8, where it measured better on the panel at 3
+    seeds, BENCHMARKS 27 and 36); ``gptq`` chooses the int8 weights' grid points against the calibration inputs
+    instead of rounding to nearest (:mod:`~sr_shrink.export.gptq`; None: the target's ``gptq_by_default``
+    precisions, w8a16, TFLite int8 and Core ML int8, where it measured better on the panel at 3 seeds, BENCHMARKS 34
+    and 36, unless ``qat_steps``). Core ML int8 (int8 weights, fp16 compute) takes calibration inputs for these two
+    alone (:attr:`uses_calib`). ONNX int8 only:
     ``reduce_range`` False writes full-range [-127, 127] weights instead of 7-bit ones (None: the scheme's
     default, 7-bit), ``float_stream`` keeps the residual stream float, ``float_first_conv`` the first body conv
     (reading the head's output unrounded), ``tail_refit`` refits the float tail conv to the quantized stream (None:
@@ -122,8 +124,9 @@ class ExportConfig:
         if self.precision == "w8a16" and "w8a16" not in rec.options:
             raise SRShrinkError("--precision w8a16 is for onnx and tflite; Core ML quantises activations only on "
                                 "macOS (use --precision int8 or --palettize for Core ML).")
-        if self.bias_correction is None:
-            self.bias_correction = self.precision == "w8a16"
+        if self.bias_correction is None:  # int8 after --qat as before (Core ML's --qat files were measured without)
+            self.bias_correction = (self.precision in rec.bias_correction_by_default
+                                    and not (self.qat_steps and self.precision == "int8"))
         if self.gptq is None:  # not after --qat, which fitted the weights to round to nearest
             self.gptq = self.precision in rec.gptq_by_default and not self.qat_steps
         if self.calib_samples is None:
@@ -221,14 +224,21 @@ class ExportConfig:
         """Return True when the export quantises activations (int8, w8a16) and so needs calibration inputs."""
         return get_target(self.target).calibrated(self.precision)
 
+    @property
+    def uses_calib(self) -> bool:
+        """Return True when the export takes calibration inputs: it quantises activations, or (Core ML int8: int8
+        weights only) it rounds the weights by GPTQ or corrects the biases for their rounding on them."""
+        return self.calibrated or (self.precision == "int8" and bool(self.gptq or self.bias_correction))
+
     def shapes_the_file(self, name: str) -> bool:
         """Return False for a file-shaping option (a :data:`FILE_OPTIONS` field) that this export leaves unused:
         the calibration settings (``calib``, ``calib_samples``, ``bias_correction``, ``gptq``; ``seed`` unless QAT uses
-        it) when the export is not calibrated, ``equalize`` except on a calibrated int8 export."""
+        it) when the export takes no calibration inputs (:attr:`uses_calib`), ``equalize`` except on a calibrated
+        int8 export."""
         if name in ("calib", "calib_samples", "bias_correction", "gptq"):
-            return self.calibrated
+            return self.uses_calib
         if name == "seed":
-            return self.calibrated or bool(self.qat_steps)
+            return self.uses_calib or bool(self.qat_steps)
         if name == "equalize":
             return self.calibrated and self.precision == "int8"
         return True

@@ -64,7 +64,7 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     run.check_stages(stages)  # an unreadable stage file fails before the first file is written
     fmt = get_target(cfg.target)
     fmt.require(cfg.precision)
-    calibrated = fmt.calibrated(cfg.precision)
+    calibrated = cfg.uses_calib  # Core ML int8 takes calibration inputs only for --gptq / --bias-correction
     run, note = without_unreadable_generator(run, cfg.calib, calibrated, bool(cfg.qat_steps))
     for line in (unused_options_note(opts, cfg), note):
         if line and log is not None:
@@ -196,7 +196,7 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     original, _ = load_stage(job.run.stages[stage])
     student, qat_rec = job.finetune(original) if cfg.qat_steps else (original, None)
     path = out_dir / cfg.file_name(stage)
-    calib, calib_rec = job.calib(student.scale) if job.fmt.calibrated(cfg.precision) else (None, None)
+    calib, calib_rec = job.calib(student.scale) if cfg.uses_calib else (None, None)
     t0 = time.perf_counter()
     calibrating = f" (int8, calibrating on {len(calib)} inputs)" if calib else ""
     with task(f"stage {stage}: writing {path.name}{calibrating}"):

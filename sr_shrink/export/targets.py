@@ -50,9 +50,11 @@ class Target:
     extra verification steps (or None); ``benched``: ``sr-shrink bench`` times it; ``int8_closer``: the
     :class:`Int8Option` s that measured closer to the fp32 student than its default int8 file; ``gptq_by_default``:
     the precisions whose weights are GPTQ-rounded unless ``--no-gptq`` (:mod:`~sr_shrink.export.gptq`; measured on
-    the panel, BENCHMARKS.md section 34); ``pixel_tail``: its int8 file rounds the tail conv's output on the
-    output's own 8-bit grid (TFLite, :func:`~sr_shrink.export.tflite.align_to_pixel_grid`, wherever the tail's
-    calibrated range fits it), so QAT leaves it unrounded.
+    the panel, BENCHMARKS.md sections 34 and 36); ``bias_correction_by_default``: those whose biases are corrected
+    for the weights' rounding unless ``--no-bias-correction`` (sections 27 and 36); ``pixel_tail``: its int8 file
+    rounds the tail conv's output on the output's own 8-bit grid (TFLite,
+    :func:`~sr_shrink.export.tflite.align_to_pixel_grid`, wherever the tail's calibrated range fits it), so QAT
+    leaves it unrounded.
     """
 
     name: str
@@ -77,6 +79,7 @@ class Target:
     benched: bool = False
     int8_closer: tuple[Int8Option, ...] = ()
     gptq_by_default: frozenset[str] = frozenset({"w8a16"})
+    bias_correction_by_default: frozenset[str] = frozenset({"w8a16"})
     pixel_tail: bool = False
 
     def calibrated(self, precision: str) -> bool:
