@@ -63,11 +63,8 @@ def test_gptq_round_then_bias_correction_against_the_fp32_weights(tmp_path):
     assert none["max_bias_shift"] < 1e-6 < against_fp32["max_bias_shift"]
 
 
-@pytest.mark.parametrize("precision", ["w8a16", "int8"])
-def test_gptq_export_writes_the_chosen_weights(tmp_path, monkeypatch, precision):
-    """--gptq: the file's int8 weights are exactly the GPTQ student's (the exporter's own rounding keeps them),
-    not the nearest ones; export.json records it; a file with --no-gptq rounds to nearest."""
-    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+def _spy_on_gptq(monkeypatch) -> dict:
+    """Make the export pipeline's GPTQ keep the student it rounds; return the dict it goes in (``student``)."""
     chosen = {}
 
     def spy(student, calib, *args, **kw):
@@ -75,6 +72,15 @@ def test_gptq_export_writes_the_chosen_weights(tmp_path, monkeypatch, precision)
         return chosen["student"], rec
 
     monkeypatch.setattr(pipeline, "gptq_round", spy)
+    return chosen
+
+
+@pytest.mark.parametrize("precision", ["w8a16", "int8"])
+def test_gptq_export_writes_the_chosen_weights(tmp_path, monkeypatch, precision):
+    """--gptq: the file's int8 weights are exactly the GPTQ student's (the exporter's own rounding keeps them),
+    not the nearest ones; export.json records it; a file with --no-gptq rounds to nearest."""
+    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    chosen = _spy_on_gptq(monkeypatch)
     e = export_run(run, "onnx", precision=precision, gptq=True, out=tmp_path / "a", **FAST)[0]
     plain = export_run(run, "onnx", precision=precision, gptq=False, out=tmp_path / "b", **FAST)[0]
     assert e["gptq"]["convs"] == (4 if precision == "w8a16" else 2) and "gptq" not in plain and e["verified"]
@@ -102,13 +108,7 @@ def test_coreml_int8_takes_calibration_inputs_for_gptq_and_writes_its_weights(tm
     from sr_shrink.mil_eval import load_program
 
     run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
-    chosen = {}
-
-    def spy(student, calib, *args, **kw):
-        chosen["student"], rec = gptq_round(student, calib, *args, **kw)
-        return chosen["student"], rec
-
-    monkeypatch.setattr(pipeline, "gptq_round", spy)
+    chosen = _spy_on_gptq(monkeypatch)
     opts = {**FAST, "shapes": "32x32"}
     e = export_run(run, "coreml", precision="int8", gptq=True, bias_correction=True, out=tmp_path / "a", **opts)[0]
     plain = export_run(run, "coreml", precision="int8", gptq=False, bias_correction=False, out=tmp_path / "b",
