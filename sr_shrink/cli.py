@@ -236,9 +236,10 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 
     from rich.table import Table
 
+    from .runtimes import SUFFIXES
     from .teachers import count_inference_params, count_macs, load_teacher
 
-    if path is not None and pathlib.Path(path).suffix.lower() in (".onnx", ".tflite", ".mlpackage"):
+    if path is not None and pathlib.Path(path).suffix.lower() in SUFFIXES:
         _info_exported(path, scale, value_range, res_scale, as_json)
         return
     teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle,
@@ -350,11 +351,11 @@ def _params_row(params: int, inference: int) -> str:
               help="--qat-target teacher: allow a full pickled nn.Module teacher (runs its code).")
 @click.option("--bias-correction/--no-bias-correction", default=None,
               help="int8/w8a16: correct the biases for the mean error of the weights' rounding (calibration inputs) "
-                   "[default: on for w8a16, off for int8].")
+                   "[default: on for w8a16 and Core ML int8 (not after --qat), off for ONNX and TFLite int8].")
 @click.option("--gptq/--no-gptq", default=None,
               help="int8/w8a16: choose each conv's int8 weights against the calibration inputs (GPTQ error feedback) "
-                   "instead of rounding to nearest [default: on for w8a16 and TFLite int8 (not after --qat), off for "
-                   "ONNX int8].")
+                   "instead of rounding to nearest [default: on for w8a16, TFLite and Core ML int8 (not after --qat), "
+                   "off for ONNX int8].")
 @click.option("--equalize", is_flag=True, help="int8: rescale the residual stream and hidden channels towards equal "
               "ranges first (the same function).")
 @click.option("--reduce-range/--no-reduce-range", default=None,

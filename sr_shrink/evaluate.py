@@ -51,9 +51,10 @@ def score_outputs(outputs: dict[str, torch.Tensor], pairs: list[EvalPair], scale
             "per_image": {k: round(v[0], 3) for k, v in per_image.items()}}
 
 
-def evaluate_fn(fn: SRFn, pairs: list[EvalPair], scale: int) -> dict:
-    """Return mean ``psnr_y``/``ssim_y`` (and per image) of ``fn`` (LR (1,3,h,w) -> SR) over ``pairs``."""
-    return score_outputs(model_outputs(fn, pairs), pairs, scale)
+def evaluate_fn(fn: SRFn, pairs: list[EvalPair], scale: int, advance: Callable[[], None] | None = None) -> dict:
+    """Return mean ``psnr_y``/``ssim_y`` (and per image) of ``fn`` (LR (1,3,h,w) -> SR) over ``pairs``, calling
+    ``advance()`` (a progress callback) after each image."""
+    return score_outputs(model_outputs(fn, pairs, advance), pairs, scale)
 
 
 def _on_device(model: torch.nn.Module) -> SRFn:
@@ -66,7 +67,7 @@ def evaluate_model(model: torch.nn.Module, pairs: list[EvalPair], scale: int,
                    advance: Callable[[], None] | None = None) -> dict:
     """Return the Y-PSNR/SSIM of ``model`` (put in eval mode) on ``pairs``, calling ``advance()`` (a progress
     callback) after each image; see ``evaluate_fn``."""
-    return score_outputs(model_outputs(_on_device(model), pairs, advance), pairs, scale)
+    return evaluate_fn(_on_device(model), pairs, scale, advance)
 
 
 def evaluate_bicubic(pairs: list[EvalPair], scale: int) -> dict:

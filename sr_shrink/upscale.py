@@ -34,6 +34,7 @@ from .io import atomic_path
 from .progress import task
 from .resize import upscale as bicubic
 from .runtimes import SUFFIXES, TorchRunner, open_runner
+from .runtimes.base import UPSCALER_TIP
 from .teachers.formats import image_kind
 from .tiling import tile_calls, tiled_apply
 
@@ -41,7 +42,6 @@ LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)  # PIL's RGB -> 
 GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 Log = Callable[[str], None]
 WRITE_PHASE_PIXELS = 8_000_000  # results this large take seconds to PNG-encode: a progress phase of their own
-UPSCALER_TIP = "pass a super-resolution model that upscales by a whole factor of 2 or more (x2, x3, x4)."
 
 
 @dataclass
@@ -121,12 +121,7 @@ def probe_radius(fn: Callable[[torch.Tensor], torch.Tensor], size: tuple[int, in
 def _exported_upscaler(path: Path, threads: int, device: str) -> Upscaler:
     runner = open_runner(path, threads, device)
     fn = runner.torch_fn()
-    size = tuple(runner.tile_hw) if runner.tile_hw else (64, 64)
-    out = fn(torch.full((1, 3, *size), 0.5))
-    scale = out.shape[-1] // size[1]
-    if out.shape[-2:] != (size[0] * scale, size[1] * scale) or scale < 1:
-        raise SRShrinkError(f"{path}: output {tuple(out.shape)} for a {size} input is not a whole-number upscaling; "
-                            f"{UPSCALER_TIP}")
+    scale, size = runner.probe_scale()
     radius = probe_radius(fn, size, scale)
     if runner.tile_hw is None and radius >= min(size) // 2:  # the change reached the probe's border
         radius = probe_radius(fn, (192, 192), scale)

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import SRShrinkError, first_line
 from ..io import read_json_object
 from ..run import INDEX_NAME
@@ -71,24 +69,20 @@ def _index_entry(path: Path) -> dict | None:
 
 
 def _scale(runner, metadata: dict) -> tuple[int, str]:
-    """Return (the file's upscaling factor, where it came from): the metadata's ``scale``, else one run of a
-    mid-grey input at the file's own size (64x64 when it takes any)."""
+    """Return (the file's upscaling factor, where it came from): the metadata's ``scale``, else one run of the
+    file (:meth:`~sr_shrink.runtimes.Runner.probe_scale`)."""
     try:
         scale = int(str(metadata.get("scale")))
         if scale >= 1:
             return scale, "metadata"
     except ValueError:
         pass
-    h, w = runner.tile_hw or (64, 64)
     try:
-        out = runner(np.full((1, 3, h, w), 0.5, dtype=np.float32))
+        return runner.probe_scale()[0], "probe"
+    except SRShrinkError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any runtime's failure on the probe is the file's problem
-        raise SRShrinkError(f"{runner.path}: running it on a {h}x{w} input failed ({first_line(exc)}).") from None
-    scale = out.shape[-1] // w
-    if scale < 1 or out.shape[-2:] != (h * scale, w * scale):
-        raise SRShrinkError(f"{runner.path}: its output {tuple(out.shape)} for a {h}x{w} input is not a whole-number "
-                            "upscaling; pass a super-resolution model.")
-    return scale, "probe"
+        raise SRShrinkError(f"{runner.path}: running it once failed ({first_line(exc)}).") from None
 
 
 def describe_export(path: str | Path) -> ExportedInfo:

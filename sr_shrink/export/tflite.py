@@ -200,9 +200,8 @@ def align_to_pixel_grid(prepared: torch.fx.GraphModule) -> dict:
     the tail there is the rounding every saved 8-bit image gets anyway, instead of a second one."""
     from torchao.quantization.pt2e.observer import FixedQParamsObserver
 
-    nodes = list(prepared.graph.nodes)
-    adds = [n for n in nodes if n.op == "call_function" and "add" in str(n.target)]
-    if not adds:
+    last_add = _last_add(prepared)
+    if last_add is None:
         return {}
 
     def producer(obs):  # the conv behind an observer node, and the module path of its weight
@@ -215,7 +214,7 @@ def align_to_pixel_grid(prepared: torch.fx.GraphModule) -> dict:
         return conv, (str(w.target) if isinstance(w, torch.fx.Node) and w.op == "get_attr" else None)
 
     terms = {}
-    for obs in adds[-1].args:
+    for obs in last_add.args:
         if isinstance(obs, torch.fx.Node):
             conv, weight = producer(obs)
             if weight in ("anchor.weight", "tail.weight"):
@@ -280,6 +279,12 @@ def percentile_ranges(prepared: torch.fx.GraphModule, percentile: float = PERCEN
     return out
 
 
+def _last_add(prepared: torch.fx.GraphModule) -> torch.fx.Node | None:
+    """Return the last Add of ``prepared`` (the anchor residual: tail conv plus anchor conv), or None."""
+    adds = [n for n in prepared.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+    return adds[-1] if adds else None
+
+
 def pin_output_range(prepared: torch.fx.GraphModule) -> list[str]:
     """Give the observers of the last Add (the anchor residual) and of everything downstream of it the fixed
     int8 range [0, 1] (scale 1/255, zero point -128), in place; return their names.
@@ -287,10 +292,10 @@ def pin_output_range(prepared: torch.fx.GraphModule) -> list[str]:
     Saturating there is the output clamp, and the int8 levels are then the 8-bit image levels exactly."""
     from torchao.quantization.pt2e.observer import FixedQParamsObserver
 
-    adds = [n for n in prepared.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
-    if not adds:
+    last_add = _last_add(prepared)
+    if last_add is None:
         return []
-    downstream, names = {adds[-1]}, []
+    downstream, names = {last_add}, []
     for n in prepared.graph.nodes:
         if any(a in downstream for a in n.all_input_nodes):
             downstream.add(n)

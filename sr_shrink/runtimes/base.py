@@ -12,6 +12,7 @@ import torch
 from ..errors import SRShrinkError
 
 LAYOUTS = ("nchw", "nhwc")
+UPSCALER_TIP = "pass a super-resolution model that upscales by a whole factor of 2 or more (x2, x3, x4)."
 
 
 def io_layout(declared: str | None, shape) -> str:
@@ -141,6 +142,18 @@ class Runner:
     def _run(self, feed: np.ndarray) -> np.ndarray:
         """Return the model's raw output for ``feed``, already in the model's layout and input dtype."""
         raise NotImplementedError
+
+    def probe_scale(self) -> tuple[int, tuple[int, int]]:
+        """Return (the whole factor the model upscales by, the input size it was found at): one run of a mid-grey
+        input at the model's own size (:attr:`tile_hw`; 64x64 when it takes any). A one-line SRShrinkError when the
+        output is no whole-number upscaling of the input."""
+        size = tuple(self.tile_hw) if self.tile_hw else (64, 64)
+        out = self(np.full((1, 3, *size), 0.5, dtype=np.float32))
+        scale = out.shape[-1] // size[1]
+        if out.shape[-2:] != (size[0] * scale, size[1] * scale) or scale < 1:
+            raise SRShrinkError(f"{self.path}: output {tuple(out.shape)} for a {size} input is not a whole-number "
+                                f"upscaling; {UPSCALER_TIP}")
+        return scale, size
 
     def torch_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """Return a function tensor (N,3,h,w) -> tensor (N,3,sh,sw) that calls this runner on the CPU."""
