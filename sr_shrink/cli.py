@@ -407,12 +407,16 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     from .export.tflite import input_note as tflite_input_note
     from .export.verify import int8_notes
 
+    sizes: dict[str, list[str]] = {}  # what LR sizes a file takes -> the files: one line for the files alike
     for e in entries:
         warning = delegate_warning(e["file"], (e.get("delegates") or {}).get("gpu", {}))
         if warning:
             console.print(warning, style="yellow", markup=False, highlight=False, soft_wrap=True)
         if note := input_note(e) or tflite_input_note(e):
-            _note(note)
+            sizes.setdefault(note.removeprefix(f"{e['file']}: "), []).append(e["file"])
+    for text, files in sizes.items():
+        _note(f"{files[0]}: {text}" if len(files) == 1 else f"{', '.join(files)}: each {text}")
+    for e in entries:
         if e.get("qat_steps"):
             show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
             _note(f"{e['file']}: QAT {e['qat_steps']} steps; vs the original fp32 student: PTQ "

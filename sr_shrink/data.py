@@ -1,13 +1,21 @@
-"""Images in and out: reading, writing, the bundled eval split and LR/HR pairs made by bicubic downscaling."""
+"""Images in and out: reading, writing, the bundled eval split and LR/HR pairs made by bicubic downscaling.
+
+One reader for every image sr-shrink takes (photos for distill and calibration, eval folders, upscale's inputs):
+:func:`read_picture` turns an image upright by its EXIF orientation (as viewers show a phone photo), and reads
+8-bit samples as /255, 16-bit grey as /65535 and float grey (32-bit TIFF) as [0, 1] itself; samples outside the
+range a mode holds are one error line, not clipped in silence. 16-bit colour is read with 8 bits (PIL has no 16-bit
+colour mode; :func:`probe_picture` says so), RGBA's alpha is kept apart. :func:`read_image` is its RGB part."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import SRShrinkError, first_line
 from .metrics import quantize
@@ -15,20 +23,13 @@ from .resize import downscale
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 EVAL_DIR = Path(__file__).parent / "assets" / "eval"
+GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Return the image at ``path`` as an RGB float tensor (3, H, W) in [0, 1] (grey and RGBA converted)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except FileNotFoundError:
-        raise SRShrinkError(f"{path}: no such image file; check the path.") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise SRShrinkError(f"{path}: cannot read this image ({first_line(exc)}); pass a PNG or JPEG file.") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    """Return the image at ``path`` as an RGB float tensor (3, H, W) in [0, 1], upright by its EXIF orientation
+    (:func:`read_picture`'s colours; grey as RGB, alpha left out); a one-line SRShrinkError if it cannot be read."""
+    return read_picture(path).rgb
 
 
 def write_image(img: torch.Tensor, path: str | Path) -> Path:
@@ -38,6 +39,97 @@ def write_image(img: torch.Tensor, path: str | Path) -> Path:
     arr = (img.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
     Image.fromarray(arr).save(path)
     return path
+
+
+@dataclass
+class Picture:
+    """An image split for SR: ``rgb`` (3,H,W) in [0,1], optional ``alpha`` (1,H,W), whether it was grey, and the
+    bits per sample it is written back with (16 for 16-bit and float grey, else 8)."""
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None
+    grey: bool
+    bits: int = 8
+
+
+def _to_tensor(arr: np.ndarray) -> torch.Tensor:
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+def _split(im: Image.Image, path: Path) -> Picture:
+    """Return the Picture of an open PIL image, normalising its mode (``path`` names the file in errors)."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # 16-bit, 32-bit integer and float grey
+        grey = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" else 65535.0  # float samples are [0, 1]; integer ones 16-bit
+        lo, hi = (float(grey.min()), float(grey.max())) if grey.size else (0.0, 0.0)
+        if not np.isfinite(grey).all() or lo < -1e-6 * top or hi > top * (1 + 1e-6):
+            kind = "float" if im.mode == "F" else "32-bit integer"
+            raise SRShrinkError(f"{path}: a {kind} grey image with samples in [{lo:g}, {hi:g}], outside "
+                                f"[0, {top:g}]; sr-shrink reads {kind} samples as [0, {top:g}]: rescale it, or "
+                                "save it as an 8- or 16-bit PNG.")
+        return Picture(_to_tensor(np.clip(grey / top, 0, 1)).repeat(3, 1, 1), None, True, 16)
+    if im.mode in GREY_MODES or im.mode == "LA":
+        arr = np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
+        alpha = _to_tensor(arr[..., 1]) if im.mode == "LA" else None
+        return Picture(_to_tensor(arr[..., 0]).repeat(3, 1, 1), alpha, True)
+    has_alpha = im.mode in ("RGBA", "RGBa", "PA") or "A" in im.getbands()
+    arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+    return Picture(_to_tensor(arr[..., :3]), _to_tensor(arr[..., 3]) if has_alpha else None, False)
+
+
+def _left_out(im: Image.Image) -> str | None:
+    """Return what reading the opened (not yet loaded) ``im`` as a :class:`Picture` leaves out: 16-bit colour
+    samples (PIL has no 16-bit colour mode and reads them with 8 bits; 16-bit grey is kept), frames after the
+    first; None when nothing."""
+    rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in im.tile]
+    deep = any(isinstance(r, str) and ";16" in r for r in rawmodes) and im.mode not in GREY_MODES
+    frames = getattr(im, "n_frames", 1)
+    parts = (["its 16-bit samples are read and written with 8 bits (PIL keeps 16 bits for grey without alpha "
+              "only)"] if deep
+             else []) + ([f"it has {frames} frames; only the first is upscaled"] if frames > 1 else [])
+    return "; ".join(parts) or None
+
+
+def probe_picture(path: str | Path) -> tuple[tuple[int, int], str | None]:
+    """Return ((h, w) as the image will be upscaled, upright by its EXIF orientation; :func:`_left_out`'s note)
+    of the image file at ``path`` from its header, without decoding its pixels (a folder of photos is checked
+    before any work, then read one at a time), or raise :func:`read_picture`'s one-line SRShrinkError."""
+    path = Path(path)
+    with _read_errors(path):
+        with Image.open(path) as im:
+            im.verify()  # a damaged PNG fails here; a JPEG's pixels are checked only when read
+        with Image.open(path) as im:  # verify() leaves the image unusable
+            w, h = im.size
+            # A PNG's getexif() decodes the whole image to look for an eXIf chunk after the pixels unless one came
+            # before them: only that one is read here (read_picture turns the image by either; only the tile count
+            # of the progress would be off).
+            exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
+            turned = exif.get(0x0112) in (5, 6, 7, 8)  # EXIF Orientation: rotated by 90 or 270 degrees
+            return ((w, h) if turned else (h, w)), _left_out(im)
+
+
+def read_picture(path: str | Path) -> Picture:
+    """Return the :class:`Picture` of the image file at ``path``, turned upright by its EXIF orientation (as
+    viewers show it; the PNG written has no EXIF to turn it), or raise a one-line SRShrinkError."""
+    path = Path(path)
+    with _read_errors(path), Image.open(path) as im:
+        im.load()
+        return _split(ImageOps.exif_transpose(im), path)
+
+
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Turn what reading the image file ``path`` raises (missing, not an image, damaged) into one-line
+    SRShrinkErrors (yields nothing)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise SRShrinkError(f"{path}: no such image file; check the path.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise SRShrinkError(f"{path}: cannot read this image ({first_line(exc)}); pass a PNG or JPEG file.") from None
 
 
 def list_images(folder: str | Path) -> list[Path]:

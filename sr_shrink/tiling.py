@@ -88,6 +88,16 @@ def tile_calls(size: tuple[int, int], tile: int | tuple[int, int] | None = 256, 
     return len(_tiles(*size, tile, overlap, fixed)) if tile else 1
 
 
+def tile_work(size: tuple[int, int], tile: int | tuple[int, int] | None = 256, overlap: int = 16,
+              fixed: bool = False) -> int:
+    """Return how many input pixels :func:`tiled_apply`'s calls run on an LR image of ``size`` (h, w), padding
+    included: the image's own pixel count when it runs untiled, more the more the tiles overlap."""
+    if not tile:
+        return size[0] * size[1]
+    return sum((sy.stop - sy.start + sy.pad_before + sy.pad_after) * (sx.stop - sx.start + sx.pad_before + sx.pad_after)
+               for sy, sx in _tiles(*size, tile, overlap, fixed))
+
+
 def tiled_apply(fn: SRFn, x: torch.Tensor, scale: int, tile: int | tuple[int, int] | None = 256,
                 overlap: int = 16, fixed: bool = False) -> torch.Tensor:
     """Return ``fn(x)`` for an LR batch ``x`` (N,C,H,W), computed in tiles of ``tile`` input pixels.

@@ -4,9 +4,9 @@ Every model runs through its runner from :mod:`sr_shrink.runtimes` (the same one
 bench use), which handles the file's layout, fp16/int8 I/O and fixed input size.
 
 Images are turned upright by their EXIF orientation first (a phone photo's; the PNG result has none). RGB as
-is; grey (L, 16-bit) is processed as RGB and written back grey, 16-bit grey as 16-bit (16-bit colour is read
-with 8 bits per channel, the most PIL holds, and of an animation only the first frame is taken: a note says
-so); an alpha
+is; grey (L, 16-bit, float) is processed as RGB and written back grey, 16-bit and float grey as 16-bit (16-bit
+colour is read with 8 bits per channel, the most PIL holds, and of an animation only the first frame is taken: a
+note says so; :mod:`sr_shrink.data` reads every image); an alpha
 channel (RGBA, LA, palette with transparency) is upscaled with bicubic while the model upscales the colours. Large
 images run in tiles of ``tile`` input pixels overlapping by at least the model's receptive field radius, so the
 result equals an untiled run (see :mod:`sr_shrink.tiling`). Results are written as ``NAME_x{scale}.png`` into
@@ -19,28 +19,28 @@ there. Every input's header is checked before any work; the images are then read
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from .data import list_images
-from .errors import SRShrinkError, first_line
+from .data import Picture, list_images, probe_picture, read_picture
+from .errors import SRShrinkError
 from .io import atomic_path
 from .progress import task
 from .resize import upscale as bicubic
 from .runtimes import SUFFIXES, TorchRunner, open_runner
 from .runtimes.base import UPSCALER_TIP
 from .teachers.formats import image_kind
-from .tiling import tile_calls, tiled_apply
+from .tiling import tile_calls, tile_work, tiled_apply
 
 LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)  # PIL's RGB -> L weights (ITU-R 601-2)
-GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 Log = Callable[[str], None]
+TILE_WORK_NOTE = 2.0  # a note when tiling runs the model on more than this many times the images' pixels
 WRITE_PHASE_PIXELS = 8_000_000  # results this large take seconds to PNG-encode: a progress phase of their own
 
 
@@ -90,6 +90,29 @@ class Upscaler:
         raise SRShrinkError(f"--tile {tile} is too small for {self.path.name}: tiles overlap by its receptive field "
                             f"radius ({self.radius} px) on every side, so they must be larger than {2 * self.radius} "
                             f"px; pass --tile {max(256, 4 * self.radius)}, or --tile 0 for whole images.")
+
+
+    def tile_note(self, tile: int | None, overlap: int, sizes: list[tuple[int, int]]) -> str | None:
+        """Return a note when tiles of ``tile`` input pixels overlapping by ``overlap`` run the model on more than
+        ``TILE_WORK_NOTE`` times the pixels of images of ``sizes`` (h, w) (a small --tile keeps a thin core of
+        each tile: --tile 40 with the default overlap keeps 8 px of 40), naming what to pass; else None. Models of
+        fixed input size tile at their own size and get none."""
+        if not tile or self.input_hw:
+            return None
+        pixels = max(1, sum(h * w for h, w in sizes))
+
+        def work(t: int) -> tuple[float, int]:  # (pixels run / image pixels, the overlap used) at tile t
+            tile_arg, ov, _ = self._tiling(t, overlap)
+            return sum(tile_work(hw, tile_arg, ov) for hw in sizes) / pixels, ov
+
+        (ratio, ov), better = work(tile), max(256, 2 * tile)
+        if ratio <= TILE_WORK_NOTE:
+            return None
+        least = (f", or a smaller --overlap (at least the model's receptive field radius, {self.radius})"
+                 if ov > self.radius else "")
+        return (f"note: --tile {tile} with an overlap of {ov} px on every side keeps {max(0, tile - 2 * ov)} px of "
+                f"each tile, so the model runs on {ratio:.1f}x the images' pixels; pass --tile {better} "
+                f"({work(better)[0]:.1f}x){least}.")
 
 
 def _student_upscaler(path: Path, threads: int, device: str) -> Upscaler:
@@ -153,90 +176,6 @@ def load_upscaler(path: str | Path, scale: int | None = None, threads: int | Non
         raise SRShrinkError(f"{path}: this model upscales x{up.scale}, not x{scale}; pass --scale {up.scale} "
                             "or a model trained for that scale.")
     return up
-
-
-@dataclass
-class Picture:
-    """An image split for SR: ``rgb`` (3,H,W) in [0,1], optional ``alpha`` (1,H,W), whether it was grey, and the
-    bits per sample it is written back with (16 for 16-bit grey, else 8)."""
-
-    rgb: torch.Tensor
-    alpha: torch.Tensor | None
-    grey: bool
-    bits: int = 8
-
-
-def _to_tensor(arr: np.ndarray) -> torch.Tensor:
-    arr = arr[..., None] if arr.ndim == 2 else arr
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
-
-
-def _split(im: Image.Image) -> Picture:
-    """Return the Picture of an open PIL image, normalising its mode."""
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode.startswith("I;16") or im.mode == "I":
-        grey = np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0, 1)
-        return Picture(_to_tensor(grey).repeat(3, 1, 1), None, True, 16)
-    if im.mode in GREY_MODES or im.mode == "LA":
-        arr = np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
-        alpha = _to_tensor(arr[..., 1]) if im.mode == "LA" else None
-        return Picture(_to_tensor(arr[..., 0]).repeat(3, 1, 1), alpha, True)
-    has_alpha = im.mode in ("RGBA", "RGBa", "PA") or "A" in im.getbands()
-    arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
-    return Picture(_to_tensor(arr[..., :3]), _to_tensor(arr[..., 3]) if has_alpha else None, False)
-
-
-def _left_out(im: Image.Image) -> str | None:
-    """Return what reading the opened (not yet loaded) ``im`` as a :class:`Picture` leaves out: 16-bit colour
-    samples (PIL has no 16-bit colour mode and reads them with 8 bits; 16-bit grey is kept), frames after the
-    first; None when nothing."""
-    rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in im.tile]
-    deep = any(isinstance(r, str) and ";16" in r for r in rawmodes) and im.mode not in GREY_MODES
-    frames = getattr(im, "n_frames", 1)
-    parts = (["its 16-bit samples are read and written with 8 bits (PIL keeps 16 bits for grey without alpha "
-              "only)"] if deep
-             else []) + ([f"it has {frames} frames; only the first is upscaled"] if frames > 1 else [])
-    return "; ".join(parts) or None
-
-
-def probe_picture(path: str | Path) -> tuple[tuple[int, int], str | None]:
-    """Return ((h, w) as the image will be upscaled, upright by its EXIF orientation; :func:`_left_out`'s note)
-    of the image file at ``path`` from its header, without decoding its pixels (a folder of photos is checked
-    before any work, then read one at a time), or raise :func:`read_picture`'s one-line SRShrinkError."""
-    path = Path(path)
-    with _read_errors(path):
-        with Image.open(path) as im:
-            im.verify()  # a damaged PNG fails here; a JPEG's pixels are checked only when read
-        with Image.open(path) as im:  # verify() leaves the image unusable
-            w, h = im.size
-            # A PNG's getexif() decodes the whole image to look for an eXIf chunk after the pixels unless one came
-            # before them: only that one is read here (read_picture turns the image by either; only the tile count
-            # of the progress would be off).
-            exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
-            turned = exif.get(0x0112) in (5, 6, 7, 8)  # EXIF Orientation: rotated by 90 or 270 degrees
-            return ((w, h) if turned else (h, w)), _left_out(im)
-
-
-def read_picture(path: str | Path) -> Picture:
-    """Return the :class:`Picture` of the image file at ``path``, turned upright by its EXIF orientation (as
-    viewers show it; the PNG written has no EXIF to turn it), or raise a one-line SRShrinkError."""
-    path = Path(path)
-    with _read_errors(path), Image.open(path) as im:
-        im.load()
-        return _split(ImageOps.exif_transpose(im))
-
-
-@contextmanager
-def _read_errors(path: Path) -> Iterator[None]:
-    """Turn what reading the image file ``path`` raises (missing, not an image, damaged) into one-line
-    SRShrinkErrors (yields nothing)."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise SRShrinkError(f"{path}: no such image file; check the path.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise SRShrinkError(f"{path}: cannot read this image ({first_line(exc)}); pass a PNG or JPEG file.") from None
 
 
 def _bytes(t: torch.Tensor) -> np.ndarray:
@@ -349,6 +288,7 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     headers = [probe_picture(p) for p in images]  # fail on a bad image before any work
     up.check_tile(tile, [hw for hw, _ in headers])
     notes += [f"note: {path}: {note}." for path, (_, note) in zip(images, headers) if note]
+    notes += [n for n in [up.tile_note(tile, overlap, [hw for hw, _ in headers])] if n]
     for note in notes:
         log(note)
     ref = None

@@ -197,13 +197,18 @@ def test_cli_tflite_export_says_its_fixed_input_size(tmp_path):
     that for Core ML packages only, so the one-line table gave no hint that the file refuses a 720p frame."""
     from click.testing import CliRunner
 
-    run = make_tiny_run(tmp_path / "r", n_stages=1, seed=0)
+    run = make_tiny_run(tmp_path / "r", n_stages=2, seed=0)
     res = CliRunner().invoke(main, ["export", str(run), "--target", "tflite", "--out", str(tmp_path / "x"),
                                     "--input-size", "24x32"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert ("stage_01_fp32.tflite: takes LR 24x32 only (input serving_default_lr: 1x24x32x3 float32, a fixed "
-            "size): cut larger images into overlapping 24x32 tiles") in text, text
+    # one line for the files alike (it was repeated word for word for every stage)
+    assert ("stage_01_fp32.tflite, stage_02_fp32.tflite: each takes LR 24x32 only (input serving_default_lr: "
+            "1x24x32x3 float32, a fixed size): cut larger images into overlapping 24x32 tiles") in text, text
+    assert text.count("takes LR") == 1, text
+    one = CliRunner().invoke(main, ["export", str(run / "stage_02.pt"), "--target", "tflite", "--out",
+                                    str(tmp_path / "y"), "--input-size", "24x32"])
+    assert "stage_02_fp32.tflite: takes LR 24x32 only (input" in " ".join(one.output.split()), one.output
     onnx = CliRunner().invoke(main, ["export", str(run), "--target", "onnx", "--out", str(tmp_path / "o")])
     assert onnx.exit_code == 0 and "takes LR" not in onnx.output  # free size: nothing to say
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,24 @@ def test_a_tile_below_the_receptive_field_says_which_tile_to_pass(tiny_run, tmp_
                     "on every side, so they must be larger than 12 px; pass --tile 256, or --tile 0 for whole images.")
     assert not (tmp_path / "out").exists()
     assert _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "out", "--tile", "13").exit_code == 0  # 13 > 12
+
+
+def test_a_tile_that_keeps_a_thin_core_says_what_it_costs(tiny_run, tmp_path):
+    """--tile 13 on a model of radius 6 keeps 1 px of each tile: the model ran on ~100x the pixels, silently. A
+    note says so and what to pass; the default tile and whole images get none."""
+    src = _image(tmp_path / "p.png", "RGB", size=(60, 50))
+    res = _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "a", "--tile", "13")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    ratio = float(re.search(r"so the model runs on ([0-9.]+)x the images' pixels", text).group(1))
+    assert ratio > 50, text
+    assert ("note: --tile 13 with an overlap of 6 px on every side keeps 1 px of each tile, so the model runs on "
+            f"{ratio:.1f}x the images' pixels; pass --tile 256 (1.0x).") in text, text
+    wide = " ".join(_run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "b", "--tile", "30", "--overlap",
+                         "12").output.split())
+    assert "or a smaller --overlap (at least the model's receptive field radius, 6)" in wide, wide
+    for tile in ("256", "0"):
+        assert "--tile" not in _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / tile, "--tile", tile).output
 
 
 def test_tile_plan_covers_every_pixel_once_or_more():
