@@ -230,8 +230,9 @@ def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, s
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def info(path: str | None, scale: int | None, value_range: str | None, res_scale: float | None, trust_pickle: bool,
          as_json: bool) -> None:
-    """Show what the model file PATH holds (a teacher, a run's stage_XX.pt, or an exported .onnx, .tflite or
-    .mlpackage; default: the bundled x2 teacher): format, architecture, scale, size."""
+    """Show what PATH holds (a teacher, a run's stage_XX.pt, an exported .onnx, .tflite or .mlpackage, or a
+    distill run folder; default: the bundled x2 teacher): format, architecture, scale, size; for a run, its
+    stages, exports and bench pick."""
     import json
 
     from rich.table import Table
@@ -241,6 +242,9 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
 
     if path is not None and pathlib.Path(path).suffix.lower() in SUFFIXES:
         _info_exported(path, scale, value_range, res_scale, as_json)
+        return
+    if path is not None and pathlib.Path(path).is_dir() and any(pathlib.Path(path).glob("stage_*.pt")):
+        _info_run(path, scale, value_range, res_scale, trust_pickle, as_json)
         return
     teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle,
                            value_range=float(value_range) if value_range else None, res_scale=res_scale)
@@ -292,6 +296,45 @@ def _info_exported(path: str, scale: int | None, value_range: str | None, res_sc
     for k, v in info_rows(info):
         table.add_row(k, v)
     progress.stdout_console().print(table)
+
+
+def _info_run(path: str, scale: int | None, value_range: str | None, res_scale: float | None, trust_pickle: bool,
+              as_json: bool) -> None:
+    """``info`` on a distill run folder: :func:`~sr_shrink.run_info.describe_run` as tables (the run, distill's
+    stage table, the exported files) or JSON."""
+    import json
+
+    from rich.table import Table
+
+    from .distill import summary_table
+    from .run_info import describe_run, export_rows, run_rows
+
+    given = [f for f, v in (("--value-range", value_range), ("--res-scale", res_scale is not None),
+                            ("--trust-pickle", trust_pickle)) if v]
+    if given:
+        raise SRShrinkError(f"{', '.join(given)} describes a teacher file; {path} is a distill run, which records "
+                            "its teacher's (drop the option).")
+    desc = describe_run(path)
+    run = desc["run"]
+    if scale is not None and run.get("scale") not in (None, scale):
+        raise SRShrinkError(f"{path} upscales x{run['scale']}, not x{scale}.")
+    if as_json:
+        click.echo(json.dumps(desc, indent=2, default=str))
+        return
+    out = progress.stdout_console()
+    table = Table(title=f"sr-shrink info: {desc['path']}", show_header=False)
+    for k, v in run_rows(desc):
+        table.add_row(k, v)
+    out.print(table)
+    if run.get("stages"):
+        out.print(summary_table(run))
+    if desc["exports"]:
+        files = Table(title="exported files")
+        for col in ("file", "stage", "precision", "KiB", "verification"):
+            files.add_column(col, justify="left" if col in ("file", "verification") else "right")
+        for row in export_rows(desc):
+            files.add_row(*row)
+        out.print(files)
 
 
 def _params_row(params: int, inference: int) -> str:

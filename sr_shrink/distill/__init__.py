@@ -213,7 +213,8 @@ def summary_table(run: dict) -> Table:
                       metric(s, "val_psnr_y", 2), metric(s, "val_ssim_y", 4), metric(s, "fidelity_psnr_y", 2),
                       f"{s['seconds']:.0f}")
     if "teacher_psnr_y" in run:
-        table.add_row("teacher", "", _teacher_params(run["teacher"]), "", f"{run['teacher_psnr_y']:.2f}",
-                      f"{run['teacher_ssim_y']:.4f}", "", "")
-        table.add_row("bicubic", "", "", "", f"{run['bicubic_psnr_y']:.2f}", f"{run['bicubic_ssim_y']:.4f}", "", "")
+        table.add_row("teacher", "", _teacher_params(run["teacher"]), "", metric(run, "teacher_psnr_y", 2),
+                      metric(run, "teacher_ssim_y", 4), "", "")
+        table.add_row("bicubic", "", "", "", metric(run, "bicubic_psnr_y", 2), metric(run, "bicubic_ssim_y", 4), "",
+                      "")
     return table
