@@ -12,7 +12,7 @@ import sys
 import click
 
 from . import choices, progress
-from .errors import SRShrinkError, one_line
+from .errors import OtherRankError, SRShrinkError, one_line
 
 console = progress.stderr_console()  # notes and progress; remade per command for the streams it runs with
 
@@ -46,7 +46,8 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except SRShrinkError as exc:
-            click.echo(f"error: {one_line(str(exc))}", err=True)
+            if not isinstance(exc, OtherRankError):  # rank 0 says it once for a distributed run
+                click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(2)
         except OSError as exc:  # a path the command cannot read or write (exists as a file, no permission, disk full)
             where = f"{exc.filename}: " if exc.filename else ""
@@ -520,8 +521,11 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
     from .run import BENCH_JSON, BENCH_PLOT
 
     if Path(run_dir).is_file():  # click's own "Directory ... is a file" does not say what to pass
-        raise SRShrinkError(f"{run_dir}: bench compares the stages of a distill run; pass its folder "
-                            f"{Path(run_dir).parent}, not one file.")
+        from .run import RunDir
+
+        run = RunDir.find(run_dir)  # a stage file's folder, an exported file's run (RUN/exports/x.tflite)
+        folder = f"its folder {run.root}" if run is not None else "the folder 'sr-shrink distill' wrote"
+        raise SRShrinkError(f"{run_dir}: bench compares the stages of a distill run; pass {folder}, not one file.")
     cfg = BenchConfig(device=device, runtimes=_csv(runtimes), precisions=_csv(precisions) or (),
                       input_size=parse_size(input_size), threads=threads, eval_dir=eval_dir, max_images=max_images,
                       budget_ms=budget_ms, min_psnr=min_psnr, repeats=repeats, warmup=warmup, rounds=rounds,

@@ -13,6 +13,11 @@ class SRShrinkError(Exception):
     """A bad input or a failed step, with a message that says what was wrong and what to do."""
 
 
+class OtherRankError(SRShrinkError):
+    """Rank 0's SRShrinkError, raised on the other ranks of a distributed run so that they stop with it (the CLI
+    prints it on rank 0 alone and exits 2 on every rank)."""
+
+
 def shorten(text: str, limit: int = FIRST_LINE_MAX) -> str:
     """Return ``text`` unchanged when it has at most ``limit`` characters; else its longest run of whole
     sentences that fits (when that keeps at least a third of the room), else its longest run of whole words

@@ -156,11 +156,22 @@ def test_bench_bad_values(files, bad):
     _assert_one_error_line(_invoke(args), args)
 
 
-def test_bench_of_one_stage_file_names_the_run_folder(files):
+def test_bench_of_one_stage_file_names_the_run_folder(files, tmp_path):
     stage = files["run"] / "stage_01.pt"
     line = one_error_line(_invoke(["bench", str(stage), "--runtimes", "torch"]))
     assert line == (f"error: {stage}: bench compares the stages of a distill run; pass its folder {files['run']}, "
                     "not one file.")
+    run = make_tiny_run(tmp_path / "run", n_stages=1)
+    exported = run / "exports" / "stage_01_fp32.onnx"  # it named RUN/exports as the run's folder
+    exported.parent.mkdir()
+    exported.write_bytes(b"not read")
+    line = one_error_line(_invoke(["bench", str(exported), "--runtimes", "torch"]))
+    assert line == (f"error: {exported}: bench compares the stages of a distill run; pass its folder {run}, "
+                    "not one file.")
+    lone = tmp_path / "lone.onnx"
+    lone.write_bytes(b"not read")
+    line = one_error_line(_invoke(["bench", str(lone)]))
+    assert "pass the folder 'sr-shrink distill' wrote, not one file." in line, line
 
 
 @pytest.mark.parametrize("bad", ["--tile -1", "--overlap -2", "--scale 3", "--scale 0", "--threads 0",

@@ -133,6 +133,19 @@ def test_ddp_two_gloo_processes_kill_and_resume(tiny_teacher, tmp_path):
     _assert_same_checkpoints(whole, killed)
 
 
+def test_ddp_refused_run_folder_stops_every_rank_with_one_error_line(tiny_teacher, tmp_path):
+    """Rank 0 refused a folder that already holds a run while rank 1 waited at the barrier, then died there with a
+    gloo traceback. Rank 0's refusal now stops every rank (exit status 2 on each) and is printed once."""
+    out = tmp_path / "held"
+    _run(_cli(_args(tiny_teacher, out, 4, stages="1:1")))
+    r = subprocess.run(_torchrun(_args(tiny_teacher, out, 4, stages="1:1")), env=ENV, capture_output=True, text=True,
+                       timeout=150)
+    assert r.returncode != 0
+    said = f"error: {out}: already holds a run; pass --resume to continue it or --force to overwrite it."
+    assert r.stderr.count(said) == 1, r.stderr[-3000:]
+    assert "[rank1]" not in r.stderr and r.stderr.count("exitcode  : 2") == 2, r.stderr[-3000:]
+
+
 def test_ddp_budgeted_run_checks_its_pace_on_every_rank(tiny_teacher, tmp_path):
     """Under --time-budget every rank asks rank 0 for the stage's steps every 10 steps (a cut must end the stage on
     every rank at once); a check that only some ranks made would hang the run at its first broadcast."""

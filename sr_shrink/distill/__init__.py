@@ -26,14 +26,14 @@ from rich.progress import (
 from rich.table import Table
 
 from ..data import load_eval_set
-from ..errors import SRShrinkError
+from ..errors import OtherRankError, SRShrinkError
 from ..evaluate import PERCEPTUAL_MARGIN_DB
 from ..progress import Lines, stderr_console, stdout_console
 from ..run import RunDir
 from ..teachers import load_teacher
 from .answers import answer_warning, far_answers
 from .config import AUTO_SYNTHETIC, MODES, DistillConfig
-from .env import Env, init_distributed, resolve_device
+from .env import Env, init_distributed, rank0, resolve_device
 from .perceptual import PERCEPTUAL_SOURCES
 from .resume import nothing_to_resume, prepare_run_dir
 from .run import Job, run_stages
@@ -84,8 +84,15 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
     if resume and env.main and nothing_to_resume(run_dir):  # after the checks: a refused run gets no note
         log(f"note: {run_dir} holds nothing to resume (no run.json, stage_XX.pt or state.pt); starting a new run.")
     with contextlib.ExitStack() as held:
+        refused = None
         if env.main:  # the folder stays locked for this process until the run ends
-            held.enter_context(prepare_run_dir(run_dir, resume, force))
+            try:
+                held.enter_context(prepare_run_dir(run_dir, resume, force))
+            except SRShrinkError as exc:
+                refused = str(exc)
+        refused = rank0(refused, env.world)  # every rank stops on it (the others died at the barrier, traceback)
+        if refused is not None:
+            raise SRShrinkError(refused) if env.main else OtherRankError(refused)
         env.barrier()
         pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
         callbacks = callbacks or Callbacks()
