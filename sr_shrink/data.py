@@ -4,7 +4,8 @@ One reader for every image sr-shrink takes (photos for distill and calibration, 
 :func:`read_picture` turns an image upright by its EXIF orientation (as viewers show a phone photo), and reads
 8-bit samples as /255, 16-bit grey as /65535 and float grey (32-bit TIFF) as [0, 1] itself; samples outside the
 range a mode holds are one error line, not clipped in silence. 16-bit colour is read with 8 bits (PIL has no 16-bit
-colour mode; :func:`probe_picture` says so), RGBA's alpha is kept apart. :func:`read_image` is its RGB part."""
+colour mode; :func:`probe_picture` says so), RGBA's alpha is kept apart, an RGB or grey ICC profile is kept for the
+result. :func:`read_image` is its RGB part."""
 
 from __future__ import annotations
 
@@ -50,6 +51,17 @@ class Picture:
     alpha: torch.Tensor | None
     grey: bool
     bits: int = 8
+    icc: bytes | None = None  # the file's ICC colour profile, when it describes the colours as read (RGB or grey)
+
+
+def icc_profile(im: Image.Image, grey: bool) -> bytes | None:
+    """Return the ICC profile of the open image ``im`` when it describes its colours as a :class:`Picture` holds
+    them (an RGB profile for colour, a grey one for grey; not a CMYK JPEG's, whose colours are converted), else
+    None. An iPhone photo's Display P3 profile, dropped, would show the result in sRGB's duller colours."""
+    icc = im.info.get("icc_profile")
+    if not isinstance(icc, bytes) or len(icc) < 20:
+        return None
+    return icc if icc[16:20] == (b"GRAY" if grey else b"RGB ") else None
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -117,7 +129,9 @@ def read_picture(path: str | Path) -> Picture:
     path = Path(path)
     with _read_errors(path), Image.open(path) as im:
         im.load()
-        return _split(ImageOps.exif_transpose(im), path)
+        pic = _split(ImageOps.exif_transpose(im), path)
+        pic.icc = icc_profile(im, pic.grey)
+        return pic
 
 
 @contextmanager

@@ -3,7 +3,8 @@
 Every model runs through its runner from :mod:`sr_shrink.runtimes` (the same ones export verification and
 bench use), which handles the file's layout, fp16/int8 I/O and fixed input size.
 
-Images are turned upright by their EXIF orientation first (a phone photo's; the PNG result has none). RGB as
+Images are turned upright by their EXIF orientation first (a phone photo's; the PNG result has none), and the
+result carries the input's ICC colour profile when it is an RGB or grey one (an iPhone's Display P3). RGB as
 is; grey (L, 16-bit, float) is processed as RGB and written back grey, 16-bit and float grey as 16-bit (16-bit
 colour is read with 8 bits per channel, the most PIL holds, and of an animation only the first frame is taken: a
 note says so; :mod:`sr_shrink.data` reads every image); an alpha
@@ -90,7 +91,6 @@ class Upscaler:
         raise SRShrinkError(f"--tile {tile} is too small for {self.path.name}: tiles overlap by its receptive field "
                             f"radius ({self.radius} px) on every side, so they must be larger than {2 * self.radius} "
                             f"px; pass --tile {max(256, 4 * self.radius)}, or --tile 0 for whole images.")
-
 
     def tile_note(self, tile: int | None, overlap: int, sizes: list[tuple[int, int]]) -> str | None:
         """Return a note when tiles of ``tile`` input pixels overlapping by ``overlap`` run the model on more than
@@ -203,7 +203,7 @@ def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap:
     by bicubic."""
     sr = up.apply(pic.rgb.unsqueeze(0), tile, overlap, advance)[0]
     alpha = bicubic(pic.alpha.unsqueeze(0), up.scale)[0].clamp(0, 1) if pic.alpha is not None else None
-    return Picture(sr, alpha, pic.grey, pic.bits)
+    return Picture(sr, alpha, pic.grey, pic.bits, pic.icc)
 
 
 # zlib level of the PNGs written: OpenCV's default, which Real-ESRGAN's and chaiNNer's writers use; Pillow's
@@ -211,12 +211,12 @@ def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap:
 PNG_LEVEL = 1
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    """Write ``image`` to ``path`` as PNG through a temp file renamed into place (returns nothing): a big result
-    takes seconds to encode, and one cut short (Ctrl-C, a kill, a full disk) must not be left as a truncated
-    NAME_x{s}.png that looks like a result."""
+def _save_png(image: Image.Image, path: Path, icc: bytes | None = None) -> None:
+    """Write ``image`` to ``path`` as PNG with the ICC profile ``icc`` (the input's) through a temp file renamed into
+    place (returns nothing): a big result takes seconds to encode, and one cut short (Ctrl-C, a kill, a full disk)
+    must not be left as a truncated NAME_x{s}.png that looks like a result."""
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", compress_level=PNG_LEVEL)
+        image.save(tmp, format="PNG", compress_level=PNG_LEVEL, **({"icc_profile": icc} if icc else {}))
 
 
 def output_path(out_dir: Path | None, image: Path, scale: int, suffix: str = "") -> Path:
@@ -309,12 +309,13 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
             image = picture_image(sr)
             big = image.width * image.height >= WRITE_PHASE_PIXELS
             with task(f"writing {written[-1].name} ({image.width}x{image.height} px)") if big else nullcontext():
-                _save_png(image, written[-1])
+                _save_png(image, written[-1], sr.icc)
             log(f"wrote {written[-1]}")
             if compare:
                 from .compare import compare_strip
 
                 written.append(output_path(out_dir, path, up.scale, "_compare"))
-                _save_png(compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops), written[-1])
+                _save_png(compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops), written[-1],
+                          None if pic.grey else pic.icc)  # the strip is RGB
                 log(f"wrote {written[-1]}")
     return written

@@ -159,6 +159,26 @@ def test_what_an_image_loses_is_said(tiny_run, tmp_path):
     assert Image.open(tmp_path / "out" / "anim_x2.png").size == (20, 16)
 
 
+def test_the_inputs_colour_profile_comes_with_the_result(tiny_run, tmp_path):
+    """An iPhone photo's Display P3 ICC profile was dropped, so viewers showed the result's colours as sRGB (duller).
+    The result carries the input's RGB (or grey) profile; a CMYK JPEG's profile, whose colours are converted to
+    RGB, is left out."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "p3.png"
+    Image.open(_image(tmp_path / "plain.png", "RGB")).save(src, icc_profile=profile)
+    cmyk = tmp_path / "print.jpg"
+    fake_cmyk = bytes(16) + b"CMYK" + bytes(108)  # only the header's colour space is read
+    Image.new("CMYK", (20, 16), (10, 200, 30, 0)).save(cmyk, icc_profile=fake_cmyk)
+    res = _run(tiny_run / "stage_02.pt", src, cmyk, tmp_path / "plain.png", "-o", tmp_path / "out", "--compare")
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "out" / "p3_x2.png").info.get("icc_profile") == profile
+    assert Image.open(tmp_path / "out" / "p3_x2_compare.png").info.get("icc_profile") == profile
+    assert "icc_profile" not in Image.open(tmp_path / "out" / "print_x2.png").info
+    assert "icc_profile" not in Image.open(tmp_path / "out" / "plain_x2.png").info
+
+
 def test_rgba_keeps_bicubic_alpha(tiny_run, tmp_path):
     src = _image(tmp_path / "logo.png", "RGBA", size=(20, 16))
     written = upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out", tile=None)
