@@ -557,12 +557,16 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 @click.option("--scale", type=SCALE, help="Fail unless the model upscales by this factor.")
 @click.option("--threads", type=THREADS, help="Threads for the model [default: torch's].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--ext", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True,
+              help="Result format: NAME_x{s}.png (lossless), .jpg or .webp (a fraction of the size for photos; 8 bits, "
+                   "JPEG without alpha). --compare strips stay PNG.")
+@click.option("--quality", type=click.IntRange(1, 100), help="--ext jpg/webp: encoder quality [default: 95].")
 @value_range_option
 @res_scale_option
 def upscale(model, images, out, tile, overlap, compare, crops, teacher, scale, threads, device, value_range,
-            res_scale) -> None:
+            res_scale, ext, quality) -> None:
     """Upscale IMAGES (files, or folders: the images in them) with MODEL (stage_XX.pt, .onnx, .tflite or
-    .mlpackage) into NAME_x{s}.png files.
+    .mlpackage) into NAME_x{s}.png files (--ext jpg or webp for smaller ones).
 
     Images are turned upright by their EXIF orientation. Grey images come back grey (16-bit grey as 16-bit;
     16-bit colour comes back 8-bit), an alpha channel is upscaled with bicubic, and of an animation only the
@@ -573,7 +577,8 @@ def upscale(model, images, out, tile, overlap, compare, crops, teacher, scale, t
     upscale_files(model, list(images), out, tile=tile or None, overlap=overlap, compare=compare, crops=crops,
                   teacher=teacher,
                   scale=scale, threads=threads, device=device, log=_note,
-                  value_range=float(value_range) if value_range else None, res_scale=res_scale)
+                  value_range=float(value_range) if value_range else None, res_scale=res_scale, ext=ext,
+                  quality=quality)
 
 
 @main.command()

@@ -123,6 +123,13 @@ def probe_picture(path: str | Path) -> tuple[tuple[int, int], str | None]:
             return ((w, h) if turned else (h, w)), _left_out(im)
 
 
+def has_alpha(path: str | Path) -> bool:
+    """Return whether the image file at ``path`` has an alpha channel (RGBA, LA, a palette with transparency), from
+    its header (a file :func:`probe_picture` has checked)."""
+    with _read_errors(Path(path)), Image.open(path) as im:
+        return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
 def read_picture(path: str | Path) -> Picture:
     """Return the :class:`Picture` of the image file at ``path``, turned upright by its EXIF orientation (as
     viewers show it; the PNG written has no EXIF to turn it), or raise a one-line SRShrinkError."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import Picture, list_images, probe_picture, read_picture
+from .data import Picture, has_alpha, list_images, probe_picture, read_picture
 from .errors import SRShrinkError
 from .io import atomic_path
 from .progress import task
@@ -209,49 +209,64 @@ def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap:
 # zlib level of the PNGs written: OpenCV's default, which Real-ESRGAN's and chaiNNer's writers use; Pillow's
 # default 6 took 4.5x as long for files about a fifth smaller (11 s for an 8000x6000 result; BENCHMARKS.md, 32).
 PNG_LEVEL = 1
+EXTS = ("png", "jpg", "webp")  # --ext: what results are written as (compare strips stay PNG)
+QUALITY = 95  # --quality default for jpg and webp (Pillow's 75 blurs the detail an upscale adds)
+PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
-def _save_png(image: Image.Image, path: Path, icc: bytes | None = None) -> None:
-    """Write ``image`` to ``path`` as PNG with the ICC profile ``icc`` (the input's) through a temp file renamed into
-    place (returns nothing): a big result takes seconds to encode, and one cut short (Ctrl-C, a kill, a full disk)
-    must not be left as a truncated NAME_x{s}.png that looks like a result."""
+def _save_image(image: Image.Image, path: Path, icc: bytes | None = None, quality: int = QUALITY) -> None:
+    """Write ``image`` to ``path`` in the format its suffix names (PNG, JPEG or WebP at ``quality``) with the ICC
+    profile ``icc`` (the input's), through a temp file renamed into place (returns nothing): a big result takes
+    seconds to encode, and one cut short (Ctrl-C, a kill, a full disk) must not be left as a truncated
+    NAME_x{s}.png that looks like a result. JPEG and WebP hold 8 bits: 16-bit grey is written with 8."""
+    fmt = PIL_FORMAT[path.suffix.lower().lstrip(".")]
+    opts: dict = {"icc_profile": icc} if icc else {}
+    if fmt == "PNG":
+        opts["compress_level"] = PNG_LEVEL
+    else:
+        opts["quality"] = quality
+        if fmt == "JPEG":
+            opts["subsampling"] = 0  # 4:4:4: full-resolution colour, the detail an upscale adds (+1.2 dB, 1.3x bytes)
+        if image.mode == "I;16":
+            image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", compress_level=PNG_LEVEL, **({"icc_profile": icc} if icc else {}))
+        image.save(tmp, format=fmt, **opts)
 
 
-def output_path(out_dir: Path | None, image: Path, scale: int, suffix: str = "") -> Path:
-    """Return ``OUT/NAME_x{scale}{suffix}.png`` for an input image path (``out_dir`` None: the image's folder)."""
-    return (image.parent if out_dir is None else out_dir) / f"{image.stem}_x{scale}{suffix}.png"
+def output_path(out_dir: Path | None, image: Path, scale: int, suffix: str = "", ext: str = "png") -> Path:
+    """Return ``OUT/NAME_x{scale}{suffix}.{ext}`` for an input image path (``out_dir`` None: the image's folder)."""
+    return (image.parent if out_dir is None else out_dir) / f"{image.stem}_x{scale}{suffix}.{ext}"
 
 
-def expand_folders(images: list[Path], scale: int, log: Log) -> list[Path]:
+def expand_folders(images: list[Path], scale: int, log: Log, ext: str = "png") -> list[Path]:
     """Return ``images`` with each folder among them replaced by the images directly inside it, sorted by name
-    (:func:`~sr_shrink.data.list_images`), less the results an earlier upscale by ``scale`` wrote there
-    (``NAME_x{scale}.png``, ``NAME_x{scale}_compare.png``; ``log`` gets a note of how many were left out)."""
+    (:func:`~sr_shrink.data.list_images`), less the results an earlier upscale by ``scale`` to ``ext`` wrote there
+    (``NAME_x{scale}.{ext}``, ``NAME_x{scale}_compare.png``; ``log`` gets a note of how many were left out)."""
     out: list[Path] = []
     for path in images:
         if not path.is_dir():
             out.append(path)
             continue
         files = list_images(path)
-        own = {f for f in files if f.suffix.lower() == ".png" and re.fullmatch(rf".+_x{scale}(_compare)?", f.stem)}
+        own = {f for f in files if (f.suffix.lower() == f".{ext}" and re.fullmatch(rf".+_x{scale}", f.stem))
+               or (f.suffix.lower() == ".png" and re.fullmatch(rf".+_x{scale}_compare", f.stem))}
         if len(own) == len(files):
-            raise SRShrinkError(f"{path}: holds only results of an earlier upscale (*_x{scale}.png); pass a folder "
-                                "of images to upscale.")
+            raise SRShrinkError(f"{path}: holds only results of an earlier upscale (*_x{scale}.{ext}); pass a "
+                                "folder of images to upscale.")
         if own:
             log(f"note: {path}: left out {len(own)} result{'s' if len(own) > 1 else ''} of an earlier upscale "
-                f"(*_x{scale}.png); pass a file by name to upscale it.")
+                f"(*_x{scale}.{ext}); pass a file by name to upscale it.")
         out += [f for f in files if f not in own]
     return out
 
 
-def _check_outputs(images: list[Path], out_dir: Path | None, scale: int, compare: bool) -> None:
+def _check_outputs(images: list[Path], out_dir: Path | None, scale: int, compare: bool, ext: str = "png") -> None:
     """Raise a one-line SRShrinkError when two results would share a file or a result would replace an input."""
     inputs = {p.resolve(): p for p in images}
     seen: dict[Path, Path] = {}
     for image in images:
         for suffix in ("", "_compare") if compare else ("",):
-            out = output_path(out_dir, image, scale, suffix)
+            out = output_path(out_dir, image, scale, suffix, ext if not suffix else "png")
             key = out.resolve()
             if key in inputs:
                 raise SRShrinkError(f"the result for {image} would be written over the input {inputs[key]}; pass "
@@ -266,26 +281,38 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
                   tile: int | None = 256, overlap: int = 16, compare: bool = False,
                   teacher: str | Path | None = None, scale: int | None = None, threads: int | None = None,
                   device: str = "cpu", log: Log | None = None, value_range: float | None = None,
-                  res_scale: float | None = None, crops: int = 1) -> list[Path]:
+                  res_scale: float | None = None, crops: int = 1, ext: str = "png",
+                  quality: int | None = None) -> list[Path]:
     """Upscale every image (a folder: the images in it, :func:`expand_folders`) with ``model`` into ``out_dir``
-    (None: next to each input) as ``NAME_x{s}.png``; return the paths written (results, then any
-    ``NAME_x{s}_compare.png`` strips of ``crops`` windows when ``compare``, whose teacher takes the ``value_range``
-    and ``res_scale`` overrides). A result that would replace an input, or two results sharing a file, is an error
-    before anything is written."""
+    (None: next to each input) as ``NAME_x{s}.{ext}`` (png, jpg or webp at ``quality``, default ``QUALITY``);
+    return the paths written (results, then any ``NAME_x{s}_compare.png`` strips of ``crops`` windows when
+    ``compare``, whose teacher takes the ``value_range`` and ``res_scale`` overrides). A result that would replace
+    an input, two results sharing a file, or an image with alpha to be written as JPEG is an error before anything
+    is written."""
     log = log or (lambda _m: None)
     given = [f for f, v in (("--teacher", teacher), ("--crops", crops != 1), ("--value-range", value_range),
                             ("--res-scale", res_scale)) if v]
     if given and not compare:  # they shape the teacher panel only
         raise SRShrinkError(f"{', '.join(given)} only applies to --compare; add --compare or drop it.")
+    if ext not in EXTS:
+        raise SRShrinkError(f"--ext {ext}: pass one of {', '.join(EXTS)}.")
+    if quality is not None and ext == "png":
+        raise SRShrinkError("--quality applies to --ext jpg or webp (PNG is lossless); add one or drop it.")
     images = [Path(p) for p in images]
     out_dir = Path(out_dir) if out_dir is not None else None
     if threads:
         torch.set_num_threads(threads)
     up = load_upscaler(model, scale, threads, device)
     notes: list[str] = []  # said once every input has passed its checks: a refused run prints its error alone
-    images = expand_folders(images, up.scale, notes.append)
-    _check_outputs(images, out_dir, up.scale, compare)
+    images = expand_folders(images, up.scale, notes.append, ext)
+    _check_outputs(images, out_dir, up.scale, compare, ext)
     headers = [probe_picture(p) for p in images]  # fail on a bad image before any work
+    if ext == "jpg":
+        clear = [p for p in images if has_alpha(p)]
+        if clear:
+            more = f" (and {len(clear) - 1} more)" if len(clear) > 1 else ""
+            raise SRShrinkError(f"{clear[0]}{more}: has an alpha channel, which JPEG cannot hold; pass --ext png or "
+                                "--ext webp.")
     up.check_tile(tile, [hw for hw, _ in headers])
     notes += [f"note: {path}: {note}." for path, (_, note) in zip(images, headers) if note]
     notes += [n for n in [up.tile_note(tile, overlap, [hw for hw, _ in headers])] if n]
@@ -305,17 +332,17 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
         for path in images:  # one image in memory at a time
             pic = read_picture(path)
             sr = upscale_picture(up, pic, tile, overlap, advance)
-            written.append(output_path(out_dir, path, up.scale))
+            written.append(output_path(out_dir, path, up.scale, ext=ext))
             image = picture_image(sr)
             big = image.width * image.height >= WRITE_PHASE_PIXELS
             with task(f"writing {written[-1].name} ({image.width}x{image.height} px)") if big else nullcontext():
-                _save_png(image, written[-1], sr.icc)
+                _save_image(image, written[-1], sr.icc, quality or QUALITY)
             log(f"wrote {written[-1]}")
             if compare:
                 from .compare import compare_strip
 
                 written.append(output_path(out_dir, path, up.scale, "_compare"))
-                _save_png(compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops), written[-1],
-                          None if pic.grey else pic.icc)  # the strip is RGB
+                _save_image(compare_strip(pic.rgb, sr.rgb, up.scale, ref, crops=crops), written[-1],
+                            None if pic.grey else pic.icc)  # the strip is RGB, and PNG
                 log(f"wrote {written[-1]}")
     return written

@@ -179,6 +179,53 @@ def test_the_inputs_colour_profile_comes_with_the_result(tiny_run, tmp_path):
     assert "icc_profile" not in Image.open(tmp_path / "out" / "plain_x2.png").info
 
 
+def test_ext_jpg_and_webp_write_the_result_at_their_quality(tiny_run, tmp_path):
+    """Results were PNG only: a 4x upscale of a 12 MP photo is a ~0.5 GB PNG. --ext jpg/webp write NAME_x{s}.jpg /
+    .webp of the same result, encoded at --quality (95 by default; JPEG with full-resolution colour, 4:4:4); compare
+    strips stay PNG."""
+    import io
+
+    src = _image(tmp_path / "photo.png", "RGB", size=(64, 48))
+    assert _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / "png").exit_code == 0
+    result = Image.open(tmp_path / "png" / "photo_x2.png")
+    for ext, quality in (("jpg", None), ("webp", None), ("jpg", "60")):
+        out = tmp_path / f"{ext}{quality}"
+        res = _run(tiny_run / "stage_02.pt", src, "-o", out, "--ext", ext, "--compare",
+                   *(["--quality", quality] if quality else []))
+        assert res.exit_code == 0, res.output
+        assert sorted(p.name for p in out.iterdir()) == [f"photo_x2.{ext}", "photo_x2_compare.png"]
+        got = Image.open(out / f"photo_x2.{ext}")
+        want = io.BytesIO()
+        fmt = {"jpg": "JPEG", "webp": "WEBP"}[ext]
+        result.save(want, format=fmt, quality=int(quality or 95), **({"subsampling": 0} if ext == "jpg" else {}))
+        assert got.format == fmt and np.array_equal(np.asarray(got), np.asarray(Image.open(want)))
+    # negative control: the default quality is not what --quality 60 wrote
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "jpgNone" / "photo_x2.jpg")),
+                              np.asarray(Image.open(tmp_path / "jpg60" / "photo_x2.jpg")))
+
+
+def test_ext_refusals_are_one_line_before_any_work(tiny_run, tmp_path):
+    logo = _image(tmp_path / "logo.png", "RGBA")
+    line = one_error_line(_run(tiny_run / "stage_02.pt", logo, "-o", tmp_path / "a", "--ext", "jpg"))
+    assert line == f"error: {logo}: has an alpha channel, which JPEG cannot hold; pass --ext png or --ext webp."
+    assert not (tmp_path / "a").exists()
+    assert _run(tiny_run / "stage_02.pt", logo, "-o", tmp_path / "b", "--ext", "webp").exit_code == 0
+    assert Image.open(tmp_path / "b" / "logo_x2.webp").mode == "RGBA"
+    line = one_error_line(_run(tiny_run / "stage_02.pt", logo, "-o", tmp_path / "c", "--quality", "80"))
+    assert line == "error: --quality applies to --ext jpg or webp (PNG is lossless); add one or drop it."
+
+
+def test_a_folder_leaves_out_earlier_results_of_the_same_ext(tiny_run, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _image(folder / "a.png", "RGB")
+    assert _run(tiny_run / "stage_02.pt", folder, "--ext", "jpg").exit_code == 0
+    assert (folder / "a_x2.jpg").exists()
+    res = _run(tiny_run / "stage_02.pt", folder, "--ext", "jpg")
+    assert res.exit_code == 0 and "left out 1 result of an earlier upscale (*_x2.jpg)" in " ".join(res.output.split())
+    assert not (folder / "a_x2_x2.jpg").exists()
+
+
 def test_rgba_keeps_bicubic_alpha(tiny_run, tmp_path):
     src = _image(tmp_path / "logo.png", "RGBA", size=(20, 16))
     written = upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out", tile=None)
