@@ -67,6 +67,7 @@ VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", eq
             "int8 grid": dict(precision="int8"), "int8 nogrid": dict(precision="int8"),
             "int8 rtn": dict(precision="int8", gptq=False, bias_correction=False),  # Core ML: weights to nearest
             "int8 gptq bc": dict(precision="int8", gptq=True, bias_correction=True),
+            "int8 qat gptq bc": dict(precision="int8", qat_steps=1000, gptq=True, bias_correction=True),
             "int8 grid pct": dict(precision="int8", calib_method="percentile"),
             "int8 refit gptq": dict(precision="int8", tail_refit=True, gptq=True),
             "int8 nrr fs refit ffc gptq": dict(precision="int8", reduce_range=False, float_stream=True, tail_refit=True,

@@ -220,7 +220,8 @@ def _save_image(image: Image.Image, path: Path, icc: bytes | None = None, qualit
     seconds to encode, and one cut short (Ctrl-C, a kill, a full disk) must not be left as a truncated
     NAME_x{s}.png that looks like a result. JPEG and WebP hold 8 bits: 16-bit grey is written with 8."""
     fmt = PIL_FORMAT[path.suffix.lower().lstrip(".")]
-    opts: dict = {"icc_profile": icc} if icc else {}
+    grey_as_rgb = fmt == "WEBP" and image.mode in ("L", "LA", "I;16")  # WebP has no grey: Pillow writes RGB(A)
+    opts: dict = {"icc_profile": icc} if icc and not grey_as_rgb else {}  # a grey profile would not fit RGB
     if fmt == "PNG":
         opts["compress_level"] = PNG_LEVEL
     else:

@@ -226,6 +226,18 @@ def test_a_folder_leaves_out_earlier_results_of_the_same_ext(tiny_run, tmp_path)
     assert not (folder / "a_x2_x2.jpg").exists()
 
 
+def test_a_grey_profile_stays_with_grey_results_only(tiny_run, tmp_path):
+    """A grey image's GRAY profile fits its grey PNG result; WebP has no grey mode (Pillow writes RGB), so there it
+    is left out rather than put on RGB colours."""
+    src = tmp_path / "scan.png"
+    grey_icc = bytes(16) + b"GRAY" + bytes(108)  # only the header's colour space is read
+    Image.open(_image(tmp_path / "plain.png", "L")).save(src, icc_profile=grey_icc)
+    for ext, kept in (("png", True), ("webp", False)):
+        assert _run(tiny_run / "stage_02.pt", src, "-o", tmp_path / ext, "--ext", ext).exit_code == 0
+        out = Image.open(tmp_path / ext / f"scan_x2.{ext}")
+        assert (out.info.get("icc_profile") == grey_icc) is kept, (ext, out.mode)
+
+
 def test_rgba_keeps_bicubic_alpha(tiny_run, tmp_path):
     src = _image(tmp_path / "logo.png", "RGBA", size=(20, 16))
     written = upscale_files(tiny_run / "stage_02.pt", [src], tmp_path / "out", tile=None)
