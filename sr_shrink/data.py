@@ -199,7 +199,8 @@ def load_eval_set(scale: int, folder: str | Path | None = None, max_images: int 
 
 
 def random_patches(images: list[torch.Tensor], n: int, hr_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Return ``n`` random HR crops (n, 3, hr_size, hr_size) from ``images`` with random flips/rotations."""
+    """Return ``n`` random float HR crops (n, 3, hr_size, hr_size) in [0, 1] from ``images`` (float in [0, 1], or
+    uint8 for 0..255) with random flips/rotations."""
     out = []
     for _ in range(n):
         img = images[int(torch.randint(len(images), (1,), generator=generator))]
@@ -207,6 +208,8 @@ def random_patches(images: list[torch.Tensor], n: int, hr_size: int, generator: 
         y = int(torch.randint(h - hr_size + 1, (1,), generator=generator))
         x = int(torch.randint(w - hr_size + 1, (1,), generator=generator))
         patch = img[:, y : y + hr_size, x : x + hr_size]
+        if patch.dtype == torch.uint8:
+            patch = patch.float() / 255  # as read_picture divides an 8-bit sample: the same float32
         k = int(torch.randint(4, (1,), generator=generator))
         patch = torch.rot90(patch, k, dims=(1, 2))
         if int(torch.randint(2, (1,), generator=generator)):

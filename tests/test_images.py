@@ -63,3 +63,21 @@ def test_eval_folder_of_8_bit_pngs_reads_as_before(tmp_path):
     Image.fromarray(rgba).save(tmp_path / "a.png")
     (pair,) = load_eval_set(2, tmp_path)
     assert torch.equal(pair.hr, torch.from_numpy(rgba[..., :3].astype(np.float32) / 255).permute(2, 0, 1))
+
+
+def test_training_photos_are_kept_as_bytes_and_give_the_same_patches(tmp_path):
+    """--mode data kept every photo as float32 (14.4 GB for 100 12 MP photos); 8-bit photos are kept as uint8 and
+    random_patches gives bit-identical float patches; a 16-bit grey photo stays float (bytes would round it)."""
+    from sr_shrink.data import random_patches
+    from sr_shrink.distill.sources.photos import RealPatches
+
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray((rng.random((44, 36)) * 65535).astype(np.uint16)).save(tmp_path / "b.png")
+    src = RealPatches(tmp_path, 2, 8)
+    assert [im.dtype for im in src.images] == [torch.uint8, torch.float32]
+    floats = [read_image(tmp_path / "a.png"), read_image(tmp_path / "b.png")]
+    assert src.images[1].mul(65535).sub(src.images[1].mul(65535).round()).abs().max() < 1e-2  # 16 bits kept
+    got = random_patches(src.images, 12, 16, torch.Generator().manual_seed(5))
+    want = random_patches(floats, 12, 16, torch.Generator().manual_seed(5))
+    assert got.dtype == torch.float32 and torch.equal(got, want)

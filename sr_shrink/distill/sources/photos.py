@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from ...data import list_images, make_lr, random_patches, read_image
+from ...data import Picture, list_images, make_lr, random_patches, read_picture
 from ...errors import SRShrinkError
+
+
+def compact(pic: Picture) -> torch.Tensor:
+    """Return ``pic``'s RGB as kept in memory for training: uint8 for an 8-bit image (its samples are k/255
+    exactly, so :func:`~sr_shrink.data.random_patches` gives the same float patches at a quarter of the memory: a
+    folder of 100 12 MP photos is 3.6 GB instead of 14.4), float otherwise (16-bit and float grey)."""
+    return pic.rgb.mul(255).round().to(torch.uint8) if pic.bits == 8 else pic.rgb
 
 
 class RealPatches:
@@ -14,7 +21,7 @@ class RealPatches:
 
     def __init__(self, folder, scale: int, lr_patch: int):
         self.scale, self.lr_patch = scale, lr_patch
-        self.images = [read_image(p) for p in list_images(folder)]
+        self.images = [compact(read_picture(p)) for p in list_images(folder)]
         small = [i for i in self.images if min(i.shape[-2:]) < lr_patch * scale]
         if small:
             raise SRShrinkError(f"{folder}: {len(small)} image(s) smaller than one {lr_patch * scale} px patch; "
