@@ -244,7 +244,8 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
     if path is not None and pathlib.Path(path).suffix.lower() in SUFFIXES:
         _info_exported(path, scale, value_range, res_scale, as_json)
         return
-    if path is not None and pathlib.Path(path).is_dir() and any(pathlib.Path(path).glob("stage_*.pt")):
+    folder = pathlib.Path(path) if path is not None else None
+    if folder is not None and folder.is_dir() and ((folder / "run.json").is_file() or any(folder.glob("stage_*.pt"))):
         _info_run(path, scale, value_range, res_scale, trust_pickle, as_json)
         return
     teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle,

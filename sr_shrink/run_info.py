@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .distill.resume import saved_progress
 from .io import read_json_object
-from .run import BENCH_JSON, RunDir
+from .run import BENCH_JSON, RUN_JSON, RunDir
 
 
 def describe_run(path: str | Path) -> dict:
@@ -20,7 +20,11 @@ def describe_run(path: str | Path) -> dict:
     whose checkpoint is there), ``complete``, ``progress`` (the sentence a Ctrl-C prints: where a --resume goes
     on), ``exports`` (export.json's entries of RUN/exports) and ``bench`` (bench.json's recommended row, None
     when the run was not benchmarked); an SRShrinkError when ``path`` is no run folder."""
-    rd = RunDir.open(path)
+    root = Path(path)
+    if root.is_dir() and (root / RUN_JSON).is_file() and not any(root.glob("stage_*.pt")):  # before stage 1 ends
+        rd = RunDir(root, read_json_object(root / RUN_JSON, RUN_JSON), {})
+    else:
+        rd = RunDir.open(root)
     if rd.from_file:
         raise ValueError("describe_run takes a run folder")
     bench = read_json_object(rd.root / BENCH_JSON, BENCH_JSON)
