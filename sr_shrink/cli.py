@@ -450,7 +450,7 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     from .export.delegates import delegate_warning
     from .export.targets import get_target
     from .export.tflite import input_note as tflite_input_note
-    from .export.verify import int8_notes
+    from .export.verify import int8_notes, qat_note
 
     sizes: dict[str, list[str]] = {}  # what LR sizes a file takes -> the files: one line for the files alike
     for e in entries:
@@ -462,11 +462,8 @@ def export(run_dir: str, target: str, stage: str, precision: str | None, out: st
     for text, files in sizes.items():
         _note(f"{files[0]}: {text}" if len(files) == 1 else f"{', '.join(files)}: each {text}")
     for e in entries:
-        if e.get("qat_steps"):
-            show = {k: "-" if e[k] is None else f"{e[k]:+.4f} dB" for k in ("ptq_delta_psnr_y", "qat_delta_psnr_y")}
-            _note(f"{e['file']}: QAT {e['qat_steps']} steps; vs the original fp32 student: PTQ "
-                  f"{show['ptq_delta_psnr_y']}, QAT {show['qat_delta_psnr_y']} (the table compares with the "
-                  "fine-tuned student)")
+        if note := qat_note(e):
+            _note(note)
     for note in int8_notes(entries, lambda e: get_target(e["target"]).int8_closer):  # one line per advice
         _note(note)
 

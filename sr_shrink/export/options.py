@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
 from .. import sizes
@@ -100,8 +100,11 @@ class ExportConfig:
     float_first_conv: bool = False
     calib_method: str | None = None
     tail_refit: bool | None = None
+    # (gptq, bias_correction) as given, before the defaults below fill them in: see without_qat
+    asked: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self.asked = (self.gptq, self.bias_correction)
         rec = get_target(self.target)
         self.precision = self.precision or rec.default_precision
         if self.precision not in PRECISIONS:
@@ -136,6 +139,14 @@ class ExportConfig:
         self._check_qat()
         self._check_int8_scheme()
         self._check_calib_method()
+
+    def without_qat(self) -> ExportConfig:
+        """Return the config of the file ``export`` writes with these options but no ``--qat``: GPTQ and bias
+        correction take the target's defaults without QAT unless they were given (the PTQ file a QAT export is
+        measured against; Core ML int8 and TFLite int8 round by GPTQ by default, which they skip after QAT)."""
+        gptq, bias_correction = self.asked
+        return replace(self, qat_steps=0, qat_lr=None, qat_target=None, teacher=None, trust_pickle=False, gptq=gptq,
+                       bias_correction=bias_correction)
 
     def _check_calib_method(self) -> None:
         if self.calib_method is None:

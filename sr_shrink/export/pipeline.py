@@ -156,8 +156,9 @@ class _Job:
         return tuned, {**rec, **extra}
 
 
-def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | None, qat: bool = False) -> dict:
-    cfg = job.cfg
+def _write(job: _Job, stage: int, student: SRStudent, path: Path, calib: list | None, qat: bool = False,
+           cfg: ExportConfig | None = None) -> dict:
+    cfg = cfg or job.cfg
     if qat and job.fmt.int8_scheme is not None and cfg.tail_refit is not False:
         # QAT fitted the whole file to the original student; a tail refit would fit it to the fine-tuned one
         cfg = replace(cfg, tail_refit=False)
@@ -223,22 +224,23 @@ def _qat_fields(job: _Job, stage: int, original: SRStudent, path: Path, calib: l
 
     Both deltas are measured against the **original** fp32 student (the one in stage_XX.pt), on the
     verification images: ``qat_delta_psnr_y`` verifies the QAT file at ``path`` against it
-    (``qat.fp32_verification``); ``ptq_delta_psnr_y`` is the plain int8 export of the original student (same
-    calibration inputs, written to a temporary folder and deleted) verified against it
+    (``qat.fp32_verification``); ``ptq_delta_psnr_y`` is the file ``export`` writes of the original student
+    without ``--qat`` (:meth:`ExportConfig.without_qat`: GPTQ and bias correction as the target does by default;
+    same calibration inputs, written to a temporary folder and deleted) verified against it
     (``qat.ptq_verification``). The entry's own ``verification`` compares the file with its source, the
     fine-tuned float student."""
     fields = {"qat_steps": job.cfg.qat_steps, "ptq_delta_psnr_y": None, "qat_delta_psnr_y": None}
     if job.cfg.verify:
         with tempfile.TemporaryDirectory() as tmp:
             ptq_path = Path(tmp) / job.cfg.file_name(stage)
-            with task(f"stage {stage}: writing the plain int8 file to compare (PTQ of the original student)"):
-                _write(job, stage, original, ptq_path, calib)
+            with task(f"stage {stage}: writing the file without --qat to compare (PTQ of the original student)"):
+                _write(job, stage, original, ptq_path, calib, cfg=job.cfg.without_qat())
             rec["ptq_verification"] = ptq = _verify(job, ptq_path, original)
         rec["fp32_verification"] = qat = _verify(job, path, original)
         fields["ptq_delta_psnr_y"] = ptq.get("delta_psnr_y")
         fields["qat_delta_psnr_y"] = qat.get("delta_psnr_y")
-    rec["deltas"] = ("ptq_delta_psnr_y: Y-PSNR of the plain int8 export of the original student minus the original "
-                     "fp32 student's; qat_delta_psnr_y: Y-PSNR of this QAT file minus the same original fp32 "
+    rec["deltas"] = ("ptq_delta_psnr_y: Y-PSNR of the export of the original student without --qat minus the "
+                     "original fp32 student's; qat_delta_psnr_y: Y-PSNR of this QAT file minus the same original fp32 "
                      "student's; verification.delta_psnr_y: this file minus its own source, the fine-tuned float "
                      "student")
     return {**fields, "qat": rec}

@@ -64,6 +64,20 @@ def int8_note(entry: dict, closer: tuple) -> str | None:
     return notes[0] if notes else None
 
 
+def qat_note(entry: dict) -> str | None:
+    """Return the line ``export`` prints for a ``--qat`` file (None for others): the Y-PSNR deltas of the file and
+    of the one ``export`` writes without ``--qat`` against the original fp32 student, and "drop --qat" when the
+    latter is closer by more than 0.001 dB."""
+    if not entry.get("qat_steps"):
+        return None
+    ptq, qat = entry.get("ptq_delta_psnr_y"), entry.get("qat_delta_psnr_y")
+    show = {k: "-" if v is None else f"{v:+.4f} dB" for k, v in (("ptq", ptq), ("qat", qat))}
+    worse = ("; the file without --qat is closer to it: drop --qat" if ptq is not None and qat is not None
+             and qat < ptq - 0.001 else "")
+    return (f"{entry['file']}: QAT {entry['qat_steps']} steps; vs the original fp32 student: without --qat "
+            f"{show['ptq']}, with it {show['qat']} (the table compares with the fine-tuned student){worse}")
+
+
 def int8_notes(entries: list[dict], closer_of) -> list[str]:
     """Return :func:`int8_note`'s lines for the export.json ``entries`` of one export, one line for all the files
     whose note names the same options (``closer_of(entry)``: its target's ``int8_closer``), so an export of every
