@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -135,7 +136,8 @@ def test_ddp_two_gloo_processes_kill_and_resume(tiny_teacher, tmp_path):
 
 def test_ddp_refused_run_folder_stops_every_rank_with_one_error_line(tiny_teacher, tmp_path):
     """Rank 0 refused a folder that already holds a run while rank 1 waited at the barrier, then died there with a
-    gloo traceback. Rank 0's refusal now stops every rank (exit status 2 on each) and is printed once."""
+    gloo traceback. Rank 0's refusal now stops every rank and is printed once, with no traceback from any rank
+    (torchrun's own report of the failed workers follows; it stops a rank still closing with SIGTERM)."""
     out = tmp_path / "held"
     _run(_cli(_args(tiny_teacher, out, 4, stages="1:1")))
     r = subprocess.run(_torchrun(_args(tiny_teacher, out, 4, stages="1:1")), env=ENV, capture_output=True, text=True,
@@ -143,7 +145,8 @@ def test_ddp_refused_run_folder_stops_every_rank_with_one_error_line(tiny_teache
     assert r.returncode != 0
     said = f"error: {out}: already holds a run; pass --resume to continue it or --force to overwrite it."
     assert r.stderr.count(said) == 1, r.stderr[-3000:]
-    assert "[rank1]" not in r.stderr and r.stderr.count("exitcode  : 2") == 2, r.stderr[-3000:]
+    assert "[rank1]" not in r.stderr and not re.search(r'File ".*sr_shrink', r.stderr), r.stderr[-3000:]
+    assert "terminate called" not in r.stderr, r.stderr[-3000:]  # a rank aborting as the group closed
 
 
 def test_ddp_budgeted_run_checks_its_pace_on_every_rank(tiny_teacher, tmp_path):

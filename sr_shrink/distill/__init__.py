@@ -33,7 +33,7 @@ from ..run import RunDir
 from ..teachers import load_teacher
 from .answers import answer_warning, far_answers
 from .config import AUTO_SYNTHETIC, MODES, DistillConfig
-from .env import Env, init_distributed, rank0, resolve_device
+from .env import Env, init_distributed, leave_group, rank0, resolve_device
 from .perceptual import PERCEPTUAL_SOURCES
 from .resume import nothing_to_resume, prepare_run_dir
 from .run import Job, run_stages
@@ -92,6 +92,7 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
                 refused = str(exc)
         refused = rank0(refused, env.world)  # every rank stops on it (the others died at the barrier, traceback)
         if refused is not None:
+            leave_group()
             raise SRShrinkError(refused) if env.main else OtherRankError(refused)
         env.barrier()
         pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)

@@ -63,6 +63,14 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def leave_group() -> None:
+    """Leave the process group of a distributed run that stops early (returns nothing; nothing to do in one
+    process): a rank that exits with its gloo threads still connected can abort ("terminate called without an
+    active exception") as the other ranks close theirs."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank0(value, world: int | None = None):
     """Return rank 0's ``value`` on every rank of a distributed run (``value`` itself in one process: ``world``
     <= 1, or no process group)."""
