@@ -65,6 +65,8 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     fmt = get_target(cfg.target)
     fmt.require(cfg.precision)
     calibrated = cfg.uses_calib  # Core ML int8 takes calibration inputs only for --gptq / --bias-correction
+    if cfg.qat_steps and cfg.verify:  # and the file a QAT export is compared with may take them (Core ML's GPTQ)
+        calibrated = calibrated or cfg.without_qat().uses_calib
     run, note = without_unreadable_generator(run, cfg.calib, calibrated, bool(cfg.qat_steps))
     for line in (unused_options_note(opts, cfg), note):
         if line and log is not None:
@@ -231,10 +233,13 @@ def _qat_fields(job: _Job, stage: int, original: SRStudent, path: Path, calib: l
     fine-tuned float student."""
     fields = {"qat_steps": job.cfg.qat_steps, "ptq_delta_psnr_y": None, "qat_delta_psnr_y": None}
     if job.cfg.verify:
+        plain = job.cfg.without_qat()
+        if calib is None and plain.uses_calib:  # Core ML int8: the QAT file takes none, its GPTQ'd PTQ file does
+            calib = job.calib(original.scale)[0]
         with tempfile.TemporaryDirectory() as tmp:
             ptq_path = Path(tmp) / job.cfg.file_name(stage)
             with task(f"stage {stage}: writing the file without --qat to compare (PTQ of the original student)"):
-                _write(job, stage, original, ptq_path, calib, cfg=job.cfg.without_qat())
+                _write(job, stage, original, ptq_path, calib, cfg=plain)
             rec["ptq_verification"] = ptq = _verify(job, ptq_path, original)
         rec["fp32_verification"] = qat = _verify(job, path, original)
         fields["ptq_delta_psnr_y"] = ptq.get("delta_psnr_y")
