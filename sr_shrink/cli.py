@@ -244,8 +244,9 @@ def info(path: str | None, scale: int | None, value_range: str | None, res_scale
     if path is not None and pathlib.Path(path).suffix.lower() in SUFFIXES:
         _info_exported(path, scale, value_range, res_scale, as_json)
         return
-    folder = pathlib.Path(path) if path is not None else None
-    if folder is not None and folder.is_dir() and ((folder / "run.json").is_file() or any(folder.glob("stage_*.pt"))):
+    from .run import RunDir
+
+    if path is not None and pathlib.Path(path).is_dir() and RunDir(pathlib.Path(path), {}, {}).holds_run():
         _info_run(path, scale, value_range, res_scale, trust_pickle, as_json)
         return
     teacher = load_teacher(path, scale=scale, trust_pickle=trust_pickle,
@@ -555,7 +556,7 @@ def bench(run_dir, device, runtimes, precisions, input_size, threads, eval_dir, 
 @click.option("--scale", type=SCALE, help="Fail unless the model upscales by this factor.")
 @click.option("--threads", type=THREADS, help="Threads for the model [default: torch's].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--ext", type=click.Choice(["png", "jpg", "webp"]), default="png", show_default=True,
+@click.option("--ext", type=click.Choice(choices.UPSCALE_EXTS), default="png", show_default=True,
               help="Result format: NAME_x{s}.png (lossless), .jpg or .webp (a fraction of the size for photos; 8 bits, "
                    "JPEG without alpha). --compare strips stay PNG.")
 @click.option("--quality", type=click.IntRange(1, 100), help="--ext jpg/webp: encoder quality [default: 95].")

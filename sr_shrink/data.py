@@ -87,9 +87,15 @@ def _split(im: Image.Image, path: Path) -> Picture:
         arr = np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
         alpha = _to_tensor(arr[..., 1]) if im.mode == "LA" else None
         return Picture(_to_tensor(arr[..., 0]).repeat(3, 1, 1), alpha, True)
-    has_alpha = im.mode in ("RGBA", "RGBa", "PA") or "A" in im.getbands()
-    arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
-    return Picture(_to_tensor(arr[..., :3]), _to_tensor(arr[..., 3]) if has_alpha else None, False)
+    alpha = _has_alpha(im)
+    arr = np.asarray(im.convert("RGBA" if alpha else "RGB"), dtype=np.float32) / 255.0
+    return Picture(_to_tensor(arr[..., :3]), _to_tensor(arr[..., 3]) if alpha else None, False)
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    """Return whether the open image ``im`` has an alpha channel (RGBA, LA, a palette with transparency, ...)."""
+    return (im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "A" in im.getbands()
+            or (im.mode == "P" and "transparency" in im.info))
 
 
 def _left_out(im: Image.Image) -> str | None:
@@ -127,7 +133,7 @@ def has_alpha(path: str | Path) -> bool:
     """Return whether the image file at ``path`` has an alpha channel (RGBA, LA, a palette with transparency), from
     its header (a file :func:`probe_picture` has checked)."""
     with _read_errors(Path(path)), Image.open(path) as im:
-        return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info)
+        return _has_alpha(im)
 
 
 def read_picture(path: str | Path) -> Picture:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .distill import teacher_params
 from .distill.resume import saved_progress
 from .io import read_json_object
 from .run import BENCH_JSON, RUN_JSON, RunDir
@@ -35,12 +36,11 @@ def describe_run(path: str | Path) -> dict:
 
 
 def _teacher_row(run: dict) -> str:
-    """Return the teacher cell: architecture, scale, the parameters its eval forward uses, path."""
+    """Return the teacher cell: architecture, scale, the parameters its eval forward uses (distill's table's
+    cell), path."""
     t = run.get("teacher") or {}
     arch = t.get("arch_name") or t.get("arch") or "?"
-    params, used = t.get("params"), t.get("inference_params")
-    count = (f"{used:,} params ({params:,} stored)" if isinstance(used, int) and isinstance(params, int)
-             and 0 < used < params else f"{params:,} params" if isinstance(params, int) else "")
+    count = f"params {teacher_params(t)}" if isinstance(t.get("params"), int) else ""
     return ", ".join(x for x in (f"{arch} x{run.get('scale', '?')}", count, t.get("path")) if x)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .choices import UPSCALE_EXTS
 from .data import Picture, has_alpha, list_images, probe_picture, read_picture
 from .errors import SRShrinkError
 from .io import atomic_path
@@ -209,7 +210,6 @@ def upscale_picture(up: Upscaler, pic: Picture, tile: int | None = 256, overlap:
 # zlib level of the PNGs written: OpenCV's default, which Real-ESRGAN's and chaiNNer's writers use; Pillow's
 # default 6 took 4.5x as long for files about a fifth smaller (11 s for an 8000x6000 result; BENCHMARKS.md, 32).
 PNG_LEVEL = 1
-EXTS = ("png", "jpg", "webp")  # --ext: what results are written as (compare strips stay PNG)
 QUALITY = 95  # --quality default for jpg and webp (Pillow's 75 blurs the detail an upscale adds)
 PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
@@ -295,8 +295,8 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
                             ("--res-scale", res_scale)) if v]
     if given and not compare:  # they shape the teacher panel only
         raise SRShrinkError(f"{', '.join(given)} only applies to --compare; add --compare or drop it.")
-    if ext not in EXTS:
-        raise SRShrinkError(f"--ext {ext}: pass one of {', '.join(EXTS)}.")
+    if ext not in UPSCALE_EXTS:
+        raise SRShrinkError(f"--ext {ext}: pass one of {', '.join(UPSCALE_EXTS)}.")
     if quality is not None and ext == "png":
         raise SRShrinkError("--quality applies to --ext jpg or webp (PNG is lossless); add one or drop it.")
     images = [Path(p) for p in images]

@@ -40,7 +40,7 @@ from .run import Job, run_stages
 from .sources import FAMILIES, check_data, synthetic_kinds
 from .train import Callbacks
 
-__all__ = ["Callbacks", "DistillConfig", "MODES", "distill", "summary_table"]
+__all__ = ["Callbacks", "DistillConfig", "MODES", "distill", "summary_table", "teacher_params"]
 
 
 def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, eval_dir: str | None = None,
@@ -187,7 +187,7 @@ def padded_patch_warning(cfg: DistillConfig, teacher) -> str | None:
             f"padding; use --lr-patch {fit} or leave --lr-patch out.")
 
 
-def _teacher_params(teacher: dict) -> str:
+def teacher_params(teacher: dict) -> str:
     """Return the teacher's params cell: what its eval forward uses (the students' counts are what they run with
     too), and the stored count beside it when training-only branches (SPAN's Conv3XC) make that larger."""
     params, used = teacher.get("params", 0), teacher.get("inference_params")
@@ -221,7 +221,7 @@ def summary_table(run: dict) -> Table:
                       metric(s, "val_psnr_y", 2), metric(s, "val_ssim_y", 4), metric(s, "fidelity_psnr_y", 2),
                       f"{s['seconds']:.0f}")
     if "teacher_psnr_y" in run:
-        table.add_row("teacher", "", _teacher_params(run["teacher"]), "", metric(run, "teacher_psnr_y", 2),
+        table.add_row("teacher", "", teacher_params(run["teacher"]), "", metric(run, "teacher_psnr_y", 2),
                       metric(run, "teacher_ssim_y", 4), "", "")
         table.add_row("bicubic", "", "", "", metric(run, "bicubic_psnr_y", 2), metric(run, "bicubic_ssim_y", 4), "",
                       "")

@@ -190,6 +190,14 @@ def pixel_grid_qparams(lo: float, hi: float) -> tuple[float, int] | None:
     return 1.0 / 255.0, int(zero)
 
 
+def _fixed_observer(scale: float, zero: int):
+    """Return an int8 observer ([-128, 127]) that keeps ``scale`` and ``zero`` whatever it sees (PT2E's
+    FixedQParamsObserver): how every range this module sets instead of calibrating is written."""
+    from torchao.quantization.pt2e.observer import FixedQParamsObserver
+
+    return FixedQParamsObserver(scale=scale, zero_point=zero, dtype=torch.int8, quant_min=-128, quant_max=127)
+
+
 def align_to_pixel_grid(prepared: torch.fx.GraphModule) -> dict:
     """Put the int8 levels of the two terms of the last Add (the anchor conv's output and the tail conv's) and of
     the model input on the 8-bit pixel grid (scale 1/255, a whole zero point), in place; return {"input" /
@@ -198,8 +206,6 @@ def align_to_pixel_grid(prepared: torch.fx.GraphModule) -> dict:
     range is no wider than 1 (else it keeps it: a coarser grid of 2/255 measured worse). With the output pinned
     to the same grid (:func:`pin_output_range`), the last Add then sums two tensors already on it, and rounding
     the tail there is the rounding every saved 8-bit image gets anyway, instead of a second one."""
-    from torchao.quantization.pt2e.observer import FixedQParamsObserver
-
     last_add = _last_add(prepared)
     if last_add is None:
         return {}
@@ -222,12 +228,9 @@ def align_to_pixel_grid(prepared: torch.fx.GraphModule) -> dict:
     if set(terms) != {"anchor", "tail"}:
         return {}
 
-    def fixed(scale: float, zero: int):
-        return FixedQParamsObserver(scale=scale, zero_point=zero, dtype=torch.int8, quant_min=-128, quant_max=127)
-
     anchor_obs, anchor_conv = terms["anchor"]
     for obs in (anchor_conv.args[0], anchor_obs):  # the input the anchor copies, and the copy
-        setattr(prepared, obs.target, fixed(1.0 / 255, -128))
+        setattr(prepared, obs.target, _fixed_observer(1.0 / 255, -128))
     out = {"input": [0.0, 1.0], "anchor": [0.0, 1.0]}
     tail_obs = terms["tail"][0]
     scale, zero = (float(v) for v in getattr(prepared, tail_obs.target).calculate_qparams())  # it clips outliers
@@ -236,7 +239,7 @@ def align_to_pixel_grid(prepared: torch.fx.GraphModule) -> dict:
     if grid is None:
         out["tail"] = f"its calibrated range [{lo:.4f}, {hi:.4f}] is wider than 1: kept"
     else:
-        setattr(prepared, tail_obs.target, fixed(*grid))
+        setattr(prepared, tail_obs.target, _fixed_observer(*grid))
         out["tail"] = [round((-128 - grid[1]) / 255.0, 5), round((127 - grid[1]) / 255.0, 5)]
     return out
 
@@ -264,7 +267,7 @@ def percentile_ranges(prepared: torch.fx.GraphModule, percentile: float = PERCEN
     """Replace every calibrated activation observer (PT2E's HistogramObserver) of ``prepared`` by a fixed one
     at the two-sided ``percentile`` range of its histogram (:func:`percentile_range`), in place; return the
     ranges by observer name. The ONNX export's rule, instead of the observer's own error search."""
-    from torchao.quantization.pt2e.observer import FixedQParamsObserver, HistogramObserver
+    from torchao.quantization.pt2e.observer import HistogramObserver
 
     out = {}
     for name, obs in list(prepared.named_children()):
@@ -273,8 +276,7 @@ def percentile_ranges(prepared: torch.fx.GraphModule, percentile: float = PERCEN
         lo, hi = percentile_range(obs.histogram, float(obs.min_val), float(obs.max_val), percentile)
         scale = max((hi - lo) / 255.0, 2 ** -12)
         zero = int(min(127, max(-128, round(-128 - lo / scale))))
-        setattr(prepared, name, FixedQParamsObserver(scale=scale, zero_point=zero, dtype=torch.int8,
-                                                     quant_min=-128, quant_max=127))
+        setattr(prepared, name, _fixed_observer(scale, zero))
         out[name] = [round(lo, 5), round(hi, 5)]
     return out
 
@@ -290,8 +292,6 @@ def pin_output_range(prepared: torch.fx.GraphModule) -> list[str]:
     int8 range [0, 1] (scale 1/255, zero point -128), in place; return their names.
 
     Saturating there is the output clamp, and the int8 levels are then the 8-bit image levels exactly."""
-    from torchao.quantization.pt2e.observer import FixedQParamsObserver
-
     last_add = _last_add(prepared)
     if last_add is None:
         return []
@@ -300,9 +300,7 @@ def pin_output_range(prepared: torch.fx.GraphModule) -> list[str]:
         if any(a in downstream for a in n.all_input_nodes):
             downstream.add(n)
             if n.op == "call_module" and "activation_post_process" in str(n.target):
-                fixed = FixedQParamsObserver(scale=1.0 / 255, zero_point=-128, dtype=torch.int8,
-                                             quant_min=-128, quant_max=127)
-                setattr(prepared, n.target, fixed)
+                setattr(prepared, n.target, _fixed_observer(1.0 / 255, -128))
                 names.append(str(n.target))
     return names
 
