@@ -173,15 +173,63 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @value_range_option
 @res_scale_option
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
-def distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, block, batch,
-            lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, teacher_dtype, pool,
-            targets, time_budget, scale, eval_dir, seed, save_every, resume, force, device, amp, channels_last, threads,
-            trust_pickle, value_range, res_scale, quiet) -> None:
-    """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data."""
+@click.pass_context
+def distill(ctx: click.Context, **opts) -> None:
+    """Distill TEACHER (default: the bundled x2 teacher) into one student per stage, without training data.
+
+    With --resume, the teacher and the options left out are the run's own (run.json)."""
     import time
-    from pathlib import Path
 
     started = time.time()  # --time-budget counts from here: before torch and the teacher load
+    if opts["resume"]:
+        taken = _recorded_options(ctx, opts["run_dir"])
+        if taken and not opts["quiet"]:
+            _note(f"note: resuming {opts['run_dir']} with the teacher and options run.json records: "
+                  f"{_as_flags(ctx, taken)}.")
+        opts.update(taken)
+    _distill(started=started, **opts)
+
+
+def _recorded_options(ctx: click.Context, run_dir: str) -> dict:
+    """Return the options of the run in ``run_dir`` (:func:`~sr_shrink.distill.resume.recorded_options`) that this
+    command line leaves out and that differ from their defaults, by parameter name. An option given on the command
+    line keeps its value (a resume then refuses it if it differs from the run's); ``--steps-per-stage`` given keeps
+    the recorded ``--time-budget`` out, and the reverse, and ``--mode`` given keeps the recorded ``--data`` out."""
+    from click.core import ParameterSource
+
+    from .distill.resume import recorded_options
+
+    given = {p.name for p in ctx.command.params
+             if ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)}
+    recorded = recorded_options(pathlib.Path(run_dir))
+    if "steps_per_stage" in given or "time_budget" in given:
+        recorded.pop("time_budget", None), recorded.pop("steps_per_stage", None)
+    if "mode" in given:
+        recorded.pop("data_dir", None), recorded.pop("data_target", None)
+    return {k: v for k, v in recorded.items() if k not in given and v != ctx.params.get(k)}
+
+
+def _as_flags(ctx: click.Context, values: dict) -> str:
+    """Return the recorded options ``values`` (parameter name -> value) as distill's command line would read: the
+    teacher, then the options whose value is not the default (leaving out what the teacher file implies: the scale
+    and EDSR's res_scale), e.g. ``teacher.pt --stages 2:4 --channels 32``."""
+    from .distill import DistillConfig
+
+    flags = {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option)}
+    default = DistillConfig(scale=values.get("scale", 2)).to_dict()
+    default.update(stages=f"{default['stage_start']}:{default['stage_end']}", value_range="1", eval_dir=None)
+    words = [str(values["teacher"])] if "teacher" in values else []
+    words += [f"{flag} {values[k]}" for k, flag in flags.items()  # in the order of distill --help
+              if k in values and k not in ("scale", "res_scale") and values[k] != default.get(k)]
+    return " ".join(words)
+
+
+def _distill(teacher, run_dir, mode, data_dir, data_target, stages, stage_step, steps_per_stage, channels, block, batch,
+             lr_patch, lr, student_steps_per_g, g_lr, w_r, mix, synthetic, g_kind, kd_loss, reuse, teacher_dtype, pool,
+             targets, time_budget, scale, eval_dir, seed, save_every, resume, force, device, amp, channels_last,
+             threads, trust_pickle, value_range, res_scale, quiet, started) -> None:
+    """Run distill's command with its options (``started``: when the command began, for ``--time-budget``)."""
+    from pathlib import Path
 
     import torch
 

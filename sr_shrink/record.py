@@ -106,8 +106,9 @@ class RunRecord(_Ordered):
     """run.json: the run's ``scale``, its ``teacher`` (path, sha256 and what the loader found), ``mode``,
     ``seed``, ``recipe`` and ``config``, ``world_size``, ``teacher_dtype``, the finished ``stages``, whether it is
     ``complete``, where it was ``resumed_from``, the teacher's and bicubic's eval scores, the ``pool`` and
-    ``time_budget`` records, the ``timing_seconds`` of its parts and ``teacher_kind``, the measurement that resolved
-    ``--synthetic auto`` (:mod:`sr_shrink.distill.perceptual`)."""
+    ``time_budget`` records, the ``timing_seconds`` of its parts, ``teacher_kind``, the measurement that resolved
+    ``--synthetic auto`` (:mod:`sr_shrink.distill.perceptual`), and ``eval_dir``, the ``--eval`` folder (or "none")
+    when it was not the bundled split."""
 
 
     scale: int | None = None
@@ -118,6 +119,7 @@ class RunRecord(_Ordered):
     config: dict | None = None
     world_size: int | None = None
     teacher_dtype: str | None = None
+    eval_dir: str | None = None
     stages: list[StageRecord] | None = None
     complete: bool | None = None
     value_range_guessed: bool | None = None

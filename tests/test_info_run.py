@@ -47,12 +47,13 @@ def test_info_on_an_unfinished_run_says_where_a_resume_goes_on(tmp_path):
     (run / "run.json").write_text(json.dumps(record))
     text = _info(run)
     assert (f"status │ not finished: {run} holds stage_02.pt; rerun with --resume to continue after it.") in text, text
+    assert f"resume │ sr-shrink distill --out {run} --resume (its teacher and options from run.json)" in text, text
     for stage in run.glob("stage_*.pt"):  # killed before its first stage ended: run.json alone
         stage.unlink()
     record["stages"] = []
     (run / "run.json").write_text(json.dumps(record))
     text = _info(run)
-    assert f"status │ not finished: nothing was saved in {run} yet (no checkpoint)" in text, text
+    assert f"status │ not finished: {run} holds run.json but no checkpoint yet; rerun with --resume" in text, text
     assert "sr-shrink distill:" not in text  # no stage table without stages
 
 

@@ -344,6 +344,55 @@ def test_a_lost_run_json_refuses_resume_instead_of_training_over_the_stages(tiny
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
 
 
+def test_a_bare_resume_goes_on_with_the_runs_teacher_and_options(tiny_teacher, tmp_path, monkeypatch):
+    """``sr-shrink distill --out RUN --resume`` used to load the bundled teacher and the default options, and so was
+    refused ("was distilled from another teacher"); the user had to retype the whole command. It now takes the
+    teacher and every option left out from run.json, and trains the same students as an uninterrupted run."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    whole, out = tmp_path / "whole", tmp_path / "r"
+    distill(str(tiny_teacher), whole, _cfg_from_args(steps_per_stage=8), eval_dir="none", quiet=True, device="cpu")
+    _stopped_in_stage_2(tiny_teacher, out)
+    # the API's run records the eval folder as given; the CLI's (below) as --eval took it
+    assert json.loads((out / "run.json").read_text())["eval_dir"] == "none"
+    monkeypatch.chdir(tmp_path)  # the teacher's path as run.json names it (absolute here) still reads
+    bare = ["distill", "--out", str(out), "--resume", "--threads", "1", "--device", "cpu"]
+    r = CliRunner().invoke(main, [*bare, "--seed", "8"])  # an option given keeps its value, and is refused
+    assert r.exit_code == 2 and "was started with --seed 7, not 8" in r.output
+    r = CliRunner().invoke(main, bare)
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if line.startswith("note: resuming")]
+    assert notes == [f"note: resuming {out} with the teacher and options run.json records: {tiny_teacher} --stages "
+                     "1:3 --steps-per-stage 8 --channels 4 --batch 4 --lr-patch 12 --student-steps-per-g 3 --eval none "
+                     "--seed 7 --save-every 4."], r.output
+    _assert_same_checkpoints(whole, out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and run["resumed_from"] == [{"stage": 2, "step": 4}]
+    assert run["eval_dir"] == "none" and all("val_psnr_y" not in s for s in run["stages"])  # --eval none, kept
+    assert run["config"] == json.loads((whole / "run.json").read_text())["config"]
+
+
+def test_recorded_options_of_a_budgeted_run_take_its_budget_not_its_steps(tiny_teacher, tmp_path):
+    from sr_shrink.distill.resume import recorded_options
+
+    assert recorded_options(tmp_path / "none") == {} and recorded_options(tmp_path) == {}
+    out = tmp_path / "r"
+    distill(str(tiny_teacher), out, _cfg_from_args(steps_per_stage=2), quiet=True, device="cpu", eval_images=1)
+    got = recorded_options(out)
+    assert got["teacher"] == str(tiny_teacher) and got["stages"] == "1:3" and got["steps_per_stage"] == 2
+    assert "time_budget" not in got and "eval_dir" not in got  # the bundled split: --eval left out
+    assert got["value_range"] == "1" and "synthetic" not in got  # auto takes the recorded sources on a resume
+    run = json.loads((out / "run.json").read_text())
+    run["config"]["time_budget"] = 2.5
+    (out / "run.json").write_text(json.dumps(run))
+    got = recorded_options(out)
+    assert got["time_budget"] == 2.5 and "steps_per_stage" not in got  # the resume adopts the plan's steps
+    (out / "run.json").write_text("{damaged")
+    assert recorded_options(out) == {}  # the resume itself says why it cannot go on
+
+
 def test_resume_refuses_other_teacher_overrides(tiny_teacher, tmp_path):
     # the same file read with another value range or EDSR res_scale is another teacher function
     distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
@@ -401,6 +450,36 @@ def test_saved_progress_names_what_is_there(tiny_teacher, tmp_path):
                                               "after it."
     (tmp_path / "r" / "state.pt").write_bytes(b"damaged")
     assert "holds state.pt" in saved_progress(tmp_path / "r")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_to_resume_it(tiny_teacher, tmp_path):
+    """Stopped in stage 1 before any checkpoint, a run leaves run.json alone. Ctrl-C and ``info`` said "nothing was
+    saved yet; rerun without --resume to start over", and that rerun was refused ("already holds a run")."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+    from sr_shrink.distill.resume import saved_progress
+    from sr_shrink.distill.train import Callbacks
+
+    class Stop(Exception):
+        pass
+
+    def step(idx, n, _kd, _parts):
+        if n == 1:
+            raise Stop
+
+    out = tmp_path / "r"
+    with pytest.raises(Stop):
+        distill(str(tiny_teacher), out, _cfg_from_args(steps_per_stage=8), eval_dir="none", quiet=True,
+                device="cpu", callbacks=Callbacks(step=step))
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["run.json"]
+    assert saved_progress(out) == (f"{out} holds run.json but no checkpoint yet; rerun with --resume to start stage 1 "
+                                   "again with its teacher and options, or with --force to start over.")
+    r = CliRunner().invoke(main, _args(tiny_teacher, out, 8))  # what the old sentence said to do
+    assert r.exit_code == 2 and "already holds a run; pass --resume" in r.output
+    r = CliRunner().invoke(main, ["distill", "--out", str(out), "--resume", "--quiet", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "run.json").read_text())["complete"] and (out / "stage_03.pt").is_file()
 
 
 def test_resume_with_nothing_to_resume_says_so(tiny_teacher, tmp_path):

@@ -97,7 +97,8 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
         env.barrier()
         pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
         callbacks = callbacks or Callbacks()
-        job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks, log)
+        job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks, log,
+                  None if eval_dir is None else str(eval_dir))
         if env.quiet:
             return run_stages(job, resume)
         console = stderr_console()

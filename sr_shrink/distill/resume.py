@@ -106,7 +106,8 @@ def nothing_to_resume(root: Path) -> bool:
 
 def saved_progress(root: Path) -> str:
     """Return one sentence saying what an interrupted run in ``root`` leaves to resume from: a checkpoint at
-    stage N step K, the finished stages, or nothing yet."""
+    stage N step K, the finished stages, run.json alone (a rerun without --resume is refused then), or nothing
+    yet."""
     rundir = RunDir(root, {}, {})
     if rundir.state_path.exists():
         try:
@@ -121,6 +122,9 @@ def saved_progress(root: Path) -> str:
     stages = sorted(root.glob("stage_*.pt")) if root.is_dir() else []
     if stages:
         return f"{root} holds {stages[-1].name}; rerun with --resume to continue after it."
+    if (root / RUN_JSON).is_file():  # a rerun without --resume would be refused: the folder holds a run
+        return (f"{root} holds run.json but no checkpoint yet; rerun with --resume to start stage 1 again with its "
+                "teacher and options, or with --force to start over.")
     return f"nothing was saved in {root} yet (no checkpoint); rerun without --resume to start over."
 
 
@@ -171,6 +175,49 @@ def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:
     if "targets" not in old.get("config", {"targets": "raw"}):
         take["targets"] = "raw"
     return replace(cfg, **take) if take else cfg
+
+
+# the config fields a --resume takes from run.json when the command line leaves them out, by their option's name
+# (not ``synthetic``: ``auto`` takes the recorded sources on a resume, resolve_synthetic)
+RECORDED_OPTIONS = ("mode", "data_dir", "data_target", "stage_step", "steps_per_stage", "time_budget", "channels",
+                    "block", "batch", "lr_patch", "lr", "student_steps_per_g", "g_lr", "w_r", "mix", "g_kind",
+                    "kd_loss", "reuse", "teacher_dtype", "pool", "targets", "scale", "seed", "save_every")
+
+
+def recorded_options(root: Path) -> dict:
+    """Return the options the run in ``root`` was started with, named as distill's command line names them, for a
+    ``--resume`` that leaves them out (so ``sr-shrink distill --out RUN --resume`` goes on with the run's teacher and
+    recipe): ``teacher`` (the file run.json names, when it is there), ``stages`` ("A:B"), the config fields of
+    ``RECORDED_OPTIONS`` (``steps_per_stage`` only without a ``--time-budget``, whose plan the resume adopts),
+    ``eval_dir`` (when the run recorded one) and the teacher overrides ``value_range`` ("1" or "255", unless it was
+    a guess, which the resume makes again) and ``res_scale``. {} when ``root`` holds no readable run.json (the
+    resume then says why it cannot go on, or starts a new run)."""
+    try:
+        old = readable_record(root / RUN_JSON) if root.is_dir() else {}
+    except SRShrinkError:
+        return {}
+    config = old.get("config")
+    if not isinstance(config, dict):
+        return {}
+    out = {k: config[k] for k in RECORDED_OPTIONS if config.get(k) is not None}
+    if out.get("time_budget"):
+        out.pop("steps_per_stage", None)
+    else:
+        out.pop("time_budget", None)
+    if isinstance(config.get("stage_start"), int) and isinstance(config.get("stage_end"), int):
+        out["stages"] = f"{config['stage_start']}:{config['stage_end']}"
+    rundir = RunDir(root, old, {})
+    teacher = rundir.teacher_path()
+    if teacher is not None:
+        out["teacher"] = str(teacher)
+    if isinstance(old.get("eval_dir"), str):
+        out["eval_dir"] = old["eval_dir"]
+    overrides = rundir.teacher_overrides()
+    if overrides["value_range"] is not None and not (old.get("teacher") or {}).get("value_range_guessed"):
+        out["value_range"] = f"{overrides['value_range']:g}"
+    if overrides["res_scale"] is not None:
+        out["res_scale"] = overrides["res_scale"]
+    return out
 
 
 def check_same_run(where: str, old: dict, new_teacher: dict, cfg: DistillConfig, device: torch.device) -> None:

@@ -44,7 +44,7 @@ TEACHER_KEYS = ("format", "arch", "arch_name", "params", "value_range", "value_r
 @dataclass
 class Job:
     """What a run is made of: the teacher, the config, the folder, the eval pairs, where it runs, when it started
-    (``--time-budget`` counts from there), the callbacks and where its notes go."""
+    (``--time-budget`` counts from there), the callbacks, where its notes go and the eval folder as given."""
 
     teacher: torch.nn.Module
     cfg: DistillConfig
@@ -54,6 +54,7 @@ class Job:
     started: float
     callbacks: Callbacks
     log: Callable[[str], None] = field(default=lambda _message: None)  # one-line notes (distill's ``log``)
+    eval_dir: str | None = None  # --eval as given (None: the bundled split), recorded for a --resume
 
 
 def new_record(job: Job, cfg: DistillConfig, dtype: str) -> RunRecord:
@@ -64,7 +65,7 @@ def new_record(job: Job, cfg: DistillConfig, dtype: str) -> RunRecord:
                                               **{k: d[k] for k in TEACHER_KEYS if k in d},
                                               "inference_params": count_inference_params(job.teacher)},
                     mode=cfg.mode, seed=cfg.seed, recipe=cfg.recipe(), config=cfg.to_dict(), world_size=job.env.world,
-                    teacher_dtype=dtype, stages=[], complete=False)
+                    teacher_dtype=dtype, eval_dir=job.eval_dir, stages=[], complete=False)
     if getattr(info, "value_range_guessed", False):
         run.value_range_guessed = True
     return run
