@@ -19,8 +19,9 @@ from .run import BENCH_JSON, RUN_JSON, RunDir
 def describe_run(path: str | Path) -> dict:
     """Return what the run folder ``path`` holds: ``path``, ``run`` (run.json), ``stage_files`` (the stage numbers
     whose checkpoint is there), ``complete``, ``progress`` (the sentence a Ctrl-C prints: where a --resume goes
-    on), ``resume_command`` (the command that goes on, None when complete), ``exports`` (export.json's entries of RUN/exports) and ``bench`` (bench.json's recommended row, None
-    when the run was not benchmarked); an SRShrinkError when ``path`` is no run folder."""
+    on), ``resume_command`` (the command that goes on, None when complete), ``exports`` (export.json's entries
+    of RUN/exports) and ``bench`` (bench.json's recommended row, None when the run was not benchmarked); an
+    SRShrinkError when ``path`` is no run folder."""
     root = Path(path)
     if root.is_dir() and (root / RUN_JSON).is_file() and not any(root.glob("stage_*.pt")):  # before stage 1 ends
         rd = RunDir(root, read_json_object(root / RUN_JSON, RUN_JSON), {})
