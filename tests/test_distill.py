@@ -117,6 +117,20 @@ def test_data_mode(tiny_teacher, tiny_eval, tmp_path):
         distill(str(tiny_teacher), tmp_path / "r2", _cfg(mode="data"), eval_dir="none", quiet=True, device="cpu")
 
 
+def test_data_mode_names_the_images_too_small_for_a_patch(tiny_teacher, tiny_eval, tmp_path):
+    """The error said "1 image(s) smaller than one 32 px patch" and left the user to find which."""
+    from PIL import Image
+
+    Image.new("RGB", (30, 20)).save(tiny_eval / "thumb.png")
+    Image.new("RGB", (10, 50)).save(tiny_eval / "zz.png")
+    cfg = _cfg(mode="data", data_dir=str(tiny_eval), lr_patch=12)
+    with pytest.raises(SRShrinkError) as err:
+        distill(str(tiny_teacher), tmp_path / "r", cfg, eval_dir="none", quiet=True, device="cpu")
+    assert str(err.value) == (f"{tiny_eval / 'thumb.png'} (and 1 more): 30x20 px, smaller than one 24 px training "
+                              f"patch (--lr-patch 12 at x2); take it out of {tiny_eval} or pass a smaller --lr-patch.")
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
 def test_synthetic_sources_shapes_and_range():
     g = torch.Generator().manual_seed(0)
     for fn in (uniform_noise, pink_noise, smooth_fields, dead_leaves, textured_leaves):

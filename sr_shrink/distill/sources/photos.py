@@ -21,11 +21,14 @@ class RealPatches:
 
     def __init__(self, folder, scale: int, lr_patch: int):
         self.scale, self.lr_patch = scale, lr_patch
-        self.images = [compact(read_picture(p)) for p in list_images(folder)]
-        small = [i for i in self.images if min(i.shape[-2:]) < lr_patch * scale]
+        paths = list_images(folder)
+        self.images = [compact(read_picture(p)) for p in paths]
+        side = lr_patch * scale
+        small = [(p, i.shape[-1], i.shape[-2]) for p, i in zip(paths, self.images) if min(i.shape[-2:]) < side]
         if small:
-            raise SRShrinkError(f"{folder}: {len(small)} image(s) smaller than one {lr_patch * scale} px patch; "
-                                "use larger images or a smaller --lr-patch.")
+            (path, w, h), more = small[0], f" (and {len(small) - 1} more)" if len(small) > 1 else ""
+            raise SRShrinkError(f"{path}{more}: {w}x{h} px, smaller than one {side} px training patch (--lr-patch "
+                                f"{lr_patch} at x{scale}); take it out of {folder} or pass a smaller --lr-patch.")
 
     def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (lr, hr) patch batches: HR crops with random flips/rotations and their bicubic LR."""
