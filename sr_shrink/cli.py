@@ -142,7 +142,9 @@ def _parse_stages(text: str) -> tuple[int, int]:
               help="Student steps per generator step.")
 @click.option("--g-lr", default=None, type=Finite(0, 10, min_open=True), help="Generator learning rate.")
 @click.option("--w-r", default=None, type=Finite(0, 1e6), help="Weight of the bicubic-consistency term of L_G.")
-@click.option("--mix", default=None, type=Finite(0, 1), help="datafree: share of synthetic images per batch.")
+@click.option("--mix", default=None, type=Finite(0, 1),
+              help="datafree: share of synthetic images per batch, the rest from the generator (1: no generator) "
+                   "[default: 0.5; 1 under --time-budget for a perceptual teacher].")
 @click.option("--synthetic", default=None, help="datafree: synthetic sources, e.g. deadleaves, texleaves or "
               "deadleaves,pink; grown-NAME: NAME's images upscaled by the teacher and downscaled back "
               "[default: auto: by the teacher's kind, see README].")

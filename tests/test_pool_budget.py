@@ -111,12 +111,63 @@ def test_time_budget_plans_steps_and_leaves_no_trace(tiny_teacher, tmp_path, mon
     assert run["config"]["steps_per_stage"] == plan["stage_steps"][-1]
     assert set(plan) >= {"minutes", "setup_seconds", "step_seconds", "eval_seconds_per_stage", "planned_seconds"}
     assert plan["planned_seconds"] <= 0.4 * 60
-    # the probe's steps are thrown away: the same run with stage 1's steps fixed writes the same stage 1
-    distill(str(tiny_teacher), tmp_path / "fixed", _cfg(stage_end=2, steps_per_stage=steps, pool=0), eval_dir="none",
-            quiet=True, device="cpu")
+    # the probe's steps are thrown away: the same run with stage 1's steps fixed writes the same stage 1 (the tiny
+    # teacher scores below bicubic, so the budget left out --mix for the pool alone; the fixed run is given it)
+    assert run["config"]["mix"] == 1.0 and run["teacher_kind"]["perceptual"]
+    distill(str(tiny_teacher), tmp_path / "fixed", _cfg(stage_end=2, steps_per_stage=steps, pool=0, mix=1.0),
+            eval_dir="none", quiet=True, device="cpu")
     a = torch.load(tmp_path / "budget" / "stage_01.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "fixed" / "stage_01.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_probe_of_a_budgeted_run_with_the_generator_leaves_no_trace(tiny_teacher, tmp_path, monkeypatch):
+    """The same check with --mix 0.5 given: the probe times generator steps too, and throws them away."""
+    import sr_shrink.distill.run as run_mod
+
+    monkeypatch.setattr(run_mod, "_paced", lambda deadline, world: None)
+    run = distill(str(tiny_teacher), tmp_path / "budget", _cfg(stage_end=1, time_budget=0.2, pool=0, mix=0.5),
+                  eval_dir="none", quiet=True, device="cpu")
+    assert run["config"]["mix"] == 0.5 and run["timing_seconds"]["generator"] > 0
+    distill(str(tiny_teacher), tmp_path / "fixed", _cfg(stage_end=1, steps_per_stage=run["stages"][0]["steps"], pool=0,
+                                                        mix=0.5), eval_dir="none", quiet=True, device="cpu")
+    a = torch.load(tmp_path / "budget" / "stage_01.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "fixed" / "stage_01.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mix_left_out_is_the_pool_alone_for_a_budgeted_run_on_a_perceptual_teacher():
+    from sr_shrink.distill.perceptual import TeacherKind, resolve_mix
+    from sr_shrink.distill.resume import adopt
+
+    perceptual, psnr = TeacherKind(30.0, 31.0, 10), TeacherKind(33.0, 31.0, 10)
+    assert perceptual.perceptual and not psnr.perceptual
+    budgeted = DistillConfig(time_budget=2)
+    assert budgeted.mix == 0.5 and "mix_auto" not in budgeted.to_dict()
+    assert resolve_mix(budgeted, perceptual).mix == 1.0
+    assert resolve_mix(budgeted, psnr).mix == 0.5 and resolve_mix(budgeted, None).mix == 0.5
+    assert resolve_mix(DistillConfig(), perceptual).mix == 0.5  # a set number of steps keeps the generator
+    assert resolve_mix(DistillConfig(time_budget=2, mix=0.5), perceptual).mix == 0.5  # --mix given
+    # a resumed run goes on with its recorded share when --mix is left out (a budgeted run made before: 0.5), and is
+    # checked against it when given
+    assert adopt(budgeted, {"config": {"mix": 0.5}}).mix == 0.5
+    assert adopt(DistillConfig(time_budget=2, mix=1.0), {"config": {"mix": 0.5}}).mix == 1.0
+
+
+def test_mix_1_trains_on_the_pool_alone_with_no_generator(tiny_teacher, tmp_path):
+    """--mix 1 used to create the generator and play its game all the same (its samples reached the students through
+    the replay buffer, at the cost of a teacher forward and backward per game step); the share says none come
+    from it."""
+    parts = []
+    cfg = _cfg(stage_end=2, steps_per_stage=6, mix=1.0, student_steps_per_g=1)
+    run = distill(str(tiny_teacher), tmp_path / "r", cfg, eval_dir="none", quiet=True, device="cpu",
+                  callbacks=Callbacks(step=lambda *a: parts.append(a[-1])))
+    assert run["config"]["mix"] == 1.0 and run["timing_seconds"]["generator"] == 0 and run["pool"]["images"] > 0
+    assert len(parts) == 12 and not any(parts)  # no game step: no parts of L_G
+    assert not (tmp_path / "r" / "generator.pt").exists() and (tmp_path / "r" / "stage_02.pt").exists()
+    run = distill(str(tiny_teacher), tmp_path / "g", _cfg(stage_end=1, steps_per_stage=6, mix=0.9), eval_dir="none",
+                  quiet=True, device="cpu")
+    assert run["timing_seconds"]["generator"] > 0 and (tmp_path / "g" / "generator.pt").exists()  # control
 
 
 def test_time_budget_pool_is_the_requested_size(tiny_teacher, tmp_path):

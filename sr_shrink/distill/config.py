@@ -9,8 +9,8 @@ from ..choices import BLOCKS, G_KINDS, KD_LOSSES, MODES, TEACHER_DTYPES
 from ..choices import KD_TARGETS as TARGETS
 from ..errors import SRShrinkError
 
-__all__ = ["AUTO_SYNTHETIC", "BLOCKS", "MODES", "RECIPE_KEYS", "RESUME_KEYS", "TARGETS", "TEACHER_DTYPES",
-           "DistillConfig", "default_lr_patch", "flag"]
+__all__ = ["AUTO_SYNTHETIC", "BLOCKS", "BUDGET_PERCEPTUAL_MIX", "DEFAULT_MIX", "MODES", "RECIPE_KEYS", "RESUME_KEYS",
+           "TARGETS", "TEACHER_DTYPES", "DistillConfig", "default_lr_patch", "flag"]
 RECIPE_KEYS = ("mode", "g_kind", "data_target", "mix", "synthetic",
                "student_steps_per_g", "g_lr", "g_warmup", "w_r", "w_div", "w_nat", "g_ema",
                "kd_loss", "reuse", "lr", "channels", "block", "lr_patch", "batch", "teacher_dtype", "pool", "targets")
@@ -36,6 +36,11 @@ DEFAULT_LR_PATCH = {2: 16, 3: 12, 4: 12}
 
 AUTO_SYNTHETIC = "auto"  # --synthetic auto: dead leaves; teacher-grown ones and smooth fields for a perceptual teacher
 
+# --mix left out: the synthetic share of each datafree batch, the rest from the generator. A run with a
+# --time-budget whose teacher is perceptual takes the pool alone (1: no generator game, several times cheaper steps;
+# resolved with the sources, distill.perceptual.resolve_mix; BENCHMARKS.md section 39).
+DEFAULT_MIX, BUDGET_PERCEPTUAL_MIX = 0.5, 1.0
+
 
 def default_lr_patch(scale: int) -> int:
     """Return the default LR patch side for ``scale`` (``DEFAULT_LR_PATCH``; else 32 // scale, a multiple of 4,
@@ -48,8 +53,8 @@ class DistillConfig:
     """Everything that defines a run: the stages, the input source (mode) and the training recipe.
 
     ``mode``: ``datafree`` (the default recipe: generator samples mixed with dead-leaves images; ``synthetic``
-    ``auto`` takes teacher-grown dead leaves and smooth fields for a perceptual teacher,
-    :mod:`~sr_shrink.distill.perceptual`),
+    ``auto`` takes teacher-grown dead leaves and smooth fields for a perceptual teacher, and under a ``time_budget``
+    such a teacher's students learn from the labelled pool alone, :mod:`~sr_shrink.distill.perceptual`),
     ``generator`` (the paper's loop alone), ``noise`` / ``pink`` / ``deadleaves`` / ``texleaves`` (synthetic inputs, no
     generator) or ``data`` (real LR patches from ``data_dir``, with the teacher's output as target, or the
     HR ground truth when ``data_target="hr"``).
@@ -78,7 +83,8 @@ class DistillConfig:
     w_div: float = 0.1
     w_nat: float = 1.0
     g_ema: float = 0.99
-    mix: float = 0.5  # datafree: share of each batch drawn from the synthetic sources, the rest from G
+    mix: float | None = None  # datafree: share of each batch from the synthetic sources, the rest from G (1: no
+    # generator at all); None: DEFAULT_MIX, which a budgeted run on a perceptual teacher turns into 1 (mix_auto)
     synthetic: str = "auto"  # datafree: comma-separated synthetic sources sharing the mix equally; auto: by teacher
     data_dir: str | None = None
     data_target: str = "teacher"  # data mode: KD on the teacher's output (teacher) or ground truth (hr)
@@ -89,11 +95,15 @@ class DistillConfig:
     time_budget: float = 0.0  # minutes for the whole run; > 0 measures the step cost and sets steps_per_stage
     targets: str = "clamp"  # KD targets clamped to [0, 1] (the teacher's value range) or raw (issue 18)
     lr_patch_auto: bool = field(default=False, repr=False)
+    mix_auto: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.lr_patch == 0:
             self.lr_patch_auto = True
             self.lr_patch = default_lr_patch(self.scale)
+        if self.mix is None:
+            self.mix_auto = True
+            self.mix = DEFAULT_MIX
 
     def with_scale(self, scale: int) -> DistillConfig:
         """Return a copy for a teacher of ``scale``; an automatic LR patch size is re-derived for that scale."""
@@ -148,5 +158,5 @@ class DistillConfig:
     def to_dict(self) -> dict:
         """Return all fields as a JSON-ready dict."""
         d = asdict(self)
-        d.pop("lr_patch_auto")
+        d.pop("lr_patch_auto"), d.pop("mix_auto")
         return d

@@ -12,6 +12,8 @@ whatever ``--eval`` says (so ``--eval none`` and ``--time-budget`` runs decide a
 teacher forwards). :func:`resolve_synthetic` turns ``auto`` into the sources: as recorded when a run is resumed,
 ``deadleaves`` without measuring for modes with no synthetic share to choose, else by :func:`teacher_kind`.
 run.json records the resolved sources in ``config.synthetic`` and the measurement under ``teacher_kind``.
+:func:`resolve_mix` gives a perceptual teacher's ``--time-budget`` run the pool alone (``config.mix`` 1) when
+``--mix`` is left out.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..data import EvalPair, load_eval_set, make_lr
 from ..errors import SRShrinkError
 from ..evaluate import PERCEPTUAL_MARGIN_DB, evaluate_bicubic, evaluate_model
 from ..progress import task
-from .config import AUTO_SYNTHETIC, DistillConfig
+from .config import AUTO_SYNTHETIC, BUDGET_PERCEPTUAL_MIX, DistillConfig
 from .sources.label import is_oom
 
 CROP = 48  # LR side of the centre crops the teacher is scored on
@@ -99,3 +101,14 @@ def resolve_synthetic(cfg: DistillConfig, teacher: torch.nn.Module, old: dict | 
                             f"{PERCEPTUAL_SOURCES} for a GAN-trained teacher) to skip that, or use a device with "
                             "more memory.") from None
     return replace(cfg, synthetic=PERCEPTUAL_SOURCES if kind.perceptual else PSNR_SOURCES), kind
+
+
+def resolve_mix(cfg: DistillConfig, kind: TeacherKind | None) -> DistillConfig:
+    """Return ``cfg`` with ``mix`` :data:`~.config.BUDGET_PERCEPTUAL_MIX` (the labelled pool alone, no generator)
+    when ``--mix`` was left out, the run has a ``--time-budget`` and ``kind`` (:func:`resolve_synthetic`'s
+    measurement) found a perceptual teacher; else ``cfg`` as it is. At equal minutes the pool alone, several times
+    cheaper per step than the generator's game, gave those teachers' students +0.5-0.8 dB of fidelity, while on
+    PSNR-trained teachers it was split (BENCHMARKS.md section 39)."""
+    if cfg.mix_auto and cfg.time_budget and kind is not None and kind.perceptual:
+        return replace(cfg, mix=BUDGET_PERCEPTUAL_MIX)
+    return cfg

@@ -163,8 +163,8 @@ def lost_state_note(path: Path, reason: str, finished: list, n_stages: int) -> s
 def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:
     """Return ``cfg`` with what a resumed run takes over from the run ``old`` it continues: the steps of a
     ``--time-budget`` plan, ``pool`` 0 for a run from before the pool (it labelled fresh images for every
-    batch, and goes on doing so) and ``targets`` raw for a run from before ``--targets`` (its KD targets were
-    never clamped, and stay so)."""
+    batch, and goes on doing so), ``targets`` raw for a run from before ``--targets`` (its KD targets were
+    never clamped, and stay so) and, when ``--mix`` was left out, the run's recorded ``mix``."""
     if old is None:
         return cfg
     take = {}
@@ -174,6 +174,8 @@ def adopt(cfg: DistillConfig, old: dict | None) -> DistillConfig:
         take["pool"] = 0
     if "targets" not in old.get("config", {"targets": "raw"}):
         take["targets"] = "raw"
+    if cfg.mix_auto and isinstance(old.get("config", {}).get("mix"), (int, float)):  # --mix left out: the run's
+        take["mix"] = old["config"]["mix"]  # share (a budgeted run from before the pool-only budget default: 0.5)
     return replace(cfg, **take) if take else cfg
 
 

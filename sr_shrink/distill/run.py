@@ -29,7 +29,7 @@ from .buffer import ReplayBuffer
 from .config import DistillConfig
 from .env import Env, rank0
 from .generator import save_generator
-from .perceptual import resolve_synthetic
+from .perceptual import resolve_mix, resolve_synthetic
 from .probe import probe_steps, setup_of, timed_forward
 from .resume import adopt, check_same_run, finished_stages, lost_state_note
 from .sources import Labeller, make_source, resolve_teacher_dtype
@@ -79,6 +79,7 @@ def run_stages(job: Job, resume: bool) -> dict:
     dtype = resolve_teacher_dtype(cfg.teacher_dtype, env.device)
     teacher = job.teacher.to(env.device)
     cfg, kind = rank0(resolve_synthetic(cfg, teacher, old), env.world)  # --synthetic auto, before the source
+    cfg = resolve_mix(cfg, kind)  # a budgeted run on a perceptual teacher: the pool alone
     run = new_record(job, cfg, dtype)
     was = RunRecord.from_dict(old) if old is not None else None
     run.teacher_kind = kind.to_dict() if kind is not None else (was.teacher_kind if was is not None else None)

@@ -103,6 +103,8 @@ def make_source(cfg, label: Labeller, g: torch.Generator, rank: int = 0, world: 
                          cfg.seed * 1000 + rank, cfg.batch, label.device)
     if cfg.mode in SYNTHETIC:
         return SyntheticSource(kinds, cfg.lr_patch, g, label, pool)
+    if cfg.mode == "datafree" and cfg.mix >= 1:  # every input from the pool: no generator, no game to play
+        return MixedSource(cfg.synthetic.split(","), cfg.mix, cfg.lr_patch, g, label, None, pool)
     game = GeneratorGame(cfg, g, label, world, pool)
     if cfg.mode == "generator":
         return GeneratorSource(game)

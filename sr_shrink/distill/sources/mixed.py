@@ -1,7 +1,8 @@
 """The default data-free source (``--mode datafree``): each batch is a share ``mix`` of synthetic images (the
 ``--synthetic`` kinds in equal parts: crops of the labelled pool, or fresh images) and the rest samples of the
 generator G, whose game runs alongside. Without a game (``sample`` alone: a trained generator, as QAT uses
-it), the G share comes from that generator and nothing trains it."""
+it), the G share comes from that generator and nothing trains it. At ``mix`` 1 there is no G share, no game and
+no generator (``make_source``): every input is a crop of the labelled pool (or a fresh synthetic image)."""
 
 from __future__ import annotations
 
