@@ -73,7 +73,9 @@ def run_rows(desc: dict) -> list[tuple[str, str]]:
     rows = [("teacher", _teacher_row(run)),
             ("mode", f"{run.get('mode', '?')}, seed {run.get('seed', '?')}"
                      + (f", synthetic {run['config']['synthetic']}" if (run.get("config") or {}).get("synthetic")
-                        and run.get("mode") == "datafree" else "")),
+                        and run.get("mode") == "datafree" else "")
+                     + (", the pool alone (--mix 1: no generator)" if run.get("mode") == "datafree"
+                        and (run.get("config") or {}).get("mix") == 1 else "")),
             ("student", _training_row(run))]
     resumed = run.get("resumed_from") or []
     if resumed:

@@ -40,6 +40,17 @@ def test_info_on_a_finished_run_shows_its_teacher_stages_and_exports(tmp_path):
     assert [e["file"] for e in desc["exports"]] == ["stage_02_fp32.onnx"] and desc["bench"] is None
 
 
+def test_info_says_a_run_trained_on_the_pool_alone(tmp_path):
+    run = make_tiny_run(tmp_path / "run")
+    record = json.loads((run / "run.json").read_text())
+    record["config"] = {"mix": 0.5, "synthetic": "deadleaves"}
+    (run / "run.json").write_text(json.dumps(record))
+    assert "mode │ datafree, seed 0, synthetic deadleaves │" in _info(run)
+    record["config"]["mix"] = 1.0  # --mix 1, or a budgeted run on a perceptual teacher
+    (run / "run.json").write_text(json.dumps(record))
+    assert "mode │ datafree, seed 0, synthetic deadleaves, the pool alone (--mix 1: no generator) │" in _info(run)
+
+
 def test_info_on_an_unfinished_run_says_where_a_resume_goes_on(tmp_path):
     run = make_tiny_run(tmp_path / "run", n_stages=2)
     record = json.loads((run / "run.json").read_text())

@@ -148,10 +148,10 @@ def test_mix_left_out_is_the_pool_alone_for_a_budgeted_run_on_a_perceptual_teach
     assert resolve_mix(budgeted, psnr).mix == 0.5 and resolve_mix(budgeted, None).mix == 0.5
     assert resolve_mix(DistillConfig(), perceptual).mix == 0.5  # a set number of steps keeps the generator
     assert resolve_mix(DistillConfig(time_budget=2, mix=0.5), perceptual).mix == 0.5  # --mix given
-    # a resumed run goes on with its recorded share when --mix is left out (a budgeted run made before: 0.5), and is
-    # checked against it when given
-    assert adopt(budgeted, {"config": {"mix": 0.5}}).mix == 0.5
-    assert adopt(DistillConfig(time_budget=2, mix=1.0), {"config": {"mix": 0.5}}).mix == 1.0
+    # a resumed run goes on with its recorded share when --mix is left out (its resume does not measure the teacher
+    # again: the sources and the share are run.json's), and is checked against it when given
+    assert adopt(budgeted, {"config": {"mix": 1.0}}).mix == 1.0
+    assert adopt(DistillConfig(time_budget=2, mix=0.5), {"config": {"mix": 1.0}}).mix == 0.5
 
 
 def test_mix_1_trains_on_the_pool_alone_with_no_generator(tiny_teacher, tmp_path):
