@@ -106,9 +106,9 @@ def resolve_synthetic(cfg: DistillConfig, teacher: torch.nn.Module, old: dict | 
 def resolve_mix(cfg: DistillConfig, kind: TeacherKind | None) -> DistillConfig:
     """Return ``cfg`` with ``mix`` :data:`~.config.BUDGET_PERCEPTUAL_MIX` (the labelled pool alone, no generator)
     when ``--mix`` was left out, the run has a ``--time-budget`` and ``kind`` (:func:`resolve_synthetic`'s
-    measurement) found a perceptual teacher; else ``cfg`` as it is. At equal minutes the pool alone, several times
-    cheaper per step than the generator's game, gave those teachers' students +0.5-0.8 dB of fidelity, while on
-    PSNR-trained teachers it was split (BENCHMARKS.md section 39)."""
+    measurement) found a perceptual teacher; else ``cfg`` as it is. At equal minutes the pool alone, 5-9x cheaper
+    per step than the generator's game on those teachers, gave their students +0.36 and +0.82 dB of fidelity at 3
+    seeds, while on PSNR-trained teachers it was split at one seed (BENCHMARKS.md section 39)."""
     if cfg.mix_auto and cfg.time_budget and kind is not None and kind.perceptual:
         return replace(cfg, mix=BUDGET_PERCEPTUAL_MIX)
     return cfg
