@@ -108,7 +108,8 @@ def resolve_mix(cfg: DistillConfig, kind: TeacherKind | None) -> DistillConfig:
     when ``--mix`` was left out, the run has a ``--time-budget`` and ``kind`` (:func:`resolve_synthetic`'s
     measurement) found a perceptual teacher; else ``cfg`` as it is. At equal minutes the pool alone, 5-9x cheaper
     per step than the generator's game on those teachers, gave their students +0.36 and +0.82 dB of fidelity at 3
-    seeds, while on PSNR-trained teachers it was split at one seed (BENCHMARKS.md section 39)."""
+    seeds, while on PSNR-trained teachers it stayed within -0.05 to +0.08 dB of the game (BENCHMARKS.md section
+    39)."""
     if cfg.mix_auto and cfg.time_budget and kind is not None and kind.perceptual:
         return replace(cfg, mix=BUDGET_PERCEPTUAL_MIX)
     return cfg
