@@ -421,8 +421,9 @@ def _params_row(params: int, inference: int) -> str:
               help="Pixel shuffle: the runtime's own op (DepthToSpace) [default], or convt: a one-hot transposed "
                    "conv with no reshape (for delegates that refuse rank-6 reshapes).")
 @click.option("--palettize", type=click.Choice(["4", "6", "8"]), help="Core ML: n-bit palettized weights.")
-@click.option("--calib", metavar="generator|DIR", help="int8 calibration inputs [default: generator.pt if "
-              "the run has one, else the bundled eval images].")
+@click.option("--calib", metavar="generator|synthetic|DIR", help="int8 calibration inputs: the run's generator.pt, "
+              "its synthetic sources (data-free, for a run without a generator), or a folder of photos [default: "
+              "generator.pt if the run has one, else the bundled eval images].")
 @click.option("--calib-method", type=click.Choice(["histogram", "percentile"]),
               help="TFLite int8: activation ranges from PT2E's histogram observer [default] or the 99.99 percentile "
                    "of the same histograms (the ONNX export's rule).")

@@ -1,8 +1,8 @@
 """The teacher of a distill run, as :class:`~sr_shrink.run.RunDir` finds and loads it (:class:`TeacherOfRun`).
 
-run.json names the teacher file (absolute, or relative to the current or the run folder), its sha256 and the
-overrides it was loaded with; export (``--qat``), bench and ``upscale --compare`` reload it through
-:meth:`TeacherOfRun.load_teacher`, once per RunDir.
+run.json names the teacher file (as given, and ``abs_path`` where it was when the run began; a relative one is
+also looked for in the run folder), its sha256 and the overrides it was loaded with; export (``--qat``), bench and
+``upscale --compare`` reload it through :meth:`TeacherOfRun.load_teacher`, once per RunDir.
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ class TeacherOfRun:
     ``scale`` and the ``_teachers`` cache)."""
 
     def teacher_path(self) -> Path | None:
-        """Return the teacher file run.json names: as given (absolute or relative to the current folder),
-        else relative to the run folder; None when run.json names none or the file is not there."""
+        """Return the teacher file run.json names: as given (absolute or relative to the current folder), else
+        where it was when the run began (``abs_path``: a relative path given from another folder), else relative
+        to the run folder; None when run.json names none or the file is not there."""
         teacher = self.run.get("teacher")
         raw = teacher.get("path") if isinstance(teacher, dict) else None
         if not raw or not isinstance(raw, str):
             return None
-        for p in (Path(raw), self.root / raw):
+        resolved = teacher.get("abs_path")
+        for p in (Path(raw), *([Path(resolved)] if isinstance(resolved, str) and resolved else []), self.root / raw):
             if p.is_file():
                 return p
         return None

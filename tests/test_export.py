@@ -27,6 +27,7 @@ from sr_shrink.export.calib import mosaic
 from sr_shrink.export.onnx import onnx_graph, ort_optimized_ops
 from sr_shrink.export.options import COREML_SHAPES
 from sr_shrink.models.student import SRStudent, load_student
+from sr_shrink.run import RunDir
 from sr_shrink.runtimes import open_runner
 
 FAST = {"eval_images": 2, "calib_samples": 4}
@@ -526,6 +527,41 @@ def test_an_unreadable_generator_is_named_before_any_write_or_set_aside_with_a_n
     assert e["calibration"]["source"] == "images"
     assert e["calibration"]["note"] == "default: the run's generator.pt cannot be read"
     assert "generator.pt" not in e["qat"]["inputs"]["source"] and e["qat"]["inputs"]["synthetic_share"] == 1.0
+
+
+def test_calibration_from_the_runs_synthetic_sources(tmp_path, tiny_eval):
+    """``--calib synthetic``: data-free calibration for a run without generator.pt (``--mix 1``), apart from the
+    images the file is verified on: the run's recorded synthetic sources (a teacher-grown kind by its base
+    source) at its LR patch size, tiled to a fixed input size or as they are for a free-size graph."""
+    from sr_shrink.export.calib import calib_inputs, calib_source
+
+    run = make_tiny_run(tmp_path / "s", n_stages=1)
+    args = ["export", str(run), "--target", "onnx", "--precision", "int8", "--calib", "synthetic", "--eval",
+            str(tiny_eval)]
+    assert one_error_line(CliRunner().invoke(main, args)) == (
+        f"error: {run}: --calib synthetic needs a datafree run whose run.json records its synthetic sources "
+        "(--synthetic, --lr-patch), which this run lacks; pass --calib DIR with a folder of photos instead.")
+    record = json.loads((run / "run.json").read_text())
+    record["config"] = {"mode": "datafree", "mix": 1.0, "synthetic": "grown-deadleaves,smooth,deadleaves",
+                        "lr_patch": 8}
+    (run / "run.json").write_text(json.dumps(record))
+    src = calib_source(RunDir.open(run), "synthetic")
+    assert (src.kind, src.kinds, src.patch) == ("synthetic", ("deadleaves", "smooth"), 8)
+    fixed = calib_inputs(src, 2, 3, (20, 36), seed=0)
+    assert len(fixed) == 3 and all(x.shape == (1, 3, 20, 36) for x in fixed)
+    assert all(0 <= float(x.min()) and float(x.max()) <= 1 and float(x.std()) > 0.01 for x in fixed)
+    free = calib_inputs(src, 2, 2, None, seed=0)
+    assert len(free) == 2 * 96 * 96 // 64 and all(x.shape == (1, 3, 8, 8) for x in free)
+    res = CliRunner().invoke(main, [*args, "--calib-samples", "4"])
+    assert res.exit_code == 0, res.output
+    (e,) = json.loads((run / "exports" / "export.json").read_text())["exports"]
+    assert e["calibration"] == {"source": "synthetic", "path": str(run), "kinds": "deadleaves,smooth", "lr_patch": 8,
+                                "samples": 4 * 96 * 96 // 64, "seed": 0, "input_shape": [3, 8, 8]}
+    assert e["verified"]
+    record["config"]["mix"] = 0  # the generator's samples alone: no synthetic share to render
+    (run / "run.json").write_text(json.dumps(record))
+    with pytest.raises(SRShrinkError, match="--calib synthetic needs a datafree run"):
+        calib_source(RunDir.open(run), "synthetic")
 
 
 def test_calibration_from_refine_generator_at_any_size(tmp_path):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
 from conftest import make_tiny_run, one_error_line
 
 from sr_shrink.cli import main
+from sr_shrink.distill import DistillConfig, distill
 from sr_shrink.errors import SRShrinkError
 from sr_shrink.run import RunDir
 
@@ -87,6 +89,24 @@ def test_teacher_path_rules(tiny_run, tmp_path, monkeypatch):
     assert run.teacher_path() == beside.resolve()
     run.run["teacher"] = "not a dict"
     assert run.teacher_path() is None
+
+
+def test_a_relative_teacher_path_is_found_from_another_folder(tiny_teacher, tmp_path, monkeypatch):
+    """run.json used to record the teacher path as given alone: a run started with ``../t/teacher.pt`` and resumed,
+    exported with --qat or benched from another folder lost its teacher. It records where the file was too."""
+    (tmp_path / "a" / "t").mkdir(parents=True)
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    shutil.copy(tiny_teacher, tmp_path / "a" / "t" / "teacher.pt")
+    monkeypatch.chdir(tmp_path / "a")
+    distill("t/teacher.pt", tmp_path / "run", DistillConfig(scale=2, stage_start=1, stage_end=1, steps_per_stage=1,
+                                                             channels=4, batch=2, lr_patch=12),
+            eval_dir="none", quiet=True, device="cpu")
+    teacher = json.loads((tmp_path / "run" / "run.json").read_text())["teacher"]
+    assert teacher["path"] == "t/teacher.pt" and teacher["abs_path"] == str(tmp_path / "a" / "t" / "teacher.pt")
+    monkeypatch.chdir(tmp_path / "b" / "c")
+    assert RunDir.open(tmp_path / "run").teacher_path() == tmp_path / "a" / "t" / "teacher.pt"
+    del teacher["abs_path"]  # a run.json of an older version: the path as given alone
+    assert RunDir(tmp_path / "run", {"teacher": teacher}, {}).teacher_path() is None
 
 
 def test_find_the_run_of_a_model_file(tiny_run, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -61,7 +62,8 @@ def new_record(job: Job, cfg: DistillConfig, dtype: str) -> RunRecord:
     """Return the run.json record of a run of ``cfg`` that has not trained yet."""
     info = job.teacher.info
     d = info.to_dict()
-    run = RunRecord(scale=cfg.scale, teacher={"path": info.path, "sha256": info.sha256,
+    run = RunRecord(scale=cfg.scale, teacher={"path": info.path, "abs_path": str(Path(info.path).resolve()),
+                                              "sha256": info.sha256,
                                               **{k: d[k] for k in TEACHER_KEYS if k in d},
                                               "inference_params": count_inference_params(job.teacher)},
                     mode=cfg.mode, seed=cfg.seed, recipe=cfg.recipe(), config=cfg.to_dict(), world_size=job.env.world,

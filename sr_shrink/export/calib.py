@@ -1,10 +1,13 @@
-"""Calibration inputs for int8 exports: LR patches from the run's data-free generator or from photos.
+"""Calibration inputs for int8 exports: LR patches from the run's data-free sources or from photos.
 
-Source ``"generator"`` samples ``RUN_DIR/generator.pt`` (the inputs the student was distilled on); a folder
-(default: the bundled eval split) gives LR crops: each photo is bicubic-downscaled by the scale, as the eval
-pairs are, then cropped (96x96 for free-size graphs). Fixed-size exports get inputs of exactly that size
-(photo crops, padded when a photo is smaller; generator patches tiled into a mosaic), since their graphs
-only accept that size. Free-size graphs get generator patches as sampled, as many pixels as the photo crops.
+Source ``"generator"`` samples ``RUN_DIR/generator.pt`` (the inputs the student was distilled on);
+``"synthetic"`` (opt-in) renders the synthetic sources run.json records (``--synthetic``; a teacher-grown kind by
+the source it grows, since export loads no teacher) at the run's LR patch size: data-free inputs apart from the
+images the export is verified on, for a run trained without a generator (``--mix 1``). A folder (the bundled eval
+split for a run without generator.pt) gives LR crops: each photo is bicubic-downscaled by the scale, as the eval pairs
+are, then cropped (96x96 for free-size graphs). Fixed-size exports get inputs of exactly that size (photo crops,
+padded when a photo is smaller; generator or synthetic patches tiled into a mosaic), since their graphs only
+accept that size. Free-size graphs get those patches as sampled, as many pixels as the photo crops.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch.nn.functional as F
 
 from ..data import EVAL_DIR, list_images, make_lr, mod_crop, read_image
 from ..distill.generator import load_generator
+from ..distill.grown import KINDS, base_kinds
+from ..distill.render import synthetic_mix
 from ..errors import SRShrinkError
 from ..progress import task
 from ..run import RunDir
@@ -33,20 +38,38 @@ class CalibSource:
     kind: str
     path: Path
     note: str = ""
+    kinds: tuple[str, ...] = ()  # "synthetic": the sources rendered (teacher-grown kinds by their base source)
+    patch: int = 0  # "synthetic": the LR patch side they are rendered at
 
     def describe(self) -> dict:
         """Return the JSON record of this source for export.json."""
         d = {"source": self.kind, "path": str(self.path)}
         if self.path == EVAL_DIR:
             d["path"] = "bundled eval images (sr_shrink/assets/eval)"
+        if self.kind == "synthetic":
+            d.update(kinds=",".join(self.kinds), lr_patch=self.patch)
         if self.note:
             d["note"] = self.note
         return d
 
 
+def run_synthetic(run: RunDir) -> CalibSource | None:
+    """Return the ``"synthetic"`` source of ``run``'s data-free inputs as run.json records them (mode datafree
+    with a synthetic share: its ``synthetic`` kinds at its ``lr_patch``), or None for any other run."""
+    config = run.record.config or {}
+    mix = config.get("mix")
+    if config.get("mode") != "datafree" or not isinstance(mix, (int, float)) or mix <= 0:
+        return None
+    kinds = tuple(dict.fromkeys(base_kinds([k for k in str(config.get("synthetic") or "").split(",") if k in KINDS])))
+    patch = config.get("lr_patch")
+    if not kinds or not isinstance(patch, int) or patch < 1:
+        return None
+    return CalibSource("synthetic", run.root, kinds=kinds, patch=patch)
+
+
 def calib_source(run: RunDir, choice: str | Path | None) -> CalibSource:
-    """Return the calibration source ``choice`` names ("generator", a folder, or ``None`` for the default:
-    generator.pt when the run has one, else the bundled eval images)."""
+    """Return the calibration source ``choice`` names ("generator", "synthetic" (:func:`run_synthetic`), a folder,
+    or ``None`` for the default: generator.pt when the run has one, else the bundled eval images)."""
     if choice is None:
         if run.generator is not None:
             return CalibSource("generator", run.generator, "default: the run's generator.pt")
@@ -58,6 +81,13 @@ def calib_source(run: RunDir, choice: str | Path | None) -> CalibSource:
             raise SRShrinkError(f"{run.root}: --calib generator needs RUN_DIR/generator.pt, which this run lacks; "
                                 "pass --calib DIR with a folder of photos instead.")
         return CalibSource("generator", run.generator)
+    if str(choice) == "synthetic":
+        synthetic = run_synthetic(run)
+        if synthetic is None:
+            raise SRShrinkError(f"{run.root}: --calib synthetic needs a datafree run whose run.json records its "
+                                "synthetic sources (--synthetic, --lr-patch), which this run lacks; pass --calib DIR "
+                                "with a folder of photos instead.")
+        return synthetic
     folder = Path(choice)
     list_images(folder)  # a clear error for a missing or empty folder
     return CalibSource("images", folder)
@@ -99,13 +129,18 @@ def calib_inputs(src: CalibSource, scale: int, n: int, size: tuple[int, int] | N
     The same request (same files, unchanged on disk, same scale, count, size and seed) returns the inputs
     made the first time in this process: ``sr-shrink bench`` exports stage after stage, and sampling the
     generator costs ~13 s per export on one core. Callers must not modify the tensors."""
-    key = (src.kind, _fingerprint(src.path), scale, n, tuple(size) if size else None, seed)
+    origin = (src.kinds, src.patch) if src.kind == "synthetic" else _fingerprint(src.path)
+    key = (src.kind, origin, scale, n, tuple(size) if size else None, seed)
     if key not in _MEMO:
         gen = torch.Generator().manual_seed(seed)
-        what = f"calibration inputs from {'generator.pt' if src.kind == 'generator' else 'photos'}"
-        with task(what, total=n) as advance:
+        what = {"generator": "generator.pt", "synthetic": "synthetic images"}.get(src.kind, "photos")
+        with task(f"calibration inputs from {what}", total=n) as advance:
             if src.kind == "generator":
                 inputs = _generator_inputs(src.path, n, size, gen, advance)
+            elif src.kind == "synthetic":
+                def sample(count, g):
+                    return synthetic_mix(list(src.kinds), count, src.patch, g)
+                inputs = _patch_inputs(sample, src.patch, n, size, gen, advance)
             else:
                 inputs = _image_inputs(src.path, scale, n, size, gen, advance)
         while len(_MEMO) >= _MEMO_MAX:
@@ -171,13 +206,20 @@ def _generator_inputs(path: Path, n: int, size: tuple[int, int] | None, gen: tor
         return [_done(g.sample(1, generator=gen, size=max(h, w))[..., :h, :w].contiguous(), advance)
                 for _ in range(n)]
     p = int(g.sample(1, generator=torch.Generator().manual_seed(0)).shape[-1])
-    if size is None:  # free-size graphs take the patches as they are: as many pixels as n photo crops
+    return _patch_inputs(lambda count, gen: _sample(g, count, gen), p, n, size, gen, advance)
+
+
+def _patch_inputs(sample: Callable[[int, torch.Generator], torch.Tensor], p: int, n: int,
+                  size: tuple[int, int] | None, gen: torch.Generator, advance=lambda n=1: None) -> list[torch.Tensor]:
+    """Return calibration inputs made of square ``p``-px patches that ``sample(count, gen)`` draws: for free-size
+    graphs the patches as they are (as many pixels as ``n`` photo crops), else ``n`` mosaics of ``size``."""
+    if size is None:
         count = math.ceil(n * CALIB_CROP * CALIB_CROP / (p * p))
-        inputs = [x.unsqueeze(0) for x in _sample(g, count, gen)]
+        inputs = [x.unsqueeze(0) for x in sample(count, gen)]
         advance(n)
         return inputs
     tiles = math.ceil(size[0] / p) * math.ceil(size[1] / p)
-    return [_done(mosaic(_sample(g, tiles, gen), size), advance) for _ in range(n)]
+    return [_done(mosaic(sample(tiles, gen), size), advance) for _ in range(n)]
 
 
 def _done(x: torch.Tensor, advance) -> torch.Tensor:

@@ -45,10 +45,11 @@ class ExportConfig:
     """What to export and how; ``None`` fields take the target's default (see ``__post_init__``).
 
     ``input_size`` (h, w) fixes the LR input size (TFLite always has one, 256x256 by default); ``calib`` is
-    ``"generator"``, a folder of images or ``None`` (generator.pt when the run has one, else the bundled eval
-    images); ``native_io`` gives the model I/O in its own precision (fp16 for ONNX/Core ML fp16, int8 for
-    TFLite int8) instead of float32; ``shuffle`` picks the wrapper's pixel-shuffle form ("native"/"convt");
-    ``eval_images`` caps the verification images (``None``: all); ``shapes`` (Core ML) lists the LR
+    ``"generator"``, ``"synthetic"`` (the run's recorded synthetic sources,
+    :func:`~sr_shrink.export.calib.run_synthetic`), a folder of images or ``None`` (generator.pt when the run has
+    one, else the bundled eval images); ``native_io`` gives the model I/O in its own precision (fp16 for ONNX/Core
+    ML fp16, int8 for TFLite int8) instead of float32; ``shuffle`` picks the wrapper's pixel-shuffle form
+    ("native"/"convt"); ``eval_images`` caps the verification images (``None``: all); ``shapes`` (Core ML) lists the LR
     sizes (h, w) of an ``EnumeratedShapes`` input, "default" or ``None`` (no ``input_size`` either) for
     :data:`COREML_SHAPES`, "any" for a ``RangeDim`` input of any size 8..2048; ``io`` "image" gives
     a Core ML package RGB image input and output (pixel values 0-255). ``qat_steps`` > 0
