@@ -15,6 +15,9 @@ after another. A finished run is kept, so a stopped sweep goes on.
 
     python benchmarks/budget_generator.py --panel ../panel_teachers --out runs/budget_g --minutes 5 --seeds 0
     python benchmarks/budget_generator.py --panel ../panel_teachers --out runs/budget_g --summarize-only
+
+``--pool-size N`` gives the ``pool`` variant ``--pool N`` (named ``poolN``; the ``game`` run beside it keeps the
+default 512), to ask whether the pool alone lacks more images on the PSNR teachers.
 """
 
 from __future__ import annotations
@@ -45,10 +48,20 @@ def _done(folder: Path) -> dict | None:
     return run if run.get("complete") else None
 
 
-def run_pair(teacher: str, panel: Path, out: Path, minutes: float, seed: int) -> None:
-    """Run both variants of (``teacher``, ``seed``) at once, one thread each; a finished run is kept."""
+def variants(pool_size: int | None) -> dict[str, list[str]]:
+    """Return the variants' names and options: ``pool`` with ``--pool pool_size`` (named ``poolN``) when given."""
+    if pool_size is None:
+        return VARIANTS
+    return {"game": VARIANTS["game"], f"pool{pool_size}": [*VARIANTS["pool"], "--pool", str(pool_size)]}
+
+
+def run_pair(teacher: str, panel: Path, out: Path, minutes: float, seed: int, pool_size: int | None = None) -> None:
+    """Run both variants of (``teacher``, ``seed``) at once, one thread each; a finished run is kept (the ``game``
+    run of a ``--pool-size`` pair is written beside the default pair's, as ``game_vs_poolN``)."""
     procs = []
-    for variant, extra in VARIANTS.items():
+    for variant, extra in variants(pool_size).items():
+        if pool_size is not None and variant == "game":
+            variant = f"game_vs_pool{pool_size}"
         folder = out / teacher / f"{variant}_{minutes:g}min_s{seed}"
         if _done(folder) is not None:
             continue
@@ -64,19 +77,20 @@ def run_pair(teacher: str, panel: Path, out: Path, minutes: float, seed: int) ->
         p.wait()
 
 
-def summarize(out: Path) -> str:
+def summarize(out: Path, pool_size: int | None = None) -> str:
     """Return the markdown table of the finished pairs under ``out`` (final stage, judged metric)."""
+    game, pool = ("game_", "pool_") if pool_size is None else (f"game_vs_pool{pool_size}_", f"pool{pool_size}_")
     lines = ["| teacher | minutes | seed | game: judged metric (stage 1 / 2) | steps per stage | pool: judged metric "
              "(stage 1 / 2) | steps per stage | pool - game |", "|---|---:|---:|---|---|---|---|---:|"]
     diffs: dict[str, list[float]] = {}
     for teacher, (_file, judged) in TEACHERS.items():
         key = "val_psnr_y" if judged == "psnr" else "fidelity_psnr_y"
-        for folder in sorted((out / teacher).glob("game_*min_s*")):
-            other = folder.with_name(folder.name.replace("game_", "pool_", 1))
+        for folder in sorted((out / teacher).glob(f"{game}*min_s*")):
+            other = folder.with_name(folder.name.replace(game, pool, 1))
             a, b = _done(folder), _done(other)
             if a is None or b is None:
                 continue
-            minutes, seed = folder.name.split("_")[1], folder.name.rsplit("_s", 1)[1]
+            minutes, seed = folder.name[len(game):].split("_")[0], folder.name.rsplit("_s", 1)[1]
             d = b["stages"][-1][key] - a["stages"][-1][key]
             diffs.setdefault(teacher, []).append(d)
 
@@ -99,14 +113,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--teachers", nargs="+", default=list(TEACHERS))
+    ap.add_argument("--pool-size", type=int, help="the pool variant's --pool (default: 512, named pool)")
     ap.add_argument("--summarize-only", action="store_true")
     args = ap.parse_args()
     if not args.summarize_only:
         for seed in args.seeds:
             for teacher in args.teachers:
-                run_pair(teacher, args.panel, args.out, args.minutes, seed)
-                print(summarize(args.out).splitlines()[-1], flush=True)
-    print(summarize(args.out))
+                run_pair(teacher, args.panel, args.out, args.minutes, seed, args.pool_size)
+                print(summarize(args.out, args.pool_size).splitlines()[-1], flush=True)
+    print(summarize(args.out, args.pool_size))
 
 
 if __name__ == "__main__":
