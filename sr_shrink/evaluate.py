@@ -92,3 +92,13 @@ def teacher_references(teacher: torch.nn.Module, pairs: list[EvalPair], scale: i
 def fidelity(scores: dict) -> dict:
     """Return ``evaluate_fn`` scores on reference pairs renamed ``fidelity_psnr_y``/``fidelity_ssim_y``."""
     return {"fidelity_psnr_y": scores["psnr_y"], "fidelity_ssim_y": scores["ssim_y"]}
+
+
+def evaluate_with_fidelity(model: torch.nn.Module, pairs: list[EvalPair], references: list[EvalPair], scale: int,
+                           advance: Callable[[], None] | None = None) -> tuple[dict, dict]:
+    """Return (the Y-PSNR/SSIM of ``model`` on ``pairs``, its :func:`fidelity` scores on ``references``, the
+    :func:`reference_pairs` of the same LR images; {} without them) from one pass of ``model`` over the LR
+    images, calling ``advance()`` after each."""
+    outputs = model_outputs(_on_device(model), pairs, advance)
+    return score_outputs(outputs, pairs, scale), fidelity(score_outputs(outputs, references, scale)) if references \
+        else {}

@@ -124,3 +124,24 @@ def test_imresize_needs_one_of_scale_or_size():
     with pytest.raises(ValueError):
         imresize(torch.rand(1, 4, 4))
     assert imresize(torch.rand(1, 8, 8), size=(4, 6)).shape == (1, 4, 6)
+
+
+def test_a_stage_is_scored_and_its_fidelity_measured_from_one_pass():
+    """distill scored each stage on the eval images and again on the teacher's references (the same LR images):
+    two forward passes of the student where one gives both. The scores are those of the two passes."""
+    from sr_shrink.data import EvalPair
+    from sr_shrink.evaluate import evaluate_model, evaluate_with_fidelity, fidelity, reference_pairs
+
+    g = torch.Generator().manual_seed(0)
+    pairs = [EvalPair(f"im{i}", torch.rand(3, 24, 32, generator=g), torch.rand(3, 12, 16, generator=g))
+             for i in range(3)]
+    teacher_out = {p.name: quantize(upscale(p.lr.unsqueeze(0), 2))[0] for p in pairs}
+    refs = reference_pairs(teacher_out, pairs)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.PixelShuffle(2))
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    res, fid = evaluate_with_fidelity(net, pairs, refs, 2)
+    assert len(calls) == 3
+    assert res == evaluate_model(net, pairs, 2) and fid == fidelity(evaluate_model(net, refs, 2))
+    assert fid["fidelity_psnr_y"] != res["psnr_y"]
+    assert evaluate_with_fidelity(net, pairs, [], 2)[1] == {}

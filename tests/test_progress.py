@@ -142,3 +142,24 @@ def test_distill_table_says_dash_for_metrics_a_run_without_eval_images_lacks():
     assert "nan" not in row and row.count(" - ") == 3
     console.print(summary_table({"mode": "datafree", "scale": 2, "stages": [dict(stage, val_psnr_y=31.234)]}))
     assert "31.23" in console.export_text()
+
+
+def test_a_slow_stage_scoring_shows_its_progress(capsys, monkeypatch, tmp_path):
+    """After a stage trains, distill scores it on the eval images (and its fidelity to the teacher): with large
+    images or a large student that took seconds with nothing on the screen. It is a phase that shows once slow."""
+    import sr_shrink.distill.run as distill_run
+    from sr_shrink.distill import DistillConfig, distill
+
+    monkeypatch.setattr(distill_run, "QUIET_S", 0.0)  # every phase counts as slow here
+    teacher = make_tiny_teacher(tmp_path / "teacher.pt")
+    progress.enable(progress.stderr_console())
+    try:
+        distill(str(teacher), tmp_path / "run", DistillConfig(scale=2, stage_start=1, stage_end=2, steps_per_stage=2,
+                                                               channels=4, batch=2, lr_patch=12, pool=0),
+                eval_dir=str(make_tiny_eval(tmp_path / "eval", n=2)), quiet=True, device="cpu")
+    finally:
+        progress.disable()
+    lines = capsys.readouterr().err.splitlines()
+    for stage in (1, 2):
+        assert f"scoring stage {stage} on 2 eval images: started (2 images)" in lines, lines
+        assert any(ln.startswith(f"scoring stage {stage} on 2 eval images: done in 0:0") for ln in lines), lines

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ..evaluate import evaluate_model
+from ..evaluate import evaluate_with_fidelity
 from ..models.student import SRStudent, collapse, grow
 from ..progress import task
 from .budget import PROBE_GAME_STEPS, PROBE_GAME_WARMUP, PROBE_STEPS, PROBE_WARMUP, Setup
@@ -102,8 +102,7 @@ def probe_steps(state: TrainState, student, blocks: list[int], eval_pairs, fidel
             if eval_pairs and main:
                 t0 = time.perf_counter()
                 shipped = collapse(last) if last.block == "rep" else last
-                evaluate_model(shipped, eval_pairs, cfg.scale)
-                evaluate_model(shipped, fidelity_pairs, cfg.scale)
+                evaluate_with_fidelity(shipped, eval_pairs, fidelity_pairs, cfg.scale)
                 eval_s = time.perf_counter() - t0
     finally:
         state.restore(snap)

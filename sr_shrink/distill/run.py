@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from ..data import EvalPair
-from ..evaluate import evaluate_bicubic, evaluate_model, fidelity, teacher_references
+from ..evaluate import evaluate_bicubic, evaluate_with_fidelity, teacher_references
 from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, collapse, grow, load_student, to_rep
+from ..progress import task
 from ..record import RunRecord, StageRecord
 from ..run import RunDir
 from ..teachers import count_inference_params
@@ -30,7 +31,7 @@ from .buffer import ReplayBuffer
 from .config import DistillConfig
 from .env import Env, rank0
 from .generator import save_generator
-from .perceptual import resolve_mix, resolve_synthetic
+from .perceptual import QUIET_S, resolve_mix, resolve_synthetic
 from .probe import probe_steps, setup_of, timed_forward
 from .resume import adopt, check_same_run, finished_stages, lost_state_note
 from .sources import Labeller, make_source, resolve_teacher_dtype
@@ -263,10 +264,11 @@ def finish_stage(job: Job, state: TrainState, student: SRStudent, n_blocks: int,
     if shipped is not student:
         entry.train_params = sum(p.numel() for p in student.parameters())
     if job.eval_pairs and env.main:
-        res = evaluate_model(shipped, job.eval_pairs, cfg.scale)
+        with task(f"scoring stage {idx + 1} on {len(job.eval_pairs)} eval images", total=len(job.eval_pairs),
+                  unit="images", quiet_s=QUIET_S) as advance:  # a second or more with large images or a large student
+            res, fid = evaluate_with_fidelity(shipped, job.eval_pairs, fidelity_pairs, cfg.scale, advance)
         entry.val_psnr_y, entry.val_ssim_y = res["psnr_y"], res["ssim_y"]
-        fid = fidelity(evaluate_model(shipped, fidelity_pairs, cfg.scale))
-        entry.fidelity_psnr_y, entry.fidelity_ssim_y = fid["fidelity_psnr_y"], fid["fidelity_ssim_y"]
+        entry.fidelity_psnr_y, entry.fidelity_ssim_y = fid.get("fidelity_psnr_y"), fid.get("fidelity_ssim_y")
         student.train()
     if env.main:
         extra = {"stage": idx + 1, "n_blocks": n_blocks, "scale": cfg.scale, "val_psnr_y": entry.val_psnr_y,
