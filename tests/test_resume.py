@@ -562,18 +562,31 @@ def test_force_deletes_the_old_runs_bench_results(tiny_teacher, tmp_path):
     assert not (out / "bench.json").exists() and not (out / "bench.png").exists()
 
 
-def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny_teacher, tmp_path):
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny_teacher, tiny_eval, tmp_path, monkeypatch):
     """--resume on a finished run re-scored the teacher and reprinted the table without a word: it looked as if
-    the resume had trained something."""
+    the resume had trained something. It says so, and takes the teacher's and bicubic's scores from run.json
+    instead of running the teacher over the eval images again (a minute on a large teacher, for a table)."""
     from click.testing import CliRunner
 
+    import sr_shrink.distill.run as distill_run
     from sr_shrink.cli import main
 
     out = tmp_path / "run"
-    assert CliRunner().invoke(main, _args(tiny_teacher, out, 2, "1:2")).exit_code == 0
-    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 2, "1:2"), "--resume"])
+    scored = [str(tiny_eval) if a == "none" else a for a in _args(tiny_teacher, out, 2, "1:2")]  # --eval DIR
+    assert CliRunner().invoke(main, scored).exit_code == 0
+    before = json.loads((out / "run.json").read_text())
+
+    def no_pass(*_args, **_kw):
+        raise AssertionError("the teacher ran over the eval images again")
+
+    monkeypatch.setattr(distill_run, "teacher_references", no_pass)
+    r = CliRunner().invoke(main, [*scored, "--resume"])
     assert r.exit_code == 0, r.output
     assert f"note: {out} already holds all 2 stages; nothing to train" in r.stderr
+    after = json.loads((out / "run.json").read_text())
+    keys = ("teacher_psnr_y", "teacher_ssim_y", "bicubic_psnr_y", "bicubic_ssim_y")
+    assert all(after[k] == before[k] is not None for k in keys) and after["stages"] == before["stages"]
+    monkeypatch.undo()
     r = CliRunner().invoke(main, [*_args(tiny_teacher, tmp_path / "half", 2, "1:2")])
     (tmp_path / "half" / "stage_02.pt").unlink()  # a stage to train: no such note
     r = CliRunner().invoke(main, [*_args(tiny_teacher, tmp_path / "half", 2, "1:2"), "--resume"])

@@ -145,7 +145,11 @@ def run_stages(job: Job, resume: bool) -> dict:
             setup = replace(setup, eval_pixels=sum(pixels[:kept]))
         refuse_if_short(cfg.time_budget, setup, spent())
     fidelity_pairs: list[EvalPair] = []
-    if job.eval_pairs and env.main:
+    recorded = was is not None and done >= len(blocks) and None not in (was.teacher_psnr_y, was.bicubic_psnr_y)
+    if recorded:  # nothing to train: the finished run's references, not another pass of the teacher
+        run.teacher_psnr_y, run.teacher_ssim_y = was.teacher_psnr_y, was.teacher_ssim_y
+        run.bicubic_psnr_y, run.bicubic_ssim_y = was.bicubic_psnr_y, was.bicubic_ssim_y
+    elif job.eval_pairs and env.main:
         t0 = time.time()
         tr, fidelity_pairs = teacher_references(label.teacher, job.eval_pairs, cfg.scale)
         br = evaluate_bicubic(job.eval_pairs, cfg.scale)
