@@ -100,5 +100,5 @@ def evaluate_with_fidelity(model: torch.nn.Module, pairs: list[EvalPair], refere
     :func:`reference_pairs` of the same LR images; {} without them) from one pass of ``model`` over the LR
     images, calling ``advance()`` after each."""
     outputs = model_outputs(_on_device(model), pairs, advance)
-    return score_outputs(outputs, pairs, scale), fidelity(score_outputs(outputs, references, scale)) if references \
-        else {}
+    fid = fidelity(score_outputs(outputs, references, scale)) if references else {}
+    return score_outputs(outputs, pairs, scale), fid
