@@ -586,8 +586,25 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tiny_teacher, ti
     after = json.loads((out / "run.json").read_text())
     keys = ("teacher_psnr_y", "teacher_ssim_y", "bicubic_psnr_y", "bicubic_ssim_y")
     assert all(after[k] == before[k] is not None for k in keys) and after["stages"] == before["stages"]
+    assert "were scored on" not in r.stderr  # the same --eval: nothing to say
+    r = CliRunner().invoke(main, [*_args(tiny_teacher, out, 2, "1:2"), "--resume"])  # --eval none: not this run's
+    assert r.exit_code == 0, r.output
+    assert (f"note: {out}'s stages were scored on --eval {tiny_eval}; there is nothing to train, so --eval none is "
+            f"not used (sr-shrink bench {out} --eval FOLDER scores every stage on a folder).") in r.stderr
     monkeypatch.undo()
     r = CliRunner().invoke(main, [*_args(tiny_teacher, tmp_path / "half", 2, "1:2")])
     (tmp_path / "half" / "stage_02.pt").unlink()  # a stage to train: no such note
     r = CliRunner().invoke(main, [*_args(tiny_teacher, tmp_path / "half", 2, "1:2"), "--resume"])
     assert r.exit_code == 0 and "nothing to train" not in r.stderr, r.output
+
+
+def test_a_resume_scored_on_other_images_says_the_table_mixes_them(tiny_teacher, tiny_eval, tmp_path):
+    """A resume given another --eval scores the stages it trains there, while the finished ones keep their scores
+    on the run's images: one table of two image sets, which nothing said."""
+    out = tmp_path / "r"
+    _stopped_in_stage_2(tiny_teacher, out)  # scored with --eval none
+    notes = []
+    distill(str(tiny_teacher), out, _cfg_from_args(steps_per_stage=8), eval_dir=str(tiny_eval), resume=True,
+            quiet=True, device="cpu", log=notes.append)
+    assert (f"note: {out}'s finished stages were not scored (--eval none); the stages this resume trains are scored "
+            f"on --eval {tiny_eval}, so the table mixes the two (leave --eval out to keep the run's).") in notes

@@ -116,6 +116,8 @@ def run_stages(job: Job, resume: bool) -> dict:
     if note and env.main:
         job.log(note)
     done = len(state.stages)
+    if was is not None and was.eval_dir is not None and was.eval_dir != job.eval_dir and done and env.main:
+        job.log(other_eval_note(rundir.root, was.eval_dir, job.eval_dir, done >= len(blocks)))
     if old is not None and done >= len(blocks) and not lost and env.main:  # else it re-scores and reprints silently
         job.log(f"note: {rundir.root} already holds all {len(blocks)} stages; nothing to train, the table below is the "
                 "finished run (pass --force to start it over).")
@@ -250,6 +252,22 @@ def _restored(saved: dict, env: Env) -> SRStudent:
     student = SRStudent(**saved["student_config"]).to(env.device)
     student.load_state_dict(saved["student"])
     return student
+
+
+def other_eval_note(root, recorded: str, given: str | None, finished: bool) -> str:
+    """Return the note for a resume whose ``--eval`` (``given``; None: the bundled split) is not the folder the
+    run's finished stages were scored on (``recorded``; "none": not scored)."""
+    def scored(folder: str | None) -> str:
+        if folder == "none":
+            return "not scored (--eval none)"
+        return "scored on the bundled eval split" if folder is None else f"scored on --eval {folder}"
+
+    if finished:
+        given_as = "the bundled eval split" if given is None else f"--eval {given}"
+        return (f"note: {root}'s stages were {scored(recorded)}; there is nothing to train, so {given_as} is not "
+                f"used (sr-shrink bench {root} --eval FOLDER scores every stage on a folder).")
+    return (f"note: {root}'s finished stages were {scored(recorded)}; the stages this resume trains are "
+            f"{scored(given)}, so the table mixes the two (leave --eval out to keep the run's).")
 
 
 def finish_stage(job: Job, state: TrainState, student: SRStudent, n_blocks: int, seconds: float,
