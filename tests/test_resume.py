@@ -355,7 +355,7 @@ def test_a_bare_resume_goes_on_with_the_runs_teacher_and_options(tiny_teacher, t
     whole, out = tmp_path / "whole", tmp_path / "r"
     distill(str(tiny_teacher), whole, _cfg_from_args(steps_per_stage=8), eval_dir="none", quiet=True, device="cpu")
     _stopped_in_stage_2(tiny_teacher, out)
-    # the API's run records the eval folder as given; the CLI's (below) as --eval took it
+    # run.json records --eval none as such (a folder by its absolute path)
     assert json.loads((out / "run.json").read_text())["eval_dir"] == "none"
     monkeypatch.chdir(tmp_path)  # the teacher's path as run.json names it (absolute here) still reads
     bare = ["distill", "--out", str(out), "--resume", "--threads", "1", "--device", "cpu"]
@@ -608,3 +608,26 @@ def test_a_resume_scored_on_other_images_says_the_table_mixes_them(tiny_teacher,
             quiet=True, device="cpu", log=notes.append)
     assert (f"note: {out}'s finished stages were not scored (--eval none); the stages this resume trains are scored "
             f"on --eval {tiny_eval}, so the table mixes the two (leave --eval out to keep the run's).") in notes
+
+
+def test_a_relative_eval_folder_is_recorded_so_a_resume_elsewhere_finds_it(tiny_teacher, tiny_eval, tmp_path,
+                                                                          monkeypatch):
+    """run.json recorded --eval as given: a bare --resume from another folder took the relative path along and
+    could not find the images. It records the folder's absolute path; the same folder given again, relative or
+    not, is the run's (no note)."""
+    import shutil
+
+    from sr_shrink.distill.resume import recorded_options
+
+    (tmp_path / "a").mkdir()
+    shutil.copytree(tiny_eval, tmp_path / "a" / "ev")
+    monkeypatch.chdir(tmp_path / "a")
+    out = tmp_path / "r"
+    distill(str(tiny_teacher), out, _cfg_from_args(steps_per_stage=2), eval_dir="ev", quiet=True, device="cpu")
+    assert json.loads((out / "run.json").read_text())["eval_dir"] == str(tmp_path / "a" / "ev")
+    monkeypatch.chdir(tmp_path)
+    assert recorded_options(out)["eval_dir"] == str(tmp_path / "a" / "ev")
+    notes = []
+    distill(str(tiny_teacher), out, _cfg_from_args(steps_per_stage=2), eval_dir="a/ev", resume=True, quiet=True,
+            device="cpu", log=notes.append)
+    assert not any("scored on" in n for n in notes), notes

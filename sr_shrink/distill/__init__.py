@@ -36,7 +36,7 @@ from .config import AUTO_SYNTHETIC, MODES, DistillConfig
 from .env import Env, init_distributed, leave_group, rank0, resolve_device
 from .perceptual import PERCEPTUAL_SOURCES
 from .resume import nothing_to_resume, prepare_run_dir
-from .run import Job, run_stages
+from .run import Job, eval_folder, run_stages
 from .sources import FAMILIES, check_data, synthetic_kinds
 from .train import Callbacks
 
@@ -98,7 +98,7 @@ def distill(teacher_path: str | None, run_dir: str | Path, cfg: DistillConfig, e
         pairs = [] if eval_dir == "none" else load_eval_set(cfg.scale, eval_dir, eval_images)
         callbacks = callbacks or Callbacks()
         job = Job(teacher, cfg.validate(), RunDir.create(run_dir), pairs, env, started, callbacks, log,
-                  None if eval_dir is None else str(eval_dir))
+                  eval_folder(eval_dir))
         if env.quiet:
             return run_stages(job, resume)
         console = stderr_console()

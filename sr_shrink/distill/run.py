@@ -56,7 +56,15 @@ class Job:
     started: float
     callbacks: Callbacks
     log: Callable[[str], None] = field(default=lambda _message: None)  # one-line notes (distill's ``log``)
-    eval_dir: str | None = None  # --eval as given (None: the bundled split), recorded for a --resume
+    eval_dir: str | None = None  # --eval (:func:`eval_folder`; None: the bundled split), recorded for a --resume
+
+
+def eval_folder(eval_dir: str | Path | None) -> str | None:
+    """Return how run.json records ``--eval``: None (the bundled split), "none" (no scoring) or the folder's absolute
+    path, so a ``--resume`` from another folder finds it."""
+    if eval_dir is None or str(eval_dir) == "none":
+        return None if eval_dir is None else "none"
+    return str(Path(eval_dir).resolve())
 
 
 def new_record(job: Job, cfg: DistillConfig, dtype: str) -> RunRecord:
@@ -116,7 +124,8 @@ def run_stages(job: Job, resume: bool) -> dict:
     if note and env.main:
         job.log(note)
     done = len(state.stages)
-    if was is not None and was.eval_dir is not None and was.eval_dir != job.eval_dir and done and env.main:
+    if was is not None and was.eval_dir is not None and eval_folder(was.eval_dir) != job.eval_dir and done and \
+            env.main:
         job.log(other_eval_note(rundir.root, was.eval_dir, job.eval_dir, done >= len(blocks)))
     if old is not None and done >= len(blocks) and not lost and env.main:  # else it re-scores and reprints silently
         job.log(f"note: {rundir.root} already holds all {len(blocks)} stages; nothing to train, the table below is the "
