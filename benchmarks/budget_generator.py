@@ -49,19 +49,19 @@ def _done(folder: Path) -> dict | None:
 
 
 def variants(pool_size: int | None) -> dict[str, list[str]]:
-    """Return the variants' names and options: ``pool`` with ``--pool pool_size`` (named ``poolN``) when given."""
+    """Return the variants' names and options: with ``pool_size``, ``poolN`` (``--pool N``) and ``game_vs_poolN``
+    (the default ``game``, written beside the default pair's)."""
     if pool_size is None:
         return VARIANTS
-    return {"game": VARIANTS["game"], f"pool{pool_size}": [*VARIANTS["pool"], "--pool", str(pool_size)]}
+    return {f"game_vs_pool{pool_size}": VARIANTS["game"],
+            f"pool{pool_size}": [*VARIANTS["pool"], "--pool", str(pool_size)]}
 
 
 def run_pair(teacher: str, panel: Path, out: Path, minutes: float, seed: int, pool_size: int | None = None) -> None:
-    """Run both variants of (``teacher``, ``seed``) at once, one thread each; a finished run is kept (the ``game``
-    run of a ``--pool-size`` pair is written beside the default pair's, as ``game_vs_poolN``)."""
+    """Run both variants (:func:`variants`) of (``teacher``, ``seed``) at once, one thread each; a finished run is
+    kept."""
     procs = []
     for variant, extra in variants(pool_size).items():
-        if pool_size is not None and variant == "game":
-            variant = f"game_vs_pool{pool_size}"
         folder = out / teacher / f"{variant}_{minutes:g}min_s{seed}"
         if _done(folder) is not None:
             continue
@@ -79,7 +79,7 @@ def run_pair(teacher: str, panel: Path, out: Path, minutes: float, seed: int, po
 
 def summarize(out: Path, pool_size: int | None = None) -> str:
     """Return the markdown table of the finished pairs under ``out`` (final stage, judged metric)."""
-    game, pool = ("game_", "pool_") if pool_size is None else (f"game_vs_pool{pool_size}_", f"pool{pool_size}_")
+    game, pool = (f"{name}_" for name in variants(pool_size))
     lines = ["| teacher | minutes | seed | game: judged metric (stage 1 / 2) | steps per stage | pool: judged metric "
              "(stage 1 / 2) | steps per stage | pool - game |", "|---|---:|---:|---|---|---|---|---:|"]
     diffs: dict[str, list[float]] = {}

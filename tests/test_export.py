@@ -542,8 +542,8 @@ def test_calibration_from_the_runs_synthetic_sources(tmp_path, tiny_eval):
         f"error: {run}: --calib synthetic needs a datafree run whose run.json records its synthetic sources "
         "(--synthetic, --lr-patch), which this run lacks; pass --calib DIR with a folder of photos instead.")
     record = json.loads((run / "run.json").read_text())
-    record["config"] = {"mode": "datafree", "mix": 1.0, "synthetic": "grown-deadleaves,smooth,deadleaves",
-                        "lr_patch": 8}
+    record["config"] = {"mode": "datafree", "mix": 1.0, "lr_patch": 8,  # a source this version lacks is left out
+                        "synthetic": "grown-deadleaves,smooth,deadleaves,retired"}
     (run / "run.json").write_text(json.dumps(record))
     src = calib_source(RunDir.open(run), "synthetic")
     assert (src.kind, src.kinds, src.patch) == ("synthetic", ("deadleaves", "smooth"), 8)

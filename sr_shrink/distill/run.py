@@ -62,9 +62,9 @@ class Job:
 def eval_folder(eval_dir: str | Path | None) -> str | None:
     """Return how run.json records ``--eval``: None (the bundled split), "none" (no scoring) or the folder's absolute
     path, so a ``--resume`` from another folder finds it."""
-    if eval_dir is None or str(eval_dir) == "none":
-        return None if eval_dir is None else "none"
-    return str(Path(eval_dir).resolve())
+    if eval_dir is None:
+        return None
+    return "none" if str(eval_dir) == "none" else str(Path(eval_dir).resolve())
 
 
 def new_record(job: Job, cfg: DistillConfig, dtype: str) -> RunRecord:

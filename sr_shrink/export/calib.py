@@ -53,6 +53,12 @@ class CalibSource:
         return d
 
 
+def recorded_sources(config: dict) -> list[str]:
+    """Return the synthetic sources a run's recorded ``config`` names (``--synthetic``, as resolved), those
+    sr-shrink knows, in order; [] when it names none."""
+    return [k for k in str(config.get("synthetic") or "").split(",") if k in KINDS]
+
+
 def run_synthetic(run: RunDir) -> CalibSource | None:
     """Return the ``"synthetic"`` source of ``run``'s data-free inputs as run.json records them (mode datafree
     with a synthetic share: its ``synthetic`` kinds at its ``lr_patch``), or None for any other run."""
@@ -60,7 +66,7 @@ def run_synthetic(run: RunDir) -> CalibSource | None:
     mix = config.get("mix")
     if config.get("mode") != "datafree" or not isinstance(mix, (int, float)) or mix <= 0:
         return None
-    kinds = tuple(dict.fromkeys(base_kinds([k for k in str(config.get("synthetic") or "").split(",") if k in KINDS])))
+    kinds = tuple(dict.fromkeys(base_kinds(recorded_sources(config))))
     patch = config.get("lr_patch")
     if not kinds or not isinstance(patch, int) or patch < 1:
         return None

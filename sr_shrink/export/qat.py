@@ -54,13 +54,13 @@ from torch import nn
 
 from ..distill.config import default_lr_patch
 from ..distill.generator import load_generator
-from ..distill.grown import KINDS
 from ..distill.sources import Labeller, MixedSource
 from ..distill.train import kd_step, schedule
 from ..errors import SRShrinkError
 from ..models.student import SRStudent
 from ..progress import task
 from ..run import RunDir
+from .calib import recorded_sources
 from .onnx import CALIB_PERCENTILE
 from .options import QAT_TARGETS
 
@@ -302,8 +302,7 @@ class DataFreeInputs:
 
     def __init__(self, run: RunDir, scale: int, patch: int | None, seed: int):
         config = run.record.config or {}
-        kinds = [k for k in str(config.get("synthetic") or "deadleaves").split(",") if k in KINDS]
-        self.kinds = kinds or ["deadleaves"]
+        self.kinds = recorded_sources(config) or ["deadleaves"]
         mix = config.get("mix", 0.5)
         self.gen = load_generator(run.generator) if run.generator is not None else None
         self.mix = float(mix) if self.gen is not None and isinstance(mix, (int, float)) else 1.0
