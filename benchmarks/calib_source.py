@@ -8,7 +8,10 @@ default five of the bundled eval split, :data:`VERIFY`, copied next to ``--out``
 
 - ``synthetic``: the run's synthetic sources as run.json records them, at its LR patch size (``--calib synthetic``);
 - ``photos``: ``--photos``, a folder of other photos (by default the other five of the eval split);
-- ``eval``: the whole bundled eval split, which holds the ``--verify`` photos (what a run without generator.pt gets).
+- ``eval``: the whole bundled eval split, which holds the ``--verify`` photos (what a run without generator.pt gets);
+- ``grown`` (only when named in ``--calibs``; a screen, not an export option): the run's own sources as it trained
+  on them, teacher-grown kinds grown by the run's teacher (loaded from run.json), in place of ``synthetic``'s base
+  sources.
 
 Runs are read only (exported from a copy, as ``benchmarks/int8_panel.py`` does); results go to ``--out`` (JSON
 lines) as they come, a rerun skips what is there, and the table of Y-PSNR deltas (file minus the fp32 student) is
@@ -16,11 +19,14 @@ printed at the end.
 
     OMP_NUM_THREADS=1 python benchmarks/calib_source.py --runs ../panel_runs/budget_g/realcugan_x4/pool_5min_s{0,1,2} \
         --out runs/calib/cugan.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/calib_source.py --runs ../panel_runs/budget_g/realcugan_x4/pool_5min_s0 \
+        --calibs grown --targets onnx --out runs/calib/grown.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -32,12 +38,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import torch  # noqa: E402
 from int8_panel import export_copy  # noqa: E402
 
+import sr_shrink.export.calib as calib  # noqa: E402
 from sr_shrink.data import EVAL_DIR  # noqa: E402
+from sr_shrink.distill.grown import render_mix  # noqa: E402
 from sr_shrink.run import RunDir  # noqa: E402
 
-CALIBS = ("synthetic", "photos", "eval")
+CALIBS = ("synthetic", "photos", "eval")  # the default columns; "grown" runs only when asked for
+GROWN_CHUNK = 128  # patches grown by the teacher per forward
 VERIFY = ("astronaut.png", "chelsea.png", "dragonfly.png", "ladybird.png", "seeding.png")  # the rest: --photos
 
 
@@ -52,11 +62,35 @@ def split_eval(folder: Path) -> tuple[Path, Path]:
     return verify, photos
 
 
-def measure(run: Path, stage: int, target: str, calib: str, verify: Path, photos: Path) -> dict:
-    """Return the verification figures of ``run``'s ``stage`` exported to ``target`` int8, calibrated on ``calib``."""
-    choice = {"synthetic": "synthetic", "photos": str(photos), "eval": str(EVAL_DIR)}[calib]
+@contextlib.contextmanager
+def grown_sources(run: Path):
+    """Within the block, ``--calib synthetic`` renders ``run``'s recorded sources as it trained on them: each
+    teacher-grown kind grown by the run's teacher (what export itself cannot do: it loads no teacher)."""
+    rd = RunDir.open(run)
+    teacher = rd.load_teacher(rd.scale).net.eval()
+    kinds = calib.recorded_sources(rd.record.config or {})
+
+    @torch.no_grad()
+    def grown_mix(_base_kinds, n, patch, g):
+        return torch.cat([render_mix(kinds, min(GROWN_CHUNK, n - i), patch, g, lambda x: teacher(x).clamp(0, 1),
+                                     rd.scale) for i in range(0, n, GROWN_CHUNK)])
+
+    plain = calib.synthetic_mix
+    calib.synthetic_mix = grown_mix
+    calib._MEMO.clear()  # the memo keys synthetic inputs by kinds and patch, not by the teacher that grew them
+    try:
+        yield
+    finally:
+        calib.synthetic_mix = plain
+        calib._MEMO.clear()
+
+
+def measure(run: Path, stage: int, target: str, source: str, verify: Path, photos: Path) -> dict:
+    """Return the verification figures of ``run``'s ``stage`` exported to ``target`` int8, calibrated on ``source``."""
+    choice = {"synthetic": "synthetic", "grown": "synthetic", "photos": str(photos), "eval": str(EVAL_DIR)}[source]
     t0 = time.perf_counter()
-    e = export_copy(run, target, stage, precision="int8", calib=choice, eval_dir=str(verify))
+    with grown_sources(run) if source == "grown" else contextlib.nullcontext():
+        e = export_copy(run, target, stage, precision="int8", calib=choice, eval_dir=str(verify))
     v = e["verification"]
     return {"delta": v["delta_psnr_y"], "fp32": v["torch_psnr_y"], "psnr_vs_torch": v["psnr_vs_torch"],
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -65,7 +99,7 @@ def measure(run: Path, stage: int, target: str, calib: str, verify: Path, photos
 def table(rows: list[dict], targets: list[str]) -> str:
     """Return the markdown table: one line per teacher and blocks (mean over the runs), one column per target x
     calibration source, then the mean and the count of files where synthetic is at least as good as photos."""
-    cols = [(t, c) for t in targets for c in CALIBS]
+    cols = [(t, c) for t in targets for c in (*CALIBS, "grown") if any(r["calib"] == c for r in rows)]
     lines = ["| teacher | blocks | n | " + " | ".join(f"{t} {c}" for t, c in cols) + " |",
              "|---|---:|---:|" + "---:|" * len(cols)]
     keys = sorted({(r["teacher"], r["blocks"]) for r in rows})
@@ -91,7 +125,7 @@ def main() -> None:
     ap.add_argument("--verify", type=Path, help="photos every file is verified on [default: VERIFY of the eval split]")
     ap.add_argument("--photos", type=Path, help="other photos to calibrate on [default: the rest of the eval split]")
     ap.add_argument("--targets", nargs="+", default=["onnx", "tflite"], choices=["onnx", "tflite"])
-    ap.add_argument("--calibs", nargs="+", default=list(CALIBS), choices=list(CALIBS))
+    ap.add_argument("--calibs", nargs="+", default=list(CALIBS), choices=[*CALIBS, "grown"])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,12 +140,12 @@ def main() -> None:
         for stage in sorted(rd.stages):
             blocks = rd.stage_record(stage).get("n_blocks", stage)
             for target in args.targets:
-                for calib in args.calibs:
-                    key = (str(run), stage, target, calib)
+                for source in args.calibs:
+                    key = (str(run), stage, target, source)
                     if key in done:
                         continue
                     r = {"run": str(run), "teacher": teacher, "stage": stage, "blocks": blocks, "target": target,
-                         "calib": calib, **measure(run, stage, target, calib, args.verify, args.photos)}
+                         "calib": source, **measure(run, stage, target, source, args.verify, args.photos)}
                     print(json.dumps(r), flush=True)
                     with args.out.open("a") as f:
                         f.write(json.dumps(r) + "\n")
