@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import re
 import sys
 
 import click
@@ -80,6 +81,35 @@ class Finite(click.FloatRange):
         return v
 
 
+def _is_float(text: str) -> bool:
+    """Return True when ``text`` reads as a float (``30``, ``2.5``, ``1e3``, ``nan``)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class Minutes(Finite):
+    """A duration option in minutes: a plain number (``30``) or one with units, as ``timeout`` and ``sleep`` take
+    them (``90s``, ``30m``, ``30min``, ``1.5h``, ``1h30m``)."""
+
+    name = "duration"
+    UNITS = {"s": 1 / 60, "sec": 1 / 60, "m": 1.0, "min": 1.0, "h": 60.0, "hr": 60.0}
+    PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(sec|min|hr|s|m|h)")
+
+    def convert(self, value, param, ctx):
+        """Return the duration in minutes, or fail with a usage error naming the forms it takes."""
+        if isinstance(value, str) and not _is_float(value):
+            text = value.strip().lower().replace(" ", "")
+            parts = self.PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                self.fail(f"{value!r} is not a duration; give minutes (30) or units: 90s, 30m, 1.5h, 1h30m.",
+                          param, ctx)
+            value = sum(float(n) * self.UNITS[u] for n, u in parts)
+        return super().convert(value, param, ctx)
+
+
 def _folder(ctx, param, value):
     """Refuse an empty folder option (e.g. ``--out "$RUN"`` with RUN unset), which would mean the current
     folder."""
@@ -126,9 +156,10 @@ def _parse_stages(text: str) -> tuple[int, int]:
 @click.option("--stage-step", default=1, type=click.IntRange(1, 256), show_default=True, help="Blocks added per stage.")
 @click.option("--steps-per-stage", default=None, type=click.IntRange(1, 10**9),
               help="Student steps per stage [default: 500].")
-@click.option("--time-budget", default=None, type=Finite(0, 1e6, min_open=True), metavar="MINUTES",
-              help="Fit the whole run into MINUTES: the step cost is measured first and the steps per stage are "
-                   "set from it (instead of --steps-per-stage); run.json records the plan.")
+@click.option("--time-budget", default=None, type=Minutes(0, 1e6, min_open=True), metavar="MINUTES",
+              help="Fit the whole run into MINUTES (or a duration: 90s, 30m, 1.5h, 1h30m): the step cost is "
+                   "measured first and the steps per stage are set from it (instead of --steps-per-stage); run.json "
+                   "records the plan.")
 @click.option("--channels", default=16, type=click.IntRange(1, 1024), show_default=True, help="Student width.")
 @click.option("--block", type=click.Choice(choices.BLOCKS), default="rep", show_default=True,
               help="Student blocks while training: plain 3x3 convs, or rep (3x3 + 1x1 + identity + expand-squeeze "
@@ -183,8 +214,9 @@ def distill(ctx: click.Context, **opts) -> None:
     import time
 
     started = time.time()  # --time-budget counts from here: before torch and the teacher load
+    folder_given = _run_folder_as_teacher(ctx, opts)
     if opts["resume"]:
-        taken = _recorded_options(ctx, opts["run_dir"])
+        taken = _recorded_options(ctx, opts["run_dir"], folder_given)
         if taken and not opts["quiet"]:
             _note(f"note: resuming {opts['run_dir']} with the teacher and options run.json records: "
                   f"{_as_flags(ctx, taken)}.")
@@ -192,17 +224,41 @@ def distill(ctx: click.Context, **opts) -> None:
     _distill(started=started, **opts)
 
 
-def _recorded_options(ctx: click.Context, run_dir: str) -> dict:
+def _run_folder_as_teacher(ctx: click.Context, opts: dict) -> bool:
+    """Take a distill run folder given where the teacher goes (``distill --resume RUN``, as the Ctrl-C message's
+    folder invites) as ``--out RUN`` and return True; without ``--resume``, or beside another ``--out``, refuse it
+    in one line that names the command that continues it. Return False for anything else (a teacher file)."""
+    from click.core import ParameterSource
+
+    folder = opts["teacher"]
+    if not folder or not pathlib.Path(folder).is_dir():
+        return False
+    from .distill.resume import nothing_to_resume, resume_command
+
+    if nothing_to_resume(pathlib.Path(folder)):
+        return False  # a folder of something else: the teacher loader names it
+    out_given = ctx.get_parameter_source("run_dir") is not ParameterSource.DEFAULT
+    if opts["resume"] and (not out_given or pathlib.Path(opts["run_dir"]).resolve() == pathlib.Path(folder).resolve()):
+        opts["run_dir"], opts["teacher"] = folder, None
+        return True
+    raise SRShrinkError(f"{folder}: is a distill run folder, not a teacher file; continue it with: "
+                        f"{resume_command(pathlib.Path(folder))}")
+
+
+def _recorded_options(ctx: click.Context, run_dir: str, folder_given: bool = False) -> dict:
     """Return the options of the run in ``run_dir`` (:func:`~sr_shrink.distill.resume.recorded_options`) that this
     command line leaves out and that differ from their defaults, by parameter name. An option given on the command
     line keeps its value (a resume then refuses it if it differs from the run's); ``--steps-per-stage`` given keeps
-    the recorded ``--time-budget`` out, and the reverse, and ``--mode`` given keeps the recorded ``--data`` out."""
+    the recorded ``--time-budget`` out, and the reverse, and ``--mode`` given keeps the recorded ``--data`` out.
+    ``folder_given``: the run folder came where the teacher goes, so the teacher is the recorded one."""
     from click.core import ParameterSource
 
     from .distill.resume import recorded_options
 
     given = {p.name for p in ctx.command.params
              if ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)}
+    if folder_given:
+        given.discard("teacher")
     recorded = recorded_options(pathlib.Path(run_dir))
     if "steps_per_stage" in given or "time_budget" in given:
         recorded.pop("time_budget", None), recorded.pop("steps_per_stage", None)

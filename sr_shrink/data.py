@@ -23,6 +23,7 @@ from .metrics import quantize
 from .resize import downscale
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_KINDS = "PNG, JPEG, WebP, TIFF or BMP"  # what IMAGE_SUFFIXES name, for messages
 EVAL_DIR = Path(__file__).parent / "assets" / "eval"
 GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -156,17 +157,17 @@ def _read_errors(path: Path) -> Iterator[None]:
     except FileNotFoundError:
         raise SRShrinkError(f"{path}: no such image file; check the path.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise SRShrinkError(f"{path}: cannot read this image ({first_line(exc)}); pass a PNG or JPEG file.") from None
+        raise SRShrinkError(f"{path}: cannot read this image ({first_line(exc)}); pass a {IMAGE_KINDS} file.") from None
 
 
 def list_images(folder: str | Path) -> list[Path]:
     """Return the image files directly inside ``folder``, sorted by name (an error if there are none)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise SRShrinkError(f"{folder}: not a folder of images; pass a folder holding PNG/JPEG files.")
+        raise SRShrinkError(f"{folder}: not a folder of images; pass a folder holding {IMAGE_KINDS} files.")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise SRShrinkError(f"{folder}: holds no PNG/JPEG images; pass a folder of images.")
+        raise SRShrinkError(f"{folder}: holds no images ({', '.join(IMAGE_SUFFIXES)}); pass a folder of images.")
     return files
 
 

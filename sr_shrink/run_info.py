@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .distill import teacher_params
-from .distill.resume import saved_progress
+from .distill.resume import resume_command, saved_progress
 from .io import read_json_object
 from .run import BENCH_JSON, RUN_JSON, RunDir
 
@@ -19,9 +19,9 @@ from .run import BENCH_JSON, RUN_JSON, RunDir
 def describe_run(path: str | Path) -> dict:
     """Return what the run folder ``path`` holds: ``path``, ``run`` (run.json), ``stage_files`` (the stage numbers
     whose checkpoint is there), ``complete``, ``progress`` (the sentence a Ctrl-C prints: where a --resume goes
-    on), ``resume_command`` (the command that goes on, None when complete), ``exports`` (export.json's entries
-    of RUN/exports) and ``bench`` (bench.json's recommended row, None when the run was not benchmarked); an
-    SRShrinkError when ``path`` is no run folder."""
+    on, ending with the command that does), ``resume_command`` (that command, None when complete), ``exports``
+    (export.json's entries of RUN/exports) and ``bench`` (bench.json's recommended row, None when the run was not
+    benchmarked); an SRShrinkError when ``path`` is no run folder."""
     root = Path(path)
     if root.is_dir() and (root / RUN_JSON).is_file() and not any(root.glob("stage_*.pt")):  # before stage 1 ends
         rd = RunDir(root, read_json_object(root / RUN_JSON, RUN_JSON), {})
@@ -32,7 +32,7 @@ def describe_run(path: str | Path) -> dict:
     bench = read_json_object(rd.root / BENCH_JSON, BENCH_JSON)
     return {"path": str(rd.root), "run": rd.run, "stage_files": sorted(rd.stages),
             "complete": bool(rd.run.get("complete")), "progress": saved_progress(rd.root),
-            "resume_command": None if rd.run.get("complete") else f"sr-shrink distill --out {rd.root} --resume",
+            "resume_command": None if rd.run.get("complete") else resume_command(rd.root),
             "exports": rd.read_index()["exports"], "bench": bench.get("recommended"),
             "bench_machine": bench.get("machine"), "bench_settings": bench.get("settings")}
 
@@ -81,8 +81,6 @@ def run_rows(desc: dict) -> list[tuple[str, str]]:
     if resumed:
         rows.append(("resumed", "; ".join(f"at stage {r.get('stage')} step {r.get('step')}" for r in resumed)))
     rows.append(("status", "complete" if desc["complete"] else f"not finished: {desc['progress']}"))
-    if desc.get("resume_command"):
-        rows.append(("resume", f"{desc['resume_command']} (its teacher and options from run.json)"))
     exports = desc["exports"]
     if exports:
         checked = [e for e in exports if e.get("verified")]

@@ -44,7 +44,8 @@ DISTILL_BAD = ["--reuse 0", "--save-every 0", "--stage-step 0", "--mix 2", "--mi
                "--student-steps-per-g 0", "--scale 1", "--scale 3", "--seed -1", "--mode bogus",
                "--teacher-dtype int4", "--kd-loss l3", "--batch abc", "--bogus-flag", "--data /no/such/dir --mode data",
                "--eval /no/such/dir", "--synthetic stripes", "--block repvgg", "--batch 1", "--pool -1",
-               "--time-budget 0", "--time-budget nan", "--time-budget 1 --steps-per-stage 5", "--resume --force"]
+               "--time-budget 0", "--time-budget nan", "--time-budget 4x", "--time-budget 1h30",
+               "--time-budget 1 --steps-per-stage 5", "--resume --force"]
 
 
 @pytest.mark.parametrize("bad", DISTILL_BAD)

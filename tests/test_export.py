@@ -663,7 +663,7 @@ def test_a_bad_eval_folder_fails_before_any_export_is_written(tiny_run, tmp_path
         folder.mkdir()
     if eval_folder == "tiny images":
         Image.new("RGB", (3, 2)).save(folder / "dot.png")
-    says = {"missing": "not a folder of images", "empty": "holds no PNG/JPEG images",
+    says = {"missing": "not a folder of images", "empty": "holds no images (.png, .jpg",
             "tiny images": "image too small for x2 evaluation"}[eval_folder]
     line = one_error_line(CliRunner().invoke(main, ["export", str(tiny_run), "--target", "onnx", "--eval",
                                                     str(folder)]))

@@ -57,14 +57,17 @@ def test_info_on_an_unfinished_run_says_where_a_resume_goes_on(tmp_path):
     record["complete"] = False
     (run / "run.json").write_text(json.dumps(record))
     text = _info(run)
-    assert (f"status │ not finished: {run} holds stage_02.pt; rerun with --resume to continue after it.") in text, text
-    assert f"resume │ sr-shrink distill --out {run} --resume (its teacher and options from run.json)" in text, text
+    assert (f"status │ not finished: {run} holds stage_02.pt; continue after it with: sr-shrink distill --out {run} "
+            "--resume") in text, text
+    from sr_shrink.run_info import describe_run
+
+    assert describe_run(run)["resume_command"] == f"sr-shrink distill --out {run} --resume"
     for stage in run.glob("stage_*.pt"):  # killed before its first stage ended: run.json alone
         stage.unlink()
     record["stages"] = []
     (run / "run.json").write_text(json.dumps(record))
     text = _info(run)
-    assert f"status │ not finished: {run} holds run.json but no checkpoint yet; rerun with --resume" in text, text
+    assert f"status │ not finished: {run} holds run.json but no checkpoint yet; --force starts over" in text, text
     assert "sr-shrink distill:" not in text  # no stage table without stages
 
 

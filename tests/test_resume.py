@@ -374,6 +374,33 @@ def test_a_bare_resume_goes_on_with_the_runs_teacher_and_options(tiny_teacher, t
     assert run["config"] == json.loads((whole / "run.json").read_text())["config"]
 
 
+def test_a_run_folder_where_the_teacher_goes_is_resumed_or_named(tiny_teacher, tmp_path, monkeypatch):
+    """``sr-shrink distill --resume RUN`` (the run folder where the teacher goes, as the Ctrl-C line's folder invites)
+    said "RUN: is a folder, not a model file". It now continues RUN as ``--out RUN --resume`` does, with the
+    recorded teacher; without --resume, or beside another --out, one line names the command that continues it."""
+    from click.testing import CliRunner
+
+    from sr_shrink.cli import main
+
+    whole, out = tmp_path / "whole", tmp_path / "r"
+    distill(str(tiny_teacher), whole, _cfg_from_args(steps_per_stage=8), eval_dir="none", quiet=True, device="cpu")
+    _stopped_in_stage_2(tiny_teacher, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
+    want = f"error: {out}: is a distill run folder, not a teacher file; continue it with: sr-shrink distill --out " \
+           f"{out} --resume"
+    for args in ([str(out)], [str(out), "--out", str(tmp_path / "other"), "--resume"]):
+        r = CliRunner().invoke(main, ["distill", *args, "--threads", "1", "--device", "cpu"])
+        assert r.exit_code == 2 and r.output.strip() == want, r.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
+    assert not (tmp_path / "other").exists()
+    monkeypatch.chdir(tmp_path / "whole")  # the default --out (runs/distill) is not where it goes
+    r = CliRunner().invoke(main, ["distill", "--resume", str(out), "--threads", "1", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert f"note: resuming {out} with the teacher and options run.json records: {tiny_teacher} " in r.output
+    _assert_same_checkpoints(whole, out)
+    assert not (tmp_path / "whole" / "runs").exists()
+
+
 def test_recorded_options_of_a_budgeted_run_take_its_budget_not_its_steps(tiny_teacher, tmp_path):
     from sr_shrink.distill.resume import recorded_options
 
@@ -435,7 +462,7 @@ def test_interrupt_says_which_checkpoint_exists(tiny_teacher, tmp_path):
     state = torch.load(out / "state.pt", weights_only=True)
     assert state["step"] > 0
     assert lines[-1] == (f"interrupted; {out} holds a checkpoint at stage {state['stage_idx'] + 1} step "
-                         f"{state['step']}; rerun with --resume to continue from it.")
+                         f"{state['step']}; continue from it with: sr-shrink distill --out {out} --resume")
 
 
 def test_saved_progress_names_what_is_there(tiny_teacher, tmp_path):
@@ -446,8 +473,12 @@ def test_saved_progress_names_what_is_there(tiny_teacher, tmp_path):
     assert saved_progress(empty).startswith(f"nothing was saved in {empty} yet")
     distill(str(tiny_teacher), tmp_path / "r", _cfg_from_args(steps_per_stage=2), eval_dir="none", quiet=True,
             device="cpu")
-    assert saved_progress(tmp_path / "r") == f"{tmp_path / 'r'} holds stage_03.pt; rerun with --resume to continue " \
-                                              "after it."
+    assert saved_progress(tmp_path / "r") == (f"{tmp_path / 'r'} holds stage_03.pt; continue after it with: "
+                                              f"sr-shrink distill --out {tmp_path / 'r'} --resume")
+    spaced = tmp_path / "my run"  # the command is one a shell reads back
+    (tmp_path / "r").rename(spaced)
+    assert saved_progress(spaced).endswith(f"sr-shrink distill --out '{spaced}' --resume")
+    spaced.rename(tmp_path / "r")
     (tmp_path / "r" / "state.pt").write_bytes(b"damaged")
     assert "holds state.pt" in saved_progress(tmp_path / "r")
 
@@ -473,8 +504,9 @@ def test_a_run_stopped_before_its_first_checkpoint_says_to_resume_it(tiny_teache
         distill(str(tiny_teacher), out, _cfg_from_args(steps_per_stage=8), eval_dir="none", quiet=True,
                 device="cpu", callbacks=Callbacks(step=step))
     assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["run.json"]
-    assert saved_progress(out) == (f"{out} holds run.json but no checkpoint yet; rerun with --resume to start stage 1 "
-                                   "again with its teacher and options, or with --force to start over.")
+    assert saved_progress(out) == (f"{out} holds run.json but no checkpoint yet; --force starts over, and this "
+                                   "starts stage 1 again with its teacher and options: sr-shrink distill --out "
+                                   f"{out} --resume")
     r = CliRunner().invoke(main, _args(tiny_teacher, out, 8))  # what the old sentence said to do
     assert r.exit_code == 2 and "already holds a run; pass --resume" in r.output
     r = CliRunner().invoke(main, ["distill", "--out", str(out), "--resume", "--quiet", "--threads", "1"])

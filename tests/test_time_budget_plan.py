@@ -124,6 +124,25 @@ def test_impossible_budget_is_refused_before_the_setup(tiny_teacher, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: --time-budget 0.001:") and "minutes" in lines[0]
 
 
+def test_time_budget_takes_durations_with_units(tiny_teacher, tmp_path):
+    """``--time-budget 4m`` (as ``timeout`` and ``sleep`` take durations) was refused: "'4m' is not a valid float
+    range". A plain number is minutes as before; s, m/min and h/hr units convert to minutes."""
+    import click
+
+    from sr_shrink.cli import Minutes
+
+    minutes = Minutes(0, 1e6, min_open=True)
+    for text, want in [("30", 30.0), ("2.5", 2.5), ("1e3", 1000.0), ("4m", 4.0), ("30min", 30.0), ("90s", 1.5),
+                       ("1.5h", 90.0), ("2hr", 120.0), ("1h30m", 90.0), ("1h 30m", 90.0), (".5h", 30.0)]:
+        assert minutes.convert(text, None, None) == want, text
+    for bad in ["4x", "m", "1h30", "30mm", "-3m", "4 m x", "nan", "0s"]:
+        with pytest.raises(click.BadParameter):
+            minutes.convert(bad, None, None)
+    r = CliRunner().invoke(main, ["distill", str(tiny_teacher), "--out", str(tmp_path / "c"), "--time-budget",
+                                  "0.06s", "--channels", "4", "--batch", "4"])  # 0.001 minutes: refused as such
+    assert r.exit_code == 2 and r.output.startswith("error: --time-budget 0.001:"), r.output
+
+
 def test_real_run_accounts_for_every_phase(tiny_teacher, tmp_path):
     cfg = DistillConfig(stage_start=1, stage_end=2, channels=4, batch=4, lr_patch=8, seed=1, reuse=2,
                         student_steps_per_g=5, time_budget=0.5)

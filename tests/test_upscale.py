@@ -477,7 +477,7 @@ def test_a_folder_of_images_upscales_each_and_leaves_out_earlier_results(tiny_ru
         "upscale.")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "holds no PNG/JPEG images" in one_error_line(_run(tiny_run / "stage_01.pt", empty))
+    assert "holds no images (.png, .jpg" in one_error_line(_run(tiny_run / "stage_01.pt", empty))
     (photos / "broken.png").write_bytes(b"not an image")  # refused: its error alone, not the note before it
     assert "broken.png: cannot read this image" in one_error_line(_run(tiny_run / "stage_01.pt", photos))
 

@@ -8,6 +8,7 @@ pool. run.json records where it picked up in ``resumed_from``.
 from __future__ import annotations
 
 import contextlib
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,27 +105,34 @@ def nothing_to_resume(root: Path) -> bool:
     return not (rundir.holds_run() or rundir.state_path.exists())
 
 
+def resume_command(root: Path) -> str:
+    """Return the command line that continues the run in ``root`` (``sr-shrink distill --out ROOT --resume``: the
+    teacher and options come from its run.json)."""
+    return f"sr-shrink distill --out {shlex.quote(str(root))} --resume"
+
+
 def saved_progress(root: Path) -> str:
-    """Return one sentence saying what an interrupted run in ``root`` leaves to resume from: a checkpoint at
-    stage N step K, the finished stages, run.json alone (a rerun without --resume is refused then), or nothing
-    yet."""
+    """Return one sentence saying what an interrupted run in ``root`` leaves to resume from (a checkpoint at
+    stage N step K, the finished stages, run.json alone: a rerun without --resume is refused then, or nothing
+    yet), ending with the command that continues it (:func:`resume_command`)."""
     rundir = RunDir(root, {}, {})
+    cmd = resume_command(root)
     if rundir.state_path.exists():
         try:
             state = torch.load(rundir.state_path, map_location="cpu", weights_only=True, mmap=True)
             stage, step = int(state["stage_idx"]) + 1, int(state["step"])
         except Exception:  # unreadable: say what is there, not what it holds
-            return f"{root} holds state.pt; rerun with --resume to continue from it."
+            return f"{root} holds state.pt; continue from it with: {cmd}"
         if step:
-            return f"{root} holds a checkpoint at stage {stage} step {step}; rerun with --resume to continue from it."
-        return (f"{root} holds stage {stage - 1}'s checkpoint (stage {stage} had not saved yet); rerun with --resume "
-                f"to start stage {stage}.")
+            return f"{root} holds a checkpoint at stage {stage} step {step}; continue from it with: {cmd}"
+        return (f"{root} holds stage {stage - 1}'s checkpoint (stage {stage} had not saved yet); start stage {stage} "
+                f"with: {cmd}")
     stages = sorted(root.glob("stage_*.pt")) if root.is_dir() else []
     if stages:
-        return f"{root} holds {stages[-1].name}; rerun with --resume to continue after it."
+        return f"{root} holds {stages[-1].name}; continue after it with: {cmd}"
     if (root / RUN_JSON).is_file():  # a rerun without --resume would be refused: the folder holds a run
-        return (f"{root} holds run.json but no checkpoint yet; rerun with --resume to start stage 1 again with its "
-                "teacher and options, or with --force to start over.")
+        return (f"{root} holds run.json but no checkpoint yet; --force starts over, and this starts stage 1 again "
+                f"with its teacher and options: {cmd}")
     return f"nothing was saved in {root} yet (no checkpoint); rerun without --resume to start over."
 
 
