@@ -70,11 +70,17 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
 
 
+def _deep_grey(im: Image.Image) -> bool:
+    """Return whether the open image ``im`` is grey with more than 8 bits (16-bit, 32-bit integer or float), which a
+    :class:`Picture` keeps and writes back with 16."""
+    return im.mode.startswith("I;16") or im.mode in ("I", "F")
+
+
 def _split(im: Image.Image, path: Path) -> Picture:
     """Return the Picture of an open PIL image, normalising its mode (``path`` names the file in errors)."""
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # 16-bit, 32-bit integer and float grey
+    if _deep_grey(im):
         grey = np.asarray(im, dtype=np.float64)
         top = 1.0 if im.mode == "F" else 65535.0  # float samples are [0, 1]; integer ones 16-bit
         lo, hi = (float(grey.min()), float(grey.max())) if grey.size else (0.0, 0.0)
@@ -99,23 +105,26 @@ def _has_alpha(im: Image.Image) -> bool:
             or (im.mode == "P" and "transparency" in im.info))
 
 
-def _left_out(im: Image.Image) -> str | None:
+def _left_out(im: Image.Image, eight_bit_out: bool = False) -> str | None:
     """Return what reading the opened (not yet loaded) ``im`` as a :class:`Picture` leaves out: 16-bit colour
-    samples (PIL has no 16-bit colour mode and reads them with 8 bits; 16-bit grey is kept), frames after the
-    first; None when nothing."""
+    samples (PIL has no 16-bit colour mode and reads them with 8 bits; 16-bit grey is kept), deep grey written to
+    an 8-bit format (``eight_bit_out``: JPEG, WebP), frames after the first; None when nothing."""
     rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in im.tile]
     deep = any(isinstance(r, str) and ";16" in r for r in rawmodes) and im.mode not in GREY_MODES
     frames = getattr(im, "n_frames", 1)
     parts = (["its 16-bit samples are read and written with 8 bits (PIL keeps 16 bits for grey without alpha "
               "only)"] if deep
-             else []) + ([f"it has {frames} frames; only the first is upscaled"] if frames > 1 else [])
+             else []) + (["its grey samples have more than 8 bits and are written with 8, all JPEG and WebP hold "
+                          "(--ext png keeps 16)"] if eight_bit_out and _deep_grey(im)
+                         else []) + ([f"it has {frames} frames; only the first is upscaled"] if frames > 1 else [])
     return "; ".join(parts) or None
 
 
-def probe_picture(path: str | Path) -> tuple[tuple[int, int], str | None]:
-    """Return ((h, w) as the image will be upscaled, upright by its EXIF orientation; :func:`_left_out`'s note)
-    of the image file at ``path`` from its header, without decoding its pixels (a folder of photos is checked
-    before any work, then read one at a time), or raise :func:`read_picture`'s one-line SRShrinkError."""
+def probe_picture(path: str | Path, eight_bit_out: bool = False) -> tuple[tuple[int, int], str | None]:
+    """Return ((h, w) as the image will be upscaled, upright by its EXIF orientation; :func:`_left_out`'s note,
+    ``eight_bit_out`` when it is written as JPEG or WebP) of the image file at ``path`` from its header, without
+    decoding its pixels (a folder of photos is checked before any work, then read one at a time), or raise
+    :func:`read_picture`'s one-line SRShrinkError."""
     path = Path(path)
     with _read_errors(path):
         with Image.open(path) as im:
@@ -127,7 +136,7 @@ def probe_picture(path: str | Path) -> tuple[tuple[int, int], str | None]:
             # of the progress would be off).
             exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
             turned = exif.get(0x0112) in (5, 6, 7, 8)  # EXIF Orientation: rotated by 90 or 270 degrees
-            return ((w, h) if turned else (h, w)), _left_out(im)
+            return ((w, h) if turned else (h, w)), _left_out(im, eight_bit_out)
 
 
 def has_alpha(path: str | Path) -> bool:

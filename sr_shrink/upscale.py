@@ -307,7 +307,7 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     notes: list[str] = []  # said once every input has passed its checks: a refused run prints its error alone
     images = expand_folders(images, up.scale, notes.append, ext)
     _check_outputs(images, out_dir, up.scale, compare, ext)
-    headers = [probe_picture(p) for p in images]  # fail on a bad image before any work
+    headers = [probe_picture(p, eight_bit_out=ext != "png") for p in images]  # fail on a bad image before any work
     if ext == "jpg":
         clear = [p for p in images if has_alpha(p)]
         if clear:

@@ -226,6 +226,22 @@ def test_a_folder_leaves_out_earlier_results_of_the_same_ext(tiny_run, tmp_path)
     assert not (folder / "a_x2_x2.jpg").exists()
 
 
+def test_16_bit_grey_to_an_8_bit_format_says_so(tiny_run, tmp_path):
+    """A 16-bit grey input comes back 16-bit as PNG, but JPEG and WebP hold 8 bits: --ext jpg/webp wrote it with 8
+    in silence. A note says so (and that --ext png keeps 16); an 8-bit grey input and a PNG result get none."""
+    deep = tmp_path / "depth.png"
+    Image.fromarray((np.linspace(0, 1, 20 * 24).reshape(20, 24) * 65535).round().astype(np.uint16)).save(deep)
+    plain = _image(tmp_path / "plain.png", "L", size=(24, 20))
+    note = f"note: {deep}: its grey samples have more than 8 bits and are written with 8, all JPEG and WebP hold " \
+           "(--ext png keeps 16)."
+    for ext, said in (("jpg", True), ("webp", True), ("png", False)):
+        res = _run(tiny_run / "stage_01.pt", deep, plain, "-o", tmp_path / ext, "--ext", ext)
+        assert res.exit_code == 0, res.output
+        text = " ".join(res.output.split())
+        assert (note in text) is said and "plain.png:" not in text, (ext, text)
+    assert Image.open(tmp_path / "jpg" / "depth_x2.jpg").mode == "L"
+
+
 def test_a_grey_profile_stays_with_grey_results_only(tiny_run, tmp_path):
     """A grey image's GRAY profile fits its grey PNG result; WebP has no grey mode (Pillow writes RGB), so there it
     is left out rather than put on RGB colours."""
