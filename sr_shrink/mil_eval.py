@@ -1,7 +1,8 @@
 """A numpy evaluator for Core ML ML Programs, so .mlpackage exports can be checked where Core ML cannot run.
 
 The program is read back from the saved package with coremltools' MIL proto loader; every op is then
-computed here in numpy, in float32, and rounded to the op's declared output dtype (fp16 programs therefore
+computed here in float32 (numpy; torch for the convolutions, the elementwise arithmetic and the float16
+conversions, which it runs on every core) and rounded to the op's declared output dtype (fp16 programs therefore
 round after every op, as Core ML's fp16 compute does). Compressed weights are decoded here too: affine int8
 (``constexpr_affine_dequantize``) and palettes (``constexpr_lut_to_dense``, iOS16 packed-index form).
 An op this evaluator does not know raises :class:`UnsupportedOp` rather than guessing. Exported packages
@@ -17,11 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .deps import quiet
-
-CONV_STRIP_BYTES = 64 * 2**20  # the most a conv's window copy may take at once (conv works in strips of rows)
 
 
 class UnsupportedOp(Exception):
@@ -137,32 +135,53 @@ def _as_dtype(arr: np.ndarray, mil_dtype) -> np.ndarray:
 
     if types.is_tensor(mil_dtype):
         mil_dtype = mil_dtype.get_primitive()
-    return np.asarray(arr).astype(types.nptype_from_builtin(mil_dtype), copy=False)
+    return _convert(np.asarray(arr), types.nptype_from_builtin(mil_dtype))
 
 
 def _f32(x) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
+    return _convert(np.asarray(x), np.float32)
+
+
+def _t32(x):
+    """Return ``x`` (an array or a number) as a float32 torch tensor: the elementwise ops run in torch, on every
+    core, where numpy's ran on one (and emulated float16 arithmetic); the results are the same float32 values."""
+    import torch
+
+    return torch.from_numpy(_f32(x))
+
+
+def _convert(arr: np.ndarray, dtype) -> np.ndarray:
+    """Return ``arr`` as ``dtype``; float32 <-> float16 through torch, whose conversion rounds the same (IEEE,
+    to nearest even) and is vectorised, where numpy's took as long as the op itself on large images."""
+    if arr.dtype == dtype:
+        return arr
+    if {arr.dtype, np.dtype(dtype)} == {np.dtype(np.float16), np.dtype(np.float32)} and arr.size > 4096:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float16 if dtype == np.float16
+                                                             else torch.float32).numpy()
+    return arr.astype(dtype)
 
 
 def conv(x, weight, bias=None, strides=(1, 1), pad_type="valid", pad=(0, 0, 0, 0), dilations=(1, 1), groups=1,
          **_) -> np.ndarray:
-    """Return the 2-D convolution of NCHW ``x`` with OIHW ``weight`` (groups 1, dilation 1)."""
+    """Return the 2-D convolution of NCHW ``x`` with OIHW ``weight`` (groups 1, dilation 1), in float32."""
+    import torch
+    import torch.nn.functional as F
+
     if int(groups) != 1 or any(int(d) != 1 for d in dilations) or np.ndim(x) != 4:
         raise UnsupportedOp("conv with groups/dilation != 1 or non-2-D input")
-    x, w = _f32(x), _f32(weight)
-    kh, kw = w.shape[2:]
-    pt, pb, pl, pr = _pads(str(pad_type), pad, kh, kw)
-    x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, :: int(strides[0]), :: int(strides[1])]
-    n, _, oh, ow = win.shape[:4]
-    y = np.empty((n, oh, ow, w.shape[0]), dtype=np.float32)
-    # in strips of output rows: the window copy tensordot makes (C*kh*kw values per output pixel) stays near
-    # CONV_STRIP_BYTES however large the input (a 2048x2048 LR image would need 2.4 GB for it at 16 channels)
-    rows = max(1, CONV_STRIP_BYTES // max(1, n * ow * win.shape[1] * kh * kw * 4))
-    for r in range(0, oh, rows):
-        y[:, r:r + rows] = np.tensordot(win[:, :, r:r + rows], w, axes=([1, 4, 5], [1, 2, 3]))
-    y = y.transpose(0, 3, 1, 2)
-    return y + _f32(bias).reshape(1, -1, 1, 1) if bias is not None else y
+    w = torch.from_numpy(np.ascontiguousarray(_f32(weight)))
+    pt, pb, pl, pr = _pads(str(pad_type), pad, *w.shape[2:])
+    b = torch.from_numpy(np.ascontiguousarray(_f32(bias)).reshape(-1)) if bias is not None else None
+    # torch's float32 convolution (oneDNN) sums the same products as a numpy window sum, in another order, and
+    # several times as fast; even zero padding is the conv's own (no padded copy of a large input)
+    stride = tuple(int(s) for s in strides)
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(_f32(x)))
+        if (pt, pl) == (pb, pr):
+            return F.conv2d(xt, w, b, stride=stride, padding=(pt, pl)).numpy()
+        return F.conv2d(F.pad(xt, (pl, pr, pt, pb)), w, b, stride=stride).numpy()
 
 
 def _pads(pad_type: str, pad, kh: int, kw: int) -> tuple[int, int, int, int]:
@@ -219,16 +238,16 @@ def cast(x, dtype) -> np.ndarray:
              "uint8": np.uint8, "bool": np.bool_}
     if str(dtype) not in names:
         raise UnsupportedOp(f"cast to '{dtype}'")
-    return np.asarray(x).astype(names[str(dtype)])
+    return _convert(np.asarray(x), names[str(dtype)])
 
 
 OPS: dict[str, Callable[..., np.ndarray]] = {
     "conv": conv,
-    "relu": lambda x: np.maximum(x, 0),
-    "add": lambda x, y: _f32(x) + _f32(y),
-    "sub": lambda x, y: _f32(x) - _f32(y),
-    "mul": lambda x, y: _f32(x) * _f32(y),
-    "clip": lambda x, alpha, beta: np.clip(x, alpha, beta),
+    "relu": lambda x: _t32(x).clamp_min(0).numpy(),
+    "add": lambda x, y: (_t32(x) + _t32(y)).numpy(),
+    "sub": lambda x, y: (_t32(x) - _t32(y)).numpy(),
+    "mul": lambda x, y: (_t32(x) * _t32(y)).numpy(),
+    "clip": lambda x, alpha, beta: _t32(x).clamp(float(alpha), float(beta)).numpy(),
     "cast": cast,
     "transpose": lambda x, perm: np.transpose(x, [int(p) for p in perm]),
     "reshape": lambda x, shape: np.reshape(x, [int(s) for s in shape]),

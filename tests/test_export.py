@@ -225,17 +225,27 @@ def test_coreml_palettized_weights_decode(exported, student):
     assert _psnr(got, student(x).clamp(0, 1).detach().numpy()) >= 40  # wrong index unpacking gives noise (~10 dB)
 
 
-def test_mil_conv_in_row_strips_equals_one_pass(monkeypatch):
+def test_mil_conv_pads_and_strides_as_mil_defines_them():
+    """The evaluator's conv (torch's float32 convolution since it replaced a numpy window sum) against a plain sum
+    of shifted products, for each pad type and a stride: a pad put on the wrong side or edge shows here."""
     rng = np.random.default_rng(0)
     x = rng.random((1, 5, 23, 17), dtype=np.float32)
     w = rng.standard_normal((7, 5, 3, 3)).astype(np.float32)
     b = rng.standard_normal(7).astype(np.float32)
-    whole = mil_eval.conv(x, w, b, pad_type="same")
-    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), padding=1)
-    assert np.abs(whole - want.numpy()).max() < 1e-4
-    monkeypatch.setattr(mil_eval, "CONV_STRIP_BYTES", 5 * 9 * 17 * 4 * 3)  # three output rows per strip
-    strips = mil_eval.conv(x, w, b, pad_type="same")
-    assert strips.shape == (1, 7, 23, 17) and np.abs(strips - whole).max() < 1e-5  # BLAS may sum in another order
+    for pad_type, pad, strides, pads in [("same", (0, 0, 0, 0), (1, 1), (1, 1, 1, 1)),
+                                         ("valid", (0, 0, 0, 0), (2, 1), (0, 0, 0, 0)),
+                                         ("custom", (2, 0, 1, 3), (1, 2), (2, 0, 1, 3))]:
+        got = mil_eval.conv(x, w, b, strides=strides, pad_type=pad_type, pad=pad)
+        (pt, pb, pl, pr), (sh, sw) = pads, strides
+        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        oh, ow = (xp.shape[2] - 3) // sh + 1, (xp.shape[3] - 3) // sw + 1
+        want = np.zeros((1, 7, oh, ow)) + b.reshape(1, -1, 1, 1)
+        for i in range(3):
+            for j in range(3):
+                patch = xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                want += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+        assert got.dtype == np.float32 and got.shape == want.shape, pad_type
+        assert np.abs(got - want).max() < 1e-4, pad_type
 
 
 def test_mil_program_frees_values_after_their_last_use(exported, student, monkeypatch):
