@@ -11,6 +11,7 @@ are run through it by :class:`sr_shrink.runtimes.MILRunner`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -145,9 +146,20 @@ def _f32(x) -> np.ndarray:
 def _t32(x):
     """Return ``x`` (an array or a number) as a float32 torch tensor: the elementwise ops run in torch, on every
     core, where numpy's ran on one (and emulated float16 arithmetic); the results are the same float32 values."""
+    return _tensor(_f32(x))
+
+
+def _tensor(arr: np.ndarray):
+    """Return a torch tensor sharing ``arr``'s memory, read-only arrays included (a program's constants, a
+    caller's input): every op here writes new tensors, never into its inputs, so torch's warning about them
+    does not apply."""
     import torch
 
-    return torch.from_numpy(_f32(x))
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
 
 
 def _convert(arr: np.ndarray, dtype) -> np.ndarray:
@@ -158,8 +170,7 @@ def _convert(arr: np.ndarray, dtype) -> np.ndarray:
     if {arr.dtype, np.dtype(dtype)} == {np.dtype(np.float16), np.dtype(np.float32)} and arr.size > 4096:
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float16 if dtype == np.float16
-                                                             else torch.float32).numpy()
+        return _tensor(np.ascontiguousarray(arr)).to(torch.float16 if dtype == np.float16 else torch.float32).numpy()
     return arr.astype(dtype)
 
 
@@ -171,14 +182,14 @@ def conv(x, weight, bias=None, strides=(1, 1), pad_type="valid", pad=(0, 0, 0, 0
 
     if int(groups) != 1 or any(int(d) != 1 for d in dilations) or np.ndim(x) != 4:
         raise UnsupportedOp("conv with groups/dilation != 1 or non-2-D input")
-    w = torch.from_numpy(np.ascontiguousarray(_f32(weight)))
+    w = _tensor(np.ascontiguousarray(_f32(weight)))
     pt, pb, pl, pr = _pads(str(pad_type), pad, *w.shape[2:])
-    b = torch.from_numpy(np.ascontiguousarray(_f32(bias)).reshape(-1)) if bias is not None else None
+    b = _tensor(np.ascontiguousarray(_f32(bias)).reshape(-1)) if bias is not None else None
     # torch's float32 convolution (oneDNN) sums the same products as a numpy window sum, in another order, and
     # several times as fast; even zero padding is the conv's own (no padded copy of a large input)
     stride = tuple(int(s) for s in strides)
     with torch.no_grad():
-        xt = torch.from_numpy(np.ascontiguousarray(_f32(x)))
+        xt = _tensor(np.ascontiguousarray(_f32(x)))
         if (pt, pl) == (pb, pr):
             return F.conv2d(xt, w, b, stride=stride, padding=(pt, pl)).numpy()
         return F.conv2d(F.pad(xt, (pl, pr, pt, pb)), w, b, stride=stride).numpy()

@@ -248,6 +248,22 @@ def test_mil_conv_pads_and_strides_as_mil_defines_them():
         assert np.abs(got - want).max() < 1e-4, pad_type
 
 
+def test_mil_program_takes_a_read_only_input_without_a_warning(exported, student):
+    """The evaluator hands arrays to torch without copying them; a read-only one (a caller's input, a program's
+    constants) made torch warn that writing to it is undefined, which none of its ops does."""
+    import warnings
+
+    prog = mil_eval.load_program(exported("coreml", "fp16", shapes="any")["path"])
+    x = _lr(40, 40)
+    feed = x.numpy().copy()
+    feed.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        got = mil_eval.run_program(prog, {prog.inputs[0]: feed})[prog.outputs[0]]
+    assert np.abs(got - student(x).clamp(0, 1).detach().numpy()).max() < 2e-3  # fp16 program
+    assert np.array_equal(feed, x.numpy())
+
+
 def test_mil_program_frees_values_after_their_last_use(exported, student, monkeypatch):
     e = exported("coreml", "fp32", shapes="any")
     prog = mil_eval.load_program(e["path"])
