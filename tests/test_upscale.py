@@ -660,6 +660,25 @@ def test_a_run_folder_as_the_model_names_its_last_stage(tiny_run, tmp_path):
     assert "is a folder, not a model file; pass a stage_XX.pt, .onnx, .tflite or .mlpackage file." in line
 
 
+def test_a_benched_run_folder_as_the_model_names_the_pick_too(tiny_run, tmp_path):
+    """After `bench RUN` printed 'file to ship: ...', `upscale RUN PHOTO` named only the last stage; it names
+    bench's pick too, found in RUN/exports (bench.json records the path as bench was given it)."""
+    import json
+
+    src = _image(tmp_path / "photo.png", "RGB")
+    run = tiny_run  # a fresh one per test
+    (run / "exports").mkdir(exist_ok=True)
+    (run / "exports" / "stage_01_int8.tflite").write_bytes(b"x")
+    last = f"error: {run}: is a folder, not a model file; pass one of its students, e.g. {run / 'stage_02.pt'} " \
+           "(the last stage)"
+    for bench, pick in [({"recommended": {"path": "elsewhere/exports/stage_01_int8.tflite"}}, True),
+                        ({"recommended": {"path": "elsewhere/exports/stage_02_int8.tflite"}}, False),  # not there
+                        ({"recommended": None}, False), ("{damaged", False)]:
+        (run / "bench.json").write_text(bench if isinstance(bench, str) else json.dumps(bench))
+        want = last + (f", or bench's pick {run / 'exports' / 'stage_01_int8.tflite'}." if pick else ".")
+        assert one_error_line(_run(run, src)) == want, bench
+
+
 def test_an_interrupted_write_leaves_no_truncated_result(tiny_run, tmp_path, monkeypatch):
     """Ctrl-C while a big result was PNG-encoded (seconds for a 48 MP image) left a truncated NAME_x{s}.png that
     looked like a result; results are now written to a temp file and renamed into place."""
