@@ -255,6 +255,17 @@ class RunDir(TeacherOfRun):
         """Return RUN_DIR/exports, the default export folder (it may not exist yet)."""
         return self.root / EXPORTS
 
+    def bench_pick(self) -> Path | None:
+        """Return the file bench recommended for this run (bench.json's pick), found in :attr:`exports_dir`, or None
+        (no bench.json, no pick, a damaged one, the file gone). bench.json records the path as bench was given the
+        run, which need not lead there from another folder."""
+        try:
+            rec = read_json_object(self.root / BENCH_JSON, BENCH_JSON).get("recommended") or {}
+        except SRShrinkError:
+            return None
+        name = Path(str(rec.get("path") or "")).name
+        return self.exports_dir / name if name and (self.exports_dir / name).exists() else None
+
     def read_index(self, out_dir: str | Path | None = None) -> dict:
         """Return the export.json of ``out_dir`` (default: exports_dir) with an ``exports`` list; a missing
         or damaged index reads as ``{"exports": []}`` (it is rebuilt by the next update)."""

@@ -20,8 +20,9 @@ def describe_run(path: str | Path) -> dict:
     """Return what the run folder ``path`` holds: ``path``, ``run`` (run.json), ``stage_files`` (the stage numbers
     whose checkpoint is there), ``complete``, ``progress`` (the sentence a Ctrl-C prints: where a --resume goes
     on, ending with the command that does), ``resume_command`` (that command, None when complete), ``exports``
-    (export.json's entries of RUN/exports) and ``bench`` (bench.json's recommended row, None when the run was not
-    benchmarked); an SRShrinkError when ``path`` is no run folder."""
+    (export.json's entries of RUN/exports), ``bench`` (bench.json's recommended row, None when the run was not
+    benchmarked) and ``bench_file`` (that row's file in RUN/exports, None when it is not there); an SRShrinkError
+    when ``path`` is no run folder."""
     root = Path(path)
     if root.is_dir() and (root / RUN_JSON).is_file() and not any(root.glob("stage_*.pt")):  # before stage 1 ends
         rd = RunDir(root, read_json_object(root / RUN_JSON, RUN_JSON), {})
@@ -34,6 +35,7 @@ def describe_run(path: str | Path) -> dict:
             "complete": bool(rd.run.get("complete")), "progress": saved_progress(rd.root),
             "resume_command": None if rd.run.get("complete") else resume_command(rd.root),
             "exports": rd.read_index()["exports"], "bench": bench.get("recommended"),
+            "bench_file": str(pick) if (pick := rd.bench_pick()) else None,
             "bench_machine": bench.get("machine"), "bench_settings": bench.get("settings")}
 
 
@@ -97,7 +99,7 @@ def run_rows(desc: dict) -> list[tuple[str, str]]:
         rows.append(("bench pick", f"stage {pick.get('stage')} {pick.get('runtime')} {pick.get('precision')}: "
                                    f"Y-PSNR {pick.get('psnr_y', float('nan')):.2f} dB at "
                                    f"{pick.get('latency_ms_median', float('nan')):.2f} ms ({where}); "
-                                   f"{pick.get('path') or pick.get('export_command', '')}"))
+                                   f"{desc.get('bench_file') or pick.get('path') or pick.get('export_command', '')}"))
     return rows
 
 

@@ -35,6 +35,7 @@ from .errors import SRShrinkError
 from .io import atomic_path
 from .progress import task
 from .resize import upscale as bicubic
+from .run import RunDir
 from .runtimes import SUFFIXES, TorchRunner, open_runner
 from .runtimes.base import UPSCALER_TIP
 from .teachers.formats import image_kind
@@ -152,20 +153,6 @@ def _exported_upscaler(path: Path, threads: int, device: str) -> Upscaler:
     return Upscaler(fn, scale, radius, runner.tile_hw, path)
 
 
-def _bench_pick(run: Path) -> Path | None:
-    """Return the file bench recommended for the run folder ``run`` (its bench.json), found in RUN/exports, or None
-    (no bench.json, no pick, the file gone)."""
-    from .io import read_json_object
-    from .run import BENCH_JSON, EXPORTS
-
-    try:
-        rec = read_json_object(run / BENCH_JSON, BENCH_JSON).get("recommended") or {}
-    except SRShrinkError:  # damaged: no pick to name
-        return None
-    name = Path(str(rec.get("path") or "")).name
-    return run / EXPORTS / name if name and (run / EXPORTS / name).exists() else None
-
-
 def load_upscaler(path: str | Path, scale: int | None = None, threads: int | None = None,
                   device: str = "cpu") -> Upscaler:
     """Return an :class:`Upscaler` for a stage_XX.pt, .onnx, .tflite or .mlpackage; checks ``scale`` if given."""
@@ -175,7 +162,7 @@ def load_upscaler(path: str | Path, scale: int | None = None, threads: int | Non
         stages = sorted(path.glob("stage_*.pt"))
         hint = (f"pass one of its students, e.g. {stages[-1]} (the last stage)" if stages
                 else "pass a stage_XX.pt, .onnx, .tflite or .mlpackage file")
-        pick = _bench_pick(path)
+        pick = RunDir(path, {}, {}).bench_pick()
         raise SRShrinkError(f"{path}: is a folder, not a model file; {hint}"
                             + (f", or bench's pick {pick}" if pick else "") + ".")
     if not (path.exists() if exported else path.is_file()):

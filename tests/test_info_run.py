@@ -81,3 +81,21 @@ def test_info_on_a_run_refuses_teacher_options_in_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "is a folder, not a model file" in one_error_line(CliRunner().invoke(main, ["info", str(empty)]))
+
+
+def test_info_names_benchs_pick_in_the_runs_exports(tmp_path):
+    """bench.json records the pick's path as bench was given the run (``run/exports/...`` from the folder above);
+    info showed that path as recorded, which leads nowhere from another folder. It now shows the file in
+    RUN/exports when it is there (--json: ``bench_file``), else the recorded path."""
+    run = make_tiny_run(tmp_path / "run")
+    pick = {"stage": 2, "runtime": "onnxruntime", "precision": "fp32", "psnr_y": 31.5, "latency_ms_median": 4.25,
+            "path": "elsewhere/exports/stage_02_fp32.onnx", "device": "cpu"}
+    (run / "bench.json").write_text(json.dumps({"recommended": pick, "machine": {"cpu": "Test CPU"}}))
+    text = _info(run)
+    assert ("bench pick │ stage 2 onnxruntime fp32: Y-PSNR 31.50 dB at 4.25 ms (cpu, Test CPU); "
+            "elsewhere/exports/stage_02_fp32.onnx") in text, text  # not in RUN/exports: as recorded
+    (run / "exports").mkdir(exist_ok=True)
+    (run / "exports" / "stage_02_fp32.onnx").write_bytes(b"x")
+    assert f"4.25 ms (cpu, Test CPU); {run / 'exports' / 'stage_02_fp32.onnx'}" in _info(run)
+    res = CliRunner().invoke(main, ["info", str(run), "--json"])
+    assert json.loads(res.output)["bench_file"] == str(run / "exports" / "stage_02_fp32.onnx")
