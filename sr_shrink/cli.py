@@ -226,8 +226,9 @@ def distill(ctx: click.Context, **opts) -> None:
 
 def _run_folder_as_teacher(ctx: click.Context, opts: dict) -> bool:
     """Take a distill run folder given where the teacher goes (``distill --resume RUN``, as the Ctrl-C message's
-    folder invites) as ``--out RUN`` and return True; without ``--resume``, or beside another ``--out``, refuse it
-    in one line that names the command that continues it. Return False for anything else (a teacher file)."""
+    folder invites) as ``--out RUN`` and return True; without ``--resume``, or beside another ``--out``, refuse an
+    unfinished run in one line that names the command that continues it. Return False for anything else (a teacher
+    file, a finished run: the teacher loader names its students)."""
     from click.core import ParameterSource
 
     folder = opts["teacher"]
@@ -241,8 +242,21 @@ def _run_folder_as_teacher(ctx: click.Context, opts: dict) -> bool:
     if opts["resume"] and (not out_given or pathlib.Path(opts["run_dir"]).resolve() == pathlib.Path(folder).resolve()):
         opts["run_dir"], opts["teacher"] = folder, None
         return True
+    if _finished(pathlib.Path(folder)):
+        return False  # nothing to continue: the teacher loader names its students, one of which may be meant
     raise SRShrinkError(f"{folder}: is a distill run folder, not a teacher file; continue it with: "
                         f"{resume_command(pathlib.Path(folder))}")
+
+
+def _finished(run_dir: pathlib.Path) -> bool:
+    """Return True when the run.json in ``run_dir`` says the run is complete (False when it cannot be read)."""
+    from .io import read_json_object
+    from .run import RUN_JSON
+
+    try:
+        return bool(read_json_object(run_dir / RUN_JSON, RUN_JSON).get("complete"))
+    except SRShrinkError:
+        return False
 
 
 def _recorded_options(ctx: click.Context, run_dir: str, folder_given: bool = False) -> dict:
