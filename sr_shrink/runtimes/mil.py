@@ -12,7 +12,8 @@ from .base import Runner, fixed_hw
 
 
 class MILRunner(Runner):
-    """A Core ML .mlpackage evaluated op by op in numpy (:mod:`sr_shrink.mil_eval`); CPU, single thread.
+    """A Core ML .mlpackage evaluated op by op (:mod:`sr_shrink.mil_eval`: numpy, with torch's CPU kernels and
+    threads for the convolutions and elementwise ops).
 
     Ops the evaluator does not implement raise :class:`sr_shrink.mil_eval.UnsupportedOp` when run. A package
     with image I/O (metadata ``io: image``, ``sr-shrink export --io image``) is fed the 8-bit pixel values an
