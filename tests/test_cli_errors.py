@@ -277,8 +277,9 @@ def test_ctrl_c_mentions_resume_only_where_the_command_has_it(tmp_path, monkeypa
 
     monkeypatch.setattr(bench_mod, "run_bench", stop)
     monkeypatch.setattr(demo_mod, "run_demo", stop)
-    args = ["bench", str(tmp_path)] if command == "bench" else ["demo", "--out", str(tmp_path / "demo")]
+    args = ["bench", str(tmp_path)] if command == "bench" else ["demo", "--out", str(tmp_path / "demo"), "--scale", "4"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 130
-    want = "interrupted; rerun with --resume to continue from the last checkpoint" if resumable else "interrupted"
+    want = (f"interrupted; continue with: sr-shrink demo --out {tmp_path / 'demo'} --scale 4 --resume" if resumable
+            else "interrupted")  # the demo's own command, with the options it was given
     assert r.stderr.strip().splitlines() == [want]
