@@ -143,7 +143,8 @@ def test_ddp_refused_run_folder_stops_every_rank_with_one_error_line(tiny_teache
     r = subprocess.run(_torchrun(_args(tiny_teacher, out, 4, stages="1:1")), env=ENV, capture_output=True, text=True,
                        timeout=150)
     assert r.returncode != 0
-    said = f"error: {out}: already holds a run; pass --resume to continue it or --force to overwrite it."
+    said = (f"error: {out}: already holds a run (of {tiny_teacher.name}, finished); pass another --out for a new run, "
+            "--resume to continue this one or --force to overwrite it.")  # the teacher: whose run it is
     assert r.stderr.count(said) == 1, r.stderr[-3000:]
     assert "[rank1]" not in r.stderr and not re.search(r'File ".*sr_shrink', r.stderr), r.stderr[-3000:]
     assert "terminate called" not in r.stderr, r.stderr[-3000:]  # a rank aborting as the group closed
@@ -508,7 +509,8 @@ def test_a_run_stopped_before_its_first_checkpoint_says_to_resume_it(tiny_teache
                                    "starts stage 1 again with its teacher and options: sr-shrink distill --out "
                                    f"{out} --resume")
     r = CliRunner().invoke(main, _args(tiny_teacher, out, 8))  # what the old sentence said to do
-    assert r.exit_code == 2 and "already holds a run; pass --resume" in r.output
+    assert r.exit_code == 2 and f"already holds a run (of {tiny_teacher.name}, unfinished); pass another --out" \
+        in " ".join(r.output.split())
     r = CliRunner().invoke(main, ["distill", "--out", str(out), "--resume", "--quiet", "--threads", "1"])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "run.json").read_text())["complete"] and (out / "stage_03.pt").is_file()

@@ -41,8 +41,8 @@ def prepare_run_dir(root: Path, resume: bool, force: bool):
     rundir = RunDir(root, {}, {})  # run.json is read below: --force clears it first, --resume checks it
     with rundir.lock():
         if rundir.holds_run() and not (resume or force):
-            raise SRShrinkError(f"{rundir.root}: already holds a run; pass --resume to continue it or --force to "
-                                "overwrite it.")
+            raise SRShrinkError(f"{rundir.root}: already holds a run{_which_run(rundir)}; pass another --out for a "
+                                "new run, --resume to continue this one or --force to overwrite it.")
         if force and not resume:
             rundir.clear()
         if resume and not readable_record(rundir.run_path):
@@ -55,6 +55,20 @@ def prepare_run_dir(root: Path, resume: bool, force: bool):
         except BaseException:
             remove_empty(made)
             raise
+
+
+def _which_run(rundir: RunDir) -> str:
+    """Return `` (of TEACHER, finished)`` (or ``unfinished``) for the run in ``rundir`` as its run.json says, or ""
+    when run.json is missing or cannot be read: a second teacher distilled into the default --out is refused there,
+    and the teacher's name says whose run it is."""
+    try:
+        run = read_json_object(rundir.run_path, RUN_JSON)
+    except SRShrinkError:
+        return ""
+    teacher = (run.get("teacher") or {}).get("path") if isinstance(run.get("teacher"), dict) else None
+    if not teacher:
+        return ""
+    return f" (of {Path(str(teacher)).name}, {'finished' if run.get('complete') else 'unfinished'})"
 
 
 # the end of both refusals of a resume without a readable run.json
