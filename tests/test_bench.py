@@ -373,6 +373,19 @@ def test_bench_exports_missing_models_with_export_run(tiny_run, eval_dir):
 
 
 @pytest.mark.skipif(not HAVE_ORT, reason="needs onnxruntime")
+def test_a_file_bench_exports_is_named_as_a_file_it_finds(tiny_run, eval_dir, monkeypatch):
+    """'file to ship' named a file bench had just exported by its absolute path and one it found by the run
+    folder as given (``run/exports/...``): two spellings for one folder in one table and bench.json."""
+    monkeypatch.chdir(tiny_run.parent)
+    cfg = BenchConfig(runtimes=("onnxruntime",), precisions=("fp32",), input_size=(32, 32), eval_dir=str(eval_dir),
+                      repeats=2, warmup=0, stages=(2,))
+    made = [r for r in run_bench(Path(tiny_run.name), cfg)["rows"] if r["runtime"] != "torch"]
+    found = [r for r in run_bench(Path(tiny_run.name), cfg)["rows"] if r["runtime"] != "torch"]
+    assert made[0]["exported_now"] and not found[0]["exported_now"]
+    assert made[0]["path"] == found[0]["path"] == str(Path(tiny_run.name) / "exports" / "stage_02_fp32.onnx")
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="needs onnxruntime")
 def test_bench_passes_on_the_note_of_an_export_that_sets_a_damaged_generator_aside(tiny_run, eval_dir):
     """bench exports an int8 row itself; when the run's generator.pt cannot be read, that export calibrates on the
     bundled eval images instead and says so. The note used to reach only export.json, never bench's output."""

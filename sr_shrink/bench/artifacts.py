@@ -84,7 +84,7 @@ def export_with_api(run: RunDir, stage: int, runtime: str, precision: str, input
         opts["input_size"] = tuple(input_hw)
     entries = export_run(run, target, stage=stage, precision=precision, out=out, log=log, **opts)
     for e in entries:
-        p = Path(e["path"])
+        p = out / Path(e["path"]).name  # under the run folder as given, like the files bench finds
         if p.suffix == SUFFIX[target] and p.is_file():
             return p
     raise SRShrinkError(f"exporting stage {stage} to {target} {precision} wrote no {SUFFIX[target]} file.")
