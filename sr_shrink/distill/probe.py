@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ..evaluate import evaluate_with_fidelity
+from ..evaluate import evaluate_with_fidelity, teacher_pixels
 from ..models.student import SRStudent, collapse, grow
 from ..progress import task
 from .budget import PROBE_GAME_STEPS, PROBE_GAME_WARMUP, PROBE_STEPS, PROBE_WARMUP, Setup
@@ -49,8 +49,9 @@ def setup_of(cfg, forward: tuple[float, float | None], eval_pairs, game: bool, t
     with torch.random.fork_rng(devices=[]):  # the run's draws are untouched
         student = sum(p.numel() for p in SRStudent(cfg.scale, blocks[-1], cfg.channels, "plain").parameters())
     share = student / teacher_params if teacher_params else 1.0
-    return Setup(forward[0], cfg.batch * cfg.lr_patch**2, sum(p.lr.shape[-1] * p.lr.shape[-2] for p in eval_pairs),
-                 len(blocks), game, cfg.reuse, cfg.student_steps_per_g, cfg.pool > 0, share, forward[1])
+    eval_pixels = sum(teacher_pixels(tuple(p.lr.shape[-2:])) for p in eval_pairs)  # tiles of large images included
+    return Setup(forward[0], cfg.batch * cfg.lr_patch**2, eval_pixels, len(blocks), game, cfg.reuse,
+                 cfg.student_steps_per_g, cfg.pool > 0, share, forward[1])
 
 
 def probe_cost(state: TrainState, student, g_seconds: list[float] | None = None) -> tuple[float, list[float]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data import EvalPair
-from ..evaluate import evaluate_bicubic, evaluate_with_fidelity, teacher_references
+from ..evaluate import evaluate_bicubic, evaluate_with_fidelity, teacher_pixels, teacher_references
 from ..models.registry import save_model_checkpoint
 from ..models.student import SRStudent, collapse, grow, load_student, to_rep
 from ..progress import task
@@ -149,7 +149,7 @@ def run_stages(job: Job, resume: bool) -> dict:
         forward = rank0(timed_forward(cfg, label, job.eval_pairs if env.main else []), env.world)
         setup = setup_of(cfg, forward, job.eval_pairs, source.plays, job.teacher.info.params)
         phases["forward_probe"] = [None, time.time() - t0]
-        pixels = [p.lr.shape[-1] * p.lr.shape[-2] for p in job.eval_pairs]
+        pixels = [teacher_pixels(tuple(p.lr.shape[-2:])) for p in job.eval_pairs]
         kept = rank0(eval_images_that_fit(pixels, setup, cfg.time_budget * 60), env.world)
         if kept < len(pixels):  # the eval references would eat the budget: score the first images only
             job.eval_pairs = job.eval_pairs[:kept]
