@@ -21,12 +21,14 @@ from .resize import upscale
 from .tiling import tile_calls, tile_work, tiled_apply
 
 SRFn = Callable[[torch.Tensor], torch.Tensor]
-# The teacher runs on an eval image longer than TEACHER_TILE LR pixels on a side in tiles of at most that size,
-# as even along each axis as they go, each with TEACHER_OVERLAP LR pixels of context on its inner sides
-# (Real-ESRGAN's and chaiNNer's tiled inference, with a wider margin): memory stays bounded (a 6-block RRDB x4
-# teacher took 4.6 GB on one 600x600 LR image in one pass) and progress advances per tile. The bundled eval
-# images are far below the size, so they run in one pass.
-TEACHER_TILE, TEACHER_OVERLAP = 512, 48
+# The teacher runs on an eval image longer than TEACHER_TILE LR pixels on a side (a phone photo at x2) in tiles of
+# at most that size, as even along each axis as they go, each with TEACHER_OVERLAP LR pixels of context on its
+# inner sides (Real-ESRGAN's and chaiNNer's tiled inference, with a wider margin): memory stays bounded (a 6-block
+# RRDB x4 teacher took 13.4 GB on one 1058x1058 LR image in one pass) and progress advances per tile. A teacher
+# with global context (Real-CUGAN's squeeze-excitation) answers a tile a little differently from the whole image
+# (BENCHMARKS.md section 44). The bundled split and the usual test sets (Set5 to DIV2K at x2, 1020 LR px at most)
+# run in one pass.
+TEACHER_TILE, TEACHER_OVERLAP = 1024, 48
 # A teacher scoring less than this Y-PSNR above bicubic on photos is perceptual (GAN-trained): bench judges its
 # students by fidelity, and distill's --synthetic auto feeds its students teacher-grown images (distill.perceptual).
 PERCEPTUAL_MARGIN_DB = 0.5

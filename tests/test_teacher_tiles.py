@@ -12,21 +12,22 @@ from sr_shrink.teachers.load import load_teacher
 
 
 def test_teacher_tiles_are_even_and_at_most_the_tile_size():
-    assert evaluate.teacher_tile((300, 512)) == (300, 512)  # up to the size: one call
-    for length in (513, 600, 1000, 3024, 6000):
+    top, ov = evaluate.TEACHER_TILE, evaluate.TEACHER_OVERLAP
+    assert evaluate.teacher_tile((300, top)) == (300, top)  # up to the size: one call
+    for length in (top + 1, int(1.2 * top), 2 * top, 6 * top):
         t, _ = evaluate.teacher_tile((length, 10))
-        ov = evaluate.TEACHER_OVERLAP
-        n = -(-(length - 2 * ov) // (evaluate.TEACHER_TILE - 2 * ov))
-        assert t <= evaluate.TEACHER_TILE and n * t - 2 * ov * (n - 1) >= length, length  # n tiles cover it
+        n = -(-(length - 2 * ov) // (top - 2 * ov))
+        assert t <= top and n * t - 2 * ov * (n - 1) >= length, length  # n tiles cover it
         assert (n - 1) * t - 2 * ov * (n - 2) < length, length  # and n - 1 would not: the fewest
     assert evaluate.teacher_pixels((100, 100)) == 100 * 100
-    assert evaluate.teacher_pixels((600, 600)) > 600 * 600  # the overlaps, which --time-budget counts
-    assert evaluate.teacher_pixels((600, 600)) < 1.5 * 600 * 600  # even tiles: two of 512 a side would run 2.9x
+    side = int(1.2 * top)
+    assert evaluate.teacher_pixels((side, side)) > side * side  # the overlaps, which --time-budget counts
+    assert evaluate.teacher_pixels((side, side)) < 1.5 * side * side  # even tiles: two of `top` would run 2.9x
 
 
 def test_a_large_eval_image_runs_the_teacher_in_tiles_with_the_same_result(tmp_path, monkeypatch):
-    """A whole 12 MP eval photo went through the teacher in one call (4.6 GB for a 6-block RRDB on a 600x600 LR
-    image; the progress said nothing until it ended). Tiles with TEACHER_OVERLAP pixels of context give the
+    """A whole 12 MP eval photo went through the teacher in one call (13.4 GB for a 6-block RRDB x4 on a 1058x1058
+    LR image; the progress said nothing until it ended). Tiles with TEACHER_OVERLAP pixels of context give the
     same 8-bit output for a teacher whose receptive field is smaller than that; without the context (the
     negative control) the seams show."""
     teacher = load_teacher(make_tiny_teacher(tmp_path / "t.pt"))
