@@ -26,8 +26,8 @@ SRFn = Callable[[torch.Tensor], torch.Tensor]
 # inner sides (Real-ESRGAN's and chaiNNer's tiled inference, with a wider margin): memory stays bounded (a 6-block
 # RRDB x4 teacher took 13.4 GB on one 1058x1058 LR image in one pass) and progress advances per tile. A teacher
 # with global context (Real-CUGAN's squeeze-excitation) answers a tile a little differently from the whole image
-# (BENCHMARKS.md section 44). The bundled split and the usual test sets (Set5 to DIV2K at x2, 1020 LR px at most)
-# run in one pass.
+# (BENCHMARKS.md section 44); one spandrel marks so (tiling discouraged or internal, e.g. SwinIR) runs whole. The
+# bundled split and the usual test sets (Set5 to DIV2K at x2, 1020 LR px at most) run in one pass.
 TEACHER_TILE, TEACHER_OVERLAP = 1024, 48
 # A teacher scoring less than this Y-PSNR above bicubic on photos is perceptual (GAN-trained): bench judges its
 # students by fidelity, and distill's --synthetic auto feeds its students teacher-grown images (distill.perceptual).
@@ -111,9 +111,14 @@ def teacher_pixels(lr_hw: tuple[int, int]) -> int:
 
 def teacher_references(teacher: torch.nn.Module, pairs: list[EvalPair], scale: int) -> tuple[dict, list[EvalPair]]:
     """Return (the teacher's Y-PSNR/SSIM on ``pairs``, the fidelity reference pairs), from one pass of the
-    teacher over the eval images (large ones in tiles: :func:`teacher_tile`), with progress per image or tile."""
-    tiles = sum(tile_calls(tuple(p.lr.shape[-2:]), teacher_tile(tuple(p.lr.shape[-2:])), TEACHER_OVERLAP)
-                for p in pairs)
+    teacher over the eval images (large ones in tiles: :func:`teacher_tile`, unless spandrel discourages tiling
+    the teacher, ``teacher.info.tiling``), with progress per image or tile."""
+    whole = getattr(getattr(teacher, "info", None), "tiling", "supported") != "supported"  # spandrel's word
+
+    def tile(lr_hw: tuple[int, int]) -> tuple[int, int]:
+        return lr_hw if whole else teacher_tile(lr_hw)
+
+    tiles = sum(tile_calls(tuple(p.lr.shape[-2:]), tile(tuple(p.lr.shape[-2:])), TEACHER_OVERLAP) for p in pairs)
     what = f"teacher references on {len(pairs)} eval images" + (f" ({tiles} tiles)" if tiles > len(pairs) else "")
     with task(what, total=tiles, unit="tiles" if tiles > len(pairs) else "items") as advance:
         run = _on_device(teacher)
@@ -123,8 +128,8 @@ def teacher_references(teacher: torch.nn.Module, pairs: list[EvalPair], scale: i
             advance()
             return y
 
-        outputs = model_outputs(lambda x: tiled_apply(one_call, x, scale, teacher_tile(tuple(x.shape[-2:])),
-                                                      TEACHER_OVERLAP), pairs)
+        outputs = model_outputs(lambda x: tiled_apply(one_call, x, scale, tile(tuple(x.shape[-2:])), TEACHER_OVERLAP),
+                                pairs)
     return score_outputs(outputs, pairs, scale), reference_pairs(outputs, pairs)
 
 

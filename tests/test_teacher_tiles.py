@@ -48,3 +48,21 @@ def test_a_large_eval_image_runs_the_teacher_in_tiles_with_the_same_result(tmp_p
     monkeypatch.setattr(evaluate, "TEACHER_OVERLAP", 0)  # the negative control: tiles without context
     _, seams = evaluate.teacher_references(teacher, pairs, 2)
     assert (seams[0].hr - whole[0].hr).abs().max() > 2 / 255
+
+
+def test_a_teacher_spandrel_discourages_tiling_runs_whole(tmp_path, monkeypatch):
+    """A teacher with global context (spandrel: tiling discouraged, e.g. SwinIR) is answered differently in tiles:
+    it runs on each eval image in one call, large or not."""
+    teacher = load_teacher(make_tiny_teacher(tmp_path / "t.pt"))
+    hr = torch.rand(3, 400, 440)
+    pairs = [EvalPair("big", hr, make_lr(hr, 2))]
+    monkeypatch.setattr(evaluate, "TEACHER_TILE", 128)
+    calls = []
+    forward = teacher.forward
+    monkeypatch.setattr(teacher, "forward", lambda x: calls.append(tuple(x.shape[-2:])) or forward(x))
+    teacher.info.tiling = "discouraged"
+    evaluate.teacher_references(teacher, pairs, 2)
+    assert calls == [(200, 220)]
+    teacher.info.tiling = "supported"
+    evaluate.teacher_references(teacher, pairs, 2)
+    assert len(calls) == 1 + 16

@@ -45,6 +45,14 @@ def test_official_layouts_load_and_match_their_own_forward(tmp_path, name):
     assert torch.allclose(y, ref, atol=1e-5), (y - ref).abs().max()
 
 
+def test_spandrels_tiling_hint_is_recorded(tmp_path):
+    """SwinIR relies on global image information (spandrel: tiling discouraged); the teacher pass over large eval
+    photos runs such a teacher whole (evaluate.teacher_references), so its info must say so."""
+    assert load_teacher(BUILDERS["swinir"](tmp_path).path).info.tiling == "discouraged"
+    t = load_teacher(rrdbnet_x2_unshuffle(tmp_path).path)
+    assert t.info.tiling == "supported" and t.info.to_dict()["tiling"] == "supported"
+
+
 def test_info_fields_from_spandrel(tmp_path):
     t = load_teacher(rrdbnet_x2_unshuffle(tmp_path).path)
     d = t.info.to_dict()

@@ -57,6 +57,7 @@ class _Found:
     channels: int | None = None
     tags: list[str] = field(default_factory=list)
     size: SizeRequirements = field(default_factory=SizeRequirements)
+    tiling: str = "supported"
 
 
 def load_teacher(path: str | Path | None = None, scale: int | None = None, trust_pickle: bool = False,
@@ -97,7 +98,8 @@ def load_teacher(path: str | Path | None = None, scale: int | None = None, trust
                        value_range=float(found.value_range or 1.0), y_only=bool(found.y_only),
                        pre_upsample=found.pre_upsample, params=sum(p.numel() for p in net.parameters()),
                        config=found.config, sha256=sha256_file(path), arch_name=found.arch_name, tags=found.tags,
-                       size_requirements=found.size, value_range_guessed=guessed, detected_by=found.detected_by)
+                       size_requirements=found.size, value_range_guessed=guessed, detected_by=found.detected_by,
+                       tiling=found.tiling)
     return Teacher(net, info).to(device)
 
 
@@ -136,7 +138,7 @@ def _recognise(loaded: Loaded, path: Path, res_scale: float | None) -> _Found:
         raise SRShrinkError(f"{path}: --res-scale applies to EDSR teachers, not to this {zoo.arch_name}.")
     return _Found(zoo.net, loaded.format, zoo.arch, zoo.arch_name, f"spandrel {zoo.version}", config=zoo.config,
                   value_range=1.0, y_only=zoo.channels == 1, scale=zoo.scale, channels=zoo.channels, tags=zoo.tags,
-                  size=zoo.size)
+                  size=zoo.size, tiling=zoo.tiling)
 
 
 def _build(det: Detected, path: Path, res_scale: float | None, fmt: str, damaged: bool = False) -> _Found:

@@ -43,6 +43,8 @@ class TeacherInfo:
     ``value_range_guessed`` is True when the value range came from an ambiguous probe (pass ``value_range``
     to settle it). ``detected_by`` says who recognised the network: ``sr-shrink``, ``spandrel <version>``,
     or ``probe`` (an opaque TorchScript/torch.export/pickled module, conventions found by running it).
+    ``tiling`` is spandrel's word on running the network in tiles: ``supported``, ``discouraged`` (it relies on
+    global image information, e.g. SwinIR) or ``internal`` (it tiles itself); ``supported`` for the others.
     """
 
     path: str
@@ -60,6 +62,7 @@ class TeacherInfo:
     size_requirements: SizeRequirements = field(default_factory=SizeRequirements)
     value_range_guessed: bool = False
     detected_by: str = ""
+    tiling: str = "supported"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the info as a JSON-ready dict (``size_requirements`` as a dict)."""

@@ -153,6 +153,7 @@ class ZooModel:
     channels: int
     tags: list[str] = field(default_factory=list)
     size: SizeRequirements = field(default_factory=SizeRequirements)
+    tiling: str = "supported"  # spandrel's ModelTiling: supported, discouraged (global context) or internal
     config: dict[str, Any] = field(default_factory=dict)
     version: str = ""
 
@@ -203,7 +204,8 @@ def load_zoo(sd: dict, path: Path) -> ZooModel | None:
     return ZooModel(net=net, arch=str(desc.architecture.id), arch_name=name, scale=scale, channels=cin,
                     tags=[str(t) for t in desc.tags],
                     size=SizeRequirements(int(req.minimum), int(req.multiple_of), bool(req.square)),
-                    config=_plain(getattr(desc.model, "hyperparameters", {})), version=str(spandrel.__version__))
+                    config=_plain(getattr(desc.model, "hyperparameters", {})), version=str(spandrel.__version__),
+                    tiling=str(getattr(getattr(desc, "tiling", None), "name", "SUPPORTED")).lower())
 
 
 def _plain(hyper: dict) -> dict[str, Any]:
