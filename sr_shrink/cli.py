@@ -234,7 +234,7 @@ def _run_folder_as_teacher(ctx: click.Context, opts: dict) -> bool:
     folder = opts["teacher"]
     if not folder or not pathlib.Path(folder).is_dir():
         return False
-    from .distill.resume import nothing_to_resume, resume_command
+    from .distill.resume import nothing_to_resume, recorded_run, resume_command
 
     if nothing_to_resume(pathlib.Path(folder)):
         return False  # a folder of something else: the teacher loader names it
@@ -242,21 +242,10 @@ def _run_folder_as_teacher(ctx: click.Context, opts: dict) -> bool:
     if opts["resume"] and (not out_given or pathlib.Path(opts["run_dir"]).resolve() == pathlib.Path(folder).resolve()):
         opts["run_dir"], opts["teacher"] = folder, None
         return True
-    if _finished(pathlib.Path(folder)):
+    if recorded_run(pathlib.Path(folder)).get("complete"):
         return False  # nothing to continue: the teacher loader names its students, one of which may be meant
     raise SRShrinkError(f"{folder}: is a distill run folder, not a teacher file; continue it with: "
                         f"{resume_command(pathlib.Path(folder))}")
-
-
-def _finished(run_dir: pathlib.Path) -> bool:
-    """Return True when the run.json in ``run_dir`` says the run is complete (False when it cannot be read)."""
-    from .io import read_json_object
-    from .run import RUN_JSON
-
-    try:
-        return bool(read_json_object(run_dir / RUN_JSON, RUN_JSON).get("complete"))
-    except SRShrinkError:
-        return False
 
 
 def _recorded_options(ctx: click.Context, run_dir: str, folder_given: bool = False) -> dict:

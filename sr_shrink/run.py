@@ -255,15 +255,16 @@ class RunDir(TeacherOfRun):
         """Return RUN_DIR/exports, the default export folder (it may not exist yet)."""
         return self.root / EXPORTS
 
-    def bench_pick(self) -> Path | None:
-        """Return the file bench recommended for this run (bench.json's pick), found in :attr:`exports_dir`, or None
-        (no bench.json, no pick, a damaged one, the file gone). bench.json records the path as bench was given the
-        run, which need not lead there from another folder."""
-        try:
-            rec = read_json_object(self.root / BENCH_JSON, BENCH_JSON).get("recommended") or {}
-        except SRShrinkError:
-            return None
-        name = Path(str(rec.get("path") or "")).name
+    def bench_pick(self, recommended: dict | None = None) -> Path | None:
+        """Return the file bench recommended for this run (``recommended``, bench.json's pick, read from the run when
+        not given), found in :attr:`exports_dir`, or None (no bench.json, no pick, a damaged one, the file gone).
+        bench.json records the path as bench was given the run, which need not lead there from another folder."""
+        if recommended is None:
+            try:
+                recommended = read_json_object(self.root / BENCH_JSON, BENCH_JSON).get("recommended")
+            except SRShrinkError:
+                return None
+        name = Path(str((recommended or {}).get("path") or "")).name
         return self.exports_dir / name if name and (self.exports_dir / name).exists() else None
 
     def read_index(self, out_dir: str | Path | None = None) -> dict:

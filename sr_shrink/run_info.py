@@ -35,7 +35,7 @@ def describe_run(path: str | Path) -> dict:
             "complete": bool(rd.run.get("complete")), "progress": saved_progress(rd.root),
             "resume_command": None if rd.run.get("complete") else resume_command(rd.root),
             "exports": rd.read_index()["exports"], "bench": bench.get("recommended"),
-            "bench_file": str(pick) if (pick := rd.bench_pick()) else None,
+            "bench_file": str(pick) if (pick := rd.bench_pick(bench.get("recommended") or {})) else None,
             "bench_machine": bench.get("machine"), "bench_settings": bench.get("settings")}
 
 

@@ -57,18 +57,25 @@ def prepare_run_dir(root: Path, resume: bool, force: bool):
             raise
 
 
+def recorded_run(root: Path) -> dict:
+    """Return the run.json object in ``root``, or {} when there is none or it cannot be read (for messages that
+    say what a folder holds; a resume reads it with :func:`readable_record`, which refuses a damaged one)."""
+    try:
+        return read_json_object(root / RUN_JSON, RUN_JSON)
+    except SRShrinkError:
+        return {}
+
+
 def _which_run(rundir: RunDir) -> str:
     """Return `` (of TEACHER, finished)`` (or ``unfinished``) for the run in ``rundir`` as its run.json says, or ""
     when run.json is missing or cannot be read: a second teacher distilled into the default --out is refused there,
     and the teacher's name says whose run it is."""
-    try:
-        run = read_json_object(rundir.run_path, RUN_JSON)
-    except SRShrinkError:
+    run = recorded_run(rundir.root)
+    teacher = run.get("teacher")
+    path = teacher.get("path") if isinstance(teacher, dict) else None
+    if not path:
         return ""
-    teacher = (run.get("teacher") or {}).get("path") if isinstance(run.get("teacher"), dict) else None
-    if not teacher:
-        return ""
-    return f" (of {Path(str(teacher)).name}, {'finished' if run.get('complete') else 'unfinished'})"
+    return f" (of {Path(str(path)).name}, {'finished' if run.get('complete') else 'unfinished'})"
 
 
 # the end of both refusals of a resume without a readable run.json
