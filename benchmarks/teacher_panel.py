@@ -136,7 +136,7 @@ def finished(folder: Path, cfg: DistillConfig) -> dict | None:
         return None
     run = json.loads(f.read_text())
     ok = run.get("complete") and all(run["config"].get(k) == v for k, v in cfg.to_dict().items()
-                                     if k not in ("lr_patch", "extra", "scale"))
+                                     if k not in ("lr_patch", "extra", "scale") and v != "auto")  # recorded resolved
     return run if ok else None
 
 
@@ -149,10 +149,13 @@ def run_one(teacher: Path, folder: Path, cfg: DistillConfig, eval_images: int | 
     if not take_lock(folder):
         return None
     try:
+        run = finished(folder, cfg)  # another process may have finished it since the first look
+        if run is not None:
+            return run
         t0 = time.time()
         resume = (folder / "run.json").exists()
         try:
-            run = distill(str(teacher), folder, cfg, resume=resume, force=True, quiet=True, device="cpu",
+            run = distill(str(teacher), folder, cfg, resume=resume, force=not resume, quiet=True, device="cpu",
                           eval_images=eval_images)
         except SRShrinkError as exc:  # not the same recipe (e.g. an older run): start over
             if not resume:
