@@ -31,7 +31,9 @@ class Group(click.Group):
             sys.exit(0)
         except click.UsageError as exc:
             cmd = exc.ctx.command_path if exc.ctx else "sr-shrink"
-            click.echo(f"error: {exc.format_message()} (see '{cmd} --help')", err=True)
+            argv = list(kwargs.get("args") or (args[0] if args else None) or sys.argv[1:])
+            hint = comma_hint(exc.format_message(), argv)
+            click.echo(f"error: {exc.format_message()}{hint} (see '{cmd} --help')", err=True)
             sys.exit(2)
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
@@ -62,6 +64,23 @@ class Group(click.Group):
             sys.exit(130)
         finally:
             progress.disable()
+
+
+COMMA_LISTS = ("--synthetic", "--shapes", "--runtimes", "--precisions")  # options that take "a,b,c"
+
+
+def comma_hint(message: str, argv: list[str]) -> str:
+    """Return "; ..." telling how to write a list when click's ``message`` names extra arguments that follow the
+    value of a comma-list option in ``argv`` (``--precisions fp32 int8``), else ""."""
+    m = re.match(r"Got unexpected extra arguments? \((.*)\)$", message)
+    if not m:
+        return ""
+    extras = m.group(1).split(" ")
+    for i in range(2, len(argv) - len(extras) + 1):
+        if argv[i:i + len(extras)] == extras and argv[i - 2] in COMMA_LISTS and not argv[i - 1].startswith("-"):
+            opt = argv[i - 2]
+            return f"; {opt} takes a comma list without spaces: {opt} {','.join([argv[i - 1], *extras])}"
+    return ""
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

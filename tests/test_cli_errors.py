@@ -175,6 +175,26 @@ def test_bench_of_one_stage_file_names_the_run_folder(files, tmp_path):
     assert "pass the folder 'sr-shrink distill' wrote, not one file." in line, line
 
 
+@pytest.mark.parametrize("command, given, expected", [
+    ("bench {run} --runtimes torch --precisions fp32 int8", "(int8)", "--precisions fp32,int8"),
+    ("bench {run} --runtimes torch litert --rounds 1", "(litert)", "--runtimes torch,litert"),
+    ("distill {teacher} --synthetic deadleaves pink grown-smooth", "(pink grown-smooth)",
+     "--synthetic deadleaves,pink,grown-smooth"),
+    ("export {run} --target coreml --shapes 64x64 128x128", "(128x128)", "--shapes 64x64,128x128")])
+def test_a_list_written_with_spaces_gets_the_comma_form(files, command, given, expected):
+    args = shlex.split(command.format(run=files["run"], teacher=files["teacher"]))
+    line = one_error_line(_invoke(args))
+    assert line.startswith("error: Got unexpected extra argument") and given in line, line
+    assert f"takes a comma list without spaces: {expected} (see" in line, line
+
+
+def test_an_extra_argument_after_another_option_gets_no_comma_hint(files):
+    line = one_error_line(_invoke(["bench", str(files["run"]), "--input-size", "64x64", "extra"]))
+    assert line.startswith("error: Got unexpected extra argument (extra) (see '") and "comma" not in line, line
+    line = one_error_line(_invoke(["bench", str(files["run"]), "--precisions", "fp32", "--rounds", "1", "extra"]))
+    assert "comma" not in line, line
+
+
 @pytest.mark.parametrize("bad", ["--tile -1", "--overlap -2", "--scale 3", "--scale 0", "--threads 0",
                                  "--device tpu", "--teacher /no/such/teacher.pt", "--crops 3", "--value-range 255",
                                  "--res-scale 0.1"])
