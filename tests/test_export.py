@@ -705,3 +705,39 @@ def test_cli_export_writes_files(run):
     assert (out / "stage_01_fp16.onnx").is_file() and "stage_01_fp16.onnx" in res.output
     entry = json.loads((out / "export.json").read_text())["exports"][0]
     assert entry["input_size"] == [32, 32] and entry["verified"]
+
+
+def test_an_export_stopped_at_a_later_stage_keeps_the_files_it_finished(tmp_path, monkeypatch):
+    """Each file is indexed in export.json when it is done, under its own name only once written and verified: a
+    Ctrl-C in stage 2 keeps stage 1's file and entry, leaves no partial file, and stage 2's older file and entry
+    (an earlier export) as they were."""
+    import sr_shrink.export.pipeline as pipeline
+
+    run = make_tiny_run(tmp_path / "run", n_stages=2)
+    fast = dict(eval_images=1, input_size=(16, 16))
+    export_run(run, "onnx", stage=2, **fast)
+    older = (run / "exports" / "stage_02_fp32.onnx").read_bytes()
+    real_verify = pipeline._verify
+
+    def verify(job, path, student):
+        if student.n_blocks == 2:  # stage 2
+            raise KeyboardInterrupt
+        return real_verify(job, path, student)
+
+    monkeypatch.setattr(pipeline, "_verify", verify)
+    (run / "exports" / ".partial-stage_02_fp32.onnx").write_bytes(b"left by an export killed outright")
+    with pytest.raises(KeyboardInterrupt):
+        export_run(run, "onnx", stage="all", **fast)
+    names = sorted(p.name for p in (run / "exports").iterdir())
+    assert names == ["export.json", "stage_01_fp32.onnx", "stage_02_fp32.onnx"], names
+    assert (run / "exports" / "stage_02_fp32.onnx").read_bytes() == older
+    entries = {e["file"]: e for e in RunDir.open(run).read_index()["exports"]}
+    assert sorted(entries) == ["stage_01_fp32.onnx", "stage_02_fp32.onnx"]
+    assert entries["stage_01_fp32.onnx"]["verified"] and entries["stage_01_fp32.onnx"]["stage"] == 1
+    assert entries["stage_01_fp32.onnx"]["size_bytes"] == (run / "exports" / "stage_01_fp32.onnx").stat().st_size
+
+    monkeypatch.setattr(pipeline, "_verify", real_verify)
+    entries = export_run(run, "onnx", stage="all", **fast)
+    assert [e["file"] for e in entries] == ["stage_01_fp32.onnx", "stage_02_fp32.onnx"]
+    assert entries[1]["path"] == str((run / "exports" / "stage_02_fp32.onnx").resolve())
+    assert not any(p.name.startswith(".partial-") for p in (run / "exports").iterdir())

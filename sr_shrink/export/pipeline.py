@@ -2,8 +2,10 @@
 
 ``export_run(run, target, stage, precision, out, **opts)`` exports stage(s) of a distill run (or one
 ``stage_XX.pt``) to ``OUT/stage_XX_<tag>.<onnx|mlpackage|tflite>`` (default OUT: ``RUN_DIR/exports``) and
-merges one entry per file into ``OUT/export.json``. Every export goes through the same steps, one export
-function per format (``export_onnx``, ``export_coreml``, ``export_tflite``):
+merges one entry per file into ``OUT/export.json`` as each file is done. A file is written and verified as
+``OUT/.partial-<name>`` and takes its name only then, so an export stopped at any point leaves the files it
+finished (indexed), no partial one, and an older file of the same name as it was. Every export goes through
+the same steps, one export function per format (``export_onnx``, ``export_coreml``, ``export_tflite``):
 
 1. wrap the student in :class:`~sr_shrink.export.wrapper.MobileSR` (conv anchor, rank-4 pixel shuffle);
 2. convert (int8: calibrated on generator samples or photos, see :mod:`~sr_shrink.export.calib`);
@@ -81,8 +83,10 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
         job.pairs(scale)
     out_dir = Path(out) if out is not None else run.exports_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = [_export_stage(job, s, out_dir) for s in stages]
-    run.update_index(entries, out_dir)
+    entries = []
+    for s in stages:  # each file is indexed as it is done: an export stopped at a later stage keeps it
+        entries.append(_export_stage(job, s, out_dir))
+        run.update_index(entries[-1:], out_dir)
     return entries
 
 
@@ -194,15 +198,35 @@ def _weight_scheme(fmt: Target, cfg: ExportConfig) -> tuple[int, bool, bool]:
     return (64 if scheme.reduce_range else 127), not scheme.float_end_convs, not scheme.float_first_conv
 
 
+PARTIAL = ".partial-"  # prefix of the name a file is written and verified under before it takes its own
+
+
 def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
+    """Write, check and verify stage ``stage``'s file under a partial name in ``out_dir``, then give it its own name
+    (replacing an older file of that name only then); return its export.json entry. A failed or interrupted stage
+    leaves no partial file, and an older file of the same name stays as it was."""
+    final = out_dir / job.cfg.file_name(stage)
+    partial = out_dir / (PARTIAL + final.name)
+    _remove(partial)  # left by an export killed outright
+    try:
+        entry = _export_stage_as(job, stage, partial)
+        _remove(final)
+        partial.rename(final)
+    except BaseException:
+        _remove(partial)
+        raise
+    entry.update(file=final.name, path=str(final.resolve()))
+    return entry
+
+
+def _export_stage_as(job: _Job, stage: int, path: Path) -> dict:
     cfg = job.cfg
     original, _ = load_stage(job.run.stages[stage])
     student, qat_rec = job.finetune(original) if cfg.qat_steps else (original, None)
-    path = out_dir / cfg.file_name(stage)
     calib, calib_rec = job.calib(student.scale) if cfg.uses_calib else (None, None)
     t0 = time.perf_counter()
     calibrating = f" (int8, calibrating on {len(calib)} inputs)" if calib else ""
-    with task(f"stage {stage}: writing {path.name}{calibrating}"):
+    with task(f"stage {stage}: writing {path.name.removeprefix(PARTIAL)}{calibrating}"):
         extra = _write(job, stage, student, path, calib, qat=qat_rec is not None)
     seconds = time.perf_counter() - t0
     graph = job.fmt.graph(path)
@@ -256,7 +280,7 @@ def _checked(target: str, graph: GraphInfo, path: Path) -> dict:
         return check_graph(target, graph)
     except SRShrinkError as exc:
         _remove(path)
-        raise SRShrinkError(f"{path.name}: {exc}") from None
+        raise SRShrinkError(f"{path.name.removeprefix(PARTIAL)}: {exc}") from None
 
 
 def _remove(path: Path) -> None:
