@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -709,8 +711,8 @@ def test_cli_export_writes_files(run):
 
 def test_an_export_stopped_at_a_later_stage_keeps_the_files_it_finished(tmp_path, monkeypatch):
     """Each file is indexed in export.json when it is done, under its own name only once written and verified: a
-    Ctrl-C in stage 2 keeps stage 1's file and entry, leaves no partial file, and stage 2's older file and entry
-    (an earlier export) as they were."""
+    Ctrl-C in stage 2 keeps stage 1's file and entry, leaves no partial file of its own (and removes one a killed
+    export left, not one of a live process), and stage 2's older file and entry (an earlier export) as they were."""
     import sr_shrink.export.pipeline as pipeline
 
     run = make_tiny_run(tmp_path / "run", n_stages=2)
@@ -725,11 +727,15 @@ def test_an_export_stopped_at_a_later_stage_keeps_the_files_it_finished(tmp_path
         return real_verify(job, path, student)
 
     monkeypatch.setattr(pipeline, "_verify", verify)
-    (run / "exports" / ".partial-stage_02_fp32.onnx").write_bytes(b"left by an export killed outright")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid no process has now
+    (run / "exports" / f".partial-{dead.pid}-stage_02_fp32.onnx").write_bytes(b"left by an export killed outright")
+    (run / "exports" / f".partial-{os.getppid()}-stage_02_fp32.onnx").mkdir()  # another export's, running: kept
     with pytest.raises(KeyboardInterrupt):
         export_run(run, "onnx", stage="all", **fast)
     names = sorted(p.name for p in (run / "exports").iterdir())
-    assert names == ["export.json", "stage_01_fp32.onnx", "stage_02_fp32.onnx"], names
+    assert names == [f".partial-{os.getppid()}-stage_02_fp32.onnx", "export.json", "stage_01_fp32.onnx",
+                     "stage_02_fp32.onnx"], names
     assert (run / "exports" / "stage_02_fp32.onnx").read_bytes() == older
     entries = {e["file"]: e for e in RunDir.open(run).read_index()["exports"]}
     assert sorted(entries) == ["stage_01_fp32.onnx", "stage_02_fp32.onnx"]
@@ -740,4 +746,5 @@ def test_an_export_stopped_at_a_later_stage_keeps_the_files_it_finished(tmp_path
     entries = export_run(run, "onnx", stage="all", **fast)
     assert [e["file"] for e in entries] == ["stage_01_fp32.onnx", "stage_02_fp32.onnx"]
     assert entries[1]["path"] == str((run / "exports" / "stage_02_fp32.onnx").resolve())
-    assert not any(p.name.startswith(".partial-") for p in (run / "exports").iterdir())
+    assert [p.name for p in (run / "exports").iterdir() if p.name.startswith(".partial-")] == [
+        f".partial-{os.getppid()}-stage_02_fp32.onnx"]

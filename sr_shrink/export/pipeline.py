@@ -3,7 +3,7 @@
 ``export_run(run, target, stage, precision, out, **opts)`` exports stage(s) of a distill run (or one
 ``stage_XX.pt``) to ``OUT/stage_XX_<tag>.<onnx|mlpackage|tflite>`` (default OUT: ``RUN_DIR/exports``) and
 merges one entry per file into ``OUT/export.json`` as each file is done. A file is written and verified as
-``OUT/.partial-<name>`` and takes its name only then, so an export stopped at any point leaves the files it
+``OUT/.partial-<pid>-<name>`` and takes its name only then, so an export stopped at any point leaves the files it
 finished (indexed), no partial one, and an older file of the same name as it was. Every export goes through
 the same steps, one export function per format (``export_onnx``, ``export_coreml``, ``export_tflite``):
 
@@ -18,6 +18,7 @@ the same steps, one export function per format (``export_onnx``, ``export_coreml
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -198,7 +199,28 @@ def _weight_scheme(fmt: Target, cfg: ExportConfig) -> tuple[int, bool, bool]:
     return (64 if scheme.reduce_range else 127), not scheme.float_end_convs, not scheme.float_first_conv
 
 
-PARTIAL = ".partial-"  # prefix of the name a file is written and verified under before it takes its own
+PARTIAL = ".partial-"  # a file is written and verified as .partial-PID-NAME before it takes its own name
+
+
+def _final_name(path: Path) -> str:
+    """Return the name a file written at ``path`` takes when done (``path``'s own name unless it is a partial one)."""
+    name = path.name
+    if name.startswith(PARTIAL):
+        return name[len(PARTIAL):].split("-", 1)[-1]
+    return name
+
+
+def _remove_dead_partials(out_dir: Path, name: str) -> None:
+    """Remove the partial files of ``name`` in ``out_dir`` left by exports that were killed outright (their
+    process is gone); an export of the same file running beside this one keeps its own."""
+    for p in out_dir.glob(f"{PARTIAL}*-{name}"):
+        pid = p.name[len(PARTIAL):].split("-", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove(p)
+        except (ValueError, PermissionError, OSError):  # not ours to judge: another user's, or not a pid
+            pass
 
 
 def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
@@ -206,8 +228,8 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     (replacing an older file of that name only then); return its export.json entry. A failed or interrupted stage
     leaves no partial file, and an older file of the same name stays as it was."""
     final = out_dir / job.cfg.file_name(stage)
-    partial = out_dir / (PARTIAL + final.name)
-    _remove(partial)  # left by an export killed outright
+    _remove_dead_partials(out_dir, final.name)
+    partial = out_dir / f"{PARTIAL}{os.getpid()}-{final.name}"
     try:
         entry = _export_stage_as(job, stage, partial)
         _remove(final)
@@ -226,7 +248,7 @@ def _export_stage_as(job: _Job, stage: int, path: Path) -> dict:
     calib, calib_rec = job.calib(student.scale) if cfg.uses_calib else (None, None)
     t0 = time.perf_counter()
     calibrating = f" (int8, calibrating on {len(calib)} inputs)" if calib else ""
-    with task(f"stage {stage}: writing {path.name.removeprefix(PARTIAL)}{calibrating}"):
+    with task(f"stage {stage}: writing {_final_name(path)}{calibrating}"):
         extra = _write(job, stage, student, path, calib, qat=qat_rec is not None)
     seconds = time.perf_counter() - t0
     graph = job.fmt.graph(path)
@@ -280,7 +302,7 @@ def _checked(target: str, graph: GraphInfo, path: Path) -> dict:
         return check_graph(target, graph)
     except SRShrinkError as exc:
         _remove(path)
-        raise SRShrinkError(f"{path.name.removeprefix(PARTIAL)}: {exc}") from None
+        raise SRShrinkError(f"{_final_name(path)}: {exc}") from None
 
 
 def _remove(path: Path) -> None:
