@@ -40,11 +40,10 @@ def input_moments(conv: torch.nn.Conv2d, inputs: list[torch.Tensor]) -> torch.Te
     total, count = None, 0
     for batch in inputs:
         for part in batch.split(CHUNK):
-            cols = F.unfold(part, k, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
-            cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-            part_sum = (cols.T @ cols).double()
+            cols = F.unfold(part, k, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)  # (N, K, L)
+            part_sum = torch.bmm(cols, cols.transpose(1, 2)).sum(0).double()  # no (N*L, K) copy of the patches
             total = part_sum if total is None else total + part_sum
-            count += cols.shape[0]
+            count += cols.shape[0] * cols.shape[2]
     return total / max(count, 1)
 
 
