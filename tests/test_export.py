@@ -731,8 +731,11 @@ def test_an_export_stopped_at_a_later_stage_keeps_the_files_it_finished(tmp_path
     dead.wait()  # a pid no process has now
     (run / "exports" / f".partial-{dead.pid}-stage_02_fp32.onnx").write_bytes(b"left by an export killed outright")
     (run / "exports" / f".partial-{os.getppid()}-stage_02_fp32.onnx").mkdir()  # another export's, running: kept
+    said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        export_run(run, "onnx", stage="all", **fast)
+        export_run(run, "onnx", stage="all", log=said.append, **fast)
+    assert said == [pipeline.kept_note([{"file": "stage_01_fp32.onnx"}], run / "exports")], said
+    assert "stage_01_fp32.onnx finished and kept in" in said[0] and "stage_02" not in said[0]
     names = sorted(p.name for p in (run / "exports").iterdir())
     assert names == [f".partial-{os.getppid()}-stage_02_fp32.onnx", "export.json", "stage_01_fp32.onnx",
                      "stage_02_fp32.onnx"], names
@@ -741,6 +744,11 @@ def test_an_export_stopped_at_a_later_stage_keeps_the_files_it_finished(tmp_path
     assert sorted(entries) == ["stage_01_fp32.onnx", "stage_02_fp32.onnx"]
     assert entries["stage_01_fp32.onnx"]["verified"] and entries["stage_01_fp32.onnx"]["stage"] == 1
     assert entries["stage_01_fp32.onnx"]["size_bytes"] == (run / "exports" / "stage_01_fp32.onnx").stat().st_size
+
+    said.clear()  # stopped in its first file: nothing finished, nothing to say beyond "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        export_run(run, "onnx", stage=2, log=said.append, **fast)
+    assert said == []
 
     monkeypatch.setattr(pipeline, "_verify", real_verify)
     entries = export_run(run, "onnx", stage="all", **fast)

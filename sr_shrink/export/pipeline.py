@@ -86,9 +86,22 @@ def export_run(run_dir: str | Path | RunDir, target: str, stage: int | str = "al
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for s in stages:  # each file is indexed as it is done: an export stopped at a later stage keeps it
-        entries.append(_export_stage(job, s, out_dir))
+        try:
+            entries.append(_export_stage(job, s, out_dir))
+        except KeyboardInterrupt:
+            if entries and log is not None:
+                log(kept_note(entries, out_dir))
+            raise
         run.update_index(entries[-1:], out_dir)
     return entries
+
+
+def kept_note(entries: list[dict], out_dir: Path) -> str:
+    """Return the line an export stopped midway says about the files it finished (``entries``): kept in
+    ``out_dir`` and indexed, the file it was writing dropped, and that running it again writes every stage anew."""
+    files = ", ".join(e["file"] for e in entries)
+    return (f"{files} finished and kept in {out_dir} (listed in export.json); the file being written was dropped. "
+            "Run the same command again to export every stage (the finished ones are written anew).")
 
 
 def _config(target: str, precision: str | None, opts: dict) -> ExportConfig:
