@@ -730,6 +730,7 @@ def test_an_export_stopped_at_a_later_stage_keeps_the_files_it_finished(tmp_path
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid no process has now
     (run / "exports" / f".partial-{dead.pid}-stage_02_fp32.onnx").write_bytes(b"left by an export killed outright")
+    (run / "exports" / f".partial-{dead.pid}-stage_01_fp16.tflite").write_bytes(b"so was this, of another file")
     (run / "exports" / f".partial-{os.getppid()}-stage_02_fp32.onnx").mkdir()  # another export's, running: kept
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):

@@ -4,7 +4,8 @@
 ``stage_XX.pt``) to ``OUT/stage_XX_<tag>.<onnx|mlpackage|tflite>`` (default OUT: ``RUN_DIR/exports``) and
 merges one entry per file into ``OUT/export.json`` as each file is done. A file is written and verified as
 ``OUT/.partial-<pid>-<name>`` and takes its name only then, so an export stopped at any point leaves the files it
-finished (indexed), no partial one, and an older file of the same name as it was. Every export goes through
+finished (indexed), no partial one, and an older file of the same name as it was (a process killed outright
+leaves its partial file until the next export into OUT removes it). Every export goes through
 the same steps, one export function per format (``export_onnx``, ``export_coreml``, ``export_tflite``):
 
 1. wrap the student in :class:`~sr_shrink.export.wrapper.MobileSR` (conv anchor, rank-4 pixel shuffle);
@@ -223,10 +224,10 @@ def _final_name(path: Path) -> str:
     return name
 
 
-def _remove_dead_partials(out_dir: Path, name: str) -> None:
-    """Remove the partial files of ``name`` in ``out_dir`` left by exports that were killed outright (their
-    process is gone); an export of the same file running beside this one keeps its own."""
-    for p in out_dir.glob(f"{PARTIAL}*-{name}"):
+def _remove_dead_partials(out_dir: Path) -> None:
+    """Remove the partial files in ``out_dir`` left by exports that were killed outright (their process is gone),
+    whatever file they were writing; an export running beside this one keeps its own."""
+    for p in out_dir.glob(f"{PARTIAL}*"):
         pid = p.name[len(PARTIAL):].split("-", 1)[0]
         try:
             os.kill(int(pid), 0)
@@ -241,7 +242,7 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
     (replacing an older file of that name only then); return its export.json entry. A failed or interrupted stage
     leaves no partial file, and an older file of the same name stays as it was."""
     final = out_dir / job.cfg.file_name(stage)
-    _remove_dead_partials(out_dir, final.name)
+    _remove_dead_partials(out_dir)
     partial = out_dir / f"{PARTIAL}{os.getpid()}-{final.name}"
     try:
         entry = _export_stage_as(job, stage, partial)
