@@ -534,3 +534,13 @@ def test_bench_plot_is_log_scaled(tmp_path, monkeypatch):
                                                                       savefig(fig, *a, **k)))
     plot({"rows": rows, "recommended": None}, tmp_path / "b.png")
     assert scales == ["log"] and (tmp_path / "b.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("threads,said", [(1, "1 thread,"), (2, "2 threads,")])
+def test_the_table_title_counts_threads_in_words(threads, said):
+    """The table's title reads "1 thread" and "2 threads"."""
+    from sr_shrink.bench.report import bench_table
+
+    table = bench_table({"rows": [], "machine": {"input_size": "32x32", "threads": threads, "cpu": "some CPU"},
+                         "metric": {"key": "psnr_y"}})
+    assert said in str(table.title) and ("1 threads" not in str(table.title))

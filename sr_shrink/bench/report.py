@@ -31,7 +31,9 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 def bench_table(result: dict) -> Table:
     """Return a rich Table of the rows sorted by stage; * marks the pick, + the Pareto front."""
     m = result.get("machine", {})
-    table = Table(title=f"sr-shrink bench: {m.get('input_size')} input, {m.get('threads')} threads, {m.get('cpu')}",
+    threads = m.get("threads")
+    table = Table(title=f"sr-shrink bench: {m.get('input_size')} input, {threads} thread{'' if threads == 1 else 's'}, "
+                        f"{m.get('cpu')}",
                   caption=_caption(result))
     for name in ("", "stage", "blocks", "runtime", "prec", "params", "GMAC", "KiB", "ms p50", "ms p90",
                  "spread%", "MiB", "PSNR-Y", "SSIM-Y", "fid PSNR-Y", "Δteacher", "Δbicubic"):
