@@ -32,8 +32,9 @@ class Group(click.Group):
         except click.UsageError as exc:
             cmd = exc.ctx.command_path if exc.ctx else "sr-shrink"
             argv = list(kwargs.get("args") or (args[0] if args else None) or sys.argv[1:])
-            hint = comma_hint(exc.format_message(), argv)
-            click.echo(f"error: {exc.format_message()}{hint} (see '{cmd} --help')", err=True)
+            message = argument_message(exc.format_message(), exc.ctx) or exc.format_message()
+            hint = comma_hint(message, argv)
+            click.echo(f"error: {message}{hint} (see '{cmd} --help')", err=True)
             sys.exit(2)
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
@@ -80,6 +81,31 @@ def comma_hint(message: str, argv: list[str]) -> str:
         if argv[i:i + len(extras)] == extras and argv[i - 2] in COMMA_LISTS and not argv[i - 1].startswith("-"):
             opt = argv[i - 2]
             return f"; {opt} takes a comma list without spaces: {opt} {','.join([argv[i - 1], *extras])}"
+    return ""
+
+
+ARGUMENT_ALIASES = {  # options other tools take for what a command here reads as an argument
+    "teacher": ("--teacher", "-t", "--model", "-m", "--input", "-i"),
+    "run_dir": ("--run", "--run-dir", "--run_dir", "--input", "-i"),
+    "model": ("--model", "-m"),
+    "images": ("--input", "-i", "--images", "--image"),
+    "path": ("--path", "--input", "-i"),
+}
+
+
+def argument_message(message: str, ctx: click.Context | None) -> str:
+    """Return the usage error to show in place of click's ``message`` when it names an unknown option that other
+    tools use for one of the command's arguments (``upscale --model m.onnx``): that it is an argument and the
+    command's usage, without click's guesses at similar option names; else ""."""
+    m = re.match(r"No such option '([^']+)'", message)
+    if not m or ctx is None:
+        return ""
+    args = [p for p in ctx.command.params if isinstance(p, click.Argument)]
+    for arg in args:
+        if m.group(1) in ARGUMENT_ALIASES.get(arg.name, ()):
+            names = " ".join(a.human_readable_name + ("..." if a.nargs == -1 else "") for a in args)
+            return (f"No such option '{m.group(1)}': {arg.human_readable_name} is an argument, not an option: "
+                    f"{ctx.command_path} {names} [OPTIONS]")
     return ""
 
 

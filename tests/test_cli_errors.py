@@ -195,6 +195,30 @@ def test_an_extra_argument_after_another_option_gets_no_comma_hint(files):
     assert "comma" not in line, line
 
 
+@pytest.mark.parametrize("command, usage", [
+    ("distill --teacher {teacher}", "TEACHER is an argument, not an option: sr-shrink distill TEACHER [OPTIONS]"),
+    ("export --run {run} --target onnx", "RUN_DIR is an argument, not an option: sr-shrink export RUN_DIR [OPTIONS]"),
+    ("upscale --model {stage} {img}",
+     "MODEL is an argument, not an option: sr-shrink upscale MODEL IMAGES... [OPTIONS]"),
+    ("upscale {stage} -i {img}", "IMAGES is an argument, not an option: sr-shrink upscale MODEL IMAGES... [OPTIONS]")])
+def test_an_argument_given_as_an_option_is_named_as_an_argument(files, command, usage):
+    """``upscale --model m.onnx``, as other tools take it: the error says MODEL is an argument and shows the usage,
+    without click's guesses at similar options (``--overlap`` for ``--model``)."""
+    args = shlex.split(command.format(teacher=files["teacher"], run=files["run"], stage=files["run"] / "stage_01.pt",
+                                      img=next(files["eval"].iterdir())))
+    line = one_error_line(CliRunner().invoke(main, args, prog_name="sr-shrink"))
+    option = next(a for a in args if a.startswith("-"))
+    assert line == f"error: No such option '{option}': {usage} (see 'sr-shrink {args[0]} --help')", line
+
+
+def test_an_unknown_option_that_names_no_argument_keeps_clicks_guess(files):
+    line = one_error_line(CliRunner().invoke(main, ["export", str(files["run"]), "--target", "onnx", "--out-dir", "x"],
+                                             prog_name="sr-shrink"))
+    assert line == "error: No such option '--out-dir'. Did you mean '--out'? (see 'sr-shrink export --help')", line
+    line = one_error_line(_invoke(["bench", str(files["run"]), "--model", "x"]))  # bench has no MODEL argument
+    assert line.startswith("error: No such option '--model'") and "argument" not in line, line
+
+
 @pytest.mark.parametrize("bad", ["--tile -1", "--overlap -2", "--scale 3", "--scale 0", "--threads 0",
                                  "--device tpu", "--teacher /no/such/teacher.pt", "--crops 3", "--value-range 255",
                                  "--res-scale 0.1"])
