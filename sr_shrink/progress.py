@@ -138,7 +138,7 @@ class Lines:
         resumed = f", {self.start_done} done before" if self.start_done else ""
         so_far = f", {behind} done" if behind else ""
         _plain(self.console, f"{self.description}: started"
-               + (f" ({self.total} {self.unit}{resumed}{so_far})" if self.total else ""))
+               + (f" ({counted(self.total, self.unit)}{resumed}{so_far})" if self.total else ""))
 
     def advance(self, n: int = 1, note: str = "") -> None:
         """Count ``n`` more items; write a line when :data:`PLAIN_EVERY_S` seconds have passed since the last (the
@@ -156,7 +156,7 @@ class Lines:
 
     def set_total(self, total: int, why: str) -> None:
         """Change the phase's total to ``total`` and say so in a line with the reason ``why``."""
-        _plain(self.console, f"{self.description}: {total} {self.unit} instead of {self.total}: {why}")
+        _plain(self.console, f"{self.description}: {counted(total, self.unit)} instead of {self.total}: {why}")
         self.total = total
 
     def status(self, now: float) -> str:
@@ -179,9 +179,18 @@ class Lines:
         if self.total:
             count = f" ({self.done}/{self.total})" if self.done != self.total else ""
         else:
-            count = f" ({self.done} {self.unit})" if self.done else ""
+            count = f" ({counted(self.done, self.unit)})" if self.done else ""
         ended = "stopped after" if stopped else "done in"
         _plain(self.console, f"{self.description}: {ended} {clock(time.perf_counter() - self.t0)}{count}")
+
+
+def counted(n: int, unit: str) -> str:
+    """Return "``n`` ``unit``" with the unit's first word in the singular for one ("1 item", "1 band of rows";
+    ``unit`` is given in the plural)."""
+    if n == 1:
+        first, _, rest = unit.partition(" ")
+        unit = " ".join(w for w in (first.removesuffix("s"), rest) if w)
+    return f"{n} {unit}"
 
 
 @contextmanager

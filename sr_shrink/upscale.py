@@ -332,7 +332,7 @@ def upscale_files(model: str | Path, images: list[str | Path], out_dir: str | Pa
     written = []
     tiles = sum(up.calls(hw, tile, overlap) for hw, _ in headers)
     what = images[0].name if len(images) == 1 else f"{len(images)} images"
-    with task(f"upscaling {what} with {up.path.name}", total=tiles, unit="tile" + "s" * (tiles != 1)) as advance:
+    with task(f"upscaling {what} with {up.path.name}", total=tiles, unit="tiles") as advance:
         for path in images:  # one image in memory at a time
             pic = read_picture(path)
             sr = upscale_picture(up, pic, tile, overlap, advance)

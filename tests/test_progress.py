@@ -78,6 +78,20 @@ def test_a_quiet_phase_shows_only_once_it_is_slow(capsys, monkeypatch):
     assert lines == ["slow: started (4 items, 2 done)", "slow: done in 0:02"], lines
 
 
+def test_a_count_of_one_is_in_the_singular(capsys):
+    """One item is "1 item" in the first line (and "1 band of rows" for a unit of several words); more stay plural."""
+    progress.enable(progress.stderr_console())
+    try:
+        for total, unit in ((1, "items"), (1, "bands of rows"), (3, "bands of rows"), (2, "tiles")):
+            with task(f"phase of {total}", total=total, unit=unit) as advance:
+                advance()
+    finally:
+        progress.disable()
+    started = [ln for ln in capsys.readouterr().err.splitlines() if ": started" in ln]
+    assert started == ["phase of 1: started (1 item)", "phase of 1: started (1 band of rows)",
+                       "phase of 3: started (3 bands of rows)", "phase of 2: started (2 tiles)"], started
+
+
 def test_clock():
     assert clock(0) == "0:00" and clock(61.4) == "1:01" and clock(3725) == "1:02:05"
 
