@@ -98,12 +98,17 @@ def test_pool_labels_fewer_teacher_pixels_across_stages(tiny_teacher, tmp_path):
     assert "pool" not in json.loads((tmp_path / "fresh" / "run.json").read_text())
 
 
-def test_time_budget_plans_steps_and_leaves_no_trace(tiny_teacher, tmp_path, monkeypatch):
+def test_time_budget_plans_steps_and_leaves_no_trace(tiny_teacher, tmp_path, monkeypatch, capsys):
     import sr_shrink.distill.run as run_mod
 
     monkeypatch.setattr(run_mod, "_paced", lambda deadline, world: None)  # no stage cut on a busy machine
     cfg = _cfg(stage_end=2, time_budget=0.4, steps_per_stage=500, pool=0)
-    run = distill(str(tiny_teacher), tmp_path / "budget", cfg, eval_dir="none", quiet=True, device="cpu")
+    progress.enable(progress.stderr_console())
+    try:
+        run = distill(str(tiny_teacher), tmp_path / "budget", cfg, eval_dir="none", quiet=True, device="cpu")
+    finally:
+        progress.disable()
+    assert "timing the student's steps at 1 and 2 blocks: started (2 sizes)" in capsys.readouterr().err.splitlines()
     plan = run["time_budget"]
     steps = plan["steps_per_stage"]  # the first plan; stage 2 is re-planned from stage 1's pace
     assert steps >= 1 and steps != 500 and plan["stage_steps"][0] == steps

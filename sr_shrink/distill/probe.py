@@ -88,7 +88,9 @@ def probe_steps(state: TrainState, student, blocks: list[int], eval_pairs, fidel
     cfg = state.cfg
     snap = state.snapshot()
     try:
-        with task(f"timing the steps of {len(set((blocks[0], blocks[-1])))} student size(s)") as advance:
+        sizes = sorted({blocks[0], blocks[-1]})
+        counts = f"{' and '.join(map(str, sizes))} block{'s' * (sizes != [1])}"
+        with task(f"timing the student's steps at {counts}", total=len(sizes), unit="sizes") as advance:
             first = copy.deepcopy(student)
             cost0, g_seconds = probe_cost(state, first)
             cost = {blocks[0]: cost0}
