@@ -183,6 +183,16 @@ def test_stage_deadline_cuts_a_stage_that_runs_slower_than_planned():
     assert StageDeadline(end=100.0, mark=(90.0, 10)).steps(20, 50, 110.0) == 20  # past the end: stop now
     assert StageDeadline(end=1e9, mark=(0.0, 0)).steps(10, 50, 10.0) == 50  # never more than planned
     assert StageDeadline(end=100.0, mark=(0.0, 30)).steps(30, 50, 10.0) == 50  # no step since the mark
+    # the last tenth of a stage slowed down 8x (a machine that got busy near its end): planned 40 s for 573 steps,
+    # step 525 at 41 s at 0.5 s a step; the 48 steps left would run 24 s late (60 % of the stage's time): cut now,
+    # though they are fewer than 10 % of its steps
+    late = StageDeadline(end=40.0, mark=(0.0, 0))
+    late.mark = (31.0, 505)
+    assert late.span == 40.0 and late.steps(525, 573, 41.0) == 525
+    # the same 48 steps at the planned pace (0.07 s: 3.4 s late, under 10 % of 40 s) are left to the re-plan
+    late = StageDeadline(end=40.0, mark=(0.0, 0))
+    late.mark = (37.2, 472)
+    assert late.steps(525, 573, 40.9) == 573
 
 
 def test_plan_deadline_is_the_stage_share_at_the_planned_pace():

@@ -41,7 +41,7 @@ PROBE_GAME_WARMUP = 1  # untimed generator steps (a big teacher's forward and ba
 PROBE_GAME_STEPS = 1  # timed generator steps (on the first stage's student; the last's reuses their time)
 CHECK_STEPS = 10  # a budgeted stage compares its pace with its deadline every this many steps
 PACE_WINDOW_S = 5.0  # ... measured over at least this many seconds of its latest steps
-MIN_CUT = 0.1  # ... and is cut only when the steps that fit are at least this share fewer than its total
+MIN_CUT = 0.1  # ... and is cut only when its steps at that pace would end this share of its planned time late
 
 
 @dataclass
@@ -247,22 +247,28 @@ def replan(plan: Plan, done: int, spent: float, train_seconds: float, overhead: 
 @dataclass
 class StageDeadline:
     """The wall time ``end`` (a ``time.time()``) by which a budgeted stage's steps should be done, and ``mark``:
-    the (time, steps done) the pace window of its latest steps starts at (the stage's start, at first)."""
+    the (time, steps done) the pace window of its latest steps starts at (the stage's start, at first); ``span``,
+    the stage's planned seconds, is ``end`` less the first mark's time."""
 
     end: float
     mark: tuple[float, int]
+    span: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.span = self.end - self.mark[0]
 
     def steps(self, step: int, total: int, now: float, window: float = PACE_WINDOW_S,
               min_cut: float = MIN_CUT) -> int:
         """Return the stage's total steps once ``step`` of ``total`` are done at time ``now``: ``total`` while
-        the pace of the steps since the mark (at least ``window`` seconds of them) ends them by ``end`` or the
-        steps that fit by then are fewer by less than ``min_cut`` of ``total`` (a small overrun is left to the
-        re-plan of the next stages, and timer noise cuts nothing), else the steps that fit (never fewer than
-        ``step``)."""
+        the pace of the steps since the mark (at least ``window`` seconds of them) ends them by ``end``, or
+        would end them less than ``min_cut`` of the stage's planned seconds (``span``) after it (a small overrun
+        is left to the re-plan of the next stages, and timer noise cuts nothing), else the steps that fit (never
+        fewer than ``step``). The overrun is judged in seconds at the latest pace, so a stage whose last steps
+        slow down many times over is cut too (in steps, its last tenth would have run whatever it cost)."""
         t0, s0 = self.mark
         if now - t0 < window or step <= s0:
             return total
         self.mark = (now, step)
         per_step = (now - t0) / (step - s0)
         fit = step + math.floor(max(0.0, self.end - now) / per_step)
-        return max(step, fit) if fit <= total * (1 - min_cut) else total
+        return max(step, fit) if (total - fit) * per_step >= min_cut * self.span else total
