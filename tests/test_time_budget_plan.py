@@ -195,6 +195,18 @@ def test_stage_deadline_cuts_a_stage_that_runs_slower_than_planned():
     assert late.steps(525, 573, 40.9) == 573
 
 
+def test_one_process_checks_its_pace_after_every_step():
+    """A step that takes seconds is judged when it ends, not 10 steps later (a distributed run checks every
+    CHECK_STEPS steps, each check a broadcast)."""
+    from sr_shrink.distill.run import _paced
+
+    now = time.time()
+    late = StageDeadline(end=now - 1.0, mark=(now - 60.0, 0))  # past its end, 3 steps in a minute
+    assert _paced(late, 1)(3, 100) == 3  # stop now
+    on_time = StageDeadline(end=now + 3000.0, mark=(now - 60.0, 0))  # 20 s a step: 150 more fit
+    assert _paced(on_time, 1)(3, 100) == 100
+
+
 def test_plan_deadline_is_the_stage_share_at_the_planned_pace():
     costs = {1: 0.5, 2: 0.6}
     plan = first_plan(8.0, 120.0, costs, 3.0, 2)
@@ -297,3 +309,37 @@ def test_plain_lines_say_when_a_stage_is_cut():
     lines = buf.getvalue().splitlines()
     assert [x for x in lines if "instead of" in x] == [f"stage 1 (1 blk): 880 steps instead of 1000: {SHORTENED}"]
     assert lines[-1].endswith("(0/880)")  # the last line counts against the cut total
+
+
+def _cut_to(steps: int):
+    """A ``_paced`` stand-in that cuts every budgeted stage to ``steps`` steps once it has taken them."""
+    return lambda deadline, world: (lambda step, total: min(total, steps) if step >= steps else total)
+
+
+def test_a_stage_cut_to_a_few_steps_that_moved_away_from_the_teacher_is_written_untrained(tiny_teacher, tmp_path,
+                                                                                          monkeypatch):
+    """A stage the budget cut short keeps the student it started from when that one is closer to the teacher on
+    the replay buffer's pairs (here a learning rate of 5 wrecks the student in its 3 steps): stage 2 then has
+    stage 1's output, 0 steps and a note saying why."""
+    import sr_shrink.distill.run as run_mod
+
+    monkeypatch.setattr(run_mod, "_paced", _cut_to(3))
+    notes: list[str] = []
+    cfg = DistillConfig(stage_start=1, stage_end=2, channels=4, batch=4, lr_patch=8, seed=1, time_budget=0.3, lr=5.0)
+    run = distill(str(tiny_teacher), tmp_path / "r", cfg, quiet=True, device="cpu", eval_images=2, log=notes.append)
+    assert [s["steps"] for s in run["stages"]] == [0, 0] and run["time_budget"]["stage_steps"] == [0, 0]
+    assert notes == [f"note: --time-budget 0.3 cut stage {i} to 3 steps, which left it further from the teacher on "
+                     f"its latest training batches than it started; written untrained{same}." for i, same in
+                     ((1, ""), (2, ", grown from stage 1 (the same output as stage 1)"))], notes
+    a, _ = load_student(tmp_path / "r" / "stage_01.pt")
+    b, _ = load_student(tmp_path / "r" / "stage_02.pt")
+    x = torch.rand(1, 3, 12, 12)
+    assert b.n_blocks == 2 and torch.allclose(a(x), b(x), atol=1e-6)
+    assert run["stages"][1]["val_psnr_y"] == pytest.approx(run["stages"][0]["val_psnr_y"], abs=1e-4)
+
+    # cut to 40 steps at the default learning rate: the trained students are closer, and kept
+    monkeypatch.setattr(run_mod, "_paced", _cut_to(40))
+    notes.clear()
+    cfg = DistillConfig(stage_start=1, stage_end=2, channels=4, batch=4, lr_patch=8, seed=1, time_budget=0.3)
+    run = distill(str(tiny_teacher), tmp_path / "k", cfg, quiet=True, device="cpu", eval_images=2, log=notes.append)
+    assert [s["steps"] for s in run["stages"]] == [40, 40] and not notes, notes

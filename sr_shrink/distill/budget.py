@@ -39,7 +39,9 @@ PROBE_WARMUP = 2  # untimed steps before the probe's timed ones
 PROBE_STEPS = 8  # timed student steps per probed student size
 PROBE_GAME_WARMUP = 1  # untimed generator steps (a big teacher's forward and backward make each one dear)
 PROBE_GAME_STEPS = 1  # timed generator steps (on the first stage's student; the last's reuses their time)
-CHECK_STEPS = 10  # a budgeted stage compares its pace with its deadline every this many steps
+# a budgeted stage compares its pace with its deadline after every step in one process, and every CHECK_STEPS
+# steps in a distributed run (each check broadcasts rank 0's figure)
+CHECK_STEPS = 10
 PACE_WINDOW_S = 5.0  # ... measured over at least this many seconds of its latest steps
 MIN_CUT = 0.1  # ... and is cut only when its steps at that pace would end this share of its planned time late
 

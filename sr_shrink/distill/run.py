@@ -11,6 +11,7 @@ grows. Files (named by :class:`~sr_shrink.run.RunDir`): ``stage_XX.pt`` per fini
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,7 @@ from .probe import probe_steps, setup_of, timed_forward
 from .resume import adopt, check_same_run, finished_stages, lost_state_note
 from .sources import Labeller, make_source, resolve_teacher_dtype
 from .state import TrainState
-from .train import Callbacks, train_stage
+from .train import Callbacks, buffer_kd, train_stage
 
 BUFFER_BATCHES = 32
 TEACHER_KEYS = ("format", "arch", "arch_name", "params", "value_range", "value_range_guessed", "size_requirements",
@@ -215,11 +216,19 @@ def run_stages(job: Job, resume: bool) -> dict:
             state.first_kd, state.stage_steps = saved.get("first_kd"), saved.get("stage_steps")
         saved = None
         cb.call("stage_start", idx, student, state)
+        start = copy.deepcopy(student) if budgeted and not mid_stage else None  # grown, untrained
+        planned = state.total_steps
         pace = _paced(plan.deadline(idx, time.time(), state.step), env.world) if budgeted else None
         seconds = train_stage(state, student, save, cb, env.world, pace)
+        untrained = (start is not None and state.total_steps < planned
+                     and rank0(_start_closer(state, start, student), env.world))
+        if untrained:
+            _untrain(job, state, student, start, cfg.time_budget, env.main)
         student = student.to(memory_format=torch.contiguous_format)
         cb.call("stage_end", idx, student)
         run.stages.append(finish_stage(job, state, student, blocks[idx], seconds, fidelity_pairs))
+        if untrained:
+            run.stages[-1].steps = 0
         if budgeted:  # the steps it took (fewer when its deadline shortened it)
             plan.stage_steps[idx] = run.stages[-1].steps
         if budgeted and idx + 1 < len(blocks):  # the next stages' steps, from the pace this one kept
@@ -249,11 +258,34 @@ def run_stages(job: Job, resume: bool) -> dict:
     return run.to_dict()
 
 
+def _start_closer(state: TrainState, start: SRStudent, trained: SRStudent) -> bool:
+    """Return True when the stage's student as it started (``start``) is at least as close to the teacher on the
+    replay buffer's pairs (its latest training batches) as the ``trained`` one."""
+    return buffer_kd(state, start) <= buffer_kd(state, trained)
+
+
+def _untrain(job: Job, state: TrainState, student: SRStudent, start: SRStudent, minutes: float, main: bool) -> None:
+    """Put the stage's starting weights back into ``student`` and forget its KD losses, with a note: a stage the
+    budget cut to a few steps can end further from the teacher than it began (Adam's first steps at the top of the
+    cosine move it away; BENCHMARKS.md, section 47)."""
+    idx, steps = state.stage_idx, state.total_steps
+    student.load_state_dict(start.state_dict())
+    state.kd_hist, state.first_kd = [], None
+    if main:
+        same = f", grown from stage {idx} (the same output as stage {idx})" if idx else ""
+        job.log(f"note: --time-budget {minutes:g} cut stage {idx + 1} to {steps} steps, which left it further from "
+                f"the teacher on its latest training batches than it started; written untrained{same}.")
+
+
 def _paced(deadline, world: int) -> Callable[[int, int], int]:
-    """Return ``train_stage``'s ``pace`` for a budgeted stage: every ``CHECK_STEPS`` steps, the total steps the
-    ``deadline`` (:class:`~.budget.StageDeadline`) allows, rank 0's figure on every rank."""
+    """Return ``train_stage``'s ``pace`` for a budgeted stage: the total steps the ``deadline``
+    (:class:`~.budget.StageDeadline`) allows, checked after every step in one process (a clock read until its pace
+    window has passed: a step that takes seconds on a busy machine is judged at once) and every ``CHECK_STEPS``
+    steps with several (rank 0's figure broadcast to every rank)."""
     def pace(step: int, total: int) -> int:
-        return rank0(deadline.steps(step, total, time.time()), world) if step % CHECK_STEPS == 0 else total
+        if world > 1 and step % CHECK_STEPS:
+            return total
+        return rank0(deadline.steps(step, total, time.time()), world)
     return pace
 
 

@@ -130,6 +130,21 @@ def student_step(state: TrainState, model, opt) -> float:
     return loss
 
 
+@torch.no_grad()
+def buffer_kd(state: TrainState, model, chunk: int = 64) -> float:
+    """Return ``model``'s mean KD loss on every pair the replay buffer holds (its latest training batches, in
+    order: no random draw), or nan when it holds none."""
+    buf = state.buffer
+    if not buf.size:
+        return float("nan")
+    total = 0.0
+    for i in range(0, buf.size, chunk):
+        x, t = buf.x[i:min(i + chunk, buf.size)], buf.t[i:min(i + chunk, buf.size)]
+        out = model(state.label.fmt(x)).float()
+        total += kd_loss(out, t, state.cfg.kd_loss).item() * x.shape[0]
+    return total / buf.size
+
+
 def train_stage(state: TrainState, student, save: Callable[[int, float], None], callbacks: Callbacks | None = None,
                 world: int = 1, pace: Callable[[int, int], int] | None = None) -> float:
     """Train ``student`` for stage ``state.stage_idx`` from ``state.step`` (0, or where a resumed stage stopped;
