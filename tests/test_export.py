@@ -757,3 +757,21 @@ def test_an_export_stopped_at_a_later_stage_keeps_the_files_it_finished(tmp_path
     assert entries[1]["path"] == str((run / "exports" / "stage_02_fp32.onnx").resolve())
     assert [p.name for p in (run / "exports").iterdir() if p.name.startswith(".partial-")] == [
         f".partial-{os.getppid()}-stage_02_fp32.onnx"]
+
+
+def test_an_error_about_the_file_being_written_names_its_own_name(tmp_path, monkeypatch):
+    """A writer or runner that fails names the path it was given, the hidden partial one: the error names the
+    file the user asked for, and no partial file is left."""
+    import sr_shrink.export.pipeline as pipeline
+
+    run = make_tiny_run(tmp_path / "run", n_stages=1)
+
+    def verify(job, path, student):
+        raise SRShrinkError(f"{path}: running it once failed (a broken runtime); {path.name} kept nothing")
+
+    monkeypatch.setattr(pipeline, "_verify", verify)
+    with pytest.raises(SRShrinkError) as err:
+        export_run(run, "onnx", stage=1, eval_images=1, input_size=(16, 16))
+    final = run / "exports" / "stage_01_fp32.onnx"
+    assert str(err.value) == f"{final}: running it once failed (a broken runtime); stage_01_fp32.onnx kept nothing"
+    assert ".partial-" not in str(err.value) and list((run / "exports").iterdir()) == []

@@ -248,6 +248,12 @@ def _export_stage(job: _Job, stage: int, out_dir: Path) -> dict:
         entry = _export_stage_as(job, stage, partial)
         _remove(final)
         partial.rename(final)
+    except SRShrinkError as exc:  # a message from a writer or runner names the file the user asked for
+        _remove(partial)
+        text = str(exc)
+        if partial.name not in text:
+            raise
+        raise SRShrinkError(text.replace(str(partial), str(final)).replace(partial.name, final.name)) from exc
     except BaseException:
         _remove(partial)
         raise
