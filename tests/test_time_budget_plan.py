@@ -343,3 +343,27 @@ def test_a_stage_cut_to_a_few_steps_that_moved_away_from_the_teacher_is_written_
     cfg = DistillConfig(stage_start=1, stage_end=2, channels=4, batch=4, lr_patch=8, seed=1, time_budget=0.3)
     run = distill(str(tiny_teacher), tmp_path / "k", cfg, quiet=True, device="cpu", eval_images=2, log=notes.append)
     assert [s["steps"] for s in run["stages"]] == [40, 40] and not notes, notes
+
+
+def test_a_stage_written_untrained_after_its_cut_still_says_when_no_time_is_left_for_the_next(tiny_teacher, tmp_path,
+                                                                                            monkeypatch):
+    """Stage 2 is cut and written as it started (0 steps); the budget is then gone: stage 3's note is still said."""
+    import sr_shrink.distill.run as run_mod
+    from sr_shrink.distill.budget import replan as real
+
+    def replan(plan, done, *args):
+        steps = real(plan, done, *args)
+        if done < 2:
+            return steps
+        plan.stage_steps[done:] = [0] * (len(plan.stage_steps) - done)
+        return 0
+
+    monkeypatch.setattr(run_mod, "replan", replan)
+    monkeypatch.setattr(run_mod, "_paced", _cut_to(3))  # with a learning rate of 5: both stages written untrained
+    notes: list[str] = []
+    cfg = DistillConfig(stage_start=1, stage_end=3, channels=4, batch=4, lr_patch=8, seed=1, time_budget=0.3, lr=5.0)
+    run = distill(str(tiny_teacher), tmp_path / "r", cfg, quiet=True, device="cpu", eval_dir="none",
+                  log=notes.append)
+    assert [s["steps"] for s in run["stages"]] == [0, 0, 0]
+    assert notes[-1] == ("note: --time-budget 0.3: no time is left to train stage 3; written untrained, grown from "
+                         "stage 2 (the same output as stage 2)."), notes

@@ -233,7 +233,7 @@ def run_stages(job: Job, resume: bool) -> dict:
             plan.stage_steps[idx] = run.stages[-1].steps
         if budgeted and idx + 1 < len(blocks):  # the next stages' steps, from the pace this one kept
             steps = rank0(replan(plan, idx + 1, spent(), seconds, time.time() - t_stage - seconds + 1.0), env.world)
-            if steps == 0 and plan.stage_steps[idx] and env.main:
+            if steps == 0 and (plan.stage_steps[idx] or untrained) and env.main:  # said once, after the last trained
                 later = f"stage {idx + 2}" if idx + 2 == len(blocks) else f"stages {idx + 2}-{len(blocks)}"
                 job.log(f"note: --time-budget {cfg.time_budget:g}: no time is left to train {later}; written "
                         f"untrained, grown from stage {idx + 1} (the same output as stage {idx + 1}).")
