@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..io import atomic_write_json
+from ..progress import counted
 from .pareto import PSNR, metric_label, pareto_front
 from .pipeline import OPTIONS_MARK, row_order
 
@@ -31,8 +32,7 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 def bench_table(result: dict) -> Table:
     """Return a rich Table of the rows sorted by stage; * marks the pick, + the Pareto front."""
     m = result.get("machine", {})
-    threads = m.get("threads")
-    table = Table(title=f"sr-shrink bench: {m.get('input_size')} input, {threads} thread{'' if threads == 1 else 's'}, "
+    table = Table(title=f"sr-shrink bench: {m.get('input_size')} input, {counted(m.get('threads'), 'threads')}, "
                         f"{m.get('cpu')}",
                   caption=_caption(result))
     for name in ("", "stage", "blocks", "runtime", "prec", "params", "GMAC", "KiB", "ms p50", "ms p90",
