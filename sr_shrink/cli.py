@@ -502,11 +502,25 @@ def _params_row(params: int, inference: int) -> str:
     return f"{params:,} ({inference:,} at inference; the rest are training-only branches)"
 
 
+class OnePrecision(click.Choice):
+    """export's ``--precision``: one of its choices; a comma list of them (bench's ``--precisions`` form) gets a
+    usage error saying to export once per precision, into the same folder."""
+
+    def convert(self, value, param, ctx):
+        """Return the precision, or fail with a usage error naming one export per precision for a list."""
+        items = [v.strip() for v in str(value).split(",")] if "," in str(value) else []
+        if len(items) > 1 and all(v in self.choices for v in items):
+            self.fail(f"{value!r}: export writes one precision per run; run it once for each ("
+                      f"{', '.join(f'--precision {v}' for v in items)}) with the same --out: each adds its files to "
+                      "export.json, and bench reads them all.", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @main.command("export")
 @click.argument("run_dir", type=click.Path(path_type=str))
 @click.option("--target", required=True, type=click.Choice(["onnx", "coreml", "tflite"]), help="Output format.")
 @click.option("--stage", default="all", show_default=True, help="Stage number, 'last' or 'all'.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "w8a16"]),
+@click.option("--precision", type=OnePrecision(["fp32", "fp16", "int8", "w8a16"]),
               help="Weights/compute precision; w8a16: int8 weights, 16-bit activations (onnx, tflite) "
                    "[default: fp16 for coreml, else fp32].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), callback=_folder,

@@ -34,6 +34,15 @@ TEACHER_TILE, TEACHER_OVERLAP = 1024, 48
 PERCEPTUAL_MARGIN_DB = 0.5
 
 
+def under_bicubic(psnr: float | None, teacher_psnr: float | None, bicubic_psnr: float | None) -> bool:
+    """Return True when a student's Y-PSNR ``psnr`` is no better than bicubic's on the same images while its
+    teacher is PSNR-trained (at least ``PERCEPTUAL_MARGIN_DB`` above bicubic): bicubic upscaling would then serve
+    as well. False when any figure is missing or the teacher is perceptual (judged by fidelity instead)."""
+    if None in (psnr, teacher_psnr, bicubic_psnr):
+        return False
+    return teacher_psnr - bicubic_psnr >= PERCEPTUAL_MARGIN_DB and psnr <= bicubic_psnr
+
+
 @torch.no_grad()
 def model_outputs(fn: SRFn, pairs: list[EvalPair],
                   advance: Callable[[], None] | None = None) -> dict[str, torch.Tensor]:

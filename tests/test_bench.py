@@ -544,3 +544,25 @@ def test_the_table_title_counts_threads_in_words(threads, said):
     table = bench_table({"rows": [], "machine": {"input_size": "32x32", "threads": threads, "cpu": "some CPU"},
                          "metric": {"key": "psnr_y"}})
     assert said in str(table.title) and ("1 threads" not in str(table.title))
+
+
+def test_bench_notes_a_pick_that_does_not_beat_bicubic(tiny_run, eval_dir):
+    """The tiny run's random students score below bicubic while run.json's teacher is far above it: the result
+    and the printed report say that no row is worth shipping yet."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from sr_shrink.bench.report import print_report
+
+    run = json.loads((tiny_run / "run.json").read_text())
+    (tiny_run / "run.json").write_text(json.dumps({**run, "teacher_psnr_y": 99.0}))  # a PSNR-trained teacher
+    cfg = BenchConfig(runtimes=("torch",), input_size=(32, 32), eval_dir=str(eval_dir), repeats=2, warmup=0)
+    result = run_bench(tiny_run, cfg)
+    assert result["metric"]["name"] == "psnr" and result["teacher"]["psnr_y"] == 99.0
+    assert max(r["psnr_y"] for r in result["rows"]) < result["bicubic"]["psnr_y"]
+    notes = [n for n in result["notes"] if "bicubic upscaling" in n]
+    assert len(notes) == 1 and notes[0].startswith("no row scores above bicubic upscaling"), result["notes"]
+    out = StringIO()
+    print_report(result, Console(file=out, width=250))
+    assert f"note: {notes[0]}" in out.getvalue()

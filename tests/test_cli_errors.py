@@ -117,6 +117,16 @@ def test_export_io_image_names_the_target_not_flags_never_given(files, target):
     assert line == "error: --io image is for Core ML with the default nchw layout and float I/O; drop --native-io."
 
 
+def test_export_precision_list_says_one_export_per_precision(files):
+    """bench takes ``--precisions fp32,int8``; export's ``--precision`` takes one, and a list written bench's way
+    got click's "'fp32,int8' is not one of ..." without saying how to get both files."""
+    line = one_error_line(_invoke(["export", str(files["run"]), "--target", "onnx", "--precision", "fp32,int8"]))
+    assert "export writes one precision per run; run it once for each (--precision fp32, --precision int8) with " \
+           "the same --out" in line, line
+    line = one_error_line(_invoke(["export", str(files["run"]), "--target", "onnx", "--precision", "fp32,int4"]))
+    assert "is not one of" in line and "one precision per run" not in line, line
+
+
 def test_export_bad_run_folder(tmp_path):
     for run in ("/no/such/run", str(tmp_path)):
         args = ["export", run, "--target", "onnx"]

@@ -47,3 +47,21 @@ def test_pick_and_front_use_the_metric_key():
     assert pick(ROWS, min_psnr=36.0, key="fidelity_psnr_y")["stage"] == 1
     with pytest.raises(SRShrinkError, match="--min-psnr"):
         pick(ROWS, min_psnr=36.0)
+
+
+def test_bicubic_note_when_the_pick_does_not_beat_bicubic():
+    """A run trained too briefly: bench recommended a student below bicubic upscaling without a word."""
+    from sr_shrink.bench.pipeline import bicubic_note
+
+    psnr_teacher = {"psnr_y": 28.0}  # +3 dB over BICUBIC: PSNR-trained
+    rows = [{"stage": 1, "psnr_y": 24.2}, {"stage": 2, "psnr_y": 24.9}]
+    note = bicubic_note(rows, rows[1], psnr_teacher, BICUBIC)
+    assert note and note.startswith("no row scores above bicubic upscaling (25.000 dB)") and "more --steps" in note
+    rows += [{"stage": 3, "psnr_y": 25.4}]  # the pick (a --budget-ms one) is below, stage 3 above
+    note = bicubic_note(rows, rows[0], psnr_teacher, BICUBIC)
+    assert note == ("the recommended row scores -0.800 dB against bicubic upscaling (25.000 dB) on these images: "
+                    "bicubic serves as well; stage 3 scores above it.")
+    assert bicubic_note(rows, rows[2], psnr_teacher, BICUBIC) is None  # the pick beats bicubic
+    assert bicubic_note(rows, rows[0], {"psnr_y": 25.3}, BICUBIC) is None  # a perceptual teacher: fidelity rules
+    assert bicubic_note(rows, rows[0], {}, BICUBIC) is None  # teacher unknown
+    assert bicubic_note(rows, None, psnr_teacher, BICUBIC) is None  # no pick (its error says why)

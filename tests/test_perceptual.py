@@ -100,3 +100,29 @@ def test_summary_says_to_judge_a_perceptual_teachers_students_by_fidelity():
     assert "judge them by fidelity" in shown(run)
     assert "perceptual" not in shown({**run, "teacher_psnr_y": 35.0})  # +3.4 dB: a PSNR teacher, no caption
     assert "perceptual" not in shown({k: v for k, v in run.items() if not k.startswith(("teacher_", "bicubic_"))})
+
+
+def test_summary_says_when_no_stage_beats_bicubic():
+    """A finished run of a PSNR-trained teacher whose best stage is no better than bicubic gets a caption saying
+    to train longer; a run with one stage above bicubic, a perceptual teacher's, or one still training does not."""
+    import io
+
+    from rich.console import Console
+
+    from sr_shrink.distill import summary_table
+
+    stages = [{"stage": i, "n_blocks": i, "params": 10, "final_kd_loss": 0.05, "steps": 5, "val_psnr_y": psnr,
+               "val_ssim_y": 0.9, "fidelity_psnr_y": 35.0, "seconds": 3.0} for i, psnr in ((1, 30.2), (2, 31.3))]
+    run = {"mode": "datafree", "scale": 4, "stages": stages, "teacher": {"params": 100}, "teacher_psnr_y": 34.51,
+           "teacher_ssim_y": 0.91, "bicubic_psnr_y": 31.59, "bicubic_ssim_y": 0.87, "complete": True}
+
+    def shown(r: dict) -> str:
+        buf = io.StringIO()
+        Console(file=buf, width=200).print(summary_table(r))
+        return " ".join(buf.getvalue().split())
+
+    assert ("No stage scores above bicubic here (31.59 dB): bicubic upscaling serves as well as any of these "
+            "students. Distill again with more --steps-per-stage") in shown(run)
+    assert "above bicubic" not in shown({**run, "bicubic_psnr_y": 31.29})  # stage 2 beats it
+    assert "above bicubic" not in shown({**run, "complete": False})  # still training: later stages may
+    assert "above bicubic" not in shown({**run, "teacher_psnr_y": 31.8})  # +0.2 dB: perceptual, judged by fidelity

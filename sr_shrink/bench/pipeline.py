@@ -21,7 +21,7 @@ import torch
 
 from ..data import load_eval_set
 from ..errors import SRShrinkError, first_line
-from ..evaluate import evaluate_bicubic, fidelity
+from ..evaluate import evaluate_bicubic, fidelity, under_bicubic
 from ..export.options import option_args
 from ..progress import enabled as progress_enabled
 from ..progress import task
@@ -32,7 +32,7 @@ from ..teachers import count_macs
 from .artifacts import Exporter, ensure_export, export_command, export_with_api, file_options, row_files
 from .machine import machine_info
 from .measure import DEFINITIONS, PeakMemory, bench_input, latency_stats, quality, time_interleaved, timing_steps
-from .pareto import pick
+from .pareto import PSNR, pick
 from .references import METRICS, choose_metric, teacher_score
 
 Log = Callable[[str], None]
@@ -330,4 +330,23 @@ def _run_bench(run: RunDir, cfg: BenchConfig, exporter: Exporter | None, log: Lo
         rec["export_command"] = export_command(run, Path(rec["path"])) if rec.get("runtime") != "torch" else None
     except SRShrinkError as exc:
         result["pick_error"] = str(exc)
+    if metric["name"] == "psnr" and (note := bicubic_note(out_rows, result["recommended"], teacher, bicubic)):
+        result["notes"].append(note)
     return result
+
+
+def bicubic_note(rows: list[dict], rec: dict | None, teacher: dict, bicubic: dict) -> str | None:
+    """Return a note when the recommended row (``rec``) of a PSNR-trained teacher's run scores no better than
+    bicubic upscaling on the eval images (every row, or the pick only: then the stages that do better); else
+    None."""
+    b = bicubic.get("psnr_y")
+    if rec is None or not under_bicubic(rec.get(PSNR), teacher.get("psnr_y"), b):
+        return None
+    better = sorted({r["stage"] for r in rows if r.get(PSNR) is not None and r[PSNR] > b})
+    if not better:
+        return (f"no row scores above bicubic upscaling ({b:.3f} dB) on these images: bicubic serves as well as any "
+                "of these students; distill again with more --steps-per-stage (or a longer --time-budget) before "
+                "shipping one.")
+    stages = ", ".join(map(str, better))
+    return (f"the recommended row scores {rec[PSNR] - b:+.3f} dB against bicubic upscaling ({b:.3f} dB) on these "
+            f"images: bicubic serves as well; stage{'s' if len(better) > 1 else ''} {stages} scores above it.")

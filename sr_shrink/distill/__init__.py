@@ -27,7 +27,7 @@ from rich.table import Table
 
 from ..data import load_eval_set
 from ..errors import OtherRankError, SRShrinkError
-from ..evaluate import PERCEPTUAL_MARGIN_DB
+from ..evaluate import PERCEPTUAL_MARGIN_DB, under_bicubic
 from ..progress import Lines, stderr_console, stdout_console
 from ..run import RunDir
 from ..teachers import load_teacher
@@ -200,11 +200,18 @@ def teacher_params(teacher: dict) -> str:
 def summary_table(run: dict) -> Table:
     """Return a rich table with one row per stage (blocks, params, KD loss, Y-PSNR/SSIM, seconds), with a caption
     saying to judge the students by fidelity when the teacher scores less than ``PERCEPTUAL_MARGIN_DB`` over
-    bicubic on the eval images (a perceptual teacher, which ``bench`` ranks by fidelity too)."""
+    bicubic on the eval images (a perceptual teacher, which ``bench`` ranks by fidelity too), or, for a finished
+    run of a PSNR-trained teacher, saying to train longer when no stage scores above bicubic."""
     margin = (run["teacher_psnr_y"] - run["bicubic_psnr_y"]
               if run.get("teacher_psnr_y") is not None and run.get("bicubic_psnr_y") is not None else None)
     caption = None
-    if margin is not None and margin < PERCEPTUAL_MARGIN_DB:
+    scored = [s["val_psnr_y"] for s in run["stages"] if s.get("val_psnr_y") is not None]
+    best = max(scored) if run.get("complete") and scored else None
+    if under_bicubic(best, run.get("teacher_psnr_y"), run.get("bicubic_psnr_y")):
+        caption = (f"No stage scores above bicubic here ({run['bicubic_psnr_y']:.2f} dB): bicubic upscaling serves "
+                   "as well as any of these students. Distill again with more --steps-per-stage (or a longer "
+                   "--time-budget) before shipping one.")
+    elif margin is not None and margin < PERCEPTUAL_MARGIN_DB:
         caption = (f"The teacher scores {margin:+.2f} dB against bicubic here: a perceptual teacher. Its students "
                    "copy it more closely as they grow (fidelity) even where their Y-PSNR to the ground truth falls; "
                    "judge them by fidelity, as bench ranks them.")
