@@ -29,7 +29,9 @@ from .qat import quantized_convs
 
 DAMP = 0.01  # added to H's diagonal, as a share of its mean (GPTQ's default): H may be singular (flat inputs)
 CHUNK = 8  # inputs unfolded at once when H is summed
-MAX_INPUTS = 32  # calibration inputs H is taken over: 32 of the default 96x96 crops are ~300k patches per conv
+# calibration inputs H is taken over: 32 of the default 96x96 crops are ~300k patches per conv; a TFLite file's 18
+# inputs of 256x256 all go in (~1.2 M patches): ~300k of them were a third faster and no closer (BENCHMARKS.md 48)
+MAX_INPUTS = 32
 
 
 @torch.no_grad()
