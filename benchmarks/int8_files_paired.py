@@ -1,13 +1,15 @@
-"""Two runs of ``int8_panel.py`` (the same students and variants, two versions of the code) compared file by file.
+"""Two runs of ``int8_panel.py`` on the same students compared file by file: two versions of the code, or two
+variants.
 
 Each ``--pair BASE NEW`` names the result files (JSON lines) of one seed's runs; records are matched by teacher,
-stage, target and variant. Prints, per variant and over every pair: the mean Y-PSNR delta against the fp32 student
-of each side, the files whose delta and RGB PSNR against the student are the same, the largest change of a delta,
-the files within ``--within`` dB on each side, and the export seconds summed on each side (compare those only when
-both sides ran at once, one thread each, as BENCHMARKS.md says for each use).
+stage, target and variant (``--across-variants``: whatever the variant). Prints, per variant and over every pair:
+the mean Y-PSNR delta against the fp32 student of each side, the files whose delta and RGB PSNR against the student
+are the same, the largest change of a delta, the files within ``--within`` dB on each side, and the export seconds
+summed on each side (compare those only when both sides ran at once, one thread each, as BENCHMARKS.md says for
+each use).
 
-    python benchmarks/int8_files_paired.py --pair /tmp/gq/old_s0.jsonl /tmp/gq/new_s0.jsonl \\
-        --pair /tmp/gq/old_s1.jsonl /tmp/gq/new_s1.jsonl
+    python benchmarks/int8_files_paired.py --pair today_s0.jsonl first5_s0.jsonl --pair today_s1.jsonl first5_s1.jsonl
+    python benchmarks/int8_files_paired.py --across-variants --pair today_s0.jsonl cs36_s0.jsonl
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def read(path: Path) -> dict[tuple, dict]:
-    """Return the records of an ``int8_panel.py`` result file keyed by (teacher, stage, target, variant)."""
+def read(path: Path, by_variant: bool = True) -> dict[tuple, dict]:
+    """Return the records of an ``int8_panel.py`` result file keyed by (teacher, stage, target, variant), or by
+    (teacher, stage, target) when ``by_variant`` is False."""
     out = {}
     for line in Path(path).read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            out[(r["teacher"], r["stage"], r["target"], r["variant"])] = r
+            out[(r["teacher"], r["stage"], r["target"], r["variant"] if by_variant else "")] = r
     return out
 
 
@@ -32,12 +35,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pair", nargs=2, action="append", required=True, metavar=("BASE", "NEW"), type=Path)
     ap.add_argument("--within", type=float, default=0.03)
+    ap.add_argument("--across-variants", action="store_true",
+                    help="pair each BASE file with NEW's of the same teacher, stage and target, whatever the variant "
+                         "(one code version, two variants)")
     args = ap.parse_args()
     by_variant: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
     for base_path, new_path in args.pair:
-        base, new = read(base_path), read(new_path)
+        base, new = read(base_path, not args.across_variants), read(new_path, not args.across_variants)
         for key in sorted(base.keys() & new.keys()):
-            by_variant[key[3]].append((base[key], new[key]))
+            by_variant[f"{base[key]['variant']} -> {new[key]['variant']}"].append((base[key], new[key]))
     for variant, pairs in by_variant.items():
         n = len(pairs)
         same = sum(b["delta"] == w["delta"] and b["psnr_vs_torch"] == w["psnr_vs_torch"] for b, w in pairs)

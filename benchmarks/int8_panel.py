@@ -80,7 +80,9 @@ VARIANTS = {"int8": dict(precision="int8"), "int8 eq": dict(precision="int8", eq
             "int8 nrr fs refit pct99.9": dict(precision="int8", reduce_range=False, float_stream=True,
                                               tail_refit=True),
             "int8 nrr fs refit pct99.95": dict(precision="int8", reduce_range=False, float_stream=True,
-                                               tail_refit=True)}
+                                               tail_refit=True),
+            "int8 cs36": dict(precision="int8", calib_samples=36),  # TFLite: 2x its 18 calibration inputs
+            "int8 cs72": dict(precision="int8", calib_samples=72)}
 ALPHA = {"int8 eq0.5": 0.5}  # equalization exponent of a variant (default 1: equal ranges)
 NO_PIXEL_GRID = {"int8 nogrid"}  # TFLite int8 with the observers' own tail/anchor/input ranges (before section 35)
 PERCENTILE = {"int8 nrr fs refit pct99.9": 99.9, "int8 nrr fs refit pct99.95": 99.95}  # ONNX activation ranges
