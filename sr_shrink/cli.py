@@ -546,7 +546,7 @@ class OnePrecision(click.Choice):
               help="TFLite int8: activation ranges from PT2E's histogram observer [default] or the 99.99 percentile "
                    "of the same histograms (the ONNX export's rule).")
 @click.option("--calib-samples", type=click.IntRange(1, 100000),
-              help="Calibration inputs [default: about 1.2 M pixels' worth].")
+              help="Calibration inputs [default: about 1.2 M pixels' worth; at most 4 GB of them].")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for calibration sampling.")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=str),
               help="Folder of HR images for verification [default: the bundled eval split].")

@@ -98,7 +98,9 @@ def test_distill_missing_or_bad_teacher(files, tmp_path):
                                  "--target tflite --precision int8 --float-stream", "--tail-refit",
                                  "--target tflite --precision int8 --no-tail-refit",
                                  "--precision int8 --qat 2 --tail-refit", "--float-first-conv",
-                                 "--target tflite --precision int8 --float-first-conv"])
+                                 "--target tflite --precision int8 --float-first-conv",
+                                 "--precision int8 --calib-samples 100000",
+                                 "--target tflite --precision w8a16 --calib-samples 6000"])
 def test_export_bad_values(files, bad):
     args = ["export", str(files["run"]), *shlex.split(bad)]
     if "--target" not in bad:
@@ -125,6 +127,15 @@ def test_export_precision_list_says_one_export_per_precision(files):
            "the same --out" in line, line
     line = one_error_line(_invoke(["export", str(files["run"]), "--target", "onnx", "--precision", "fp32,int4"]))
     assert "is not one of" in line and "one precision per run" not in line, line
+
+
+def test_export_calib_samples_that_would_not_fit_in_memory(files):
+    """--calib-samples 100000 (the option's top) of TFLite's 256x256 inputs meant 79 GB held at once: the export
+    died of memory after its first stages; it is refused first, with the count that fits and the default."""
+    line = one_error_line(_invoke(["export", str(files["run"]), "--target", "tflite", "--precision", "int8",
+                                   "--calib-samples", "100000"]))
+    assert line == ("error: --calib-samples 100000 of 256x256 would hold 78.6 GB of calibration inputs in memory; "
+                    "use at most 5461 (the default is 18).")
 
 
 def test_export_bad_run_folder(tmp_path):

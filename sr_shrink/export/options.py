@@ -28,6 +28,7 @@ COREML_SHAPES = ((256, 256), (512, 512), (360, 640), (540, 960), (720, 1280))
 ANY_SHAPE = "any"
 CALIB_CROP = 96  # LR crop side of calibration photos for exports with free input size
 CALIB_PIXELS = 128 * CALIB_CROP * CALIB_CROP
+CALIB_MAX_BYTES = 4 * 2**30  # --calib-samples beyond this much float32 input (all held at once) is refused
 # ExportConfig field -> the `sr-shrink export` option that sets it: every option that changes the written file
 # (not the verification's --eval, nor --out/--stage/--target/--precision, which export_command adds itself)
 FILE_OPTIONS = {"input_size": "--input-size", "shapes": "--shapes", "io": "--io", "layout": "--layout",
@@ -137,6 +138,8 @@ class ExportConfig:
             self.calib_samples = auto_calib_samples(self.input_size)
         if self.calib_samples < 1:
             raise SRShrinkError(f"--calib-samples must be at least 1, not {self.calib_samples}.")
+        if self.precision in ("int8", "w8a16"):
+            _check_calib_memory(self.calib_samples, self.input_size)
         self._check_qat()
         self._check_int8_scheme()
         self._check_calib_method()
@@ -314,6 +317,17 @@ def option_args(options: dict) -> list[str]:
             continue
         args += [flag, str(_cli_value(value))]
     return args
+
+
+def _check_calib_memory(n: int, size: tuple[int, int] | None) -> None:
+    """Refuse (SRShrinkError) ``n`` calibration inputs of ``size`` (None: the free-size exports' crops) that would
+    take more than ``CALIB_MAX_BYTES`` of memory as float32 RGB, all of them held at once."""
+    h, w = size or (CALIB_CROP, CALIB_CROP)
+    each = 3 * h * w * 4
+    if n * each > CALIB_MAX_BYTES:
+        raise SRShrinkError(f"--calib-samples {n} of {h}x{w} would hold {n * each / 1e9:.1f} GB of calibration inputs "
+                            f"in memory; use at most {CALIB_MAX_BYTES // each} (the default is "
+                            f"{auto_calib_samples(size)}).")
 
 
 def auto_calib_samples(size: tuple[int, int] | None) -> int:
