@@ -57,6 +57,12 @@ class Group(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"error: {where}{exc.strerror or exc}; check the path and its permissions.", err=True)
             sys.exit(2)
+        except (MemoryError, RuntimeError) as exc:  # torch's failed allocation is a RuntimeError
+            message = memory_message(exc, ctx.invoked_subcommand)
+            if message is None:
+                raise
+            click.echo(f"error: {message}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:  # only distill and demo can --resume; bench, export and upscale start over
             sub = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
             resumable = sub is not None and any(p.name == "resume" for p in sub.params)
@@ -65,6 +71,30 @@ class Group(click.Group):
             sys.exit(130)
         finally:
             progress.disable()
+
+
+MEMORY_ADVICE = {  # what to lower when a command runs out of memory
+    "distill": "lower --batch or --lr-patch (or --channels)",
+    "demo": "close other programs, or run it on a machine with more memory",
+    "export": "lower --calib-samples or --input-size (Core ML: fewer or smaller --shapes)",
+    "bench": "lower --input-size or --max-images",
+    "upscale": "use a smaller --tile (0 runs each image whole)",
+}
+OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory")  # torch's allocators' words
+
+
+def memory_message(exc: BaseException, command: str | None) -> str | None:
+    """Return the error line for ``exc`` when it is a failed memory allocation (Python's MemoryError, torch's CPU
+    or CUDA allocator), naming what ``command`` can lower; None for any other error."""
+    text = str(exc)
+    if not isinstance(exc, MemoryError) and not any(w in text.lower() for w in OUT_OF_MEMORY):
+        return None
+    m = re.search(r"tried to allocate (\d+) bytes", text, re.IGNORECASE)
+    size = f" (one allocation of {int(m.group(1)) / 1e9:.1f} GB)" if m else ""
+    m = re.search(r"tried to allocate ([\d.]+ [KMGT]iB)", text, re.IGNORECASE)  # CUDA's wording
+    size = f" (one allocation of {m.group(1)})" if m else size
+    advice = MEMORY_ADVICE.get(command or "", "close other programs or use a machine with more memory")
+    return f"out of memory{size}: {advice}."
 
 
 COMMA_LISTS = ("--synthetic", "--shapes", "--runtimes", "--precisions")  # options that take "a,b,c"

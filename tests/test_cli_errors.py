@@ -348,3 +348,30 @@ def test_ctrl_c_mentions_resume_only_where_the_command_has_it(tmp_path, monkeypa
     want = (f"interrupted; continue with: sr-shrink demo --out {tmp_path / 'demo'} --scale 4 --resume" if resumable
             else "interrupted")  # the demo's own command, with the options it was given
     assert r.stderr.strip().splitlines() == [want]
+
+
+@pytest.mark.parametrize("raised, expected", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "error: out of memory (one allocation of 40.0 GB): use a smaller --tile (0 runs each image whole)."),
+    (MemoryError(), "error: out of memory: use a smaller --tile (0 runs each image whole)."),
+])
+def test_out_of_memory_is_one_error_line_naming_what_to_lower(files, tmp_path, monkeypatch, raised, expected):
+    """``upscale --tile 0`` on a huge image (or a batch too large for the machine) ended in torch's allocator
+    traceback; a failed allocation is one line saying what the command can lower. Other errors still propagate."""
+    import sr_shrink.upscale as upscale
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(upscale, "upscale_files", fail)
+    img = next(files["eval"].iterdir())
+    args = ["upscale", str(files["run"] / "stage_01.pt"), str(img), "-o", str(tmp_path / "o")]
+    assert one_error_line(_invoke(args)) == expected
+
+    def other(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(upscale, "upscale_files", other)
+    result = _invoke(args)
+    assert isinstance(result.exception, RuntimeError) and "shape mismatch" in str(result.exception)
