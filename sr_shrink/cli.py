@@ -75,7 +75,6 @@ class Group(click.Group):
 
 MEMORY_ADVICE = {  # what to lower when a command runs out of memory
     "distill": "lower --batch or --lr-patch (or --channels)",
-    "demo": "close other programs, or run it on a machine with more memory",
     "export": "lower --calib-samples or --input-size (Core ML: fewer or smaller --shapes)",
     "bench": "lower --input-size or --max-images",
     "upscale": "use a smaller --tile (0 runs each image whole)",
@@ -93,7 +92,7 @@ def memory_message(exc: BaseException, command: str | None) -> str | None:
     size = f" (one allocation of {int(m.group(1)) / 1e9:.1f} GB)" if m else ""
     m = re.search(r"tried to allocate ([\d.]+ [KMGT]iB)", text, re.IGNORECASE)  # CUDA's wording
     size = f" (one allocation of {m.group(1)})" if m else size
-    advice = MEMORY_ADVICE.get(command or "", "close other programs or use a machine with more memory")
+    advice = MEMORY_ADVICE.get(command or "", "close other programs or use a machine with more memory")  # demo, info
     return f"out of memory{size}: {advice}."
 
 
@@ -538,7 +537,7 @@ class OnePrecision(click.Choice):
 
     def convert(self, value, param, ctx):
         """Return the precision, or fail with a usage error naming one export per precision for a list."""
-        items = [v.strip() for v in str(value).split(",")] if "," in str(value) else []
+        items = [v.strip() for v in str(value).split(",")]
         if len(items) > 1 and all(v in self.choices for v in items):
             self.fail(f"{value!r}: export writes one precision per run; run it once for each ("
                       f"{', '.join(f'--precision {v}' for v in items)}) with the same --out: each adds its files to "
